@@ -1,0 +1,75 @@
+"""RapidGrad compression (RapidIn): a dense-matrix-free random projection to ``K`` dims.
+
+Steps, all seeded and stored as the seed alone: (1) optional layer-wise L2 normalisation of each
+module block, (2) a random permutation of the ``D`` coordinates, (3) element-wise Rademacher
+signs, (4) sums over consecutive groups of ``ceil(D/K)`` coordinates (zero-padded) down to ``K``.
+Steps 2–4 are a sparse sign projection ``C`` with ``E_signs[⟨C a, C b⟩] = ⟨a, b⟩``: the
+cross terms of a group cancel in expectation, the diagonal ones add up to the inner product.
+Layer-wise normalisation is *not* an inner-product-preserving step: it equalises the
+modules' weight in the score (RapidIn's choice); turn it off to keep plain inner products.
+
+Use it on top of LoGra (compress the projected vector further) or instead of it (compress the
+full per-example gradient from the ``identity`` projector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .projector import Block
+
+
+class RapidGradCompressor:
+    """Seeded RapidGrad map from ``D`` to ``K`` dims."""
+
+    def __init__(self, blocks: Sequence[Block], k: int, seed: int = 0, normalize_layers: bool = True):
+        self.blocks = list(blocks)
+        self.dim_in = self.blocks[-1].stop
+        if not 1 <= k <= self.dim_in:
+            raise ValueError(f"RapidGrad K must be in [1, {self.dim_in}] (the input dimension), got {k}")
+        self.k = k
+        self.seed = seed
+        self.normalize_layers = normalize_layers
+        gen = torch.Generator().manual_seed(seed)
+        self.permutation = torch.randperm(self.dim_in, generator=gen)  # [D]
+        self.signs = torch.randint(0, 2, (self.dim_in,), generator=gen).to(torch.float64) * 2 - 1  # [D] ±1
+        self.group = -(-self.dim_in // k)  # ceil(D / K) coordinates per output dim
+
+    @property
+    def out_blocks(self) -> list[Block]:
+        """The compressed vector is one dense block for the Fisher."""
+        return [Block("rapidgrad", 0, self.k)]
+
+    def layer_scales(self, g: torch.Tensor) -> torch.Tensor:
+        """Per-example, per-block ``1/‖g_m‖`` ``[N, n_blocks]`` (ones when not normalising)."""
+        scales = torch.ones(g.shape[0], len(self.blocks), dtype=g.dtype, device=g.device)
+        if self.normalize_layers:
+            for i, b in enumerate(self.blocks):
+                norm = g[:, b.start : b.stop].norm(dim=-1)
+                scales[:, i] = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(norm))
+        return scales
+
+    def compress(self, g: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, D] → [N, K]``, or per-position terms ``[N, T, D] → [N, T, K]``.
+
+        ``scales`` ``[N, n_blocks]`` defaults to :meth:`layer_scales` of ``g`` for 2-D input;
+        per-position terms must pass their example totals' scales so the terms still sum to the
+        compressed total.
+        """
+        if g.shape[-1] != self.dim_in:
+            raise ValueError(f"expected vectors with {self.dim_in} dims, got {g.shape[-1]}")
+        if scales is None:
+            if g.ndim != 2:
+                raise ValueError("per-position terms need the scales of their totals: pass layer_scales(totals)")
+            scales = self.layer_scales(g)
+        x = g.clone()
+        expand = (slice(None),) + (None,) * (g.ndim - 1)  # [N] -> [N, 1, ..., 1]
+        for i, b in enumerate(self.blocks):
+            x[..., b.start : b.stop] *= scales[:, i].to(g.dtype)[expand]
+        x = x[..., self.permutation.to(g.device)] * self.signs.to(g.device, g.dtype)  # [..., D]
+        pad = self.group * self.k - self.dim_in
+        if pad:
+            x = torch.nn.functional.pad(x, (0, pad))
+        return x.reshape(*x.shape[:-1], self.k, self.group).sum(-1)  # [..., K]

@@ -1,0 +1,76 @@
+"""Score variants: how training and query vectors are transformed before the inner product.
+
+``score(z, query) = ⟨stored(z), q(query)⟩``. **Sign**: positive means training on ``z`` made the
+query response *more* likely (it lowered the response loss); negative means less likely.
+
+=============  ===========================================  =================================
+variant        stored training vector                        query vector
+=============  ===========================================  =================================
+``influence``  ``g``                                         ``H^{-1} g_q``
+``relatif``    ``g / sqrt(gᵀ H^{-1} g)``                     ``H^{-1} g_q``
+``cosine``     ``H^{-1/2} g / ‖H^{-1/2} g‖``                 ``H^{-1/2} g_q / ‖H^{-1/2} g_q‖``
+``grad_dot``   ``g``                                         ``g_q`` (no Hessian; TracIn)
+=============  ===========================================  =================================
+
+``H = F + λI`` (see :mod:`.preconditioner`). ``relatif`` (the default for LLMs, as in the LoGra
+paper) discounts examples that are influential on everything (high self-influence outliers);
+``cosine`` additionally ignores the query's magnitude, so scores are in ``[-1, 1]``.
+
+Every transform is linear in ``g`` up to one scalar computed from the whole vector, so
+per-position terms ``g^{(t)}`` are transformed with the same scalar and still sum exactly to the
+transformed total (token-wise attribution).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .preconditioner import Preconditioner
+
+SCORE_VARIANTS = ("influence", "relatif", "cosine", "grad_dot")
+
+
+def _safe_scale(norm: torch.Tensor) -> torch.Tensor:
+    """``1/norm``, and 0 where the norm is 0 (an example with no gradient scores 0)."""
+    return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+
+
+class ScoreTransform:
+    """Applies one score variant's training-side and query-side transforms."""
+
+    def __init__(self, variant: str, preconditioner: Preconditioner | None):
+        if variant not in SCORE_VARIANTS:
+            raise ValueError(f"unknown score variant {variant!r}; choose from {list(SCORE_VARIANTS)}")
+        if variant != "grad_dot" and preconditioner is None:
+            raise ValueError(f"score variant {variant!r} needs a preconditioner (fit the Fisher first)")
+        self.variant = variant
+        self.preconditioner = preconditioner
+
+    def train(self, g: torch.Tensor, per_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stored vectors for training gradients ``g`` ``[N, D]`` (and their per-position terms ``[N, T, D]``)."""
+        g = g.to(torch.float64)
+        pp = None if per_position is None else per_position.to(torch.float64)
+        if self.variant in ("influence", "grad_dot"):
+            return g, pp
+        assert self.preconditioner is not None
+        if self.variant == "relatif":
+            scale = _safe_scale(self.preconditioner.self_influence(g).clamp_min(0).sqrt())  # [N]
+            return g * scale[:, None], None if pp is None else pp * scale[:, None, None]
+        h = self.preconditioner.inverse_sqrt(g)  # cosine
+        scale = _safe_scale(h.norm(dim=-1))
+        pp_out = None if pp is None else self.preconditioner.inverse_sqrt(pp) * scale[:, None, None]
+        return h * scale[:, None], pp_out
+
+    def query(self, g: torch.Tensor, per_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Query vectors for query gradients ``g`` ``[N, D]`` (and per-position terms ``[N, T, D]``)."""
+        g = g.to(torch.float64)
+        pp = None if per_position is None else per_position.to(torch.float64)
+        if self.variant == "grad_dot":
+            return g, pp
+        assert self.preconditioner is not None
+        if self.variant in ("influence", "relatif"):
+            return self.preconditioner.inverse(g), None if pp is None else self.preconditioner.inverse(pp)
+        h = self.preconditioner.inverse_sqrt(g)  # cosine
+        scale = _safe_scale(h.norm(dim=-1))
+        pp_out = None if pp is None else self.preconditioner.inverse_sqrt(pp) * scale[:, None, None]
+        return h * scale[:, None], pp_out

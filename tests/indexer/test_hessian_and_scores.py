@@ -1,0 +1,144 @@
+"""Fisher, damping, preconditioning and score variants against dense float64 definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tributary_indexer.fisher import FisherAccumulator
+from tributary_indexer.preconditioner import Preconditioner
+from tributary_indexer.projector import Block
+from tributary_indexer.scores import SCORE_VARIANTS, ScoreTransform
+
+BLOCKS = [Block("a", 0, 6), Block("b", 6, 10), Block("c", 10, 13)]
+
+
+def _vectors(n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(0.1, 3.0, 13, dtype=torch.float64)
+    return torch.randn(n, 13, generator=gen, dtype=torch.float64) * scales
+
+
+def _dense_h(g: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Block-diagonal F + λI from the definition."""
+    h = torch.zeros(13, 13, dtype=torch.float64)
+    for b in BLOCKS:
+        gb = g[:, b.start : b.stop]
+        f = gb.T @ gb / g.shape[0]
+        lam = alpha * torch.linalg.eigvalsh(f).mean()
+        h[b.start : b.stop, b.start : b.stop] = f + lam * torch.eye(b.size, dtype=torch.float64)
+    return h
+
+
+def test_fisher_streaming_and_merge_equal_dense():
+    g = _vectors(50)
+    whole = FisherAccumulator(BLOCKS)
+    whole.update(g)
+    parts = [FisherAccumulator(BLOCKS) for _ in range(3)]
+    for i, chunk in enumerate(torch.split(g, [7, 30, 13])):
+        parts[i].update(chunk.float() if i == 0 else chunk)  # float32 input is accumulated in float64
+    merged = parts[0]
+    merged.merge(parts[1])
+    merged.merge(parts[2])
+    assert merged.count == whole.count == 50
+    for b, f_whole, f_merged in zip(BLOCKS, whole.means(), merged.means()):
+        gb = g[:, b.start : b.stop]
+        torch.testing.assert_close(f_whole, gb.T @ gb / 50)
+        torch.testing.assert_close(f_merged, f_whole, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        whole.update(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="no example"):
+        FisherAccumulator(BLOCKS).means()
+
+
+def test_fisher_save_load(tmp_path):
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(_vectors(9))
+    acc.save(tmp_path / "fisher.safetensors")
+    back = FisherAccumulator.load(tmp_path / "fisher.safetensors")
+    assert back.count == 9 and back.blocks == BLOCKS
+    for x, y in zip(acc.sums, back.sums):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.1, 1.0])
+def test_preconditioning_equals_dense_solve(alpha):
+    g = _vectors(40)
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(g)
+    pre = Preconditioner.from_fisher(acc, alpha)
+    h = _dense_h(g, alpha)
+    q = _vectors(3, seed=5)
+    torch.testing.assert_close(pre.inverse(q), torch.linalg.solve(h, q.T).T, atol=1e-10, rtol=1e-8)
+    evals, evecs = torch.linalg.eigh(h)
+    h_inv_sqrt = evecs @ torch.diag(evals**-0.5) @ evecs.T
+    torch.testing.assert_close(pre.inverse_sqrt(q), q @ h_inv_sqrt.T, atol=1e-10, rtol=1e-8)
+    want_self = torch.einsum("nd,nd->n", q, torch.linalg.solve(h, q.T).T)
+    torch.testing.assert_close(pre.self_influence(q), want_self, atol=1e-10, rtol=1e-8)
+    for b, lam in zip(BLOCKS, pre.lambdas):
+        gb = g[:, b.start : b.stop]
+        assert lam == pytest.approx(alpha * float(torch.linalg.eigvalsh(gb.T @ gb / 40).mean()), rel=1e-9)
+
+
+def test_preconditioner_save_load_and_bad_alpha(tmp_path):
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(_vectors(20))
+    pre = Preconditioner.from_fisher(acc, 0.01)
+    pre.save(tmp_path / "hessian.safetensors")
+    back = Preconditioner.load(tmp_path / "hessian.safetensors")
+    q = _vectors(2, seed=9)
+    torch.testing.assert_close(back.inverse(q), pre.inverse(q))
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        Preconditioner.from_fisher(acc, 0.0)
+
+
+def test_score_variants_match_definitions():
+    train, query = _vectors(30, seed=1), _vectors(4, seed=2)
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(train)
+    alpha = 0.05
+    pre = Preconditioner.from_fisher(acc, alpha)
+    h = _dense_h(train, alpha)
+    h_inv = torch.linalg.inv(h)
+    evals, evecs = torch.linalg.eigh(h)
+    h_is = evecs @ torch.diag(evals**-0.5) @ evecs.T
+    want = {
+        "influence": train @ h_inv @ query.T,
+        "relatif": (train @ h_inv @ query.T) / torch.sqrt(torch.einsum("nd,de,ne->n", train, h_inv, train))[:, None],
+        "cosine": torch.nn.functional.normalize(train @ h_is, dim=1) @ torch.nn.functional.normalize(query @ h_is, dim=1).T,
+        "grad_dot": train @ query.T,
+    }
+    assert set(want) == set(SCORE_VARIANTS)
+    for variant in SCORE_VARIANTS:
+        transform = ScoreTransform(variant, pre)
+        stored, _ = transform.train(train)
+        q, _ = transform.query(query)
+        torch.testing.assert_close(stored @ q.T, want[variant], atol=1e-9, rtol=1e-8, msg=variant)
+    cos_stored, _ = ScoreTransform("cosine", pre).train(train)
+    assert (cos_stored.norm(dim=1) - 1).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("variant", SCORE_VARIANTS)
+def test_per_position_terms_transform_linearly(variant):
+    gen = torch.Generator().manual_seed(3)
+    per_pos = torch.randn(3, 5, 13, generator=gen, dtype=torch.float64)  # [N, T, D]
+    totals = per_pos.sum(1)
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(_vectors(25))
+    transform = ScoreTransform(variant, Preconditioner.from_fisher(acc, 0.1))
+    for side in (transform.train, transform.query):
+        total_out, pp_out = side(totals, per_pos)
+        torch.testing.assert_close(pp_out.sum(1), total_out, atol=1e-10, rtol=1e-9)
+
+
+def test_zero_gradient_scores_zero_and_errors():
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(_vectors(10))
+    pre = Preconditioner.from_fisher(acc, 0.1)
+    for variant in SCORE_VARIANTS:
+        stored, _ = ScoreTransform(variant, pre).train(torch.zeros(2, 13))
+        assert torch.count_nonzero(stored) == 0 and torch.isfinite(stored).all()
+    with pytest.raises(ValueError, match="unknown score variant"):
+        ScoreTransform("dot", pre)
+    with pytest.raises(ValueError, match="needs a preconditioner"):
+        ScoreTransform("relatif", None)
