@@ -105,7 +105,9 @@ def forward_backward(model: nn.Module, batch: Batch, autocast_dtype: torch.dtype
             # Right padding + causal attention: no real token attends to a pad, and positions
             # match the unpadded sequence, so no attention mask is needed and results do not
             # depend on batching. Pads get zero weight in the hooks.
-            logits = model(input_ids=batch.input_ids, use_cache=False).logits  # [B, T, V]
+            # an all-ones mask tells HF the same thing as no mask without its padding warning
+            ones = torch.ones_like(batch.input_ids)
+            logits = model(input_ids=batch.input_ids, attention_mask=ones, use_cache=False).logits  # [B, T, V]
         losses = per_example_target_loss(logits, batch.input_ids, batch.target_mask)  # [B]
         total = losses.sum()
         if total.requires_grad:

@@ -1,0 +1,468 @@
+"""The index build pipeline (DESIGN §3, §5).
+
+``corpus → tokenise → [PCA statistics pass] → gradient pass (raw vectors to staging, one chunk
+per shard) → Fisher over the staged vectors (all-reduced across ranks) → preconditioner →
+score transform → FAISS shards → example store → manifest (written last)``.
+
+Crash safety: every file is written under a temporary name, fsynced and renamed; the staging
+area records finished chunks, so running the same command after a kill continues where it
+stopped and ends with files byte-identical to an uninterrupted build (the build identity and
+``created_at`` are pinned in ``staging/state.json``).
+
+Distributed: under ``torchrun`` every rank reads and tokenises the whole corpus (cheap; it keeps
+ids dense and identical everywhere) but computes gradients only for the shards it owns
+(``shard % world_size == rank``); the Fisher is all-reduced; rank 0 writes the store and manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .atomic_io import atomic_output, atomic_write_json, check_writable_dir
+from .batching import TokenizedExample, collate
+from .config import BuildConfig
+from .corpus import CorpusRecord, CorpusStats, iter_records
+from .distributed import DistributedContext
+from .errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
+from .example_store import ExampleStoreWriter, StoredExample, partial_path_for
+from .fisher import FisherAccumulator
+from .gradient_computer import GradientComputer
+from .index_files import IndexPaths, shard_entry, write_manifest
+from .kronecker_statistics import estimate_covariances
+from .model_loading import load_causal_lm, load_tokenizer, resolve_device
+from .module_selection import TrackedModule, select_modules
+from .preconditioner import Preconditioner
+from .progress import progress_bar
+from .projector import Block, LoGraProjector
+from .rapidgrad import RapidGradCompressor
+from .scores import ScoreTransform
+from .shards import is_flat, train_index, write_shard
+from .staging import Staging
+from .tokenization import render_record, tokenize_record
+
+logger = logging.getLogger(__name__)
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
+_ROWS_PER_STEP = 4096  # rows per Fisher / transform step over staged vectors
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``TRIBUTARY_CRASH_AT=name`` SIGKILLs this process here (a real, unclean kill)."""
+    if os.environ.get("TRIBUTARY_CRASH_AT") == name:
+        logger.warning("TRIBUTARY_CRASH_AT=%s: killing this process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class BuildSummary:
+    """What a build did; printed at the end and stored in the manifest."""
+
+    examples: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    truncated: int = 0
+    no_targets: int = 0
+    skipped_bad: int = 0
+    shards: int = 0
+    dim: int = 0
+    bytes_per_example: float = 0.0
+    wall_s: float = 0.0
+    gradient_tokens_per_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
+            f"{self.skipped_bad} bad records skipped)",
+            f"tokens: {self.tokens} ({self.target_tokens} targets)",
+            f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
+            f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
+        ]
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group example indices into batches of at most ``batch_tokens`` padded tokens.
+
+    Longest first, so each batch pads to its first element; deterministic for given lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order:
+        if current and (len(current) + 1) * width > batch_tokens:
+            batches.append(current)
+            current = []
+        if not current:
+            width = lengths[i]
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class IndexBuilder:
+    """Builds (or resumes, or extends) an index directory from a :class:`BuildConfig`."""
+
+    def __init__(self, config: BuildConfig, out_dir: str | Path, ctx: DistributedContext | None = None, keep_staging: bool = False):
+        self.config = config
+        self.paths = IndexPaths(Path(out_dir))
+        self.ctx = ctx or DistributedContext()
+        self.keep_staging = keep_staging
+        self.staging = Staging(self.paths.root / "staging")
+        self.summary = BuildSummary()
+
+    # ------------------------------------------------------------------ entry points
+    def build(self) -> BuildSummary:
+        """Build the index, or resume a killed build of the same configuration."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        check_writable_dir(self.paths.root)
+        existing = self.paths.load_manifest()
+        if existing is not None:
+            self._check_identity(existing.get("build_config", {}), "the finished index in this directory")
+            logger.info("%s already holds a complete index with this configuration; nothing to do", self.paths.root)
+            return BuildSummary(**existing["build_config"].get("summary", {}))
+        state = self._pin_state()
+        model, tokenizer, modules = self._load_model()
+        projector = self._projector(model, tokenizer, modules)
+        compressor = self._compressor(projector)
+        blocks = compressor.out_blocks if compressor else projector.blocks
+        n_chunks, n_examples = self._gradient_pass(model, tokenizer, modules, projector, compressor, id_offset=0, first_chunk=0)
+        self.ctx.barrier()
+        preconditioner = self._fit_preconditioner(blocks, range(n_chunks))
+        transform = ScoreTransform(cfg.score, preconditioner)
+        self._write_shards(transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples)
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            self._finish(state, projector, preconditioner, range(n_chunks), n_examples, tokenizer, additions=[])
+        self.ctx.barrier()
+        self.summary.wall_s = time.perf_counter() - t0
+        return self.summary
+
+    def add(self) -> BuildSummary:
+        """Append the corpus as new shards with the index's frozen projector and Hessian."""
+        t0 = time.perf_counter()
+        manifest = self.paths.load_manifest()
+        if manifest is None:
+            raise IndexIntegrityError(
+                f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
+            )
+        stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
+        stored["corpus"] = self.config.corpus
+        for key in ("batch_tokens", "device", "autocast", "num_threads", "progress", "skip_bad"):
+            stored[key] = getattr(self.config, key)
+        self.config = BuildConfig.from_dict(stored)
+        model, tokenizer, modules = self._load_model()
+        projector = LoGraProjector.load(self.paths.projector)
+        projector.check_modules(modules)
+        compressor = self._compressor(projector)
+        preconditioner = Preconditioner.load(self.paths.hessian)
+        first_chunk = len(manifest["shards"])
+        id_offset = int(manifest["n_examples"])
+        n_new, n_examples = self._gradient_pass(model, tokenizer, modules, projector, compressor, id_offset=id_offset, first_chunk=first_chunk)
+        chunks = range(first_chunk, first_chunk + n_new)
+        trained = None
+        if not is_flat(self.config.index_factory):  # every shard carries the trained quantizer
+            import faiss
+
+            trained = faiss.read_index(str(self.paths.shard(0)))
+            trained.reset()
+        self._write_shards(ScoreTransform(self.config.score, preconditioner), chunks, id_offset=id_offset,
+                           first_chunk=first_chunk, n_examples=n_examples, trained=trained)
+        if self.ctx.is_main:
+            additions = list(manifest["build_config"].get("additions", [])) + [
+                {"corpus": list(self.config.corpus), "id_start": id_offset, "id_end": id_offset + n_examples,
+                 "added_at": _now()}
+            ]
+            state = {"created_at": manifest["created_at"]}
+            self._finish(state, projector, preconditioner, range(0, first_chunk + n_new), id_offset + n_examples, tokenizer, additions=additions, previous=manifest)
+        self.summary.wall_s = time.perf_counter() - t0
+        return self.summary
+
+    # ------------------------------------------------------------------ steps
+    def _check_identity(self, stored: dict[str, Any], where: str) -> None:
+        mine = self.config.identity()
+        theirs = {k: v for k, v in stored.items() if k in mine}
+        differing = sorted(k for k in mine if theirs.get(k) != mine[k])
+        if differing:
+            raise ConfigMismatchError(
+                f"{self.paths.root} holds {where} built with a different configuration",
+                differing,
+                "build into a new directory, or rerun with the original settings to resume",
+                values={k: (theirs.get(k), mine[k]) for k in differing},
+            )
+
+    def _pin_state(self) -> dict[str, Any]:
+        state = self.staging.read_state()
+        if state is not None:
+            self._check_identity(state["build_config"], "an unfinished build")
+            logger.info("resuming the build in %s", self.paths.root)
+            return state
+        if self.paths.root.is_dir() and any(p for p in self.paths.root.iterdir() if p.name != "staging"):
+            leftovers = sorted(p.name for p in self.paths.root.iterdir())[:5]
+            raise OutputDirectoryError(
+                f"{self.paths.root} is not empty ({leftovers}) and holds no Tributary build state; "
+                "fix: choose an empty or new directory (nothing there was touched)"
+            )
+        state = {"created_at": _now(), "build_config": self.config.identity(), "package_version": __version__}
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            self.staging.ensure()
+            self.staging.write_state(state)
+        self.ctx.barrier()
+        return self.staging.read_state() or state
+
+    def _load_model(self) -> tuple[torch.nn.Module, Any, list[TrackedModule]]:
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        device = resolve_device(cfg.device, self.ctx.local_rank)
+        model = load_causal_lm(cfg.model, device)
+        tokenizer = load_tokenizer(cfg.model)
+        modules = select_modules(model, include=cfg.include or None, exclude=cfg.exclude or None)
+        return model, tokenizer, modules
+
+    def _projector(self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]) -> LoGraProjector:
+        cfg = self.config
+        path = self.paths.projector
+        if not path.is_file():
+            if self.ctx.is_main:
+                if cfg.projector == "identity":
+                    projector = LoGraProjector.identity(modules)
+                elif cfg.projector == "random":
+                    projector = LoGraProjector.random(modules, cfg.projection)
+                else:
+                    sample = [ex for _, ex in itertools.islice(self._tokenized(tokenizer, CorpusStats()), cfg.pca_examples)]
+                    pad = _pad_id(tokenizer)
+                    batches = (collate([sample[i] for i in idx], pad) for idx in token_budget_batches([e.n_tokens for e in sample], cfg.batch_tokens))
+                    covariances = estimate_covariances(model, modules, batches, autocast_dtype=_AUTOCAST[cfg.autocast])
+                    projector = LoGraProjector.pca(modules, cfg.projection, covariances)
+                with atomic_output(path) as tmp:
+                    projector.save(tmp)
+                crash_point("after_projector")
+            self.ctx.barrier()
+        projector = LoGraProjector.load(path)
+        projector.check_modules(modules)
+        return projector
+
+    def _compressor(self, projector: LoGraProjector) -> RapidGradCompressor | None:
+        cfg = self.config
+        if cfg.rapidgrad_k is None:
+            return None
+        return RapidGradCompressor(projector.blocks, cfg.rapidgrad_k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize)
+
+    def _tokenized(self, tokenizer: Any, stats: CorpusStats) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
+        cfg = self.config
+        for record in iter_records(cfg.corpus, skip_bad=cfg.skip_bad, stats=stats):
+            try:
+                example = tokenize_record(record, tokenizer, cfg.max_tokens)
+            except CorpusError as err:
+                if not cfg.skip_bad:
+                    raise
+                stats.record_bad(err)
+                continue
+            yield record, example
+
+    def _gradient_pass(
+        self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule], projector: LoGraProjector,
+        compressor: RapidGradCompressor | None, id_offset: int, first_chunk: int,
+    ) -> tuple[int, int]:
+        """Stage raw vectors and store rows of every owned, unfinished chunk; return (chunks, examples)."""
+        cfg = self.config
+        self.staging.ensure()
+        stats = CorpusStats()
+        stream = self._tokenized(tokenizer, stats)
+        computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast])
+        dim = compressor.k if compressor else projector.dim
+        pad = _pad_id(tokenizer)
+        bar = progress_bar(cfg.progress and self.ctx.is_main, desc="gradients", unit="ex")
+        tokens_done, grad_seconds = 0, 0.0
+        n_chunks = n_examples = 0
+        try:
+            while True:
+                items = list(itertools.islice(stream, cfg.shard_size))
+                if not items:
+                    break
+                chunk = first_chunk + n_chunks
+                n_chunks += 1
+                start_id = id_offset + n_examples
+                n_examples += len(items)
+                self._tally(items)
+                if not self.ctx.owns(chunk) or self.staging.is_complete(chunk):
+                    continue
+                examples = [ex for _, ex in items]
+                t0 = time.perf_counter()
+                with self.staging.write_vectors(chunk, (len(items), dim)) as out:
+                    for idx in token_budget_batches([e.n_tokens for e in examples], cfg.batch_tokens):
+                        grads = computer.compute(collate([examples[i] for i in idx], pad)).vectors  # [b, D]
+                        if compressor is not None:
+                            grads = compressor.compress(grads.double())  # [b, K]
+                        out[idx] = grads.float().cpu().numpy()
+                        n_tok = sum(examples[i].n_tokens for i in idx)
+                        tokens_done += n_tok
+                        bar.update(len(idx))
+                        bar.set_postfix(tok_s=f"{tokens_done / max(grad_seconds + time.perf_counter() - t0, 1e-9):.0f}")
+                grad_seconds += time.perf_counter() - t0
+                rows = [_store_row(start_id + i, rec, ex, tokenizer) for i, (rec, ex) in enumerate(items)]
+                self.staging.write_rows(chunk, rows)
+                crash_point(f"after_chunk_{chunk}")
+        finally:
+            bar.close()
+            computer.close()
+        self.summary.skipped_bad = stats.bad
+        self.summary.gradient_tokens_per_s = tokens_done / grad_seconds if grad_seconds else 0.0
+        if n_examples == 0:
+            raise CorpusError("the corpus has no usable example", "check the --corpus files (and --skip-bad reports)", code="empty_corpus")
+        logger.info("gradient pass: %d examples in %d shards (%s)", n_examples, n_chunks, stats.summary())
+        return n_chunks, n_examples
+
+    def _tally(self, items: list[tuple[CorpusRecord, TokenizedExample]]) -> None:
+        s = self.summary
+        for _, ex in items:
+            s.examples += 1
+            s.tokens += ex.n_tokens
+            s.target_tokens += ex.n_targets
+            s.truncated += ex.n_truncated_tokens > 0
+            s.no_targets += ex.n_targets == 0
+
+    def _owned(self, chunks: range) -> list[int]:
+        return [c for c in chunks if self.ctx.owns(c)]
+
+    def _fit_preconditioner(self, blocks: list[Block], chunks: range) -> Preconditioner:
+        fisher = FisherAccumulator(blocks)
+        for chunk in self._owned(chunks):
+            vectors = self.staging.read_vectors(chunk)
+            for start in range(0, vectors.shape[0], _ROWS_PER_STEP):
+                fisher.update(torch.from_numpy(np.array(vectors[start : start + _ROWS_PER_STEP])))
+        if self.ctx.active:
+            fisher.all_reduce()
+        preconditioner = Preconditioner.from_fisher(fisher, self.config.damping)
+        if self.ctx.is_main:
+            with atomic_output(self.paths.hessian) as tmp:
+                preconditioner.save(tmp)
+            crash_point("after_hessian")
+        return preconditioner
+
+    def _stored_vectors(self, transform: ScoreTransform, chunk: int) -> np.ndarray:
+        raw = self.staging.read_vectors(chunk)
+        out = np.empty(raw.shape, dtype=np.float32)
+        for start in range(0, raw.shape[0], _ROWS_PER_STEP):
+            part = torch.from_numpy(np.array(raw[start : start + _ROWS_PER_STEP]))
+            out[start : start + part.shape[0]] = transform.train(part)[0].float().numpy()
+        return out
+
+    def _write_shards(
+        self, transform: ScoreTransform, chunks: range, id_offset: int, first_chunk: int, n_examples: int,
+        trained: Any = None,
+    ) -> None:
+        cfg = self.config
+        self.paths.shards_dir.mkdir(parents=True, exist_ok=True)
+        owned = self._owned(chunks)
+        ids_of = {c: id_offset + (c - first_chunk) * cfg.shard_size for c in chunks}
+        if is_flat(cfg.index_factory):
+            for chunk in owned:
+                vectors = self._stored_vectors(transform, chunk)
+                ids = np.arange(ids_of[chunk], ids_of[chunk] + vectors.shape[0], dtype=np.int64)
+                write_shard(self.paths.shard(chunk), vectors, ids, cfg.index_factory)
+                crash_point(f"after_shard_{chunk}")
+            return
+        # compressed: exact vectors kept for re-ranking, one quantizer trained on a sample of all shards
+        self.paths.vectors_dir.mkdir(parents=True, exist_ok=True)
+        for chunk in owned:
+            vectors = self._stored_vectors(transform, chunk).astype(cfg.vector_dtype)
+            with atomic_output(self.paths.exact_vectors(chunk)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, vectors)
+        self.ctx.barrier()
+        import faiss
+
+        trained_path = self.staging.root / "trained.faiss"
+        if trained is None:
+            if self.ctx.is_main and not trained_path.is_file():
+                sample = self._training_sample(chunks, n_examples)
+                index = train_index(sample.shape[1], cfg.index_factory, sample, seed=cfg.seed)
+                with atomic_output(trained_path) as tmp:
+                    faiss.write_index(index, str(tmp))
+            self.ctx.barrier()
+            trained = faiss.read_index(str(trained_path))
+        for chunk in owned:
+            vectors = np.load(self.paths.exact_vectors(chunk), mmap_mode="r").astype(np.float32)
+            ids = np.arange(ids_of[chunk], ids_of[chunk] + vectors.shape[0], dtype=np.int64)
+            write_shard(self.paths.shard(chunk), vectors, ids, cfg.index_factory, trained=trained)
+            crash_point(f"after_shard_{chunk}")
+
+    def _training_sample(self, chunks: range, n_examples: int) -> np.ndarray:
+        """A seeded sample of ``train_examples`` stored vectors across ``chunks`` (same on every run)."""
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        pick = np.sort(rng.choice(n_examples, size=min(cfg.train_examples, n_examples), replace=False))
+        parts = []
+        for i, chunk in enumerate(chunks):
+            lo = i * cfg.shard_size
+            rows = pick[(pick >= lo) & (pick < lo + cfg.shard_size)] - lo
+            parts.append(np.load(self.paths.exact_vectors(chunk), mmap_mode="r")[rows])
+        return np.concatenate(parts).astype(np.float32)
+
+    def _finish(
+        self, state: dict[str, Any], projector: LoGraProjector, preconditioner: Preconditioner, chunks: range,
+        n_examples: int, tokenizer: Any, additions: list[dict[str, Any]], previous: dict[str, Any] | None = None,
+    ) -> None:
+        partial = partial_path_for(self.paths.store)
+        if previous is not None and not partial.exists():  # `add`: continue from the finished store
+            shutil.copyfile(self.paths.store, partial)
+        with ExampleStoreWriter(self.paths.store) as writer:
+            for chunk in chunks:
+                if self.staging.rows_path(chunk).is_file():
+                    writer.add_many(StoredExample(**row) for row in self.staging.read_rows(chunk))
+            writer.finalize(expected_count=n_examples)
+        crash_point("before_manifest")
+        shards = [shard_entry(self.paths, c, self.paths.shard(c)) for c in chunks]
+        if sum(s["rows"] for s in shards) != n_examples:
+            raise RuntimeError(f"shards hold {sum(s['rows'] for s in shards)} rows but {n_examples} examples were staged")
+        self.summary.shards = len(shards)
+        self.summary.dim = int(shards[0]["dim"]) if shards else 0
+        disk = sum(p.stat().st_size for p in self.paths.root.rglob("*") if p.is_file() and "staging" not in p.parts)
+        self.summary.bytes_per_example = disk / max(n_examples, 1)
+        summary = {k: v for k, v in self.summary.__dict__.items() if k not in ("wall_s", "gradient_tokens_per_s")}
+        if previous is not None:  # `add`: counts cover the whole index
+            before = previous["build_config"].get("summary", {})
+            for key in ("examples", "tokens", "target_tokens", "truncated", "no_targets", "skipped_bad"):
+                summary[key] = summary.get(key, 0) + before.get(key, 0)
+        atomic_write_json(self.paths.build_config, self.config.to_dict())
+        write_manifest(
+            self.paths, config=self.config, created_at=state["created_at"], projector=projector,
+            preconditioner=preconditioner, shards=shards, n_examples=n_examples, tokenizer=tokenizer,
+            summary=summary, additions=additions,
+        )
+        if not self.keep_staging:
+            self.staging.remove()
+
+
+def _store_row(example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any) -> dict[str, Any]:
+    return StoredExample.from_record(example_id, record, example, text=render_record(record, tokenizer)).to_dict()
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,192 @@
+"""``tributary index build|plan|add|verify`` — the indexer's command line.
+
+Every :class:`~tributary_indexer.config.BuildConfig` field is a flag (``--rank-in 32``,
+``--no-progress``); ``--config FILE`` (JSON or YAML) sets many at once and flags override it.
+Run the same command under ``torchrun --nproc_per_node=N`` to build with N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import BuildConfig
+from .errors import TributaryIndexError
+
+logger = logging.getLogger(__name__)
+
+
+def _field_docs() -> dict[str, str]:
+    """The attribute docstrings of :class:`BuildConfig` (shown in ``--help``)."""
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(BuildConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
+    docs = _field_docs()
+    group = parser.add_argument_group("build configuration (defaults in brackets)")
+    for f in dataclasses.fields(BuildConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{docs.get(f.name, '')} [{default}]".replace("%", "%%")
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif isinstance(default, list):
+            group.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        elif f.name == "rapidgrad_k":
+            group.add_argument(flag, dest=f.name, type=int, default=argparse.SUPPRESS, help=help_text)
+        elif f.name == "autocast":
+            group.add_argument(flag, dest=f.name, choices=["bf16", "fp16"], default=argparse.SUPPRESS, help=help_text)
+        elif f.name == "num_threads":
+            group.add_argument(flag, dest=f.name, type=int, default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=type(default), default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tributary index", description="Build and maintain Tributary attribution indexes.")
+    parser.add_argument("--log-level", default="INFO", help="logging level [INFO]")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("build", "build an index (resumes a killed build of the same configuration)"),
+                       ("plan", "estimate disk, RAM and time of a build from a short measured sample")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--model", default=argparse.SUPPRESS, help="local Hugging Face causal LM directory")
+        p.add_argument("--corpus", nargs="+", default=argparse.SUPPRESS, help="JSONL / Parquet files or directories")
+        p.add_argument("--out", required=name == "build", type=Path, help="index directory")
+        p.add_argument("--config", type=Path, help="JSON/YAML file of build settings (flags override it)")
+        if name == "build":
+            p.add_argument("--keep-staging", action="store_true", help="keep the raw staged vectors after the build")
+        else:
+            p.add_argument("--sample", type=int, default=32, help="examples timed for the estimate [32]")
+        _add_config_flags(p, skip={"model", "corpus"})
+    p = sub.add_parser("add", help="append a corpus as new shards with the frozen projector and Hessian")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--corpus", nargs="+", required=True)
+    for flag in ("batch_tokens", "num_threads"):
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int, default=argparse.SUPPRESS)
+    p.add_argument("--device", default=argparse.SUPPRESS)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+    p.add_argument("--skip-bad", dest="skip_bad", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+    p = sub.add_parser("verify", help="check checksums, counts and manifest consistency")
+    p.add_argument("index", type=Path)
+    p.add_argument("--no-checksums", action="store_true", help="skip sha256 of every file (fast)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> BuildConfig:
+    """defaults < ``--config`` file < flags; paths made absolute so reruns from elsewhere match."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(BuildConfig.from_file(args.config).to_dict())
+        values = {k: v for k, v in values.items() if v != getattr(BuildConfig(), k)}
+    names = {f.name for f in dataclasses.fields(BuildConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    if values.get("model"):
+        values["model"] = str(Path(values["model"]).resolve())
+    if values.get("corpus"):
+        values["corpus"] = [str(Path(c).resolve()) for c in values["corpus"]]
+    return BuildConfig.from_dict(values)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .builder import IndexBuilder
+    from .distributed import init_distributed, shutdown_distributed
+
+    config = resolve_config(args)
+    if not config.model or not config.corpus:
+        raise SystemExit("tributary index build: --model and --corpus are required (or set them in --config)")
+    ctx = init_distributed()
+    try:
+        summary = IndexBuilder(config, args.out, ctx=ctx, keep_staging=args.keep_staging).build()
+    finally:
+        shutdown_distributed(ctx)
+    if ctx.is_main:
+        print(f"index written to {args.out}")
+        for line in summary.lines():
+            print("  " + line)
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    from .builder import IndexBuilder
+    from .distributed import init_distributed, shutdown_distributed
+
+    manifest = json.loads((args.index / "manifest.json").read_text()) if (args.index / "manifest.json").is_file() else None
+    if manifest is None:
+        raise SystemExit(f"tributary index add: {args.index} holds no finished index (no manifest.json)")
+    stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
+    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BuildConfig)}}
+    overrides["corpus"] = [str(Path(c).resolve()) for c in args.corpus]
+    config = BuildConfig.from_dict({**stored, **overrides})
+    ctx = init_distributed()
+    try:
+        summary = IndexBuilder(config, args.index, ctx=ctx).add()
+    finally:
+        shutdown_distributed(ctx)
+    if ctx.is_main:
+        print(f"added {args.corpus} to {args.index}")
+        for line in summary.lines():
+            print("  " + line)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .index_verification import verify_index
+
+    problems = verify_index(args.index, check_checksums=not args.no_checksums)
+    if problems:
+        print(f"{args.index}: {len(problems)} problem(s)")
+        for problem in problems:
+            print("  - " + problem)
+        return 1
+    print(f"{args.index}: OK")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .build_plan import estimate_build
+
+    config = resolve_config(args)
+    if not config.model or not config.corpus:
+        raise SystemExit("tributary index plan: --model and --corpus are required (or set them in --config)")
+    plan = estimate_build(config, sample=args.sample)
+    for line in plan.lines():
+        print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tributary index``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    commands = {"build": _cmd_build, "add": _cmd_add, "verify": _cmd_verify, "plan": _cmd_plan}
+    t0 = time.perf_counter()
+    try:
+        return commands[args.command](args)
+    except (TributaryIndexError, ValueError, FileNotFoundError) as exc:
+        print(f"tributary index {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        logger.debug("%s took %.1f s", args.command, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

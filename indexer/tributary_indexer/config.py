@@ -1,0 +1,128 @@
+"""The resolved configuration of an index build.
+
+Every field changes either what is stored (and so must match for a resumed build, an ``add``, and
+the server) or only how fast it is computed. :meth:`BuildConfig.identity` holds the former; the
+build refuses to write into a directory whose stored identity differs, naming the fields. The
+resolved config is written into the index directory as ``build_config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .projector import PROJECTOR_KINDS, ProjectionConfig
+from .scores import SCORE_VARIANTS
+
+# Fields that only change speed or logging: a resume may change them freely.
+RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
+
+
+@dataclass
+class BuildConfig:
+    """How an index is built. Defaults are the measured choices (``benchmarks/RESULTS.md``)."""
+
+    model: str = ""
+    """Local path of a Hugging Face causal LM (``AutoModelForCausalLM.from_pretrained``) and its tokenizer."""
+    corpus: list[str] = field(default_factory=list)
+    """JSONL / Parquet files (or directories of them); records are ``text``, ``prompt``+``response`` or ``messages``."""
+    include: list[str] = field(default_factory=list)
+    """fnmatch patterns of linear modules to track; empty = every ``nn.Linear``/``Conv1D`` incl. ``lm_head``."""
+    exclude: list[str] = field(default_factory=list)
+    """Patterns removed from the tracked set."""
+    projector: str = "random"
+    """``random`` (no extra pass), ``pca`` (one statistics pass over ``pca_examples``; keeps the
+    directions where activations and gradients vary, better quality at the same rank) or
+    ``identity`` (full gradients, small models only)."""
+    rank_in: int = 16
+    """LoGra input rank per module; a module's vector has ``rank_in·rank_out`` dims."""
+    rank_out: int = 16
+    """LoGra output rank per module. 16×16 → 256 dims/module; 64×64 → 4096 (16× disk and RAM)."""
+    seed: int = 0
+    """Seed of the random projections, RapidGrad and IVF training."""
+    pca_examples: int = 512
+    """Examples used to estimate the covariances for ``pca`` (more = stabler eigenvectors)."""
+    rapidgrad_k: int | None = None
+    """Compress each vector further with RapidGrad to this many dims (None = off). Cuts disk and
+    search cost linearly; the Fisher becomes one dense ``K×K`` block."""
+    rapidgrad_normalize: bool = True
+    """RapidGrad's layer-wise L2 normalisation (equalises modules; not inner-product preserving)."""
+    score: str = "relatif"
+    """Score variant folded into the stored vectors: ``relatif`` (default), ``influence``, ``cosine``, ``grad_dot``."""
+    damping: float = 1e-3
+    """α in ``λ_m = α · mean eig(F_m)``; smaller trusts the Fisher more (see the quality benchmark)."""
+    max_tokens: int = 512
+    """Truncate longer examples (counted and reported)."""
+    shard_size: int = 50_000
+    """Examples per shard (also the unit of resume and of work per process)."""
+    index_factory: str = "Flat"
+    """FAISS ``index_factory`` string: ``Flat`` (exact), or e.g. ``IVF4096,PQ64`` / ``SQfp16``
+    (compressed; exact vectors are kept in ``vectors/`` for re-ranking)."""
+    train_examples: int = 100_000
+    """Vectors sampled to train a compressed FAISS index."""
+    vector_dtype: str = "float32"
+    """Stored exact vectors: ``float32`` or ``float16`` (half the disk, ~3 significant digits)."""
+    batch_tokens: int = 4096
+    """Padded tokens per forward/backward batch (memory vs speed)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``... Under torchrun each rank takes its local GPU."""
+    autocast: str | None = None
+    """``bf16`` or ``fp16`` autocast for the model on CUDA (projections and sums stay float32)."""
+    num_threads: int | None = None
+    """torch CPU threads (None = torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+    skip_bad: bool = False
+    """Skip malformed records (counted, first ones reported) instead of stopping at the first."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.projector not in PROJECTOR_KINDS:
+            problems.append(f"projector={self.projector!r} (choose from {list(PROJECTOR_KINDS)})")
+        if self.score not in SCORE_VARIANTS:
+            problems.append(f"score={self.score!r} (choose from {list(SCORE_VARIANTS)})")
+        if self.damping <= 0:
+            problems.append(f"damping={self.damping} (must be > 0)")
+        for name in ("rank_in", "rank_out", "max_tokens", "shard_size", "batch_tokens", "pca_examples"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        if self.rapidgrad_k is not None and self.rapidgrad_k < 1:
+            problems.append(f"rapidgrad_k={self.rapidgrad_k} (must be >= 1 or unset)")
+        if self.vector_dtype not in ("float32", "float16"):
+            problems.append(f"vector_dtype={self.vector_dtype!r} (float32 or float16)")
+        if self.autocast not in (None, "bf16", "fp16"):
+            problems.append(f"autocast={self.autocast!r} (bf16, fp16 or unset)")
+        if problems:
+            raise ValueError("invalid build configuration: " + "; ".join(problems))
+
+    @property
+    def projection(self) -> ProjectionConfig:
+        return ProjectionConfig(kind=self.projector, rank_in=self.rank_in, rank_out=self.rank_out, seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the stored vectors (everything but runtime knobs)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown build configuration fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BuildConfig:
+        """Load a JSON config file (``--config``); YAML is accepted when PyYAML is installed."""
+        text = Path(path).read_text(encoding="utf-8")
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml  # optional
+
+            return cls.from_dict(yaml.safe_load(text) or {})
+        return cls.from_dict(json.loads(text))

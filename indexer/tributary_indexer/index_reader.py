@@ -1,0 +1,124 @@
+"""Opening a finished index for queries: manifest, projector, preconditioner, shards, store.
+
+The service and the tests both go through :class:`AttributionIndex`; it checks the files
+against the manifest and exposes exact top-k search over all shards (re-ranked with the exact
+vectors when the shards are compressed) for query vectors already transformed with
+:attr:`AttributionIndex.transform`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import IndexIntegrityError
+from .example_store import ExampleStore
+from .index_files import IndexPaths
+from .index_verification import verify_index
+from .manifest import Manifest
+from .preconditioner import Preconditioner
+from .projector import LoGraProjector
+from .rapidgrad import RapidGradCompressor
+from .scores import ScoreTransform
+from .shards import SearchResult, is_flat, merge_topk, read_shard
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardHandle:
+    index: object  # faiss.Index
+    id_start: int
+    id_end: int
+    exact: np.ndarray | None  # [rows, D] memory-mapped exact vectors (compressed shards only)
+
+
+class AttributionIndex:
+    """A read-only, loaded index."""
+
+    def __init__(self, root: str | Path, verify_checksums: bool = True, rerank_factor: int = 10):
+        self.paths = IndexPaths(Path(root))
+        problems = verify_index(self.paths.root, check_checksums=verify_checksums)
+        if problems:
+            raise IndexIntegrityError(
+                f"index {self.paths.root} failed verification: " + "; ".join(problems[:5])
+                + "; fix: rebuild the index or restore the damaged files (`tributary index verify` lists them)"
+            )
+        self.manifest = Manifest.load(self.paths.root)
+        self.projector = LoGraProjector.load(self.paths.projector)
+        self.preconditioner = Preconditioner.load(self.paths.hessian)
+        self.transform = ScoreTransform(self.manifest.score_variant, self.preconditioner)
+        rapid = self.manifest.projector.params.get("rapidgrad")
+        self.compressor = (
+            RapidGradCompressor(self.projector.blocks, rapid["k"], seed=rapid["seed"], normalize_layers=rapid["normalize_layers"])
+            if rapid else None
+        )
+        self.compressed = not is_flat(self.manifest.build_config.get("index_factory", "Flat"))
+        self.rerank_factor = rerank_factor
+        self.shards: list[ShardHandle] = []
+        for n, shard in enumerate(self.manifest.shards):
+            exact = np.load(self.paths.exact_vectors(n), mmap_mode="r") if self.compressed else None
+            self.shards.append(ShardHandle(read_shard(self.paths.root / shard.file), shard.id_start, shard.id_end, exact))
+        self.store = ExampleStore(self.paths.store)
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def n_examples(self) -> int:
+        return self.manifest.n_examples
+
+    def close(self) -> None:
+        self.store.close()
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists probed per query (recall vs speed of compressed shards; no-op for flat)."""
+        import faiss
+
+        for shard in self.shards:
+            ivf = faiss.try_extract_index_ivf(shard.index)
+            if ivf is not None:
+                ivf.nprobe = nprobe
+
+    def vectors_to_query(self, gradients: torch.Tensor) -> np.ndarray:
+        """Projected query gradients ``[nq, D_proj]`` → transformed query vectors ``[nq, D]`` float32."""
+        g = gradients.to(torch.float64)
+        if self.compressor is not None:
+            g = self.compressor.compress(g)
+        return self.transform.query(g)[0].float().cpu().numpy()
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """Exact top-``k`` (largest inner product) over all shards; ``-1`` ids where fewer hits."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        fetch = k * self.rerank_factor if self.compressed else k
+        parts = []
+        for shard in self.shards:
+            kk = min(fetch, shard.id_end - shard.id_start)
+            if kk <= 0:
+                continue
+            scores, ids = shard.index.search(q, kk)  # type: ignore[attr-defined]
+            if shard.exact is not None:  # re-rank the candidates with the exact vectors
+                valid = ids >= 0
+                rows = np.where(valid, ids - shard.id_start, 0)
+                exact = np.einsum("qd,qkd->qk", q, np.asarray(shard.exact[rows.reshape(-1)], dtype=np.float32).reshape(*rows.shape, -1))
+                scores = np.where(valid, exact, -np.inf).astype(np.float32)
+            parts.append((scores, ids))
+        if not parts:
+            return SearchResult(np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64))
+        return merge_topk(parts, k)
+
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` ``[n, D]`` (from the exact files or the flat shards)."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for i, example_id in enumerate(ids):
+            shard = next(s for s in self.shards if s.id_start <= example_id < s.id_end)
+            if shard.exact is not None:
+                out[i] = shard.exact[example_id - shard.id_start]
+            else:
+                out[i] = shard.index.reconstruct(int(example_id))  # type: ignore[attr-defined]
+        return out
