@@ -36,12 +36,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
-from benchmarks.peers.logix_runner import make_batches  # noqa: E402
 from tributary_indexer.batching import Batch, TokenizedExample, collate  # noqa: E402
 from tributary_indexer.gradient_computer import GradientComputer  # noqa: E402
 from tributary_indexer.loss import per_example_target_loss  # noqa: E402
 from tributary_indexer.module_selection import select_modules  # noqa: E402
 from tributary_indexer.projector import LoGraProjector, ProjectionConfig  # noqa: E402
+
+from benchmarks.peers.logix_runner import make_batches  # noqa: E402
 
 SIZES = {
     # name: (GPT2Config kwargs, batch size, sequence length, batches per pass)
@@ -81,8 +82,9 @@ def _ours(model: torch.nn.Module, batches: list[Batch], rank: int) -> tuple[Call
 
 def _logix(model: torch.nn.Module, raw_batches: list[dict], rank: int, repeats: int) -> dict | None:
     try:
-        from benchmarks.peers.logix_runner import measure_logix
         import logix  # noqa: F401
+
+        from benchmarks.peers.logix_runner import measure_logix
     except ImportError as exc:
         logging.warning("LogIX not installed (%s): run `make bench-peers` for its rows", exc)
         return None

@@ -45,7 +45,13 @@ def build_model_dir(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
     """Save a tiny random causal LM and a byte-level BPE tokenizer (with a chat template) at ``path``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     texts = []
     for r in corpus_records(120):

@@ -16,7 +16,6 @@ ids dense and identical everywhere) but computes gradients only for the shards i
 
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 import logging
 import os
@@ -43,6 +42,7 @@ from .fisher import FisherAccumulator
 from .gradient_computer import GradientComputer
 from .index_files import IndexPaths, shard_entry, write_manifest
 from .kronecker_statistics import estimate_covariances
+from .manifest import utc_timestamp
 from .model_loading import load_causal_lm, load_tokenizer, resolve_device
 from .module_selection import TrackedModule, select_modules
 from .preconditioner import Preconditioner
@@ -186,7 +186,7 @@ class IndexBuilder:
         if self.ctx.is_main:
             additions = list(manifest["build_config"].get("additions", [])) + [
                 {"corpus": list(self.config.corpus), "id_start": id_offset, "id_end": id_offset + n_examples,
-                 "added_at": _now()}
+                 "added_at": utc_timestamp()}
             ]
             state = {"created_at": manifest["created_at"]}
             self._finish(state, projector, preconditioner, range(0, first_chunk + n_new), id_offset + n_examples, tokenizer, additions=additions, previous=manifest)
@@ -207,7 +207,9 @@ class IndexBuilder:
             )
 
     def _pin_state(self) -> dict[str, Any]:
+        # every rank reads the state before any rank writes it, so all take the same branch
         state = self.staging.read_state()
+        self.ctx.barrier()
         if state is not None:
             self._check_identity(state["build_config"], "an unfinished build")
             logger.info("resuming the build in %s", self.paths.root)
@@ -218,8 +220,7 @@ class IndexBuilder:
                 f"{self.paths.root} is not empty ({leftovers}) and holds no Tributary build state; "
                 "fix: choose an empty or new directory (nothing there was touched)"
             )
-        state = {"created_at": _now(), "build_config": self.config.identity(), "package_version": __version__}
-        self.ctx.barrier()
+        state = {"created_at": utc_timestamp(), "build_config": self.config.identity(), "package_version": __version__}
         if self.ctx.is_main:
             self.staging.ensure()
             self.staging.write_state(state)
@@ -239,7 +240,9 @@ class IndexBuilder:
     def _projector(self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]) -> LoGraProjector:
         cfg = self.config
         path = self.paths.projector
-        if not path.is_file():
+        missing = not path.is_file()
+        self.ctx.barrier()  # every rank decided before rank 0 may create it
+        if missing:
             if self.ctx.is_main:
                 if cfg.projector == "identity":
                     projector = LoGraProjector.identity(modules)
@@ -326,7 +329,7 @@ class IndexBuilder:
         self.summary.skipped_bad = stats.bad
         self.summary.gradient_tokens_per_s = tokens_done / grad_seconds if grad_seconds else 0.0
         if n_examples == 0:
-            raise CorpusError("the corpus has no usable example", "check the --corpus files (and --skip-bad reports)", code="empty_corpus")
+            raise CorpusError(None, None, "the corpus has no usable example", "check the --corpus files (and what --skip-bad reported)", code="empty_corpus")
         logger.info("gradient pass: %d examples in %d shards (%s)", n_examples, n_chunks, stats.summary())
         return n_chunks, n_examples
 
@@ -462,7 +465,3 @@ def _pad_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     return 0
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

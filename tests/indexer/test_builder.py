@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 from tributary_indexer.batching import collate
 from tributary_indexer.builder import IndexBuilder, token_budget_batches
 from tributary_indexer.config import BuildConfig
-from tributary_indexer.errors import ConfigMismatchError, CorpusError, ModelLoadError, ModuleSelectionError, OutputDirectoryError
+from tributary_indexer.errors import (
+    ConfigMismatchError,
+    CorpusError,
+    ModelLoadError,
+    ModuleSelectionError,
+    OutputDirectoryError,
+)
 from tributary_indexer.example_store import ExampleStore
 from tributary_indexer.gradient_computer import GradientComputer
 from tributary_indexer.index_reader import AttributionIndex
@@ -23,6 +27,8 @@ from tributary_indexer.index_verification import verify_index
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
 from tributary_indexer.module_selection import select_modules
 from tributary_indexer.tokenization import tokenize_query
+
+from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
 
 @pytest.fixture(scope="module")

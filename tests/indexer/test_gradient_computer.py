@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-
 from tributary_indexer.batching import TokenizedExample, collate
 from tributary_indexer.gradient_computer import GradientComputer
 from tributary_indexer.loss import per_example_target_loss

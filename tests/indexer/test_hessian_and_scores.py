@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tributary_indexer.fisher import FisherAccumulator
 from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.conftest import tiny_gpt2, tiny_llama
 from tributary_indexer.batching import TokenizedExample, collate
 from tributary_indexer.errors import ModuleSelectionError
 from tributary_indexer.kronecker_statistics import estimate_covariances
 from tributary_indexer.module_selection import select_modules
 from tributary_indexer.projector import LoGraProjector, ProjectionConfig
+
+from tests.conftest import tiny_gpt2, tiny_llama
 
 
 def test_module_selection_types_patterns_and_errors():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tributary_indexer.projector import Block
 from tributary_indexer.rapidgrad import RapidGradCompressor
 

@@ -1,0 +1,3 @@
+"""Version of the tributary client package (kept in one place)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,398 @@
+"""The ``tributary`` command line.
+
+Client commands (light: httpx + pydantic only)::
+
+    tributary attribute --prompt P --response R [--top-k N] [--direction D] [--token-wise] [--json]
+    tributary batch LOGS.jsonl -o RESULTS.jsonl [--concurrency N] [--report PREFIX] [--no-progress]
+    tributary report RESULTS.jsonl -o PREFIX
+    tributary example ID | index-info | generate --prompt P
+
+Server-side commands, delegated (need the extras): ``tributary index ...`` runs
+``tributary_indexer.cli.main``, ``tributary serve ...`` runs ``tributary_service.cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO, get_args
+
+from pydantic import ValidationError
+
+from ._base_client import make_attribution_request
+from ._client import Client
+from ._exceptions import APIError
+from .types import AttributionResponse, Direction, TokenScore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "main"]
+
+_DELEGATES = {
+    "index": ("tributary_indexer.cli", "indexer", "build and inspect indexes"),
+    "serve": ("tributary_service.cli", "service", "run the API server"),
+}
+
+# ANSI styles for token highlighting: strong/medium positive, strong/medium negative.
+_STYLE_POS_STRONG = "\x1b[1;30;42m"
+_STYLE_POS = "\x1b[32m"
+_STYLE_NEG_STRONG = "\x1b[1;37;41m"
+_STYLE_NEG = "\x1b[31m"
+_RESET = "\x1b[0m"
+
+
+def _make_client(args: argparse.Namespace) -> Client:
+    """The client the commands use (tests replace this to inject a transport)."""
+    return Client(
+        base_url=args.base_url,
+        api_key=args.api_key,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
+
+
+def _style_for(score: float, scale: float) -> str:
+    if scale <= 0:
+        return ""
+    r = score / scale
+    if r >= 0.5:
+        return _STYLE_POS_STRONG
+    if r >= 0.15:
+        return _STYLE_POS
+    if r <= -0.5:
+        return _STYLE_NEG_STRONG
+    if r <= -0.15:
+        return _STYLE_NEG
+    return ""
+
+
+def highlight(text: str, scores: Sequence[TokenScore]) -> str:
+    """`text` with ANSI colours on tokens by score (green = pushed towards the text)."""
+    valid = sorted(
+        (s for s in scores if 0 <= s.start < s.end <= len(text)), key=lambda s: s.start
+    )
+    if not valid:
+        return text
+    scale = max(abs(s.score) for s in valid)
+    out, pos = [], 0
+    for s in valid:
+        if s.start < pos:  # overlapping offsets: skip rather than garble
+            continue
+        out.append(text[pos : s.start])
+        style = _style_for(s.score, scale)
+        piece = text[s.start : s.end]
+        out.append(f"{style}{piece}{_RESET}" if style else piece)
+        pos = s.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _top_tokens(scores: Sequence[TokenScore], n: int) -> str:
+    best = sorted(scores, key=lambda s: (-s.score, s.start))[:n]
+    return ", ".join(f"{s.token!r} {s.score:+.4g}" for s in best)
+
+
+def print_attribution(
+    result: AttributionResponse, response_text: str, *, color: bool, out: TextIO
+) -> None:
+    """Readable ranked table of an attribution (and token scores when present)."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    t = result.timings
+    out.write(
+        f"index {result.index_id} · {result.score_variant} · "
+        f"{len(result.examples)} examples · {t.total_ms:.1f} ms\n"
+    )
+    if not result.examples:
+        out.write("no training examples matched\n")
+    else:
+        out.write(f"{'#':>3}  {'direction':<9} {'score':>11} {'example':>9}  {'source / provider':<24} text\n")
+        ranks = {"helpful": 0, "harmful": 0}
+        for ex in result.examples:
+            ranks[ex.direction] += 1
+            origin = f"{ex.source or '-'} / {ex.provider or '-'}"
+            prefix = f"{ranks[ex.direction]:>3}  {ex.direction:<9} {ex.score:>+11.4g} {ex.example_id:>9}  {origin[:24]:<24} "
+            out.write(prefix + _one_line(ex.text, max(width - len(prefix), 20)) + "\n")
+            if ex.token_scores:
+                out.write(f"{'':>5}↳ top tokens: {_top_tokens(ex.token_scores, 5)}\n")
+    if result.response_token_scores:
+        out.write("\nresponse tokens")
+        if color:
+            out.write(" (green: pushed towards the matched examples, red: against):\n")
+            out.write(highlight(response_text, result.response_token_scores) + "\n")
+        else:
+            out.write(f", highest scores: {_top_tokens(result.response_token_scores, 10)}\n")
+
+
+def _print_json(model: Any, out: TextIO) -> None:
+    out.write(model.model_dump_json(indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _load_messages(path: str) -> list[Any]:
+    if path == "-":
+        data = json.load(sys.stdin)
+    else:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    if isinstance(data, dict) and "messages" in data:
+        data = data["messages"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of messages or {{\"messages\": [...]}}")
+    return data
+
+
+def _use_color(args: argparse.Namespace) -> bool:
+    if args.color == "always":
+        return True
+    if args.color == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return sys.stdout.isatty()
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    messages = _load_messages(args.messages_json) if args.messages_json else None
+    request = make_attribution_request(
+        args.prompt, args.response, messages=messages, top_k=args.top_k,
+        direction=args.direction, token_wise=args.token_wise,
+        source=args.source, provider=args.provider,
+    )
+    with _make_client(args) as client:
+        result = client.attribute_request(request)
+    if args.json:
+        _print_json(result, sys.stdout)
+    else:
+        print_attribution(result, request.response_text(), color=_use_color(args), out=sys.stdout)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch_runner import run_batch
+
+    with _make_client(args) as client:
+        summary = run_batch(
+            client, args.logs, args.output, concurrency=args.concurrency, top_k=args.top_k,
+            progress=not args.no_progress, direction=args.direction, token_wise=args.token_wise,
+        )
+    print(
+        f"{summary.out_path}: {summary.total} generations, {summary.skipped} already done, "
+        f"{summary.succeeded} attributed, {summary.failed} rejected",
+        file=sys.stderr,
+    )
+    if args.report:
+        from .report import write_report
+
+        for path in write_report(args.output, args.report):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in write_report(args.results, args.output):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        ex = client.get_example(args.id)
+    if args.json:
+        _print_json(ex, sys.stdout)
+    else:
+        print(f"example {ex.example_id} · source {ex.source or '-'} · provider {ex.provider or '-'} "
+              f"· {ex.n_tokens} tokens · {ex.content_hash}")
+        print(ex.text)
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        info = client.index_info()
+    if args.json:
+        _print_json(info, sys.stdout)
+    else:
+        for key, value in info.model_dump().items():
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+            print(f"{key:<15} {shown}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        out = client.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.json:
+        _print_json(out, sys.stdout)
+    else:
+        print(out.response)
+    return 0
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    module_name, extra, _ = _DELEGATES[command]
+    try:
+        entry: Callable[[list[str]], int | None] = importlib.import_module(module_name).main
+    except (ImportError, AttributeError) as exc:
+        print(
+            f"error: `tributary {command}` is not available ({exc}); "
+            f"install the indexer/service extra: pip install 'tributary[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        rc = entry(rest)
+    except SystemExit as exc:  # argparse --help / usage errors of the delegated CLI
+        return _exit_code(exc)
+    return int(rc) if rc is not None else 0
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 2
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``tributary`` command."""
+    p = argparse.ArgumentParser(prog="tributary", description="Which training examples made the model say this?")
+    p.add_argument("--base-url", help="API base URL (default $TRIBUTARY_BASE_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="bearer API key (default $TRIBUTARY_API_KEY)")
+    p.add_argument("--timeout", type=float, default=None, help="read timeout in seconds (default 60)")
+    p.add_argument("--max-retries", type=int, default=2, help="retries on transient errors (default 2)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log retries and progress details")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    directions = list(get_args(Direction))
+
+    a = sub.add_parser("attribute", help="attribute one generation")
+    a.add_argument("--prompt", help="the prompt the model was given")
+    a.add_argument("--response", help="the model's generation to explain")
+    a.add_argument("--messages-json", metavar="FILE", help="chat messages (JSON list; '-' = stdin), last one the assistant's reply")
+    a.add_argument("--top-k", type=int, default=10)
+    a.add_argument("--direction", choices=directions, default="helpful")
+    a.add_argument("--token-wise", action="store_true", help="per-token score decompositions")
+    a.add_argument("--source", action="append", help="only examples from this source (repeatable)")
+    a.add_argument("--provider", action="append", help="only examples from this provider (repeatable)")
+    a.add_argument("--json", action="store_true", help="print the raw JSON response")
+    a.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    a.set_defaults(func=cmd_attribute)
+
+    b = sub.add_parser("batch", help="attribute a JSONL file of logged generations (resumable)")
+    b.add_argument("logs", help="JSONL logs: {prompt, response}, {messages} or chat-completion logs")
+    b.add_argument("-o", "--output", required=True, help="results JSONL (appended to; rerun to resume)")
+    b.add_argument("--concurrency", type=int, default=4)
+    b.add_argument("--top-k", type=int, default=10)
+    b.add_argument("--direction", choices=directions, default="helpful")
+    b.add_argument("--token-wise", action="store_true")
+    b.add_argument("--report", metavar="PREFIX", help="also write PREFIX.csv and PREFIX.md")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_batch)
+
+    r = sub.add_parser("report", help="data-valuation report of a results file")
+    r.add_argument("results")
+    r.add_argument("-o", "--output", required=True, metavar="PREFIX")
+    r.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("example", help="show one training example")
+    e.add_argument("id", type=int)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_example)
+
+    i = sub.add_parser("index-info", help="summary of the served index")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_index_info)
+
+    g = sub.add_parser("generate", help="let the indexed model answer a prompt")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    for name, (_, extra, what) in _DELEGATES.items():
+        d = sub.add_parser(name, help=f"{what} (needs the [{extra}] extra)", add_help=False)
+        d.add_argument("rest", nargs=argparse.REMAINDER)
+        d.set_defaults(func=None)
+    return p
+
+
+_GLOBAL_VALUE_OPTIONS = {"--base-url", "--api-key", "--timeout", "--max-retries"}
+
+
+def _find_delegate(argv: list[str]) -> tuple[str, list[str]] | None:
+    """``[global options] index|serve REST...`` -> (command, REST), passed through verbatim."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return (arg, argv[i + 1 :]) if arg in _DELEGATES else None
+    return None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tributary`` console script; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    delegated = _find_delegate(args_list)
+    if delegated is not None:
+        return _delegate(*delegated)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # --help or a usage error (argparse printed the message)
+        return _exit_code(exc)
+    if args.func is None:
+        return _delegate(args.command, list(args.rest))
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except APIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        print(f"error: invalid request: {_validation_message(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        hint = " (rerun the same command to resume)" if args.command == "batch" else ""
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""Wire types of the Tributary REST API (``/v1``): the one source of truth.
+
+The FastAPI service imports these models as its request and response schemas, so the
+``Field(description=...)`` texts end up in the OpenAPI document: they explain what a field
+*means*, not only its type.
+
+Compatibility rules:
+
+* request models (what a client sends) forbid unknown fields, so a typo such as ``topk``
+  is a 422 that names the field instead of being silently ignored;
+* response models ignore unknown fields, so an older client keeps working against a newer
+  server that adds fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ERROR_TYPES",
+    "SCORE_VARIANTS",
+    "TERMINAL_BATCH_STATUSES",
+    "AttributedExample",
+    "AttributionFilters",
+    "AttributionRequest",
+    "AttributionResponse",
+    "Batch",
+    "BatchCreateRequest",
+    "BatchRequestCounts",
+    "BatchRequestLine",
+    "BatchResultLine",
+    "BatchStatus",
+    "ChatMessage",
+    "Direction",
+    "ErrorBody",
+    "ErrorResponse",
+    "ErrorType",
+    "Example",
+    "GenerateRequest",
+    "GenerateResponse",
+    "IndexInfo",
+    "Role",
+    "ScoreVariant",
+    "StageTimings",
+    "TokenScore",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+Direction = Literal["helpful", "harmful", "both"]
+ScoreVariant = Literal["influence", "relatif", "cosine", "grad_dot"]
+SCORE_VARIANTS: tuple[str, ...] = ("influence", "relatif", "cosine", "grad_dot")
+ErrorType = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "not_found_error",
+    "rate_limit_error",
+    "unavailable_error",
+    "server_error",
+]
+ERROR_TYPES: tuple[str, ...] = (
+    "invalid_request_error",
+    "authentication_error",
+    "not_found_error",
+    "rate_limit_error",
+    "unavailable_error",
+    "server_error",
+)
+BatchStatus = Literal[
+    "validating", "in_progress", "completed", "failed", "cancelling", "cancelled"
+]
+TERMINAL_BATCH_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+_SCORE_SIGN = (
+    "Sign convention: positive = the training example made the response more likely "
+    "(lowered its loss), negative = it made the response less likely."
+)
+_SCORE_VARIANT_DOC = (
+    "How scores are normalised, fixed when the index is built: 'influence' = "
+    "<g(z), (F+λI)^-1 g(query)>; 'relatif' = influence divided by the training example's "
+    "self-influence sqrt(g(z)ᵀ(F+λI)^-1 g(z)) (default for LLMs); 'cosine' = cosine "
+    "similarity in the preconditioned metric; 'grad_dot' = plain gradient dot product "
+    "(TracIn at one checkpoint, identity Hessian)."
+)
+
+
+class _Request(BaseModel):
+    """Base of the models a client sends: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    """Base of the models a server returns: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+class ChatMessage(_Request):
+    """One chat turn; a conversation is rendered with the model's chat template."""
+
+    role: Role = Field(description="Who wrote the turn: 'system', 'user', 'assistant' or 'tool'.")
+    content: str = Field(description="The text of the turn.")
+
+
+class AttributionFilters(_Request):
+    """Restrict the search to training examples with these metadata values."""
+
+    source: list[str] | None = Field(
+        default=None,
+        description="Keep only training examples whose `source` is one of these values "
+        "(e.g. a dataset or crawl name). Null = no restriction.",
+    )
+    provider: list[str] | None = Field(
+        default=None,
+        description="Keep only training examples whose `provider` is one of these values "
+        "(the party that licensed or supplied the data). Null = no restriction.",
+    )
+
+
+def _check_prompt_or_messages(
+    prompt: str | None,
+    response: str | None,
+    messages: list[ChatMessage] | None,
+    *,
+    need_response: bool,
+) -> None:
+    """Shared rule: a request is either prompt(+response) or messages, never both."""
+    if messages is not None:
+        extra = [n for n, v in (("prompt", prompt), ("response", response)) if v is not None]
+        if extra:
+            raise ValueError(
+                f"give either `messages` or `prompt`"
+                f"{'/`response`' if need_response else ''}, not both: drop "
+                + " and ".join(f"`{n}`" for n in extra)
+                + " or drop `messages`"
+            )
+        if not messages:
+            raise ValueError("`messages` is empty: pass at least one message")
+        return
+    if need_response:
+        missing = [n for n, v in (("prompt", prompt), ("response", response)) if v is None]
+        if missing:
+            raise ValueError(
+                "missing "
+                + " and ".join(f"`{n}`" for n in missing)
+                + ": give `prompt` and `response` (the model's generation), or `messages` "
+                "ending with the assistant's reply"
+            )
+    elif prompt is None:
+        raise ValueError("missing input: give `prompt` or `messages`")
+
+
+class AttributionRequest(_Request):
+    """Which training examples made the model produce `response` for `prompt`?"""
+
+    prompt: str | None = Field(
+        default=None,
+        description="The prompt the model was given (plain text, no chat template). "
+        "Use together with `response`; mutually exclusive with `messages`. May be empty.",
+    )
+    response: str | None = Field(
+        default=None,
+        description="The model's generation to explain. Only these tokens contribute to the "
+        "query gradient (the prompt is masked). Required with `prompt`.",
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        description="A chat conversation rendered with the model's chat template; the LAST "
+        "message must have role 'assistant' and is the response to explain, the earlier "
+        "messages are the prompt. Mutually exclusive with `prompt`/`response`.",
+    )
+    top_k: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="How many training examples to return (per direction when "
+        "direction='both').",
+    )
+    direction: Direction = Field(
+        default="helpful",
+        description="'helpful' = the examples with the largest positive scores (they made the "
+        "response more likely); 'harmful' = the most negative scores (they made it less "
+        "likely); 'both' = top_k of each.",
+    )
+    token_wise: bool = Field(
+        default=False,
+        description="Also return per-token score decompositions: for the response tokens "
+        "(`response_token_scores`) and for the tokens of each returned example "
+        "(`token_scores`). Slower: the top-k examples are recomputed.",
+    )
+    filters: AttributionFilters | None = Field(
+        default=None, description="Optional metadata restrictions on the searched examples."
+    )
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> AttributionRequest:
+        _check_prompt_or_messages(self.prompt, self.response, self.messages, need_response=True)
+        if self.messages is not None:
+            last = self.messages[-1]
+            if last.role != "assistant":
+                raise ValueError(
+                    f"the last message must be the response to explain (role 'assistant'), "
+                    f"got role {last.role!r}: append the model's reply as "
+                    "{'role': 'assistant', 'content': ...}"
+                )
+            if not last.content:
+                raise ValueError("the last (assistant) message is empty: nothing to attribute")
+        elif not self.response:
+            raise ValueError("`response` is empty: nothing to attribute")
+        return self
+
+    def response_text(self) -> str:
+        """The text being explained: `response`, or the content of the last message."""
+        if self.messages is not None:
+            return self.messages[-1].content
+        return self.response or ""
+
+
+class TokenScore(_Response):
+    """The share of a score contributed by one token (shares sum to the total score)."""
+
+    token: str = Field(description="The token's text as decoded by the tokenizer.")
+    token_id: int = Field(description="The token's id in the model's vocabulary.")
+    start: int = Field(
+        description="Start character offset of the token in the text it belongs to: the "
+        "response text for `response_token_scores`, the example's `text` snippet for an "
+        "example's `token_scores`."
+    )
+    end: int = Field(description="End character offset (exclusive), same text as `start`.")
+    score: float = Field(description="This token's additive contribution. " + _SCORE_SIGN)
+
+
+class AttributedExample(_Response):
+    """One retrieved training example and its attribution score."""
+
+    example_id: int = Field(description="Global id of the training example (GET /v1/examples/{id}).")
+    score: float = Field(description="Attribution score. " + _SCORE_SIGN)
+    direction: Literal["helpful", "harmful"] = Field(
+        description="'helpful' if the score is positive, 'harmful' if negative."
+    )
+    text: str = Field(description="A snippet of the training example's text.")
+    source: str | None = Field(default=None, description="Dataset/source the example came from.")
+    provider: str | None = Field(default=None, description="Provider that supplied the example.")
+    token_scores: list[TokenScore] | None = Field(
+        default=None,
+        description="With token_wise=true: per-token contributions of this example's tokens "
+        "(offsets into `text`; tokens outside the snippet are omitted).",
+    )
+
+
+class StageTimings(_Response):
+    """Wall-clock milliseconds spent in each stage of one attribution query."""
+
+    tokenize_ms: float = Field(default=0.0, description="Tokenising and templating the query.")
+    gradient_ms: float = Field(default=0.0, description="Projected query gradient (forward+backward).")
+    precondition_ms: float = Field(default=0.0, description="Applying (F+λI)^-1 to the query.")
+    search_ms: float = Field(default=0.0, description="Index search (stage one, recall).")
+    rerank_ms: float = Field(default=0.0, description="Exact re-scoring of candidates (stage two).")
+    fetch_ms: float = Field(default=0.0, description="Fetching example texts and metadata.")
+    token_wise_ms: float = Field(default=0.0, description="Per-token decompositions.")
+    total_ms: float = Field(default=0.0, description="End to end, server side.")
+
+
+class AttributionResponse(_Response):
+    """Result of POST /v1/attributions."""
+
+    id: str = Field(description="Unique id of this attribution (for logs and support).")
+    index_id: str = Field(description="Id of the index that answered (see GET /v1/index).")
+    score_variant: str = Field(description=_SCORE_VARIANT_DOC)
+    examples: list[AttributedExample] = Field(
+        description="Ranked examples: helpful ones by descending score, then (direction "
+        "'harmful' or 'both') harmful ones by ascending score, most negative first."
+    )
+    response_token_scores: list[TokenScore] | None = Field(
+        default=None,
+        description="With token_wise=true: how much each response token contributes to the "
+        "match (offsets into the response text).",
+    )
+    timings: StageTimings = Field(default_factory=StageTimings, description="Server-side stage timings.")
+
+
+class Example(_Response):
+    """A training example as stored in the index (GET /v1/examples/{id})."""
+
+    example_id: int = Field(description="Global id of the example.")
+    text: str = Field(description="Full text of the example.")
+    source: str | None = Field(default=None, description="Dataset/source the example came from.")
+    provider: str | None = Field(default=None, description="Provider that supplied the example.")
+    n_tokens: int = Field(description="Number of tokens of the example under the index's tokenizer.")
+    content_hash: str = Field(description="Hash of the example's text (deduplication, provenance).")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Extra metadata from the corpus.")
+
+
+class IndexInfo(_Response):
+    """Summary of the index manifest (GET /v1/index)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index_id: str = Field(description="Id of the index.")
+    format_version: int | str = Field(description="On-disk format version of the index.")
+    model: dict[str, Any] = Field(description="The model the gradients come from (path, hashes).")
+    projector: dict[str, Any] = Field(description="Gradient projector (kind, seed, ranks, modules).")
+    score_variant: str = Field(description=_SCORE_VARIANT_DOC)
+    damping: dict[str, Any] | float = Field(
+        description="Damping λ of the Hessian (F+λI): a number or per-module settings."
+    )
+    n_examples: int = Field(description="Number of indexed training examples.")
+    dim: int = Field(description="Dimension D of the stored vectors.")
+    shards: int = Field(description="Number of index shards.")
+    created_at: str = Field(description="When the index was built (ISO 8601).")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorBody(_Response):
+    """The `error` object of every non-2xx response."""
+
+    message: str = Field(description="Human-readable explanation that says what to fix.")
+    type: str = Field(
+        description="Error class: one of " + ", ".join(ERROR_TYPES) + "."
+    )
+    param: str | None = Field(default=None, description="The request field at fault, if any.")
+    code: str | None = Field(default=None, description="Machine-readable error code, if any.")
+
+
+class ErrorResponse(_Response):
+    """Envelope of every error response: ``{"error": {...}}``."""
+
+    error: ErrorBody
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class BatchRequestCounts(_Response):
+    """Progress counters of a batch job."""
+
+    total: int = Field(default=0, description="Number of requests in the batch.")
+    completed: int = Field(default=0, description="Requests that finished successfully.")
+    failed: int = Field(default=0, description="Requests that finished with an error.")
+
+
+class Batch(_Response):
+    """An asynchronous attribution job (shaped like the OpenAI Batch API)."""
+
+    id: str = Field(description="Id of the batch job.")
+    status: BatchStatus = Field(
+        description="validating -> in_progress -> completed | failed; cancel moves it to "
+        "cancelling -> cancelled. Jobs survive a server restart."
+    )
+    created_at: int = Field(description="Creation time, Unix seconds.")
+    completed_at: int | None = Field(default=None, description="End time, Unix seconds.")
+    request_counts: BatchRequestCounts = Field(default_factory=BatchRequestCounts)
+    errors: list[str] | None = Field(default=None, description="Job-level errors, if any.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Metadata given at creation.")
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job will not change any more (completed, failed or cancelled)."""
+        return self.status in TERMINAL_BATCH_STATUSES
+
+
+class BatchRequestLine(_Request):
+    """One request of a batch."""
+
+    custom_id: str = Field(min_length=1, description="Caller's id, echoed in the result line; unique within the batch.")
+    body: AttributionRequest
+
+
+class BatchCreateRequest(_Request):
+    """Body of POST /v1/batches."""
+
+    requests: list[BatchRequestLine] = Field(min_length=1, description="The attribution requests.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Free-form metadata kept with the job.")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> BatchCreateRequest:
+        seen: set[str] = set()
+        for i, line in enumerate(self.requests):
+            if line.custom_id in seen:
+                raise ValueError(
+                    f"duplicate custom_id {line.custom_id!r} (requests[{i}]): custom_ids must be unique"
+                )
+            seen.add(line.custom_id)
+        return self
+
+
+class BatchResultLine(_Response):
+    """One line of GET /v1/batches/{id}/results (JSONL) and of `tributary batch` output."""
+
+    custom_id: str = Field(description="The request's custom_id.")
+    response: AttributionResponse | None = Field(default=None, description="The result, on success.")
+    error: ErrorBody | None = Field(default=None, description="The error, on failure.")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+class GenerateRequest(_Request):
+    """Body of POST /v1/generate: let the indexed model answer, then attribute that."""
+
+    prompt: str | None = Field(default=None, description="Plain-text prompt; exclusive with `messages`.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, description="Chat conversation to continue; exclusive with `prompt`."
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation length limit.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy decoding.")
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> GenerateRequest:
+        _check_prompt_or_messages(self.prompt, None, self.messages, need_response=False)
+        return self
+
+
+class GenerateResponse(_Response):
+    """Result of POST /v1/generate."""
+
+    prompt: str = Field(description="The prompt as fed to the model (chat template applied).")
+    response: str = Field(description="The generated text.")
+    n_tokens: int = Field(description="Number of generated tokens.")
