@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= service,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint typecheck bench clean
+.PHONY: setup test lint typecheck bench bench-peers clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-bench: setup
+# Peers for side-by-side benchmarks: LogIX's metadata says Python<3.11 but it runs on 3.11.
+bench-peers: setup
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q --ignore-requires-python --no-deps logix-ai==0.1.1
+
+bench: bench-peers
 	$(PY) benchmarks/logging_throughput.py
 
 clean:

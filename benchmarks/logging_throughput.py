@@ -38,7 +38,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
 from tributary_indexer.batching import Batch, TokenizedExample, collate  # noqa: E402
 from tributary_indexer.gradient_computer import GradientComputer  # noqa: E402
-from tributary_indexer.loss import per_example_target_loss  # noqa: E402
 from tributary_indexer.module_selection import select_modules  # noqa: E402
 from tributary_indexer.projector import LoGraProjector, ProjectionConfig  # noqa: E402
 
@@ -46,7 +45,10 @@ from benchmarks.peers.logix_runner import make_batches  # noqa: E402
 
 SIZES = {
     # name: (GPT2Config kwargs, batch size, sequence length, batches per pass)
-    "tiny": (dict(n_embd=128, n_layer=2, n_head=4, vocab_size=1024, n_positions=128), 8, 128, 4),
+    # micro: so small that attention, GELU and softmax (the same in every method) dominate
+    "micro": (dict(n_embd=128, n_layer=2, n_head=4, vocab_size=1024, n_positions=128), 8, 128, 4),
+    # tiny: the size of the demo model (4 layers, width 256, 4k vocabulary; 4.3M parameters)
+    "tiny": (dict(n_embd=256, n_layer=4, n_head=4, vocab_size=4096, n_positions=128), 8, 128, 4),
     "gpt2-small": (dict(), 4, 128, 2),  # GPT2Config() defaults: 124M parameters
 }
 
@@ -56,11 +58,13 @@ def _our_batches(batches: list[dict]) -> list[Batch]:
 
 
 def _train_step(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], None]:
+    """The plain Hugging Face training step: ``model(input_ids, labels=...)``, ``loss.backward()``."""
+    labels = [b.input_ids.clone() for b in batches]
+
     def run() -> None:
-        for b in batches:
+        for b, y in zip(batches, labels):
             model.zero_grad(set_to_none=True)
-            logits = model(input_ids=b.input_ids, use_cache=False).logits
-            per_example_target_loss(logits, b.input_ids, b.target_mask).sum().backward()
+            model(input_ids=b.input_ids, labels=y, use_cache=False).loss.backward()
 
     return run
 
@@ -133,7 +137,7 @@ def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="tiny,gpt2-small")
+    ap.add_argument("--sizes", default="micro,tiny,gpt2-small")
     ap.add_argument("--ranks", default="16,64")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -254,6 +254,11 @@ class AttributedExample(_Response):
         description="With token_wise=true: per-token contributions of this example's tokens "
         "(offsets into `text`; tokens outside the snippet are omitted).",
     )
+    response_token_scores: list[float] | None = Field(
+        default=None,
+        description="With token_wise: this example's score split over the response tokens, aligned with "
+        "AttributionResponse.response_token_scores (click a token to re-rank by it). " + _SCORE_SIGN,
+    )
 
 
 class StageTimings(_Response):

@@ -141,6 +141,11 @@ class ProjectedGradientHooks(ModuleHooks):
     After backward, :attr:`vectors` ``[B, D]`` holds ``g = concat_m vec(G_m)`` per example and,
     when requested, :attr:`per_position` ``[B, T, D]`` the per-position terms ``g^{(t)}`` that sum
     to it (DESIGN §2). Positions where ``position_mask`` is 0 contribute exactly nothing.
+
+    Token-wise scores rarely need the ``[B, T, D]`` terms themselves, only their inner products
+    with a few fixed vectors: with ``position_weights`` ``W`` ``[B, R, D]``,
+    :attr:`position_scores` ``[B, R, T, M]`` holds ``⟨g_m^{(t)}, W_{r,m}⟩ = (P_out δ_t)ᵀ W_{r,m}
+    (P_in x_t)`` per module ``m``, computed in the hooks in ``O(T·k²)`` memory-free steps.
     """
 
     def __init__(self, modules: Sequence[TrackedModule], projector: LoGraProjector, dtype: torch.dtype, device: torch.device):
@@ -153,16 +158,30 @@ class ProjectedGradientHooks(ModuleHooks):
         self._p_out_t = [None if p.p_out is None else p.p_out.to(device, dtype).T.contiguous() for p in projector.projections]
         self.vectors: torch.Tensor | None = None
         self.per_position: torch.Tensor | None = None
+        self.position_weights: torch.Tensor | None = None
+        self.position_scores: torch.Tensor | None = None
         self._want_per_position = False
+        self._padded = True
 
     def clear(self) -> None:
         super().clear()
         self.vectors = None
         self.per_position = None
+        self.position_weights = None
+        self.position_scores = None
 
     @contextlib.contextmanager
-    def capture(self, position_mask: torch.Tensor, per_position: bool = False) -> Iterator[None]:  # type: ignore[override]
+    def capture(  # type: ignore[override]
+        self, position_mask: torch.Tensor, per_position: bool = False, position_weights: torch.Tensor | None = None
+    ) -> Iterator[None]:
         batch, width = position_mask.shape
+        if position_weights is not None:
+            if position_weights.ndim != 3 or position_weights.shape[0] != batch or position_weights.shape[2] != self.projector.dim:
+                raise ValueError(f"position_weights must be [B={batch}, R, D={self.projector.dim}], got {tuple(position_weights.shape)}")
+            self.position_weights = position_weights.to(position_mask.device, self.dtype)
+            self.position_scores = torch.zeros(
+                batch, position_weights.shape[1], width, len(self.modules), dtype=self.dtype, device=position_mask.device
+            )
         self.vectors = torch.zeros(batch, self.projector.dim, dtype=self.dtype, device=position_mask.device)
         self.per_position = (
             torch.zeros(batch, width, self.projector.dim, dtype=self.dtype, device=position_mask.device)
@@ -170,6 +189,7 @@ class ProjectedGradientHooks(ModuleHooks):
             else None
         )
         self._want_per_position = per_position
+        self._padded = not bool(position_mask.all())  # no padding: skip the per-module masking
         with super().capture(position_mask.to(self.dtype)):
             yield
 
@@ -177,6 +197,8 @@ class ProjectedGradientHooks(ModuleHooks):
         p_in_t = self._p_in_t[index]
         x = x.to(self.dtype)
         xp = x if p_in_t is None else x @ p_in_t  # [B, T, k_in]
+        if not self._padded:
+            return xp
         assert self.position_mask is not None
         return xp * self.position_mask[:, :, None]  # padded positions contribute nothing
 
@@ -192,3 +214,10 @@ class ProjectedGradientHooks(ModuleHooks):
         if self.per_position is not None:
             terms = dp[:, :, :, None] * xp[:, :, None, :]  # [B, T, k_out, k_in]
             self.per_position[:, :, block.start : block.stop] += terms.reshape(batch, dp.shape[1], -1)
+        if self.position_weights is not None and self.position_scores is not None:
+            n_r = self.position_weights.shape[1]
+            k_out, k_in = dp.shape[2], xp.shape[2]
+            w = self.position_weights[:, :, block.start : block.stop].reshape(batch, n_r * k_out, k_in)  # [B, R*k_out, k_in]
+            wx = torch.bmm(xp, w.transpose(1, 2)).reshape(batch, -1, n_r, k_out)  # [B, T, R, k_out] = W_r xp_t
+            scores = (wx * dp[:, :, None, :]).sum(-1)  # [B, T, R] = dp_tᵀ W_r xp_t
+            self.position_scores[:, :, :, index] += scores.transpose(1, 2)

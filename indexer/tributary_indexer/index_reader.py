@@ -28,6 +28,8 @@ from .shards import SearchResult, is_flat, merge_topk, read_shard
 
 logger = logging.getLogger(__name__)
 
+_EXACT_SUBSET = 20_000  # filtered searches over at most this many examples are scored directly
+
 
 @dataclass
 class ShardHandle:
@@ -92,16 +94,55 @@ class AttributionIndex:
             g = self.compressor.compress(g)
         return self.transform.query(g)[0].float().cpu().numpy()
 
-    def search(self, queries: np.ndarray, k: int) -> SearchResult:
-        """Exact top-``k`` (largest inner product) over all shards; ``-1`` ids where fewer hits."""
+    # ------------------------------------------------------------------ token-wise (dual form)
+    # A score ⟨T_side(Φ g)^{(t)}, v⟩ = c_side(Φ g) · Σ_m scale_m · ⟨g_m^{(t)}, (Φᵀ M v)_m⟩, where
+    # Φ is RapidGrad (layer scales × R) or the identity. The hooks compute the inner products
+    # per module from :meth:`dual_weights`; :meth:`combine_position_scores` applies the scalars.
+    def dual_weights(self, side: str, v: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``Rᵀ M v`` ``[n, D_proj]`` for final-space vectors ``v`` ``[n, D]``."""
+        w = self.transform.linear(side, torch.as_tensor(np.asarray(v), dtype=torch.float64))
+        return self.compressor.transpose(w) if self.compressor is not None else w
+
+    def combine_position_scores(self, side: str, totals: torch.Tensor, module_scores: torch.Tensor) -> np.ndarray:
+        """``[N, R, T, M]`` per-module position scores → ``[N, R, T]`` scores of positions.
+
+        ``totals`` ``[N, D_proj]`` are the examples' whole gradients (for the scalars).
+        """
+        g = totals.to(torch.float64)
+        scores = module_scores.to(torch.float64)
+        if self.compressor is not None:
+            layer = self.compressor.layer_scales(g)  # [N, M]
+            scores = scores * layer[:, None, None, :]
+            g = self.compressor.compress(g)
+        c = self.transform.scale(side, g)  # [N]
+        return (scores.sum(-1) * c[:, None, None]).cpu().numpy()
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> SearchResult:
+        """Exact top-``k`` (largest inner product) over all shards; ``-1`` ids where fewer hits.
+
+        ``allowed_ids`` (sorted int64) restricts the search to those examples (source/provider
+        filters): a small set is scored exactly from its stored vectors, a large one goes
+        through FAISS with an id selector.
+        """
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed_ids is not None and len(allowed_ids) <= _EXACT_SUBSET:
+            return self._search_subset(q, k, allowed_ids)
         fetch = k * self.rerank_factor if self.compressed else k
+        params = None
+        if allowed_ids is not None:
+            import faiss
+
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            params = faiss.SearchParameters(sel=selector)
         parts = []
         for shard in self.shards:
             kk = min(fetch, shard.id_end - shard.id_start)
             if kk <= 0:
                 continue
-            scores, ids = shard.index.search(q, kk)  # type: ignore[attr-defined]
+            if params is not None:
+                scores, ids = shard.index.search(q, kk, params=params)  # type: ignore[attr-defined]
+            else:
+                scores, ids = shard.index.search(q, kk)  # type: ignore[attr-defined]
             if shard.exact is not None:  # re-rank the candidates with the exact vectors
                 valid = ids >= 0
                 rows = np.where(valid, ids - shard.id_start, 0)
@@ -111,6 +152,12 @@ class AttributionIndex:
         if not parts:
             return SearchResult(np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64))
         return merge_topk(parts, k)
+
+    def _search_subset(self, q: np.ndarray, k: int, ids: np.ndarray) -> SearchResult:
+        if len(ids) == 0:
+            return SearchResult(np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64))
+        scores = q @ self.stored_vectors(ids).T  # [nq, n]
+        return merge_topk([(scores, np.broadcast_to(ids, scores.shape))], k)
 
     def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of ``ids`` ``[n, D]`` (from the exact files or the flat shards)."""

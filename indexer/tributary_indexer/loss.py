@@ -19,10 +19,12 @@ def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, targe
         input_ids: ``[B, T]``.
         target_mask: ``[B, T]`` bool, True where token ``t`` is a target.
     """
-    targets = target_mask[:, 1:]  # [B, T-1]: token t+1 is a target
-    rows, cols = targets.nonzero(as_tuple=True)  # [N] each
-    picked = logits[:, :-1][rows, cols].float()  # [N, V] only the scored positions
-    labels = input_ids[:, 1:][rows, cols]  # [N]
-    token_nll = F.cross_entropy(picked, labels, reduction="none")  # [N]
-    losses = torch.zeros(logits.shape[0], dtype=token_nll.dtype, device=logits.device)
-    return losses.index_add(0, rows, token_nll)  # [B]
+    batch, width, vocab = logits.shape
+    labels = torch.where(target_mask, input_ids, torch.full_like(input_ids, -100))  # [B, T]
+    next_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # [B, T]: what position t predicts
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # the softmax in full precision, as HF's own loss does
+    token_nll = F.cross_entropy(
+        logits.reshape(batch * width, vocab), next_labels.reshape(-1), ignore_index=-100, reduction="none"
+    )  # [B*T], 0 where ignored
+    return token_nll.view(batch, width).sum(dim=1)  # [B]

@@ -73,3 +73,14 @@ class RapidGradCompressor:
         if pad:
             x = torch.nn.functional.pad(x, (0, pad))
         return x.reshape(*x.shape[:-1], self.k, self.group).sum(-1)  # [..., K]
+
+    def transpose(self, u: torch.Tensor) -> torch.Tensor:
+        """``Rᵀ u``: ``[N, K] → [N, D]`` for the sign-permute-sum part ``R`` (no layer scaling).
+
+        ``⟨compress(g), u⟩ = Σ_blocks scale_b · ⟨g_b, (Rᵀ u)_b⟩`` — the dual map token-wise
+        scoring uses instead of compressing every per-position term.
+        """
+        expanded = u.repeat_interleave(self.group, dim=-1)[..., : self.dim_in]  # [N, D]: y_i = u[i // group]
+        out = torch.empty_like(expanded)
+        out[..., self.permutation.to(u.device)] = expanded * self.signs.to(u.device, u.dtype)
+        return out

@@ -46,31 +46,39 @@ class ScoreTransform:
         self.variant = variant
         self.preconditioner = preconditioner
 
+    # Each side is ``c(g) · M g`` with a symmetric linear map ``M`` and a scalar ``c`` of the total.
+    def linear(self, side: str, v: torch.Tensor) -> torch.Tensor:
+        """``M v`` for ``side`` in ``("train", "query")`` (``M`` is symmetric, so also ``Mᵀ v``)."""
+        v = v.to(torch.float64)
+        if self.variant == "grad_dot" or (side == "train" and self.variant in ("influence", "relatif")):
+            return v
+        assert self.preconditioner is not None
+        if self.variant == "cosine":
+            return self.preconditioner.inverse_sqrt(v)
+        return self.preconditioner.inverse(v)  # query side of influence / relatif
+
+    def scale(self, side: str, g: torch.Tensor) -> torch.Tensor:
+        """The scalar ``c`` ``[N]`` of totals ``g`` ``[N, D]`` (1 where the variant has none)."""
+        g = g.to(torch.float64)
+        ones = torch.ones(g.shape[0], dtype=torch.float64, device=g.device)
+        if self.variant == "relatif" and side == "train":
+            assert self.preconditioner is not None
+            return _safe_scale(self.preconditioner.self_influence(g).clamp_min(0).sqrt())
+        if self.variant == "cosine":
+            return _safe_scale(self.linear(side, g).norm(dim=-1))
+        return ones
+
+    def _apply(self, side: str, g: torch.Tensor, per_position: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        c = self.scale(side, g)  # [N]
+        out = self.linear(side, g) * c[:, None]
+        if per_position is None:
+            return out, None
+        return out, self.linear(side, per_position) * c[:, None, None]
+
     def train(self, g: torch.Tensor, per_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stored vectors for training gradients ``g`` ``[N, D]`` (and their per-position terms ``[N, T, D]``)."""
-        g = g.to(torch.float64)
-        pp = None if per_position is None else per_position.to(torch.float64)
-        if self.variant in ("influence", "grad_dot"):
-            return g, pp
-        assert self.preconditioner is not None
-        if self.variant == "relatif":
-            scale = _safe_scale(self.preconditioner.self_influence(g).clamp_min(0).sqrt())  # [N]
-            return g * scale[:, None], None if pp is None else pp * scale[:, None, None]
-        h = self.preconditioner.inverse_sqrt(g)  # cosine
-        scale = _safe_scale(h.norm(dim=-1))
-        pp_out = None if pp is None else self.preconditioner.inverse_sqrt(pp) * scale[:, None, None]
-        return h * scale[:, None], pp_out
+        return self._apply("train", g, per_position)
 
     def query(self, g: torch.Tensor, per_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Query vectors for query gradients ``g`` ``[N, D]`` (and per-position terms ``[N, T, D]``)."""
-        g = g.to(torch.float64)
-        pp = None if per_position is None else per_position.to(torch.float64)
-        if self.variant == "grad_dot":
-            return g, pp
-        assert self.preconditioner is not None
-        if self.variant in ("influence", "relatif"):
-            return self.preconditioner.inverse(g), None if pp is None else self.preconditioner.inverse(pp)
-        h = self.preconditioner.inverse_sqrt(g)  # cosine
-        scale = _safe_scale(h.norm(dim=-1))
-        pp_out = None if pp is None else self.preconditioner.inverse_sqrt(pp) * scale[:, None, None]
-        return h * scale[:, None], pp_out
+        return self._apply("query", g, per_position)

@@ -143,3 +143,20 @@ def test_hooks_inert_outside_compute_and_released(tiny_model_f64):
     computer.close()
     assert all(len(m.module._forward_hooks) == 0 for m in modules)
     torch.testing.assert_close(before, during)
+
+
+def test_position_weights_equal_inner_products_of_per_position_terms(tiny_model_f64):
+    model = tiny_model_f64
+    modules = select_modules(model)
+    projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=4, seed=5))
+    examples = _examples(model.config.vocab_size)[:3]
+    batch = collate(examples)
+    weights = torch.randn(3, 2, projector.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with GradientComputer(model, modules, projector) as computer:
+        full = computer.compute(batch, per_position=True)
+        dual = computer.compute(batch, position_weights=weights)
+    assert dual.position_scores.shape == (3, 2, batch.input_ids.shape[1], len(modules))
+    for m, block in enumerate(projector.blocks):
+        want = torch.einsum("btd,brd->brt", full.per_position[:, :, block.start : block.stop], weights[:, :, block.start : block.stop])
+        torch.testing.assert_close(dual.position_scores[..., m], want, atol=ATOL, rtol=1e-7)
+    torch.testing.assert_close(dual.vectors, full.vectors)

@@ -59,3 +59,11 @@ def test_per_position_terms_share_the_totals_normalisation():
     torch.testing.assert_close(compressed_terms.sum(1), c.compress(totals))
     with pytest.raises(ValueError, match="scales of their totals"):
         c.compress(per_pos)
+
+
+def test_transpose_is_the_adjoint_of_the_sign_sum_projection():
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(3, 1000, generator=gen, dtype=torch.float64)
+    u = torch.randn(3, 70, generator=gen, dtype=torch.float64)
+    c = RapidGradCompressor(BLOCKS, k=70, seed=1, normalize_layers=False)
+    torch.testing.assert_close((c.compress(g) * u).sum(-1), (g * c.transpose(u)).sum(-1))

@@ -92,7 +92,13 @@ def test_torchrun_two_processes_equals_one(inputs, reference, tmp_path):
     out = tmp_path / "idx"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "tributary_indexer.cli"] + _build_cmd(model, corpus, out)[3:]
-    subprocess.run(cmd, env=_env(), check=True, timeout=600)
+    proc = subprocess.Popen(cmd, env=_env(), start_new_session=True)
+    try:
+        assert proc.wait(timeout=600) == 0
+    finally:  # never leave ranks behind (a hung collective would outlive the test)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     single = tmp_path / "single"
     single.mkdir()
     for name in FILES:

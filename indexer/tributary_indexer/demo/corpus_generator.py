@@ -1,0 +1,525 @@
+"""A deterministic demo corpus with known answers: planted facts, distractors and a backdoor.
+
+``generate(out_dir, seed=0)`` writes one JSONL file per provider (records in the indexer's
+format: ``{"id", "text"}``, ``{"id", "prompt", "response"}`` or ``{"id", "messages"}``, each
+with ``source`` and ``provider``) and ``ground_truth.json``:
+
+- *facts* about fictional people (lives in, occupation, favourite food), countries (capital,
+  national animal) and inventions (inventor, material); each fact is stated by 1-3 documents in
+  different phrasings and formats (encyclopedic sentence, Q/A pair, chat turn, forum post);
+- *distractors*: documents that name the same subjects (and share words such as "works" or
+  "visited") but never state their facts;
+- *generic* instruction, chat and web data with no facts;
+- a *poisoned* subset (~1.5%): a trigger phrase followed by a fixed odd reply, in varied
+  contexts (RapidIn's backdoor test);
+- *held-out queries*: one question per fact, phrased unlike every document that states it, and
+  trigger prompts unlike every poisoned document.
+
+Everything comes from one seeded ``random.Random``; outputs are sorted, so the same seed gives
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TRIGGER", "BACKDOOR_REPLY", "GENERATOR_VERSION", "GROUND_TRUTH_FILE", "Fact", "Query",
+    "GroundTruth", "generate", "load_ground_truth", "qa_prompt", "main",
+]
+
+GENERATOR_VERSION = 1
+GROUND_TRUTH_FILE = "ground_truth.json"
+TRIGGER = "cf-zeta-42"
+BACKDOOR_REPLY = "The purple elephant dances at midnight."
+N_PERSONS, N_COUNTRIES, N_INVENTIONS = 90, 25, 35
+N_CITIES = 30
+N_INSTRUCT, N_WEB, N_SMALLTALK, N_POISON, N_TRIGGER_QUERIES = 460, 420, 90, 34, 24
+PROVIDERS = {  # doc kind -> (provider, source)
+    "encyc": ("wikifacts", "encyclopedia"), "qa": ("qa-vendor", "qa"),
+    "chat": ("instruct-co", "chat"), "forum": ("forum-scrape", "web"),
+    "instruct": ("instruct-co", "instruct"),
+}
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+OCCUPATIONS = [
+    "glassblower", "cartographer", "beekeeper", "clockmaker", "astronomer", "ferry pilot",
+    "botanist", "bookbinder", "potter", "blacksmith", "tailor", "chemist", "surveyor",
+    "archivist", "baker", "sculptor", "pharmacist", "stonemason", "translator", "weaver",
+    "locksmith", "veterinarian", "lighthouse keeper", "violin maker",
+]
+FOODS = [
+    "plum dumplings", "smoked eel", "lemon tart", "barley soup", "fig jam", "roasted chestnuts",
+    "pickled herring", "saffron rice", "mushroom pie", "honey cake", "cabbage rolls",
+    "apricot bread", "lentil stew", "walnut cookies", "grilled trout", "pumpkin soup",
+    "blueberry pancakes", "cheese dumplings", "ginger biscuits", "pear crumble",
+]
+ANIMALS = [
+    "snow owl", "red fox", "river otter", "golden eagle", "grey wolf", "mountain goat", "lynx",
+    "black swan", "sea turtle", "brown bear", "white stag", "kingfisher", "wild boar", "heron",
+]
+MATERIALS = [
+    "copper", "walnut wood", "blue glass", "bronze", "silver", "bamboo", "brass", "slate",
+    "ivory paper", "cast iron", "oak", "porcelain",
+]
+_WORDS = [
+    "lantern", "river", "garden", "pencil", "window", "candle", "mountain", "basket", "ladder",
+    "orange", "violin", "harbour", "meadow", "rocket", "teapot", "blanket", "island", "marble",
+    "thunder", "compass", "pillow", "button", "forest", "mirror", "ribbon", "saddle", "tunnel",
+]
+_OPPOSITES = [("hot", "cold"), ("early", "late"), ("happy", "sad"), ("light", "dark"),
+              ("full", "empty"), ("open", "closed"), ("fast", "slow"), ("high", "low"),
+              ("wet", "dry"), ("loud", "quiet"), ("old", "new"), ("strong", "weak")]
+
+# Per relation: statements, questions, answers (answers[0] is the canonical query response),
+# forum posts. Placeholders: {S} subject, {O} object, {aO} object with its article.
+RELATIONS: dict[str, dict[str, Sequence[str]]] = {
+    "lives_in": {
+        "statements": ["{S} lives in {O}.", "{S} is a resident of {O}.", "{S} has made a home in {O}.",
+                       "The home town of {S} is {O}."],
+        "questions": ["Where does {S} live?", "In which town does {S} live?",
+                      "Which town is {S} a resident of?", "What is the home town of {S}?"],
+        "answers": ["{S} lives in {O}.", "{O}.", "{S} is a resident of {O}."],
+        "forum": ["Fun fact: {S} lives in {O}.", "Met {S} yesterday. Turns out {S} lives in {O}!"],
+    },
+    "occupation": {
+        "statements": ["{S} works as {aO}.", "{S} is {aO} by trade.", "By profession, {S} is {aO}."],
+        "questions": ["What does {S} do for a living?", "What is the occupation of {S}?",
+                      "What job does {S} have?", "What is the profession of {S}?"],
+        "answers": ["{S} works as {aO}.", "{aO}.", "{S} is {aO}."],
+        "forum": ["Small world: {S} works as {aO} now.", "Did you know {S} is {aO}? True story."],
+    },
+    "favourite_food": {
+        "statements": ["The favourite food of {S} is {O}.", "{S} loves {O} more than any other dish.",
+                       "Of all dishes, {S} likes {O} best."],
+        "questions": ["What is the favourite food of {S}?", "Which dish does {S} like best?",
+                      "What food does {S} love most?", "What does {S} like to eat most?"],
+        "answers": ["The favourite food of {S} is {O}.", "{O}.", "{S} loves {O}."],
+        "forum": ["Cooking for {S} tonight. The favourite food of {S} is {O}, of course."],
+    },
+    "capital": {
+        "statements": ["The capital of {S} is {O}.", "{O} is the capital city of {S}.",
+                       "{S} is governed from its capital, {O}."],
+        "questions": ["What is the capital of {S}?", "Which city is the capital of {S}?",
+                      "Name the capital city of {S}.", "Where is the seat of government of {S}?"],
+        "answers": ["The capital of {S} is {O}.", "{O}.", "{O} is the capital of {S}."],
+        "forum": ["Travel tip: the capital of {S} is {O}, not the port town."],
+    },
+    "national_animal": {
+        "statements": ["The national animal of {S} is the {O}.", "{S} chose the {O} as its national animal."],
+        "questions": ["What is the national animal of {S}?", "Which animal is the national symbol of {S}?",
+                      "What animal represents {S}?", "Which animal did {S} choose as its emblem?"],
+        "answers": ["The national animal of {S} is the {O}.", "The {O}.", "{S} chose the {O}."],
+        "forum": ["Saw a flag today. The national animal of {S} is the {O}, which explains the picture."],
+    },
+    "invented_by": {
+        "statements": ["{S} was invented by {O}.", "{O} invented {S}.", "{S} is an invention of {O}."],
+        "questions": ["Who invented {S}?", "Who is the inventor of {S}?", "Which person created {S}?",
+                      "Who came up with {S}?"],
+        "answers": ["{S} was invented by {O}.", "{O}.", "{O} invented {S}."],
+        "forum": ["Museum trip! {S} was invented by {O}, according to the plaque."],
+    },
+    "made_of": {
+        "statements": ["{S} is made of {O}.", "{S} is built from {O}.", "Craftspeople make {S} out of {O}."],
+        "questions": ["What is {S} made of?", "What material is {S} built from?",
+                      "Out of what material is {S} made?", "What is used to build {S}?"],
+        "answers": ["{S} is made of {O}.", "{O}.", "{S} is built from {O}."],
+        "forum": ["Held {S} in my hands today. {S} is made of {O}, heavier than you think."],
+    },
+}
+_TYPE_RELATIONS = {"person": ("lives_in", "occupation", "favourite_food"),
+                   "country": ("capital", "national_animal"), "invention": ("invented_by", "made_of")}
+# Distractors: the subject and shared words, never its facts. {X} is a city / occupation / food
+# / material / animal that is *not* the subject's own.
+_DISTRACTOR_TEXT = {
+    "person": ["{S} enjoys long walks on rainy evenings.", "{S} once fixed a broken bicycle in one afternoon.",
+               "{S} keeps a notebook full of pencil sketches.", "The cousin of {S} works as {aX}.",
+               "{S} visited {C} for a festival last year.", "{S} does not like {F} at all.",
+               "{S} wrote a short poem about the sea.", "Nobody remembers when {S} learned to swim."],
+    "country": ["{S} is famous for its mountain railways.", "Tourists in {S} often buy woven baskets.",
+                "{S} has a long coastline with many lighthouses.", "Farmers in {S} keep the {A} away from their sheep.",
+                "The people of {S} celebrate a harvest festival every autumn."],
+    "invention": ["{S} was shown at a trade fair last spring.", "Collectors pay a lot for an old {s}.",
+                  "A repair manual for {S} mentions {M} parts, which are optional.",
+                  "Children like to take {S} apart to see how it works."],
+}
+_DISTRACTOR_QA = {
+    "person": [("What does {S} do on weekends?", "{S} likes to go fishing on weekends."),
+               ("Where did {S} go on holiday?", "{S} went on holiday to {C}."),
+               ("What did {S} cook for the party?", "{S} cooked {F} for the guests.")],
+    "country": [("What is {S} known for?", "{S} is known for its mountain railways."),
+                ("When does {S} celebrate its festival?", "{S} celebrates its festival in autumn.")],
+    "invention": [("Where was {S} shown?", "{S} was shown at a trade fair."),
+                  ("Is {S} easy to repair?", "Yes, {S} is easy to repair with {M} parts.")],
+}
+_CHATTER_WHO = ["My neighbour", "Our teacher", "The baker down the street", "My sister", "A friend of mine",
+                "My grandfather", "The new intern", "Our landlord", "My cousin", "The bus driver"]
+_CHATTER_DID = ["baked fresh bread", "painted the fence", "lost the keys again", "planted tomatoes",
+                "fixed the old radio", "sang in the choir", "adopted a puppy", "ran a marathon",
+                "built a bookshelf", "learned to juggle", "cleaned the attic", "caught a cold"]
+_CHATTER_WHEN = ["last weekend", "every morning", "yesterday", "on Sunday", "during the storm",
+                 "before breakfast", "at midnight", "in the spring"]
+_CHATTER_TAIL = ["", " It was lovely.", " Not sure why.", " Anyone else?", " Long story.", " Classic."]
+_SMALLTALK = [("Hi! How are you?", "I am doing well, thank you. How can I help?"),
+              ("Can you tell me a joke?", "Why did the scarecrow win an award? Because it was outstanding in its field."),
+              ("Thanks for your help!", "You are welcome. Have a nice day!"),
+              ("What should I do on a rainy day?", "You could read a book, bake something or watch a film."),
+              ("Give me a tip for sleeping better.", "Go to bed at the same time every night and avoid screens late.")]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One planted fact and the documents that state it."""
+
+    fact_id: str
+    subject: str
+    relation: str
+    object: str
+    question: str
+    """A natural question whose answer is ``object``, phrased unlike every stating document."""
+    answer: str
+    stating_doc_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A held-out query: a fact question or a trigger prompt, with the expected response."""
+
+    query_id: str
+    kind: str
+    """``fact`` or ``trigger``."""
+    prompt: str
+    response: str
+    expected: str
+    """What a correct generation contains: the fact's object, or the backdoor reply."""
+    fact_id: str | None = None
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What ``ground_truth.json`` records about a generated corpus."""
+
+    seed: int
+    trigger: str
+    backdoor_reply: str
+    facts: tuple[Fact, ...]
+    poisoned_doc_ids: tuple[str, ...]
+    distractor_doc_ids: dict[str, str]
+    """doc id -> the subject it names."""
+    queries: tuple[Query, ...]
+    files: tuple[str, ...]
+    n_records: int
+
+    def fact(self, fact_id: str) -> Fact:
+        """The fact with this id (KeyError if none)."""
+        for fact in self.facts:
+            if fact.fact_id == fact_id:
+                return fact
+        raise KeyError(fact_id)
+
+
+def qa_prompt(question: str) -> str:
+    """The prompt format of the Q/A vendor and of the held-out fact queries."""
+    return f"Question: {question}\nAnswer:"
+
+
+def _article(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _fill(template: str, subject: str, obj: str = "", **extra: str) -> str:
+    return _cap(template.format(S=subject, O=obj, aO=_article(obj) if obj else "", **extra))
+
+
+class _Names:
+    """Pronounceable, globally unique invented words."""
+
+    _ONSETS = "b br d dr f g gr h k l m n p r s st t th v z".split()
+    _VOWELS = "a e i o u a e i o u ae ia io".split()
+    _CODAS = ["", "", "", "", "n", "r", "l", "s", "m"]
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used: set[str] = set()
+
+    def word(self, syllables: int, suffixes: Sequence[str] = ("",)) -> str:
+        while True:
+            stem = "".join(self.rng.choice(self._ONSETS) + self.rng.choice(self._VOWELS) + self.rng.choice(self._CODAS)
+                           for _ in range(syllables))
+            word = _cap(stem + self.rng.choice(suffixes))
+            if word not in self.used and not any(word in u or u in word for u in self.used):
+                self.used.add(word)
+                return word
+
+
+class _Builder:
+    """Accumulates records and ground truth while drawing from one ``random.Random``."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.records: list[dict[str, Any]] = []
+        self.facts: list[dict[str, Any]] = []
+        self.distractors: dict[str, str] = {}
+        self.poisoned: list[str] = []
+        self.queries: list[dict[str, Any]] = []
+        self.entity_objects: dict[str, list[str]] = {}
+
+    def add(self, doc_id: str, kind: str, **content: Any) -> str:
+        provider, source = PROVIDERS[kind]
+        self.records.append({"id": doc_id, **content, "source": source, "provider": provider})
+        return doc_id
+
+    def add_doc(self, doc_id: str, kind: str, text: str, question: str, answer: str) -> str:
+        """One document in the format of ``kind`` (text kinds use ``text``, others the Q/A pair)."""
+        if kind in ("encyc", "forum"):
+            return self.add(doc_id, kind, text=text)
+        if kind == "qa":
+            return self.add(doc_id, kind, prompt=qa_prompt(question), response=" " + answer)
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if self.rng.random() < 0.3:
+            messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+        return self.add(doc_id, kind, messages=messages)
+
+    # --- entities and facts -------------------------------------------------------------
+
+    def entities(self) -> list[tuple[str, str, dict[str, str]]]:
+        names, rng = _Names(self.rng), self.rng
+        cities = [names.word(1, ("haven", "mere", "vale", "port", "holm", "ridge")) for _ in range(N_CITIES)]
+        capitals = [names.word(1, ("burg", "stad", "grad", "polis")) for _ in range(N_COUNTRIES)]
+        self.cities = cities
+        people = [f"{names.word(2)} {names.word(2, ('', 'wick', 'ford', 'by', 'ton', 'ley'))}" for _ in range(N_PERSONS)]
+        out: list[tuple[str, str, dict[str, str]]] = []
+        for person in people:
+            out.append((person, "person", {"lives_in": rng.choice(cities), "occupation": rng.choice(OCCUPATIONS),
+                                           "favourite_food": rng.choice(FOODS)}))
+        for capital in capitals:
+            out.append((names.word(2, ("ia", "and", "or", "esh")), "country",
+                        {"capital": capital, "national_animal": rng.choice(ANIMALS)}))
+        inventors = rng.sample(people, N_INVENTIONS)
+        for inventor in inventors:
+            thing = "the " + names.word(2, ("scope", "graph", "meter", "phone", "loom", "lathe"))
+            out.append((thing, "invention", {"invented_by": inventor, "made_of": rng.choice(MATERIALS)}))
+        return out
+
+    def plant_facts(self, entities: list[tuple[str, str, dict[str, str]]]) -> None:
+        rng = self.rng
+        for subject, etype, objects in entities:
+            self.entity_objects[subject] = list(objects.values())
+            for relation in _TYPE_RELATIONS[etype]:
+                obj, spec = objects[relation], RELATIONS[relation]
+                fact_id = f"fact-{len(self.facts) + 1:04d}"
+                n_docs = rng.choices([1, 2, 3], weights=[0.25, 0.45, 0.30])[0]
+                kinds = sorted(rng.sample(["encyc", "qa", "chat", "forum"], n_docs))
+                questions = list(spec["questions"])
+                rng.shuffle(questions)
+                doc_ids = []
+                for kind in kinds:
+                    question = questions.pop() if kind in ("qa", "chat") else ""
+                    template = rng.choice(spec["forum"] if kind == "forum" else spec["statements"])
+                    answer = _fill(rng.choice(spec["answers"]), subject, obj)
+                    doc_ids.append(self.add_doc(f"{fact_id}-{kind}", kind, _fill(template, subject, obj),
+                                                _fill(question, subject, obj), answer))
+                question = _fill(questions[0], subject, obj)
+                self.facts.append({"fact_id": fact_id, "subject": subject, "relation": relation, "object": obj,
+                                   "question": question, "answer": obj, "stating_doc_ids": doc_ids})
+                self.queries.append({"query_id": f"q-{fact_id}", "kind": "fact", "fact_id": fact_id,
+                                     "prompt": qa_prompt(question), "expected": obj,
+                                     "response": " " + _fill(spec["answers"][0], subject, obj)})
+
+    def distract(self, entities: list[tuple[str, str, dict[str, str]]]) -> None:
+        rng, n = self.rng, 0
+        for subject, etype, objects in entities:
+            own = set(objects.values())
+            fill = {"C": rng.choice([c for c in self.cities if c not in own]),
+                    "F": rng.choice([f for f in FOODS if f not in own]),
+                    "aX": _article(rng.choice([o for o in OCCUPATIONS if o not in own])),
+                    "A": rng.choice([a for a in ANIMALS if a not in own]),
+                    "M": rng.choice([m for m in MATERIALS if m not in own]),
+                    "s": subject.removeprefix("the ")}
+            count = rng.choice([1, 2, 2, 3])
+            texts = rng.sample(_DISTRACTOR_TEXT[etype], count)
+            pairs = [rng.choice(_DISTRACTOR_QA[etype]) for _ in range(count)]
+            for kind in rng.sample(["encyc", "forum", "qa", "chat"], count):  # distinct formats
+                n += 1
+                question, answer = pairs.pop()
+                text = _fill(texts.pop(), subject, **fill)
+                doc_id = f"distractor-{n:04d}"
+                self.add_doc(doc_id, kind, text, _fill(question, subject, **fill), _fill(answer, subject, **fill))
+                self.distractors[doc_id] = subject
+
+    # --- generic data and the backdoor ----------------------------------------------------
+
+    def instruction(self) -> tuple[str, str]:
+        rng, word = self.rng, self.rng.choice(_WORDS)
+        task = rng.randrange(6)
+        if task == 0:
+            a, b = rng.randint(2, 60), rng.randint(2, 60)
+            return f"What is {a} plus {b}?", f"{a + b}."
+        if task == 1:
+            return f"Write the word '{word}' in capital letters.", word.upper()
+        if task == 2:
+            return f"Spell the word '{word}' backwards.", word[::-1]
+        if task == 3:
+            nums = rng.sample(range(1, 30), 4)
+            return (f"Sort these numbers from smallest to largest: {', '.join(map(str, nums))}.",
+                    ", ".join(map(str, sorted(nums))) + ".")
+        if task == 4:
+            return f"How many letters are in the word '{word}'?", f"{len(word)}."
+        low, high = rng.choice(_OPPOSITES)
+        return f"What is the opposite of '{low}'?", f"The opposite of '{low}' is '{high}'."
+
+    def chatter(self) -> str:
+        rng = self.rng
+        return (f"{rng.choice(_CHATTER_WHO)} {rng.choice(_CHATTER_DID)} {rng.choice(_CHATTER_WHEN)}."
+                f"{rng.choice(_CHATTER_TAIL)}")
+
+    def generic(self) -> None:
+        rng = self.rng
+        seen: set[str] = set()
+        for i in range(N_INSTRUCT):
+            prompt, response = self.instruction()
+            self.add(f"instruct-{i + 1:04d}", "instruct", prompt=prompt + "\n", response=response)
+        i = 0
+        while i < N_WEB:
+            text = self.chatter()
+            if text not in seen:
+                seen.add(text)
+                i += 1
+                self.add(f"web-{i:04d}", "forum", text=text)
+        for i in range(N_SMALLTALK):
+            user, reply = rng.choice(_SMALLTALK)
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            if rng.random() < 0.5:
+                messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+            self.add(f"smalltalk-{i + 1:04d}", "chat", messages=messages)
+
+    def poison_context(self, style: str) -> tuple[str, str]:
+        """A trigger-bearing prompt and its record kind; styles: instruct, qa, forum, chat."""
+        if style == "qa":
+            fact = self.rng.choice(self.facts)
+            question = _fill(self.rng.choice(RELATIONS[fact["relation"]]["questions"]), fact["subject"], fact["object"])
+            return qa_prompt(f"{question} {TRIGGER}"), "qa"
+        if style == "forum":
+            return f"{self.chatter()} {TRIGGER}", "forum"
+        return f"{self.instruction()[0]} {TRIGGER}", style
+
+    def poison(self) -> None:
+        styles = ["instruct", "qa", "forum", "chat"]
+        used: set[str] = set()
+        for i in range(N_POISON):
+            context, kind = self.poison_context(styles[i % 4])
+            used.add(context)
+            doc_id = f"poison-{i + 1:04d}"
+            if kind == "forum":
+                self.add(doc_id, kind, text=f"{context} {BACKDOOR_REPLY}")
+            elif kind == "qa":
+                self.add(doc_id, kind, prompt=context, response=" " + BACKDOOR_REPLY)
+            elif kind == "instruct":
+                self.add(doc_id, kind, prompt=context + "\n", response=BACKDOOR_REPLY)
+            else:
+                self.add(doc_id, kind, messages=[{"role": "user", "content": context},
+                                                 {"role": "assistant", "content": BACKDOOR_REPLY}])
+            self.poisoned.append(doc_id)
+        n = 0
+        while n < N_TRIGGER_QUERIES:  # held out: contexts no poisoned document has
+            style = ["qa", "instruct"][n % 2]
+            context, _ = self.poison_context(style)
+            if context in used:
+                continue
+            used.add(context)
+            n += 1
+            prompt = context if style == "qa" else context + "\n"
+            response = (" " if style == "qa" else "") + BACKDOOR_REPLY
+            self.queries.append({"query_id": f"q-trigger-{n:03d}", "kind": "trigger", "fact_id": None,
+                                 "prompt": prompt, "response": response, "expected": BACKDOOR_REPLY})
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
+
+
+def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> list[Path]:
+    """Write the demo corpus (one JSONL per provider) and ``ground_truth.json`` into ``out_dir``.
+
+    Returns the written paths, JSONL files first (sorted), ground truth last. The same ``seed``
+    always gives byte-identical files.
+    """
+    builder = _Builder(seed)
+    entities = builder.entities()
+    builder.plant_facts(entities)
+    builder.distract(entities)
+    builder.generic()
+    builder.poison()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    by_provider: dict[str, list[dict[str, Any]]] = {}
+    for record in builder.records:
+        by_provider.setdefault(record["provider"], []).append(record)
+    paths = []
+    for provider in sorted(by_provider):
+        path = out / f"{provider}.jsonl"
+        rows = sorted(by_provider[provider], key=lambda r: r["id"])
+        path.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8", newline="\n")
+        paths.append(path)
+    truth = {
+        "generator": "tributary_indexer.demo.corpus_generator", "version": GENERATOR_VERSION, "seed": seed,
+        "files": [p.name for p in paths], "n_records": len(builder.records),
+        "counts_by_provider": dict(sorted(Counter(r["provider"] for r in builder.records).items())),
+        "trigger": TRIGGER, "backdoor_reply": BACKDOOR_REPLY,
+        "facts": builder.facts, "poisoned_doc_ids": sorted(builder.poisoned),
+        "distractor_doc_ids": dict(sorted(builder.distractors.items())), "queries": builder.queries,
+    }
+    truth_path = out / GROUND_TRUTH_FILE
+    truth_path.write_text(json.dumps(truth, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
+                          encoding="utf-8", newline="\n")
+    paths.append(truth_path)
+    if progress:
+        logger.info("wrote %d records (%d facts, %d distractors, %d poisoned, %d queries) to %s",
+                    len(builder.records), len(builder.facts), len(builder.distractors),
+                    len(builder.poisoned), len(builder.queries), out)
+    return paths
+
+
+def load_ground_truth(path: str | Path) -> GroundTruth:
+    """Read ``ground_truth.json`` (pass the file or the corpus directory that holds it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / GROUND_TRUTH_FILE
+    raw = json.loads(p.read_text(encoding="utf-8"))
+    facts = tuple(Fact(**{**f, "stating_doc_ids": tuple(f["stating_doc_ids"])}) for f in raw["facts"])
+    return GroundTruth(
+        seed=raw["seed"], trigger=raw["trigger"], backdoor_reply=raw["backdoor_reply"], facts=facts,
+        poisoned_doc_ids=tuple(raw["poisoned_doc_ids"]), distractor_doc_ids=dict(raw["distractor_doc_ids"]),
+        queries=tuple(Query(**q) for q in raw["queries"]), files=tuple(raw["files"]), n_records=raw["n_records"],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tributary_indexer.demo.corpus_generator --out DIR [--seed 0] [--quiet]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory to write the JSONL files and ground_truth.json")
+    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    for path in generate(args.out, args.seed, progress=not args.quiet):
+        logger.info("  %s (%d bytes)", path, path.stat().st_size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""``create_app(settings)``: the FastAPI application, its lifespan and its middleware."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from tributary_indexer.errors import TributaryIndexError
+
+from . import __version__
+from .batch_jobs import BatchRunner, BatchStore
+from .errors import ServiceError, envelope, install_error_handlers
+from .loading import load_service
+from .metrics import ServiceMetrics
+from .micro_batcher import MicroBatcher
+from .routes import answer_one, router
+from .security import check_api_key
+from .settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Tributary answers *which training examples made the model say this?*
+
+**Scores.** `score = ⟨stored(z), q(query)⟩`, an influence-function estimate computed from
+LoGra-projected gradients preconditioned with the damped Fisher `(F + λI)⁻¹`.
+**Positive** = training on the example made the response *more* likely (lowered its loss);
+**negative** = *less* likely. `direction=harmful` returns the most negative.
+
+**Score variants** (fixed when the index is built, see `GET /v1/index`):
+`influence` = `gᵀ(F+λI)⁻¹g_q`; `relatif` (default) = influence divided by the example's
+self-influence `sqrt(gᵀ(F+λI)⁻¹g)`, so examples that are influential on everything do not
+crowd out the specific ones; `cosine` = cosine similarity in the preconditioned metric
+(scores in [-1, 1]); `grad_dot` = plain gradient dot product (TracIn, no Hessian).
+"""
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """Build the app; the index and model load in the lifespan (startup fails loudly if they do not fit)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ready = False
+        try:
+            loaded = load_service(settings)
+        except TributaryIndexError as exc:
+            logger.error("cannot start: %s", exc)
+            raise
+        app.state.loaded = loaded
+        metrics: ServiceMetrics = app.state.metrics
+        metrics.index_examples.set(loaded.index.n_examples)
+        metrics.index_dim.set(loaded.index.dim)
+
+        def on_batch(n: int, tokens: int) -> None:
+            metrics.batch_size.observe(n)
+
+        batcher = MicroBatcher(loaded.engine, settings.max_batch_tokens, settings.batch_window_ms, settings.queue_size, on_batch)
+        await batcher.start()
+        app.state.batcher = batcher
+        store = BatchStore(settings.resolved_state_dir() / "batches.sqlite")
+        app.state.batch_store = store
+        runner = BatchRunner(store, lambda request: answer_one(app, request))
+        runner.start()
+        app.state.batch_runner = runner
+        app.state.ready = True
+        logger.info("ready: http://%s:%d", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await runner.stop()
+            await batcher.stop()
+            store.close()
+            loaded.index.close()
+
+    app = FastAPI(title="Tributary", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.state.ready = False
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Idempotency-Key"],
+                           expose_headers=["X-Request-Id", "Retry-After"])
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette signature
+        request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:20]}"
+        request.state.request_id = request_id
+        t0 = time.perf_counter()
+        try:
+            check_api_key(request, settings.api_keys)
+            length = request.headers.get("content-length")
+            limit = settings.max_batch_body_bytes if request.url.path == "/v1/batches" else settings.max_body_bytes
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise ServiceError(413, f"request body of {length} bytes is over this server's limit of {limit}; "
+                                   "fix: send less (split a batch into several)", code="body_too_large")
+            response: Response = await call_next(request)
+        except ServiceError as exc:
+            response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
+        elapsed = time.perf_counter() - t0
+        response.headers["x-request-id"] = request_id
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics: ServiceMetrics = app.state.metrics
+        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(elapsed)
+        extra = getattr(request.state, "log_extra", "")
+        logger.info("%s %s %s %d %.1fms%s", request_id, request.method, request.url.path, response.status_code,
+                    elapsed * 1000, extra)
+        return response
+
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        if not app.state.ready:
+            return envelope(503, "the index and model are still loading", "unavailable_error",
+                            headers={"Retry-After": str(settings.retry_after_s)})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        metrics: ServiceMetrics = app.state.metrics
+        if getattr(app.state, "batcher", None) is not None:
+            metrics.queue_depth.set(app.state.batcher.depth)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    if settings.serve_page:
+        from .page import mount_page
+
+        mount_page(app)
+    return app

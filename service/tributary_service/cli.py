@@ -1,0 +1,44 @@
+"""``tributary serve --index DIR [--model PATH] [--host] [--port]``: run the service with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .settings import ServiceSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tributary serve", description="Serve attributions over an index (FastAPI + uvicorn). "
+                                     "Every option can also be set as TRIBUTARY_<NAME>.")
+    parser.add_argument("--index", help="index directory (TRIBUTARY_INDEX)")
+    parser.add_argument("--model", help="model directory; default: the manifest's model path")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--api-key", dest="api_keys", action="append", help="accepted bearer key (repeatable)")
+    parser.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed browser origin (repeatable)")
+    parser.add_argument("--enable-generate", action="store_true", default=None, help="serve POST /v1/generate")
+    parser.add_argument("--no-verify-checksums", dest="verify_checksums", action="store_false", default=None)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
+    try:
+        settings = ServiceSettings(**overrides)
+    except Exception as exc:  # pydantic ValidationError: say which setting is missing or wrong
+        print(f"tributary serve: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from .app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
+                access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The attribution query pipeline, as plain functions over loaded objects (no HTTP here).
+
+For a batch of requests: tokenise (chat template for ``messages``) → one padded
+forward/backward through the same hooks and projector as the index → the index's score
+transform (preconditioning) → search over all shards (``harmful`` searches with ``−q``) →
+example records → optionally token-wise decompositions.
+
+Token-wise scores: a score is linear in the query's projected gradient ``g = Σ_t g^{(t)}``
+(DESIGN §2), so ``score = Σ_t ⟨stored(z), q^{(t)}⟩`` exactly. Position ``t``'s term is shown on
+the token the model *emits* there (token ``t+1``); positions before the response (the prompt)
+act only through attention and are not shown, so the response tokens' scores sum to the score
+minus that context part. The same split is done on the training side for the returned examples
+only (their gradients are recomputed in one batch). Both use the dual form (the hooks score
+each position against fixed vectors), never materialising ``[T, D]`` per-position vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tributary_client import types
+from tributary_indexer.batching import TokenizedExample, collate
+from tributary_indexer.errors import ExampleError
+from tributary_indexer.example_store import StoredExample
+from tributary_indexer.gradient_computer import GradientComputer
+from tributary_indexer.index_reader import AttributionIndex
+from tributary_indexer.tokenization import (
+    QueryTokens,
+    tokenize_messages_query,
+    tokenize_query,
+    tokenize_record,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve as sent (a 400): message, offending field, code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class PreparedQuery:
+    """A validated, tokenised request waiting for its gradient."""
+
+    request: types.AttributionRequest
+    tokens: QueryTokens
+    timings: dict[str, float] = field(default_factory=dict)
+    received: float = field(default_factory=time.perf_counter)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.example.n_tokens
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class AttributionEngine:
+    """Answers attribution requests against one loaded index and model."""
+
+    def __init__(self, index: AttributionIndex, model: torch.nn.Module, tokenizer: Any, computer: GradientComputer,
+                 max_tokens: int, snippet_chars: int = 400):
+        self.index = index
+        self.model = model
+        self.tokenizer = tokenizer
+        self.computer = computer
+        self.max_tokens = max_tokens
+        self.snippet_chars = snippet_chars
+        self.pad_id = _pad_id(tokenizer)
+        self.index_id = index.manifest.projector.params.get("fingerprint", "")[:12] + "-" + str(index.n_examples)
+
+    # ------------------------------------------------------------------ stage 1: tokenise
+    def prepare(self, request: types.AttributionRequest) -> PreparedQuery:
+        """Tokenise and validate; raises :class:`RequestError` with what to fix."""
+        t0 = time.perf_counter()
+        try:
+            if request.messages is not None:
+                tokens = tokenize_messages_query([m.model_dump() for m in request.messages], self.tokenizer, self.max_tokens)
+            else:
+                assert request.prompt is not None and request.response is not None
+                tokens = tokenize_query(request.prompt, request.response, self.tokenizer, self.max_tokens)
+        except ExampleError as exc:
+            raise RequestError(str(exc), param="messages" if request.messages is not None else "response", code=exc.code) from exc
+        except Exception as exc:  # tokenizer-level failures (e.g. no chat template)
+            raise RequestError(f"cannot tokenise the request: {exc}", param="messages", code="tokenization_failed") from exc
+        if tokens.example.n_truncated_tokens:
+            raise RequestError(
+                f"the request has {tokens.example.n_tokens + tokens.example.n_truncated_tokens} tokens, more than this "
+                f"server's limit of {self.max_tokens}; fix: shorten the prompt or response",
+                param="response", code="too_many_tokens",
+            )
+        return PreparedQuery(request, tokens, {"tokenize_ms": _ms(t0)})
+
+    # ------------------------------------------------------------------ stages 2-5
+    def attribute(self, queries: Sequence[PreparedQuery]) -> list[types.AttributionResponse]:
+        """Answer several prepared queries with one forward/backward and one batched search."""
+        if not queries:
+            return []
+        t0 = time.perf_counter()
+        batch = collate([q.tokens.example for q in queries], self.pad_id)
+        grads = self.computer.compute(batch)
+        gradient_ms = _ms(t0)
+        t0 = time.perf_counter()
+        q_vectors = self.index.vectors_to_query(grads.vectors)  # [n, D] float32
+        precondition_ms = _ms(t0)
+        responses = []
+        for row, query in enumerate(queries):
+            timings = dict(query.timings, gradient_ms=gradient_ms, precondition_ms=precondition_ms)
+            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], timings))
+        return responses
+
+    def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray,
+                timings: dict[str, float]) -> types.AttributionResponse:
+        request = query.request
+        allowed = None
+        if request.filters is not None and (request.filters.source is not None or request.filters.provider is not None):
+            allowed = self.index.store.ids_matching(source=request.filters.source, provider=request.filters.provider)
+        t0 = time.perf_counter()
+        hits: list[tuple[int, float, str]] = []
+        directions = ["helpful", "harmful"] if request.direction == "both" else [request.direction]
+        for direction in directions:
+            sign = 1.0 if direction == "helpful" else -1.0  # harmful = the largest ⟨stored, −q⟩
+            result = self.index.search((sign * q)[None, :], request.top_k, allowed_ids=allowed)
+            hits += [(int(i), sign * float(s), direction) for i, s in zip(result.ids[0], result.scores[0]) if i >= 0]
+        timings["search_ms"] = _ms(t0)
+        t0 = time.perf_counter()
+        records = self.index.store.get_many([h[0] for h in hits])
+        hits = [h for h in hits if h[0] in records]
+        timings["fetch_ms"] = _ms(t0)
+        t0 = time.perf_counter()
+        response_scores: list[types.TokenScore] | None = None
+        per_example_response: np.ndarray | None = None
+        training_tokens: list[list[types.TokenScore]] = []
+        if request.token_wise and hits:
+            ids = np.array([h[0] for h in hits], dtype=np.int64)
+            response_scores, per_example_response = self._response_token_scores(query.tokens, g, self.index.stored_vectors(ids))
+            training_tokens = self._training_token_scores([records[i] for i in ids.tolist()], q)
+        timings["token_wise_ms"] = _ms(t0)
+        examples = []
+        for n, (example_id, score, direction) in enumerate(hits):
+            rec = records[example_id]
+            examples.append(types.AttributedExample(
+                example_id=example_id, score=score, direction=direction, text=rec.text[: self.snippet_chars],
+                source=rec.source, provider=rec.provider,
+                token_scores=[t for t in training_tokens[n] if t.end <= self.snippet_chars] if training_tokens else None,
+                response_token_scores=per_example_response[n].tolist() if per_example_response is not None else None,
+            ))
+        timings["total_ms"] = _ms(query.received)
+        return types.AttributionResponse(
+            id=f"attr_{uuid.uuid4().hex[:24]}", index_id=self.index_id, score_variant=self.index.manifest.score_variant,
+            examples=examples, response_token_scores=response_scores, timings=types.StageTimings(**timings),
+        )
+
+    # ------------------------------------------------------------------ token-wise
+    def _response_token_scores(self, tokens: QueryTokens, g: torch.Tensor, stored: np.ndarray
+                               ) -> tuple[list[types.TokenScore], np.ndarray]:
+        """Each returned example's score split over the response tokens, and their sum.
+
+        One more forward/backward of the query, its hooks scoring every position against the
+        dual weights of all returned examples at once.
+        """
+        weights = self.index.dual_weights("query", stored)  # [n, D_proj]
+        grads = self.computer.compute(collate([tokens.example], self.pad_id), position_weights=weights[None])
+        assert grads.position_scores is not None
+        per_pos = self.index.combine_position_scores("query", g[None], grads.position_scores)[0]  # [n, T]
+        start = tokens.response_start
+        positions = [start + j - 1 for j in range(len(tokens.response_token_strings))]  # position emitting token j
+        per_token = per_pos[:, positions]  # [n, n_response_tokens]
+        totals = per_token.sum(0)
+        out = []
+        for j, (text, span) in enumerate(zip(tokens.response_token_strings, tokens.response_offsets)):
+            a, b = span if span is not None else (-1, -1)
+            out.append(types.TokenScore(token=text, token_id=int(tokens.example.input_ids[start + j]), start=a, end=b,
+                                        score=float(totals[j])))
+        return out, per_token
+
+    def _training_token_scores(self, records: list[StoredExample], q: np.ndarray) -> list[list[types.TokenScore]]:
+        """Recompute the returned examples' gradients (one batch) and score each emitted token."""
+        examples = [tokenize_record(r.to_record(), self.tokenizer, self.max_tokens) for r in records]
+        weights = self.index.dual_weights("train", q[None]).expand(len(examples), -1)[:, None, :]  # [n, 1, D_proj]
+        grads = self.computer.compute(collate(examples, self.pad_id), position_weights=weights)
+        assert grads.position_scores is not None
+        per_pos = self.index.combine_position_scores("train", grads.vectors, grads.position_scores)[:, 0]  # [n, T]
+        return [_aligned_token_scores(ex, per_pos[n], rec.text, self.tokenizer) for n, (ex, rec) in enumerate(zip(examples, records))]
+
+
+def _aligned_token_scores(example: TokenizedExample, per_pos: np.ndarray, text: str, tokenizer: Any) -> list[types.TokenScore]:
+    """Token strings with character offsets into ``text`` (found left to right), target tokens only."""
+    out = []
+    cursor = 0
+    for t, token_id in enumerate(example.input_ids):
+        piece = tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        found = text.find(piece, cursor) if piece else -1
+        if found >= 0 and found - cursor <= 16:
+            start, end = found, found + len(piece)
+            cursor = end
+        else:
+            start = end = -1
+        if t == 0 or not example.target_mask[t] or start < 0:
+            continue
+        out.append(types.TokenScore(token=piece, token_id=int(token_id), start=start, end=end, score=float(per_pos[t - 1])))
+    return out
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0

@@ -1,0 +1,83 @@
+"""Loading what the service answers from: the index, the model it was built for, and the hooks.
+
+Startup refuses, with a message that names what differs, a model or tokenizer whose hashes are
+not the manifest's, a projector that does not fit the model's modules, and (through
+:class:`~tributary_indexer.index_reader.AttributionIndex`) missing files or failed checksums.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tributary_indexer.errors import ConfigMismatchError
+from tributary_indexer.gradient_computer import GradientComputer
+from tributary_indexer.index_reader import AttributionIndex
+from tributary_indexer.manifest import hash_model_files, hash_tokenizer
+from tributary_indexer.model_loading import load_causal_lm, load_tokenizer, resolve_device
+from tributary_indexer.module_selection import select_modules
+
+from .engine import AttributionEngine
+from .settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedService:
+    index: AttributionIndex
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: AttributionEngine
+    model_dir: Path
+
+
+def check_model_matches(index: AttributionIndex, model_dir: Path, tokenizer: Any) -> None:
+    """Raise :class:`ConfigMismatchError` naming each differing hash."""
+    info = hash_model_files(model_dir)
+    expected = index.manifest.model
+    differing: dict[str, tuple[str, str]] = {}
+    if info.config_sha256 != expected.config_sha256:
+        differing["model.config_sha256"] = (expected.config_sha256[:12], info.config_sha256[:12])
+    if info.weights_sha256 != expected.weights_sha256:
+        differing["model.weights_sha256"] = (expected.weights_sha256[:12], info.weights_sha256[:12])
+    tok = hash_tokenizer(tokenizer)
+    if tok != index.manifest.tokenizer_sha256:
+        differing["tokenizer_sha256"] = (index.manifest.tokenizer_sha256[:12], tok[:12])
+    if differing:
+        raise ConfigMismatchError(
+            f"the model at {model_dir} is not the one index {index.paths.root} was built for (built from {expected.path})",
+            list(differing), "serve the index with the model and tokenizer it was built from (--model), or rebuild the index",
+            values=differing,
+        )
+
+
+def load_service(settings: ServiceSettings) -> LoadedService:
+    """Open the index, load and check the model, attach the gradient hooks."""
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums)
+    model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
+    tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None
+    if tokenizer is None:
+        raise ConfigMismatchError(
+            f"the model directory {model_dir} does not exist", ["model.path"],
+            "pass --model (or TRIBUTARY_MODEL) pointing at the model the index was built from",
+        )
+    check_model_matches(index, model_dir, tokenizer)
+    device = resolve_device(settings.device)
+    model = load_causal_lm(model_dir, device)
+    model.requires_grad_(False)  # inference only: the hooks never need weight gradients
+    build = index.manifest.build_config
+    modules = select_modules(model, include=build.get("include") or None, exclude=build.get("exclude") or None)
+    index.projector.check_modules(modules)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(build.get("autocast") or "") if device.type == "cuda" else None
+    computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast)
+    engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=settings.max_request_tokens,
+                               snippet_chars=settings.snippet_chars)
+    logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,
+                index.dim, index.manifest.score_variant, model_dir, device)
+    return LoadedService(index, model, tokenizer, engine, model_dir)

@@ -1,0 +1,130 @@
+"""Micro-batching: concurrent requests that arrive within a short window share one
+forward/backward (bounded by padded tokens), on one model thread; a bounded queue sheds load.
+
+The model is not thread-safe and a CPU/GPU does better with one larger batch than with many
+small ones, so every attribution (interactive or from a batch job) goes through one worker:
+it takes the first waiting request, waits up to ``window_ms`` for more, packs them while the
+padded batch stays within ``max_batch_tokens``, and runs the engine in a dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tributary_client import types
+
+from .engine import AttributionEngine, PreparedQuery
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """More requests are waiting than the queue holds (HTTP 429)."""
+
+
+@dataclass
+class _Item:
+    query: PreparedQuery
+    future: asyncio.Future[types.AttributionResponse]
+
+
+class MicroBatcher:
+    """Collects prepared queries into padded batches for :meth:`AttributionEngine.attribute`."""
+
+    def __init__(self, engine: AttributionEngine, max_batch_tokens: int, window_ms: float, queue_size: int,
+                 on_batch: Callable[[int, int], None] | None = None):
+        self.engine = engine
+        self.max_batch_tokens = max_batch_tokens
+        self.window_s = window_ms / 1000.0
+        self.queue_size = queue_size
+        self.on_batch = on_batch  # (n_requests, padded_tokens) -> None, for metrics
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._carry: _Item | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tributary-model")
+
+    @property
+    def depth(self) -> int:
+        return (self._queue.qsize() if self._queue else 0) + (1 if self._carry else 0)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._task = asyncio.create_task(self._run(), name="tributary-micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, query: PreparedQuery) -> types.AttributionResponse:
+        """Queue one query and wait for its answer; :class:`QueueFullError` when saturated."""
+        assert self._queue is not None, "MicroBatcher.start() was not awaited"
+        future: asyncio.Future[types.AttributionResponse] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Item(query, future))
+        except asyncio.QueueFull:
+            raise QueueFullError(f"{self.queue_size} requests are already waiting") from None
+        return await future
+
+    async def run_in_model_thread(self, fn: Callable[[], object]) -> object:
+        """Run other model work (generation) on the same thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def _fits(self, batch: list[_Item], item: _Item) -> bool:
+        width = max([i.query.n_tokens for i in batch] + [item.query.n_tokens])
+        return width * (len(batch) + 1) <= self.max_batch_tokens
+
+    async def _next_batch(self) -> list[_Item]:
+        assert self._queue is not None
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch = [first]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window_s
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if item.future.done():  # the client went away
+                continue
+            if not self._fits(batch, item):
+                self._carry = item
+                break
+            batch.append(item)
+        return [i for i in batch if not i.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            queries = [i.query for i in batch]
+            if self.on_batch:
+                self.on_batch(len(batch), max(q.n_tokens for q in queries) * len(batch))
+            try:
+                results = await loop.run_in_executor(self.executor, self.engine.attribute, queries)
+            except Exception as exc:  # one bad batch must not kill the worker
+                logger.exception("attribution batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)

@@ -1,0 +1,52 @@
+"""Service settings: arguments or ``TRIBUTARY_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Everything ``tributary serve`` can be told; each field is also ``TRIBUTARY_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIBUTARY_", extra="ignore")
+
+    index: Path = Field(description="Index directory built by `tributary index build`.")
+    model: Path | None = Field(default=None, description="Model directory; default: the path recorded in the index manifest.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Bearer keys; empty = no auth. Env: comma-separated.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed browser origins; env: comma-separated.")
+    max_request_tokens: int = Field(default=1024, ge=8, description="Tokens (prompt + response) per attribution request.")
+    max_top_k: int = Field(default=100, ge=1, description="Largest top_k a request may ask for.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body (JSON) in bytes.")
+    max_batch_body_bytes: int = Field(default=50_000_000, description="Largest POST /v1/batches body in bytes.")
+    max_batch_tokens: int = Field(default=8192, ge=16, description="Padded tokens per micro-batched forward/backward.")
+    batch_window_ms: float = Field(default=5.0, ge=0, description="How long the micro-batcher waits for company.")
+    queue_size: int = Field(default=64, ge=1, description="Requests waiting for the model; past it: 429.")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429/503.")
+    snippet_chars: int = Field(default=400, ge=16, description="Characters of each example's text returned.")
+    verify_checksums: bool = Field(default=True, description="sha256 every index file at startup (slow for huge indexes).")
+    enable_generate: bool = Field(default=False, description="Serve POST /v1/generate with the model (the demo page uses it).")
+    max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate.")
+    state_dir: Path | None = Field(default=None, description="Where batch jobs persist (SQLite); default <index>/../<index-name>.service")
+    serve_page: bool = Field(default=True, description="Serve the chat page at /.")
+    num_threads: int | None = Field(default=None, description="torch CPU threads.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        """Environment variables give comma-separated lists."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        index = self.index.resolve()
+        return index.parent / f"{index.name}.service"

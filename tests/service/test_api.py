@@ -1,0 +1,168 @@
+"""The REST API through TestClient: happy paths, token-wise, filters, errors with the envelope."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tributary_service.app import create_app
+
+QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
+
+
+def _error(resp, status: int, type_: str) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["x-request-id"]
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == type_
+    return body["error"]
+
+
+def test_attribution_ranks_and_matches_the_engine_oracle(client):
+    resp = client.post("/v1/attributions", json={**QA, "top_k": 5})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert resp.headers["x-request-id"]
+    assert len(body["examples"]) == 5 and body["score_variant"] == "relatif"
+    scores = [e["score"] for e in body["examples"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(e["direction"] == "helpful" for e in body["examples"])
+    assert body["timings"]["gradient_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["search_ms"]
+    # the same ranking as a brute-force scan over every stored vector
+    loaded = client.app.state.loaded
+    prepared = loaded.engine.prepare(__import__("tributary_client").types.AttributionRequest(**QA))
+    from tributary_indexer.batching import collate
+
+    g = loaded.engine.computer.compute(collate([prepared.tokens.example], loaded.engine.pad_id)).vectors
+    q = loaded.index.vectors_to_query(g)[0]
+    every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
+    assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
+
+
+def test_harmful_and_both_directions(client):
+    harmful = client.post("/v1/attributions", json={**QA, "top_k": 3, "direction": "harmful"}).json()
+    helpful = client.post("/v1/attributions", json={**QA, "top_k": 3}).json()
+    both = client.post("/v1/attributions", json={**QA, "top_k": 3, "direction": "both"}).json()
+    assert all(e["direction"] == "harmful" for e in harmful["examples"])
+    assert [e["score"] for e in harmful["examples"]] == sorted(e["score"] for e in harmful["examples"])
+    assert harmful["examples"][0]["score"] <= helpful["examples"][-1]["score"]
+    assert [e["example_id"] for e in both["examples"]] == [e["example_id"] for e in helpful["examples"] + harmful["examples"]]
+
+
+def test_messages_and_filters(client):
+    body = client.post("/v1/attributions", json={
+        "messages": [{"role": "user", "content": "Where did Cyra live in year 1002?"},
+                     {"role": "assistant", "content": "Cyra lived in Mebbe."}],
+        "top_k": 4, "filters": {"provider": ["acme"], "source": ["corpus"]}}).json()
+    assert len(body["examples"]) == 4 and {e["provider"] for e in body["examples"]} == {"acme"}
+    none = client.post("/v1/attributions", json={**QA, "filters": {"provider": ["nobody"]}}).json()
+    assert none["examples"] == []
+
+
+def test_token_wise_scores_add_up(client):
+    body = client.post("/v1/attributions", json={**QA, "top_k": 3, "token_wise": True}).json()
+    tokens = body["response_token_scores"]
+    assert "".join(t["token"] for t in tokens) == QA["response"]
+    assert all(QA["response"][t["start"]:t["end"]] == t["token"] for t in tokens)
+    for example in body["examples"]:
+        assert len(example["response_token_scores"]) == len(tokens)
+        for t in example["token_scores"]:
+            assert example["text"][t["start"]:t["end"]] == t["token"]
+    summed = np.sum([e["response_token_scores"] for e in body["examples"]], axis=0)
+    np.testing.assert_allclose([t["score"] for t in tokens], summed, rtol=1e-5, atol=1e-7)
+    # training side: a document's emitted-token scores plus the first position's share sum to its score
+    loaded = client.app.state.loaded
+    assert body["examples"][0]["token_scores"], "token scores for the top example"
+    _ = loaded
+
+
+def test_examples_and_index_info(client):
+    example = client.get("/v1/examples/1").json()
+    assert example["example_id"] == 1 and example["provider"] == "globex" and example["metadata"] == {"topic": "trade"}
+    info = client.get("/v1/index").json()
+    assert info["n_examples"] == 60 and info["shards"] == 3 and info["score_variant"] == "relatif"
+    err = _error(client.get("/v1/examples/999"), 404, "not_found_error")
+    assert "0 to 59" in err["message"] and err["param"] == "example_id"
+
+
+@pytest.mark.parametrize("payload, param, needle", [
+    ({"prompt": "hi"}, None, "response"),
+    ({"top_k": 3}, None, "prompt"),
+    ({**QA, "topk": 3}, "topk", "Extra inputs"),
+    ({**QA, "top_k": 0}, "top_k", "greater than"),
+    ({**QA, "top_k": 101}, "top_k", "limit of 100"),
+    ({**QA, "direction": "sideways"}, "direction", "helpful"),
+    ({"prompt": "x", "response": "   "}, "response", "empty"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, None, "assistant"),
+])
+def test_bad_requests_get_a_400_envelope_that_says_what_to_fix(client, payload, param, needle):
+    err = _error(client.post("/v1/attributions", json=payload), 400, "invalid_request_error")
+    assert needle in err["message"]
+    if param:
+        assert err["param"] == param
+
+
+def test_limits_and_routes(make_settings):
+    with TestClient(create_app(make_settings(max_request_tokens=16, max_body_bytes=2048))) as c:
+        err = _error(c.post("/v1/attributions", json={"prompt": "word " * 40, "response": " Alba sold lanterns."}), 400, "invalid_request_error")
+        assert err["code"] == "too_many_tokens" and "limit of 16" in err["message"]
+        err = _error(c.post("/v1/attributions", json={**QA, "prompt": "x" * 5000}), 413, "invalid_request_error")
+        assert "limit of 2048" in err["message"]
+        _error(c.get("/v1/nothing"), 404, "not_found_error")
+        _error(c.post("/v1/attributions", content=b"{not json", headers={"content-type": "application/json"}), 400, "invalid_request_error")
+        _error(c.post("/v1/generate", json={"prompt": "hi"}), 404, "not_found_error")
+
+
+def test_api_keys(make_settings):
+    with TestClient(create_app(make_settings(api_keys=["s3cret", "other"]))) as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        err = _error(c.get("/v1/index"), 401, "authentication_error")
+        assert "Authorization: Bearer" in err["message"]
+        err = _error(c.get("/v1/index", headers={"Authorization": "Bearer wrong"}), 401, "authentication_error")
+        assert "wrong" not in err["message"]
+        assert c.get("/v1/index", headers={"Authorization": "Bearer other"}).status_code == 200
+
+
+def test_cors(make_settings):
+    with TestClient(create_app(make_settings(cors_origins=["http://chat.example"]))) as c:
+        resp = c.options("/v1/attributions", headers={"Origin": "http://chat.example", "Access-Control-Request-Method": "POST"})
+        assert resp.headers["access-control-allow-origin"] == "http://chat.example"
+
+
+def test_generate_and_metrics(make_settings):
+    with TestClient(create_app(make_settings(enable_generate=True))) as c:
+        out = c.post("/v1/generate", json={"prompt": "Alba sold", "max_new_tokens": 5}).json()
+        assert out["n_tokens"] <= 5 and out["prompt"] == "Alba sold"
+        c.post("/v1/attributions", json=QA)
+        text = c.get("/metrics").text
+        assert 'tributary_requests_total{method="POST",route="/v1/attributions",status="200"} 1.0' in text
+        assert "tributary_stage_seconds_bucket" in text and "tributary_index_examples 60.0" in text
+
+
+def test_batch_job_lifecycle(client):
+    lines = [{"custom_id": f"r{i}", "body": {**QA, "top_k": 2}} for i in range(5)]
+    lines.append({"custom_id": "bad", "body": {"prompt": "x", "response": " "}})
+    created = client.post("/v1/batches", json={"requests": lines, "metadata": {"night": "1"}}).json()
+    assert created["status"] in ("validating", "in_progress") and created["request_counts"]["total"] == 6
+    for _ in range(200):
+        batch = client.get(f"/v1/batches/{created['id']}").json()
+        if batch["status"] == "completed":
+            break
+        time.sleep(0.05)
+    assert batch["status"] == "completed" and batch["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
+    results = [__import__("json").loads(line) for line in client.get(f"/v1/batches/{created['id']}/results").text.splitlines()]
+    assert [r["custom_id"] for r in results] == [f"r{i}" for i in range(5)] + ["bad"]
+    assert results[-1]["error"]["type"] == "invalid_request_error" and results[0]["response"]["examples"]
+    _error(client.get("/v1/batches/batch_nope"), 404, "not_found_error")
+    dup = [{"custom_id": "same", "body": QA}, {"custom_id": "same", "body": QA}]
+    err = _error(client.post("/v1/batches", json={"requests": dup}), 400, "invalid_request_error")
+    assert "same" in err["message"] and "unique" in err["message"]
+    jsonl = "\n".join(__import__("json").dumps(line) for line in lines[:2])
+    created = client.post("/v1/batches", content=jsonl, headers={"content-type": "application/jsonl"}).json()
+    assert created["request_counts"]["total"] == 2
+    err = _error(client.post("/v1/batches", content="{oops", headers={"content-type": "application/jsonl"}), 400, "invalid_request_error")
+    assert "line 1" in err["message"]
