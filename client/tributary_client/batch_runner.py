@@ -11,6 +11,9 @@ Guarantees of `run_batch`:
   newline: the process died mid-write) is truncated away; the custom_ids already present are
   skipped. Each line goes out in one write followed by a flush; the file is fsynced at the end.
 * **No duplicates.** An id is written at most once; ids in the logs must be unique.
+* **Reproducible lines.** Server-side stage timings vary from run to run, so they are zeroed
+  in the written lines (``keep_timings=True`` keeps them); attribution ids are content-derived
+  by the server.
 
 Errors: a request the server rejects as invalid (`BadRequestError`) is recorded as an error
 line (rerunning would not change it). Anything else — connection failures, timeouts, rate
@@ -39,6 +42,7 @@ from .types import (
     BatchResultLine,
     Direction,
     ErrorBody,
+    StageTimings,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,9 +102,11 @@ def read_done_ids(out_path: str | os.PathLike[str]) -> list[str]:
     return ids
 
 
-def _attribute_one(client: Client, custom_id: str, request: AttributionRequest) -> BatchResultLine:
+def _attribute_one(client: Client, custom_id: str, request: AttributionRequest, keep_timings: bool = False) -> BatchResultLine:
     try:
         response = client.attribute_request(request)
+        if not keep_timings:
+            response = response.model_copy(update={"timings": StageTimings()})
     except BadRequestError as exc:
         error = ErrorBody(
             message=exc.message,
@@ -129,6 +135,7 @@ def run_batch(
     direction: Direction = "helpful",
     token_wise: bool = False,
     filters: AttributionFilters | None = None,
+    keep_timings: bool = False,
 ) -> BatchRunSummary:
     """Attribute each logged generation in `logs_path`, appending `BatchResultLine`s to
     `out_path` in input order; resumes a previous, interrupted run over the same files."""
@@ -170,7 +177,7 @@ def run_batch(
                 if item is None:
                     exhausted = True
                     break
-                pending.append((item[0], executor.submit(_attribute_one, client, *item)))
+                pending.append((item[0], executor.submit(_attribute_one, client, *item, keep_timings)))
             if not pending:
                 break
             _, future = pending.popleft()

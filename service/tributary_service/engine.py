@@ -16,9 +16,9 @@ each position against fixed vectors), never materialising ``[T, D]`` per-positio
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,7 +160,7 @@ class AttributionEngine:
             ))
         timings["total_ms"] = _ms(query.received)
         return types.AttributionResponse(
-            id=f"attr_{uuid.uuid4().hex[:24]}", index_id=self.index_id, score_variant=self.index.manifest.score_variant,
+            id=_attribution_id(self.index_id, request), index_id=self.index_id, score_variant=self.index.manifest.score_variant,
             examples=examples, response_token_scores=response_scores, timings=types.StageTimings(**timings),
         )
 
@@ -213,6 +213,12 @@ def _aligned_token_scores(example: TokenizedExample, per_pos: np.ndarray, text: 
             continue
         out.append(types.TokenScore(token=piece, token_id=int(token_id), start=start, end=end, score=float(per_pos[t - 1])))
     return out
+
+
+def _attribution_id(index_id: str, request: types.AttributionRequest) -> str:
+    """Content-addressed: the same request to the same index gets the same id (and answer)."""
+    digest = hashlib.sha256((index_id + "\n" + request.model_dump_json()).encode()).hexdigest()
+    return f"attr_{digest[:24]}"
 
 
 def _pad_id(tokenizer: Any) -> int:

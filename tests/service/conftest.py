@@ -39,7 +39,6 @@ def make_settings(built_index, tmp_path):
 @pytest.fixture()
 def client(make_settings):
     from fastapi.testclient import TestClient
-
     from tributary_service.app import create_app
 
     with TestClient(create_app(make_settings())) as c:

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
 from tributary_service.app import create_app
 
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
