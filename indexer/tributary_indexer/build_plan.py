@@ -58,7 +58,7 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
     projector = LoGraProjector.identity(modules) if config.projector == "identity" else LoGraProjector.random(modules, config.projection)
     stats = CorpusStats()
     n_records = 0
-    token_counts = []
+    token_counts: list = []
     for record in iter_records(config.corpus, skip_bad=True, stats=stats):
         n_records += 1
         if len(token_counts) < _TOKEN_SAMPLE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -48,7 +49,7 @@ class FisherAccumulator:
             acc += theirs.to(acc.device)
         self.count += other.count
 
-    def all_reduce(self, group: object | None = None) -> None:
+    def all_reduce(self, group: Any = None) -> None:
         """Sum the accumulators of every process of ``torch.distributed`` in place."""
         import torch.distributed as dist
 

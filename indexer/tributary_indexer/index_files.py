@@ -79,7 +79,7 @@ def shard_entry(paths: IndexPaths, n: int, path: Path) -> dict[str, Any]:
     import faiss
 
     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-    ids = faiss.vector_to_array(faiss.downcast_index(index).id_map) if index.ntotal else []
+    ids = faiss.vector_to_array(faiss.downcast_index(index).id_map) if index.ntotal else []  # type: ignore[attr-defined,var-annotated]  # faiss stubs lack the wrappers
     id_start = int(ids[0]) if len(ids) else 0
     return {"file": paths.relative(path), "rows": int(index.ntotal), "id_start": id_start,
             "id_end": id_start + int(index.ntotal), "sha256": sha256_file(path), "dim": int(index.d), "n": n}

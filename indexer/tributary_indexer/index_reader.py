@@ -83,7 +83,7 @@ class AttributionIndex:
         import faiss
 
         for shard in self.shards:
-            ivf = faiss.try_extract_index_ivf(shard.index)
+            ivf = faiss.try_extract_index_ivf(shard.index)  # type: ignore[arg-type]  # faiss stubs lack the wrappers
             if ivf is not None:
                 ivf.nprobe = nprobe
 
@@ -133,7 +133,7 @@ class AttributionIndex:
             import faiss
 
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # faiss stubs lack the wrappers
         parts = []
         for shard in self.shards:
             kk = min(fetch, shard.id_end - shard.id_start)

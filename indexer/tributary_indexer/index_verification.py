@@ -36,7 +36,7 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
         if index.d != manifest.dim:
             problems.append(f"{shard.file}: dimension {index.d}, manifest says {manifest.dim}")
         if index.ntotal:
-            ids = faiss.vector_to_array(faiss.downcast_index(index).id_map)
+            ids = faiss.vector_to_array(faiss.downcast_index(index).id_map)  # type: ignore[attr-defined]  # faiss stubs lack the wrappers
             if int(ids.min()) != shard.id_start or int(ids.max()) != shard.id_end - 1:
                 problems.append(f"{shard.file}: ids {ids.min()}..{ids.max()}, manifest says [{shard.id_start}, {shard.id_end})")
     store = root / "examples.sqlite"

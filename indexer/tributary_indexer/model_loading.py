@@ -52,7 +52,7 @@ def load_causal_lm(path: str | os.PathLike[str], device: torch.device, dtype: to
     except Exception as exc:
         raise ModelLoadError(f"cannot load the weights in {p}: {exc}; fix: re-save the model with save_pretrained()") from exc
     model.eval()
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def load_tokenizer(path: str | os.PathLike[str]):  # noqa: ANN201 - transformers tokenizer

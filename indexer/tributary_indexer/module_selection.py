@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import ModuleSelectionError
@@ -53,6 +54,7 @@ class TrackedModule:
 
 def _dims(module: nn.Module, kind: str) -> tuple[int, int]:
     weight = module.weight
+    assert isinstance(weight, torch.Tensor)
     if kind == "conv1d":  # Conv1D stores W as [d_in, d_out]
         return int(weight.shape[0]), int(weight.shape[1])
     return int(weight.shape[1]), int(weight.shape[0])  # nn.Linear: [d_out, d_in]

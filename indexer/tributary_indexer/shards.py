@@ -40,7 +40,7 @@ def new_index(dim: int, factory: str) -> faiss.Index:
 def train_index(dim: int, factory: str, sample: np.ndarray, seed: int = 0) -> faiss.Index:
     """Train a compressed index on ``sample`` ``[n, dim]`` (deterministic for a seed)."""
     index = new_index(dim, factory)
-    inner = faiss.downcast_index(index.index)
+    inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]  # faiss stubs lack the wrappers
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None:
         ivf.cp.seed = seed

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -129,8 +129,8 @@ class AttributionEngine:
         if request.filters is not None and (request.filters.source is not None or request.filters.provider is not None):
             allowed = self.index.store.ids_matching(source=request.filters.source, provider=request.filters.provider)
         t0 = time.perf_counter()
-        hits: list[tuple[int, float, str]] = []
-        directions = ["helpful", "harmful"] if request.direction == "both" else [request.direction]
+        hits: list[tuple[int, float, Literal['helpful', 'harmful']]] = []
+        directions: list[Literal['helpful', 'harmful']] = ["helpful", "harmful"] if request.direction == "both" else [request.direction]  # type: ignore[list-item]
         for direction in directions:
             sign = 1.0 if direction == "helpful" else -1.0  # harmful = the largest ⟨stored, −q⟩
             result = self.index.search((sign * q)[None, :], request.top_k, allowed_ids=allowed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -17,7 +18,7 @@ from .micro_batcher import QueueFullError
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-_ERRORS = {400: {"model": types.ErrorResponse}, 401: {"model": types.ErrorResponse}, 404: {"model": types.ErrorResponse},
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": types.ErrorResponse}, 401: {"model": types.ErrorResponse}, 404: {"model": types.ErrorResponse},
            429: {"model": types.ErrorResponse}}
 
 
