@@ -37,6 +37,31 @@ class ShardHandle:
     id_start: int
     id_end: int
     exact: np.ndarray | None  # [rows, D] memory-mapped exact vectors (compressed shards only)
+    flat: np.ndarray | None = None  # [rows, D] zero-copy view of a flat shard's vectors (mmapped file)
+
+
+def _flat_view(index: object) -> np.ndarray | None:
+    """The vectors of a (memory-mapped) flat IDMap shard as a numpy view, without copying."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else None  # type: ignore[attr-defined]
+    if not isinstance(inner, faiss.IndexFlat) or inner.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+
+
+def topk_by_scan(matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products by one BLAS matmul over ``matrix`` ``[rows, D]``.
+
+    At memory bandwidth for a memory-mapped shard: FAISS's flat search is slower on CPU for a
+    few queries (measured in ``benchmarks/RESULTS.md``), so flat shards are scanned here.
+    """
+    scores = queries @ matrix.T  # [nq, rows]
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [nq, k] unordered
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1).astype(np.int64) + id_start
 
 
 class AttributionIndex:
@@ -64,7 +89,8 @@ class AttributionIndex:
         self.shards: list[ShardHandle] = []
         for n, shard in enumerate(self.manifest.shards):
             exact = np.load(self.paths.exact_vectors(n), mmap_mode="r") if self.compressed else None
-            self.shards.append(ShardHandle(read_shard(self.paths.root / shard.file), shard.id_start, shard.id_end, exact))
+            index = read_shard(self.paths.root / shard.file)
+            self.shards.append(ShardHandle(index, shard.id_start, shard.id_end, exact, None if self.compressed else _flat_view(index)))
         self.store = ExampleStore(self.paths.store)
 
     @property
@@ -141,6 +167,8 @@ class AttributionIndex:
                 continue
             if params is not None:
                 scores, ids = shard.index.search(q, kk, params=params)  # type: ignore[attr-defined]
+            elif shard.flat is not None:
+                scores, ids = topk_by_scan(shard.flat, q, kk, shard.id_start)
             else:
                 scores, ids = shard.index.search(q, kk)  # type: ignore[attr-defined]
             if shard.exact is not None:  # re-rank the candidates with the exact vectors
@@ -166,6 +194,8 @@ class AttributionIndex:
             shard = next(s for s in self.shards if s.id_start <= example_id < s.id_end)
             if shard.exact is not None:
                 out[i] = shard.exact[example_id - shard.id_start]
+            elif shard.flat is not None:
+                out[i] = shard.flat[example_id - shard.id_start]
             else:
                 out[i] = shard.index.reconstruct(int(example_id))  # type: ignore[attr-defined]
         return out
