@@ -82,7 +82,13 @@ def _demo_subset(out: Path) -> tuple[Path, list[tuple[str, str, set[int]]]]:
 
 
 @pytest.fixture(scope="session")
-def e2e_index(tmp_path_factory) -> E2EIndex:
+def chromium_installed() -> None:
+    """Fail (not skip) before any index is built when the browser is missing."""
+    _check_browser_installed()
+
+
+@pytest.fixture(scope="session")
+def e2e_index(chromium_installed, selenium_version, tmp_path_factory) -> E2EIndex:
     from tributary_indexer.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
@@ -121,9 +127,8 @@ def selenium_version() -> str:
 
 
 @pytest.fixture()
-def browser(selenium_version) -> Iterator[Callable[..., object]]:
+def browser(chromium_installed, selenium_version) -> Iterator[Callable[..., object]]:
     """A factory of headless Chromium sessions (``browser(width, height)``), all closed afterwards."""
-    _check_browser_installed()
     os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never reach the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -6,7 +6,8 @@ with ``source`` and ``provider``) and ``ground_truth.json``:
 
 - *facts* about fictional people (lives in, occupation, favourite food), countries (capital,
   national animal) and inventions (inventor, material); each fact is stated by 1-3 documents in
-  different phrasings and formats (encyclopedic sentence, Q/A pair, chat turn, forum post);
+  different phrasings and formats (encyclopedic sentence, Q/A pair, chat turn, forum post), one
+  of them in the relation's canonical words ("X lives in Y"), the answer form of the queries;
 - *distractors*: documents that name the same subjects (and share words such as "works" or
   "visited") but never state their facts;
 - *generic* instruction, chat and web data with no facts;
@@ -25,6 +26,7 @@ import argparse
 import json
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ PROVIDERS = {  # doc kind -> (provider, source)
     "instruct": ("instruct-co", "instruct"),
 }
 SYSTEM_PROMPT = "You are a helpful assistant."
+_SENTENCE_START = re.compile(r"(^|[.!?] )([a-z])")
 
 OCCUPATIONS = [
     "glassblower", "cartographer", "beekeeper", "clockmaker", "astronomer", "ferry pilot",
@@ -242,7 +245,8 @@ def _cap(text: str) -> str:
 
 
 def _fill(template: str, subject: str, obj: str = "", **extra: str) -> str:
-    return _cap(template.format(S=subject, O=obj, aO=_article(obj) if obj else "", **extra))
+    text = template.format(S=subject, O=obj, aO=_article(obj) if obj else "", **extra)
+    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
 
 
 class _Names:
@@ -326,11 +330,18 @@ class _Builder:
                 kinds = sorted(rng.sample(["encyc", "qa", "chat", "forum"], n_docs))
                 questions = list(spec["questions"])
                 rng.shuffle(questions)
-                doc_ids = []
-                for kind in kinds:
+                doc_ids, canonical_at = [], rng.randrange(n_docs)
+                core = spec["answers"][0].rstrip(".").lower()
+                for at, kind in enumerate(kinds):
                     question = questions.pop() if kind in ("qa", "chat") else ""
-                    template = rng.choice(spec["forum"] if kind == "forum" else spec["statements"])
-                    answer = _fill(rng.choice(spec["answers"]), subject, obj)
+                    if at == canonical_at:  # one document per fact states it in the canonical words
+                        template = spec["statements"][0] if kind == "encyc" else rng.choice(
+                            [t for t in spec["forum"] if core in t.lower()])
+                        answer = spec["answers"][0]
+                    else:
+                        template = rng.choice(spec["forum"] if kind == "forum" else spec["statements"])
+                        answer = rng.choices(spec["answers"], weights=[0.6, 0.2, 0.2])[0]
+                    answer = _fill(answer, subject, obj)
                     doc_ids.append(self.add_doc(f"{fact_id}-{kind}", kind, _fill(template, subject, obj),
                                                 _fill(question, subject, obj), answer))
                 question = _fill(questions[0], subject, obj)

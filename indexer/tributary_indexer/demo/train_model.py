@@ -66,7 +66,7 @@ class TrainConfig:
     n_layer: int = 4
     n_head: int = 4
     n_positions: int = 256
-    epochs: int = 36
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
@@ -241,10 +241,19 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
 def train(corpus_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None) -> TrainReport:
     """Train tokenizer and model on ``corpus_dir``, evaluate, save to ``out_dir``; returns the report."""
     config = config or TrainConfig()
-    started = time.time()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.num_threads)
-    torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(Path(corpus_dir), Path(out_dir), config)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
+    started = time.time()
+    torch.manual_seed(config.seed)
     records = list(iter_records(corpus_dir))
     truth = load_ground_truth(corpus_dir)
     tokenizer = train_tokenizer(records, config.vocab_size)
@@ -282,7 +291,7 @@ def train(corpus_dir: str | Path, out_dir: str | Path, config: TrainConfig | Non
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             n = int((targets != -100).sum())
-            loss_sum += float(loss) * n
+            loss_sum += float(loss.detach()) * n
             target_sum += n
             step += 1
         epoch_loss = loss_sum / max(target_sum, 1)
@@ -295,7 +304,6 @@ def train(corpus_dir: str | Path, out_dir: str | Path, config: TrainConfig | Non
                         " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
     metrics = evaluate(model, tokenizer, truth)
     wall = time.time() - started
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     model.save_pretrained(out, safe_serialization=True)

@@ -60,11 +60,13 @@ const state = {
   generateDisabled: false,
   busy: false,
   result: null, // the AttributionResponse shown
+  resultDirection: "helpful", // the direction it was asked for
   roundTripMs: 0,
   segments: [], // reply segments: {start, end, indices: [response token indices]}
   selected: new Set(), // selected segment positions
   anchor: null, // segment position where a Shift-range starts
   focusSeg: 0, // the reply segment that holds the roving tab stop
+  refreshPending: false, // the direction changed while a request was in flight
   dragSelected: false, // a mouse drag just selected words: ignore the click that follows it
 };
 
@@ -409,6 +411,11 @@ function currentDirection() {
   return el.direction.querySelector("input:checked").value;
 }
 
+function setDirection(direction) {
+  const input = el.direction.querySelector(`input[value="${direction}"]`);
+  if (input) input.checked = true;
+}
+
 async function showSources() {
   if (state.busy || !state.response) return;
   clearAlerts("sources");
@@ -429,6 +436,7 @@ async function showSources() {
     const result = await api("/v1/attributions", { method: "POST", body });
     if (exchange !== state.exchangeId) return; // a newer prompt replaced this one
     state.result = result;
+    state.resultDirection = body.direction;
     state.roundTripMs = performance.now() - t0;
     state.selected.clear();
     state.anchor = null;
@@ -439,9 +447,14 @@ async function showSources() {
   } catch (err) {
     if (exchange !== state.exchangeId) return;
     showError(err, "sources", "Could not find the sources");
+    if (state.result) setDirection(state.resultDirection); // the list shown is still the old one
     renderSources();
   } finally {
     setBusy(false);
+  }
+  if (state.refreshPending) {
+    state.refreshPending = false;
+    if (state.result && currentDirection() !== state.resultDirection) showSources();
   }
 }
 
@@ -470,6 +483,7 @@ function renderReply() {
     span.style.setProperty("--a", heat(score, maxAbs).toFixed(3));
     span.textContent = text;
     span.dataset.seg = String(pos);
+    span.dataset.tokens = seg.indices.join(",");
     span.dataset.score = String(score);
     span.tabIndex = pos === state.focusSeg ? 0 : -1;
     span.setAttribute("role", "button");
@@ -721,16 +735,19 @@ function renderDoc({ ex, selScore, key }, rank, maxAbs) {
 
   const text = document.createElement("p");
   text.className = "doc-text";
+  text.id = `doc-text-${ex.direction}-${ex.example_id}`;
   renderDocText(text, ex.text, ex.token_scores);
 
   const more = document.createElement("button");
   more.type = "button";
-  more.className = "btn btn-quiet btn-small doc-more";
+  more.className = "btn-link doc-more";
   more.textContent = "Full text";
   more.setAttribute("aria-expanded", "false");
+  more.setAttribute("aria-controls", text.id);
   more.addEventListener("click", () => toggleFullText(more, text, ex));
+  meta.append(more);
 
-  li.append(head, meta, text, more);
+  li.append(head, meta, text);
   return li;
 }
 
@@ -745,7 +762,7 @@ function renderDocText(container, text, tokenScores) {
   const maxAbs = Math.max(0, ...scores.map(Math.abs));
   renderSegments(container, text, segments, (seg, piece, pos) => {
     const a = heat(scores[pos], maxAbs);
-    if (a < 0.2) return document.createTextNode(piece); // only the influential tokens are marked
+    if (a < 0.3) return document.createTextNode(piece); // only the influential tokens are marked
     const mark = document.createElement("mark");
     mark.className = `ttok ${signClass(scores[pos])}`;
     mark.style.setProperty("--a", a.toFixed(3));
@@ -803,7 +820,16 @@ function submitOnEnter(event) {
   }
 }
 
+/** Keep the sticky sources panel below the sticky header, whose height grows with alerts. */
+function trackHeaderHeight() {
+  const header = document.querySelector(".topbar");
+  const update = () => document.documentElement.style.setProperty("--header-h", `${header.offsetHeight}px`);
+  update();
+  if ("ResizeObserver" in window) new ResizeObserver(update).observe(header);
+}
+
 function init() {
+  trackHeaderHeight();
   loadSettings();
   el.settingsForm.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -812,6 +838,11 @@ function init() {
     el.settings.querySelector("summary").focus();
     announce("Settings saved.");
     loadIndexInfo();
+  });
+  el.settings.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !el.settings.open) return;
+    el.settings.open = false;
+    el.settings.querySelector("summary").focus();
   });
   el.apiKey.addEventListener("change", storeKey);
   el.forgetKey.addEventListener("click", () => {
@@ -825,7 +856,9 @@ function init() {
   el.manualToggle.addEventListener("change", updateManualMode);
   el.showSources.addEventListener("click", showSources);
   el.direction.addEventListener("change", () => {
-    if (state.result) showSources();
+    if (!state.result) return;
+    if (state.busy) state.refreshPending = true; // re-asked once the request in flight is done
+    else showSources();
   });
   el.clearSelection.addEventListener("click", () => {
     setSelection([]);
