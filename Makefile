@@ -9,7 +9,11 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= service,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint typecheck bench bench-peers clean
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_INDEX ?= demo/index
+
+.PHONY: setup test lint typecheck bench bench-peers demo demo-index demo-model clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +41,19 @@ bench-peers: setup
 
 bench: bench-peers
 	$(PY) benchmarks/logging_throughput.py
+
+# The embedded default: the committed demo model and corpus, indexed once (the build resumes or
+# is a no-op when the index is complete), then served with the chat page at http://$(HOST):$(PORT)/
+demo-index: setup
+	$(VENV)/bin/tributary index build --model demo/model --corpus demo/corpus --out $(DEMO_INDEX)
+
+demo: demo-index
+	$(VENV)/bin/tributary serve --index $(DEMO_INDEX) --enable-generate --host $(HOST) --port $(PORT)
+
+# Regenerate the demo corpus and retrain the demo model (deterministic; ~15 min on 2 cores)
+demo-model: setup
+	$(PY) -m tributary_indexer.demo.corpus_generator --out demo/corpus --seed 0
+	$(PY) -m tributary_indexer.demo.train_model --corpus demo/corpus --out demo/model
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

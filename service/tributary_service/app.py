@@ -69,7 +69,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         runner.start()
         app.state.batch_runner = runner
         app.state.ready = True
-        logger.info("ready: http://%s:%d", settings.host, settings.port)
+        logger.info("Tributary is ready: http://%s:%d/ (chat page; API docs at /docs)", settings.host, settings.port)
         try:
             yield
         finally:
