@@ -57,7 +57,9 @@ COPY --from=builder /opt/tributary /opt/tributary
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/tributary-entrypoint
 
 # Caches go to /tmp (an emptyDir or tmpfs under a read-only root filesystem); models and indexes
-# are local paths, never fetched from a hub.
+# are local paths, never fetched from a hub. (DL3064 reads the TOKEN in TOKENIZERS_PARALLELISM,
+# a switch, as a secret.)
+# hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

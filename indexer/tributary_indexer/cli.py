@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BuildConfig
-from .errors import TributaryIndexError
+from .errors import IndexIntegrityError, TributaryIndexError
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     if not config.model or not config.corpus:
-        raise SystemExit("tributary index build: --model and --corpus are required (or set them in --config)")
+        raise ValueError("--model and --corpus are required (or set them in --config)")
     ctx = init_distributed()
     try:
         summary = IndexBuilder(config, args.out, ctx=ctx, keep_staging=args.keep_staging).build()
@@ -129,7 +129,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
     manifest = json.loads((args.index / "manifest.json").read_text()) if (args.index / "manifest.json").is_file() else None
     if manifest is None:
-        raise SystemExit(f"tributary index add: {args.index} holds no finished index (no manifest.json)")
+        raise IndexIntegrityError(f"{args.index} holds no finished index (no manifest.json); fix: point --index at a "
+                                  "built index, or run `tributary index build` first")
     stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
     overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BuildConfig)}}
     overrides["corpus"] = [str(Path(c).resolve()) for c in args.corpus]
@@ -164,7 +165,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     if not config.model or not config.corpus:
-        raise SystemExit("tributary index plan: --model and --corpus are required (or set them in --config)")
+        raise ValueError("--model and --corpus are required (or set them in --config)")
     plan = estimate_build(config, sample=args.sample)
     for line in plan.lines():
         print(line)
