@@ -91,3 +91,12 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int = 0) -> Batc
         attention_mask[row, :n] = 1
         target_mask[row, :n] = torch.tensor(example.target_mask, dtype=torch.bool)
     return Batch(input_ids, attention_mask, target_mask)
+
+
+def pad_token_id(tokenizer: object) -> int:
+    """The id to pad with: the tokenizer's pad, else EOS, else UNK, else 0 (pads are never scored)."""
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0

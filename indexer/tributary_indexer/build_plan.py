@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .batching import collate
+from .batching import collate, pad_token_id
 from .config import BuildConfig
 from .corpus import CorpusStats, iter_records
 from .gradient_computer import GradientComputer
@@ -70,7 +70,7 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
         raise ValueError("no usable example in the corpus; check --corpus (see `tributary index build --skip-bad`)")
     mean_tokens = sum(e.n_tokens for e in token_counts) / len(token_counts)
     timed = token_counts[:sample]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token_id(tokenizer)
     with GradientComputer(model, modules, projector) as computer:
         computer.compute(collate(timed[:2], pad))  # warm-up
         t0 = time.perf_counter()

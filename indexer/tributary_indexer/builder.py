@@ -32,7 +32,7 @@ import torch
 
 from . import __version__
 from .atomic_io import atomic_output, atomic_write_json, check_writable_dir
-from .batching import TokenizedExample, collate
+from .batching import TokenizedExample, collate, pad_token_id
 from .config import BuildConfig
 from .corpus import CorpusRecord, CorpusStats, iter_records
 from .distributed import DistributedContext
@@ -250,7 +250,7 @@ class IndexBuilder:
                     projector = LoGraProjector.random(modules, cfg.projection)
                 else:
                     sample = [ex for _, ex in itertools.islice(self._tokenized(tokenizer, CorpusStats()), cfg.pca_examples)]
-                    pad = _pad_id(tokenizer)
+                    pad = pad_token_id(tokenizer)
                     batches = (collate([sample[i] for i in idx], pad) for idx in token_budget_batches([e.n_tokens for e in sample], cfg.batch_tokens))
                     covariances = estimate_covariances(model, modules, batches, autocast_dtype=_AUTOCAST[cfg.autocast])
                     projector = LoGraProjector.pca(modules, cfg.projection, covariances)
@@ -291,7 +291,7 @@ class IndexBuilder:
         stream = self._tokenized(tokenizer, stats)
         computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast])
         dim = compressor.k if compressor else projector.dim
-        pad = _pad_id(tokenizer)
+        pad = pad_token_id(tokenizer)
         bar = progress_bar(cfg.progress and self.ctx.is_main, desc="gradients", unit="ex")
         tokens_done, grad_seconds = 0, 0.0
         n_chunks = n_examples = 0
@@ -457,11 +457,3 @@ class IndexBuilder:
 
 def _store_row(example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any) -> dict[str, Any]:
     return StoredExample.from_record(example_id, record, example, text=render_record(record, tokenizer)).to_dict()
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from tributary_client import types
-from tributary_indexer.batching import TokenizedExample, collate
+from tributary_indexer.batching import TokenizedExample, collate, pad_token_id
 from tributary_indexer.errors import ExampleError
 from tributary_indexer.example_store import StoredExample
 from tributary_indexer.gradient_computer import GradientComputer
@@ -79,7 +79,7 @@ class AttributionEngine:
         self.computer = computer
         self.max_tokens = max_tokens
         self.snippet_chars = snippet_chars
-        self.pad_id = _pad_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self.index_id = index.manifest.projector.params.get("fingerprint", "")[:12] + "-" + str(index.n_examples)
 
     # ------------------------------------------------------------------ stage 1: tokenise
@@ -219,11 +219,3 @@ def _attribution_id(index_id: str, request: types.AttributionRequest) -> str:
     """Content-addressed: the same request to the same index gets the same id (and answer)."""
     digest = hashlib.sha256((index_id + "\n" + request.model_dump_json()).encode()).hexdigest()
     return f"attr_{digest[:24]}"
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
