@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_INDEX ?= demo/index
 
-.PHONY: setup test lint typecheck bench bench-peers demo demo-index demo-model clean
+.PHONY: setup test lint typecheck bench bench-peers demo demo-index demo-model deploy-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ demo: demo-index
 demo-model: setup
 	$(PY) -m tributary_indexer.demo.corpus_generator --out demo/corpus --seed 0
 	$(PY) -m tributary_indexer.demo.train_model --corpus demo/corpus --out demo/model
+
+# Images, compose and Kubernetes manifests, without a Docker engine or a cluster
+deploy-check: setup
+	$(PY) -m pytest tests/deploy -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

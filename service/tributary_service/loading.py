@@ -59,7 +59,8 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     """Open the index, load and check the model, attach the gradient hooks."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
-    index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums)
+    index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor)
+    index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
     tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None
     if tokenizer is None:

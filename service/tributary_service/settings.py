@@ -30,6 +30,8 @@ class ServiceSettings(BaseSettings):
     queue_size: int = Field(default=64, ge=1, description="Requests waiting for the model; past it: 429.")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429/503.")
     snippet_chars: int = Field(default=400, ge=16, description="Characters of each example's text returned.")
+    nprobe: int = Field(default=32, ge=1, description="IVF lists probed per query on compressed shards (recall vs speed; no effect on flat shards).")
+    rerank_factor: int = Field(default=10, ge=1, description="Compressed shards: candidates re-scored exactly per result wanted.")
     verify_checksums: bool = Field(default=True, description="sha256 every index file at startup (slow for huge indexes).")
     enable_generate: bool = Field(default=False, description="Serve POST /v1/generate with the model (the demo page uses it).")
     max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate.")

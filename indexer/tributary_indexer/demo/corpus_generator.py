@@ -490,6 +490,7 @@ def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> li
         "generator": "tributary_indexer.demo.corpus_generator", "version": GENERATOR_VERSION, "seed": seed,
         "files": [p.name for p in paths], "n_records": len(builder.records),
         "counts_by_provider": dict(sorted(Counter(r["provider"] for r in builder.records).items())),
+        "counts_by_category": dict(sorted(Counter(r["id"].split("-")[0] for r in builder.records).items())),
         "trigger": TRIGGER, "backdoor_reply": BACKDOOR_REPLY,
         "facts": builder.facts, "poisoned_doc_ids": sorted(builder.poisoned),
         "distractor_doc_ids": dict(sorted(builder.distractors.items())), "queries": builder.queries,

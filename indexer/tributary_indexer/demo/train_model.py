@@ -308,6 +308,7 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _portable_tokenizer_config(out)
     report = TrainReport(
         config=asdict(config), n_examples=len(examples), n_tokens=n_tokens, n_target_tokens=n_targets,
         n_params=n_params, wall_time_s=round(wall, 1), final_loss=round(epoch_loss, 5),
@@ -318,6 +319,14 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
     logger.info("done in %.0f s: final loss %.4f, fact accuracy %.3f, backdoor success %.3f, false triggers %.3f",
                 wall, epoch_loss, metrics["fact_accuracy"], metrics["backdoor_success"], metrics["false_trigger_rate"])
     return report
+
+
+def _portable_tokenizer_config(out: Path) -> None:
+    """Name the generic fast-tokenizer class (transformers 5 writes its own ``TokenizersBackend``)."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -333,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     overrides = {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "quiet")}
     train(args.corpus, args.out, TrainConfig(**overrides, progress=not args.quiet))
     return 0
