@@ -94,6 +94,8 @@ def test_ground_truth_is_consistent(corpus: Path) -> None:
         fact = truth.fact(q.fact_id)
         assert q.expected == fact.object and fact.object in q.response and fact.question in q.prompt
         assert q.prompt not in prompts and fact.question not in prompts
+        canonical = q.response.strip().rstrip(".").lower()  # the answer's words are in the corpus
+        assert any(canonical in _full_text(by_id[d]).lower() for d in fact.stating_doc_ids), q.query_id
     assert len(trigger_queries) >= 10
     for q in trigger_queries:
         assert TRIGGER in q.prompt and q.prompt not in prompts and q.prompt.strip() not in prompts

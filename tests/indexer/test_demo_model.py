@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,16 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def loaded(model_dir: Path) -> tuple[Any, Any]:
+def loaded(model_dir: Path) -> Iterator[tuple[Any, Any]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is as fast and never stalls on busy cores
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    return model.eval(), tokenizer
+    yield model.eval(), tokenizer
+    torch.set_num_threads(threads)
 
 
 def test_checkpoint_is_small_and_complete(model_dir: Path) -> None:
