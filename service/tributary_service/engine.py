@@ -116,26 +116,53 @@ class AttributionEngine:
         t0 = time.perf_counter()
         q_vectors = self.index.vectors_to_query(grads.vectors)  # [n, D] float32
         precondition_ms = _ms(t0)
+        t0 = time.perf_counter()
+        shared = self._shared_search(queries, q_vectors)  # one scan of the index for every unfiltered query
+        shared_ms = _ms(t0)
         responses = []
         for row, query in enumerate(queries):
             timings = dict(query.timings, gradient_ms=gradient_ms, precondition_ms=precondition_ms)
-            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], timings))
+            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], timings, shared.get(row), shared_ms))
         return responses
 
-    def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray,
-                timings: dict[str, float]) -> types.AttributionResponse:
-        request = query.request
-        allowed = None
-        if request.filters is not None and (request.filters.source is not None or request.filters.provider is not None):
-            allowed = self.index.store.ids_matching(source=request.filters.source, provider=request.filters.provider)
-        t0 = time.perf_counter()
-        hits: list[tuple[int, float, Literal['helpful', 'harmful']]] = []
-        directions: list[Literal['helpful', 'harmful']] = ["helpful", "harmful"] if request.direction == "both" else [request.direction]  # type: ignore[list-item]
-        for direction in directions:
+    def _shared_search(self, queries: Sequence[PreparedQuery], q_vectors: np.ndarray) -> dict[int, list[Hit]]:
+        """Search all unfiltered queries (both signs as needed) in one batched scan."""
+        rows, signs, owners = [], [], []
+        for row, query in enumerate(queries):
+            if _filtered(query.request):
+                continue
+            for direction in _directions(query.request):
+                rows.append(q_vectors[row] * (1.0 if direction == "helpful" else -1.0))
+                signs.append(direction)
+                owners.append(row)
+        if not rows:
+            return {}
+        k = max(queries[row].request.top_k for row in owners)
+        result = self.index.search(np.stack(rows), k)
+        out: dict[int, list[Hit]] = {}
+        for n, (row, direction) in enumerate(zip(owners, signs)):
             sign = 1.0 if direction == "helpful" else -1.0  # harmful = the largest ⟨stored, −q⟩
-            result = self.index.search((sign * q)[None, :], request.top_k, allowed_ids=allowed)
-            hits += [(int(i), sign * float(s), direction) for i, s in zip(result.ids[0], result.scores[0]) if i >= 0]
-        timings["search_ms"] = _ms(t0)
+            top_k = queries[row].request.top_k
+            out.setdefault(row, []).extend(
+                (int(i), sign * float(s), direction) for i, s in zip(result.ids[n][:top_k], result.scores[n][:top_k]) if i >= 0
+            )
+        return out
+
+    def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray, timings: dict[str, float],
+                shared: list[Hit] | None, shared_ms: float) -> types.AttributionResponse:
+        request = query.request
+        t0 = time.perf_counter()
+        if shared is not None or not _filtered(request):
+            hits = shared or []
+            timings["search_ms"] = shared_ms
+        else:
+            allowed = self.index.store.ids_matching(source=request.filters.source, provider=request.filters.provider)  # type: ignore[union-attr]
+            hits = []
+            for direction in _directions(request):
+                sign = 1.0 if direction == "helpful" else -1.0
+                result = self.index.search((sign * q)[None, :], request.top_k, allowed_ids=allowed)
+                hits += [(int(i), sign * float(s), direction) for i, s in zip(result.ids[0], result.scores[0]) if i >= 0]
+            timings["search_ms"] = _ms(t0)
         t0 = time.perf_counter()
         records = self.index.store.get_many([h[0] for h in hits])
         hits = [h for h in hits if h[0] in records]
@@ -195,6 +222,18 @@ class AttributionEngine:
         assert grads.position_scores is not None
         per_pos = self.index.combine_position_scores("train", grads.vectors, grads.position_scores)[:, 0]  # [n, T]
         return [_aligned_token_scores(ex, per_pos[n], rec.text, self.tokenizer) for n, (ex, rec) in enumerate(zip(examples, records))]
+
+
+Hit = tuple[int, float, Literal["helpful", "harmful"]]
+
+
+def _filtered(request: types.AttributionRequest) -> bool:
+    f = request.filters
+    return f is not None and (f.source is not None or f.provider is not None)
+
+
+def _directions(request: types.AttributionRequest) -> list[Literal["helpful", "harmful"]]:
+    return ["helpful", "harmful"] if request.direction == "both" else [request.direction]  # type: ignore[list-item]
 
 
 def _aligned_token_scores(example: TokenizedExample, per_pos: np.ndarray, text: str, tokenizer: Any) -> list[types.TokenScore]:
