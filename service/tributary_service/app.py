@@ -60,7 +60,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         def on_batch(n: int, tokens: int) -> None:
             metrics.batch_size.observe(n)
 
-        batcher = MicroBatcher(loaded.engine, settings.max_batch_tokens, settings.batch_window_ms, settings.queue_size, on_batch)
+        batcher = MicroBatcher(loaded.engine, settings.max_batch_tokens, settings.batch_window_ms, settings.queue_size, on_batch,
+                               num_threads=settings.resolved_num_threads())
         await batcher.start()
         app.state.batcher = batcher
         store = BatchStore(settings.resolved_state_dir() / "batches.sqlite")

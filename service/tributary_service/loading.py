@@ -57,8 +57,7 @@ def check_model_matches(index: AttributionIndex, model_dir: Path, tokenizer: Any
 
 def load_service(settings: ServiceSettings) -> LoadedService:
     """Open the index, load and check the model, attach the gradient hooks."""
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    torch.set_num_threads(settings.resolved_num_threads())
     index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor)
     index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)

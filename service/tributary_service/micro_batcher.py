@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from tributary_client import types
 
 from .engine import AttributionEngine, PreparedQuery
@@ -36,7 +37,7 @@ class MicroBatcher:
     """Collects prepared queries into padded batches for :meth:`AttributionEngine.attribute`."""
 
     def __init__(self, engine: AttributionEngine, max_batch_tokens: int, window_ms: float, queue_size: int,
-                 on_batch: Callable[[int, int], None] | None = None):
+                 on_batch: Callable[[int, int], None] | None = None, num_threads: int | None = None):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
         self.window_s = window_ms / 1000.0
@@ -45,7 +46,9 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._carry: _Item | None = None
         self._task: asyncio.Task[None] | None = None
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tributary-model")
+        # torch's intra-op thread count is per calling thread: set it in the model thread itself
+        init = (lambda: torch.set_num_threads(num_threads)) if num_threads else None
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tributary-model", initializer=init)
 
     @property
     def depth(self) -> int:
