@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tributary_indexer.cli import main
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
-from tributary_indexer.cli import main
 
 
 @pytest.fixture(scope="module")
