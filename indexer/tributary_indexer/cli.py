@@ -106,18 +106,25 @@ def resolve_config(args: argparse.Namespace) -> BuildConfig:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from .builder import IndexBuilder
-    from .distributed import init_distributed, shutdown_distributed
 
     config = resolve_config(args)
     if not config.model or not config.corpus:
         raise ValueError("--model and --corpus are required (or set them in --config)")
+    return _run_on_ranks(lambda ctx: IndexBuilder(config, args.out, ctx=ctx, keep_staging=args.keep_staging).build(),
+                         f"index written to {args.out}")
+
+
+def _run_on_ranks(work: Any, headline: str) -> int:
+    """Run ``work(ctx)`` in this process's rank (torchrun or single) and print rank 0's summary."""
+    from .distributed import init_distributed, shutdown_distributed
+
     ctx = init_distributed()
     try:
-        summary = IndexBuilder(config, args.out, ctx=ctx, keep_staging=args.keep_staging).build()
+        summary = work(ctx)
     finally:
         shutdown_distributed(ctx)
     if ctx.is_main:
-        print(f"index written to {args.out}")
+        print(headline)
         for line in summary.lines():
             print("  " + line)
     return 0
@@ -125,7 +132,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_add(args: argparse.Namespace) -> int:
     from .builder import IndexBuilder
-    from .distributed import init_distributed, shutdown_distributed
 
     manifest = json.loads((args.index / "manifest.json").read_text()) if (args.index / "manifest.json").is_file() else None
     if manifest is None:
@@ -135,16 +141,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BuildConfig)}}
     overrides["corpus"] = [str(Path(c).resolve()) for c in args.corpus]
     config = BuildConfig.from_dict({**stored, **overrides})
-    ctx = init_distributed()
-    try:
-        summary = IndexBuilder(config, args.index, ctx=ctx).add()
-    finally:
-        shutdown_distributed(ctx)
-    if ctx.is_main:
-        print(f"added {args.corpus} to {args.index}")
-        for line in summary.lines():
-            print("  " + line)
-    return 0
+    return _run_on_ranks(lambda ctx: IndexBuilder(config, args.index, ctx=ctx).add(), f"added {args.corpus} to {args.index}")
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
