@@ -33,7 +33,7 @@ import torch
 from . import __version__
 from .atomic_io import atomic_output, atomic_write_json, check_writable_dir
 from .batching import TokenizedExample, collate, pad_token_id
-from .config import BuildConfig
+from .config import RUNTIME_FIELDS, BuildConfig
 from .corpus import CorpusRecord, CorpusStats, iter_records
 from .distributed import DistributedContext
 from .errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
@@ -163,7 +163,7 @@ class IndexBuilder:
             )
         stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
         stored["corpus"] = self.config.corpus
-        for key in ("batch_tokens", "device", "autocast", "num_threads", "progress", "skip_bad"):
+        for key in RUNTIME_FIELDS:
             stored[key] = getattr(self.config, key)
         self.config = BuildConfig.from_dict(stored)
         model, tokenizer, modules = self._load_model()

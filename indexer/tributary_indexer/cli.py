@@ -11,7 +11,6 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import json
 import logging
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BuildConfig
-from .errors import IndexIntegrityError, TributaryIndexError
+from .errors import TributaryIndexError
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +132,10 @@ def _run_on_ranks(work: Any, headline: str) -> int:
 def _cmd_add(args: argparse.Namespace) -> int:
     from .builder import IndexBuilder
 
-    manifest = json.loads((args.index / "manifest.json").read_text()) if (args.index / "manifest.json").is_file() else None
-    if manifest is None:
-        raise IndexIntegrityError(f"{args.index} holds no finished index (no manifest.json); fix: point --index at a "
-                                  "built index, or run `tributary index build` first")
-    stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BuildConfig)}}
-    overrides["corpus"] = [str(Path(c).resolve()) for c in args.corpus]
-    config = BuildConfig.from_dict({**stored, **overrides})
+    # IndexBuilder.add() takes the model, projector and score settings from the index itself;
+    # only the corpus and the runtime knobs come from the command line.
+    runtime = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BuildConfig)}}
+    config = BuildConfig(**{**runtime, "corpus": [str(Path(c).resolve()) for c in args.corpus]})
     return _run_on_ranks(lambda ctx: IndexBuilder(config, args.index, ctx=ctx).add(), f"added {args.corpus} to {args.index}")
 
 

@@ -160,7 +160,6 @@ class ProjectedGradientHooks(ModuleHooks):
         self.per_position: torch.Tensor | None = None
         self.position_weights: torch.Tensor | None = None
         self.position_scores: torch.Tensor | None = None
-        self._want_per_position = False
         self._padded = True
 
     def clear(self) -> None:
@@ -188,7 +187,6 @@ class ProjectedGradientHooks(ModuleHooks):
             if per_position
             else None
         )
-        self._want_per_position = per_position
         self._padded = not bool(position_mask.all())  # no padding: skip the per-module masking
         with super().capture(position_mask.to(self.dtype)):
             yield

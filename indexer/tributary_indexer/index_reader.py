@@ -178,12 +178,12 @@ class AttributionIndex:
                 scores = np.where(valid, exact, -np.inf).astype(np.float32)
             parts.append((scores, ids))
         if not parts:
-            return SearchResult(np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64))
+            return SearchResult.empty(q.shape[0], k)
         return merge_topk(parts, k)
 
     def _search_subset(self, q: np.ndarray, k: int, ids: np.ndarray) -> SearchResult:
         if len(ids) == 0:
-            return SearchResult(np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64))
+            return SearchResult.empty(q.shape[0], k)
         scores = q @ self.stored_vectors(ids).T  # [nq, n]
         return merge_topk([(scores, np.broadcast_to(ids, scores.shape))], k)
 

@@ -76,6 +76,11 @@ class SearchResult:
     scores: np.ndarray  # [nq, k] float32, descending, -inf where fewer than k hits
     ids: np.ndarray  # [nq, k] int64, -1 where fewer than k hits
 
+    @classmethod
+    def empty(cls, nq: int, k: int) -> SearchResult:
+        """No hit at all: scores -inf, ids -1."""
+        return cls(np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
+
 
 def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> SearchResult:
     """Merge per-shard ``(scores [nq, k_s], ids [nq, k_s])`` into the global top-``k``."""
@@ -95,22 +100,3 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> Search
     out_ids[empty] = -1
     out_scores[empty] = -np.inf
     return SearchResult(out_scores, out_ids)
-
-
-def search_shards(shards: Sequence[faiss.Index], queries: np.ndarray, k: int, nprobe: int | None = None) -> SearchResult:
-    """Top-``k`` inner products of ``queries`` ``[nq, D]`` over all shards (exact for flat shards)."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    parts = []
-    for index in shards:
-        if nprobe is not None:
-            ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index.index)) if hasattr(index, "index") else None
-            if ivf is not None:
-                ivf.nprobe = nprobe
-        kk = min(k, index.ntotal)
-        if kk == 0:
-            continue
-        scores, ids = index.search(q, kk)
-        parts.append((scores, ids))
-    if not parts:
-        return SearchResult(np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64))
-    return merge_topk(parts, k)

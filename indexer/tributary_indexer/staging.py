@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,11 +96,3 @@ class _VectorWriter:
         self._array.flush()
         del self._array
         return self._ctx.__exit__(*exc)
-
-
-def chunk_files_exist(root: Path) -> bool:
-    return root.is_dir() and any(p.name.startswith("chunk-") for p in root.iterdir())
-
-
-def staging_bytes(root: Path) -> int:
-    return sum(os.path.getsize(p) for p in root.iterdir()) if root.is_dir() else 0
