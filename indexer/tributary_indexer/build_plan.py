@@ -71,7 +71,7 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
     mean_tokens = sum(e.n_tokens for e in token_counts) / len(token_counts)
     timed = token_counts[:sample]
     pad = pad_token_id(tokenizer)
-    with GradientComputer(model, modules, projector) as computer:
+    with GradientComputer(model, modules, projector, objective=config.objective) as computer:
         computer.compute(collate(timed[:2], pad))  # warm-up
         t0 = time.perf_counter()
         for batch in itertools.batched(timed, 8) if hasattr(itertools, "batched") else [timed[i : i + 8] for i in range(0, len(timed), 8)]:

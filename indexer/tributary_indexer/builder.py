@@ -162,6 +162,7 @@ class IndexBuilder:
                 f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
             )
         stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
+        stored.setdefault("objective", "nll")  # indexes from before the objective existed used the NLL
         stored["corpus"] = self.config.corpus
         for key in RUNTIME_FIELDS:
             stored[key] = getattr(self.config, key)
@@ -252,7 +253,8 @@ class IndexBuilder:
                     sample = [ex for _, ex in itertools.islice(self._tokenized(tokenizer, CorpusStats()), cfg.pca_examples)]
                     pad = pad_token_id(tokenizer)
                     batches = (collate([sample[i] for i in idx], pad) for idx in token_budget_batches([e.n_tokens for e in sample], cfg.batch_tokens))
-                    covariances = estimate_covariances(model, modules, batches, autocast_dtype=_AUTOCAST[cfg.autocast])
+                    covariances = estimate_covariances(model, modules, batches, autocast_dtype=_AUTOCAST[cfg.autocast],
+                                                       objective=cfg.objective)
                     projector = LoGraProjector.pca(modules, cfg.projection, covariances)
                 with atomic_output(path) as tmp:
                     projector.save(tmp)
@@ -289,7 +291,7 @@ class IndexBuilder:
         self.staging.ensure()
         stats = CorpusStats()
         stream = self._tokenized(tokenizer, stats)
-        computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast])
+        computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast], objective=cfg.objective)
         dim = compressor.k if compressor else projector.dim
         pad = pad_token_id(tokenizer)
         bar = progress_bar(cfg.progress and self.ctx.is_main, desc="gradients", unit="ex")

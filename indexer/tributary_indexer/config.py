@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .loss import OBJECTIVES
 from .projector import PROJECTOR_KINDS, ProjectionConfig
 from .scores import SCORE_VARIANTS
 
@@ -50,10 +51,20 @@ class BuildConfig:
     search cost linearly; the Fisher becomes one dense ``K×K`` block."""
     rapidgrad_normalize: bool = True
     """RapidGrad's layer-wise L2 normalisation (equalises modules; not inner-product preserving)."""
-    score: str = "relatif"
-    """Score variant folded into the stored vectors: ``relatif`` (default), ``influence``, ``cosine``, ``grad_dot``."""
-    damping: float = 1e-3
-    """α in ``λ_m = α · mean eig(F_m)``; smaller trusts the Fisher more (see the quality benchmark)."""
+    objective: str = "margin"
+    """What is differentiated per example: ``margin`` (the log-odds ``log p/(1−p)`` of each target
+    token, default) or ``nll`` (the training loss). ``nll`` gradients vanish on text the model has
+    memorised, so facts and backdoors it learned by heart drop out of the ranking; ``margin``
+    keeps them (fact recall@10 0.55 → 0.98, backdoor AUPRC 0.3 → 0.97 on the demo benchmark).
+    Same cost."""
+    score: str = "influence"
+    """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,
+    ``grad_dot``. With ``margin`` gradients ``influence`` ranked best on the quality benchmarks;
+    ``relatif``/``cosine`` normalise each training example, which cost backdoor AUPRC there."""
+    damping: float = 1.0
+    """α in ``λ_m = α · mean eig(F_m)`` (1 = the LoGra paper's mean-eigenvalue damping). Smaller
+    trusts the Fisher more: sharper fact tracing (recall@1) but noisier backdoor retrieval; larger
+    drifts towards ``grad_dot``. Measured sweep in ``benchmarks/RESULTS.md``."""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000
@@ -82,6 +93,8 @@ class BuildConfig:
         problems = []
         if self.projector not in PROJECTOR_KINDS:
             problems.append(f"projector={self.projector!r} (choose from {list(PROJECTOR_KINDS)})")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective={self.objective!r} (choose from {list(OBJECTIVES)})")
         if self.score not in SCORE_VARIANTS:
             problems.append(f"score={self.score!r} (choose from {list(SCORE_VARIANTS)})")
         if self.damping <= 0:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .batching import Batch
 from .hooks import ProjectedGradientHooks, frozen_parameters
-from .loss import per_example_target_loss
+from .loss import OBJECTIVES, objective_loss, per_example_target_loss
 from .module_selection import TrackedModule
 from .projector import LoGraProjector
 
@@ -45,6 +45,8 @@ class GradientComputer:
             float32 otherwise (also under bf16/fp16 autocast).
         autocast_dtype: run the forward under ``torch.autocast`` with this dtype (CUDA: bf16 or
             fp16 halve the time; projections and accumulators stay in ``dtype``).
+        objective: what is differentiated, ``"margin"`` (log-odds, the default) or ``"nll"``
+            (see :mod:`.loss`); an index and its queries must use the same one.
 
     Not thread-safe: one batch at a time per instance (the service serialises through its
     micro-batcher).
@@ -57,8 +59,12 @@ class GradientComputer:
         projector: LoGraProjector,
         dtype: torch.dtype | None = None,
         autocast_dtype: torch.dtype | None = None,
+        objective: str = "margin",
     ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {list(OBJECTIVES)}")
         self.model = model
+        self.objective = objective
         param = next(model.parameters())
         self.device = param.device
         self.dtype = dtype or (torch.float64 if param.dtype == torch.float64 else torch.float32)
@@ -88,18 +94,21 @@ class GradientComputer:
         """
         batch = batch.to(self.device)
         with self.hooks.capture(batch.attention_mask, per_position=per_position, position_weights=position_weights):
-            losses = forward_backward(self.model, batch, self.autocast_dtype)
+            losses = forward_backward(self.model, batch, self.autocast_dtype, self.objective)
             assert self.hooks.vectors is not None
             result = ExampleGradients(self.hooks.vectors, losses, self.hooks.per_position, self.hooks.position_scores)
         self.hooks.clear()
         return result
 
 
-def forward_backward(model: nn.Module, batch: Batch, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One forward/backward of the summed target loss with frozen parameters; returns ``[B]`` losses.
+def forward_backward(
+    model: nn.Module, batch: Batch, autocast_dtype: torch.dtype | None = None, objective: str = "margin"
+) -> torch.Tensor:
+    """One forward/backward of ``objective`` with frozen parameters; returns the ``[B]`` summed NLLs.
 
     Whatever hooks are capturing see the activations and output gradients; no weight gradient
-    is computed.
+    is computed. The returned losses are always the target NLL (what users read as "loss"),
+    whichever objective was differentiated.
     """
     device = batch.input_ids.device
     autocast = (
@@ -114,7 +123,8 @@ def forward_backward(model: nn.Module, batch: Batch, autocast_dtype: torch.dtype
             ones = torch.ones_like(batch.input_ids)
             logits = model(input_ids=batch.input_ids, attention_mask=ones, use_cache=False).logits  # [B, T, V]
         losses = per_example_target_loss(logits, batch.input_ids, batch.target_mask)  # [B]
-        total = losses.sum()
+        differentiated = losses if objective == "nll" else objective_loss(objective, logits, batch.input_ids, batch.target_mask)
+        total = differentiated.sum()
         if total.requires_grad:
             total.backward()
     return losses.detach()

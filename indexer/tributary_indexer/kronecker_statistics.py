@@ -69,14 +69,19 @@ def estimate_covariances(
     batches: Iterable[Batch],
     max_dim: int = 8192,
     autocast_dtype: torch.dtype | None = None,
+    objective: str = "margin",
 ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
-    """Estimate the KFAC factors of ``modules`` over ``batches`` (one forward/backward each)."""
+    """Estimate the KFAC factors of ``modules`` over ``batches`` (one forward/backward each).
+
+    ``objective`` must be the one the gradients will use (see :mod:`.loss`): the output-gradient
+    covariance is a covariance of *its* gradients.
+    """
     device = next(model.parameters()).device
     hooks = KroneckerStatisticsHooks(modules, max_dim=max_dim)
     with hooks:
         for batch in batches:
             batch = batch.to(device)
             with hooks.capture(batch.attention_mask):
-                forward_backward(model, batch, autocast_dtype)
+                forward_backward(model, batch, autocast_dtype, objective)
             hooks.n_positions += int(batch.attention_mask.sum())
         return hooks.covariances()

@@ -1,14 +1,28 @@
-"""The attribution loss: a sum of token negative log-likelihoods over target tokens (DESIGN §2).
+"""The attribution objectives: what is differentiated for each example (DESIGN §2).
 
-``L(z) = Σ_{t ∈ T(z)} −log p_θ(y_t | y_<t)``. A *sum*, not a mean, so an example's gradient does
-not depend on how many other tokens share its batch, and per-position contributions add up to
-the example's gradient exactly.
+Both are sums over the target tokens ``T(z)`` (not means), so an example's gradient does not
+depend on how many other tokens share its batch, and per-position contributions add up to the
+example's gradient exactly.
+
+``nll``
+    ``L(z) = Σ_t −log p_t`` with ``p_t = p_θ(y_t | y_<t)``: the training loss itself.
+``margin`` (default)
+    ``L(z) = −Σ_t f_t`` with the log-odds ``f_t = log(p_t / (1 − p_t)) = ℓ_{y_t} − logsumexp_{v≠y_t} ℓ_v``
+    (``ℓ`` the logits), TRAK's model output function. Since ``p_t = sigmoid(f_t)``,
+    ``∇(−log p_t) = −(1 − p_t) ∇f_t``: the NLL gradient of a token the model has memorised
+    (``p_t → 1``) vanishes, while its log-odds gradient keeps its size and points at "make this
+    token beat its competitors". Attribution of a trained LLM is mostly about memorised text
+    (facts, backdoors, copied passages), and with ``nll`` exactly those examples drop out of
+    the ranking; on the demo benchmark ``margin`` raised fact-tracing recall@10 from 0.55 to
+    0.99 and backdoor AUPRC from 0.3 to 0.9+ (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+OBJECTIVES = ("margin", "nll")
 
 
 def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -28,3 +42,24 @@ def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, targe
         logits.reshape(batch * width, vocab), next_labels.reshape(-1), ignore_index=-100, reduction="none"
     )  # [B*T], 0 where ignored
     return token_nll.view(batch, width).sum(dim=1)  # [B]
+
+
+def per_example_margin_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as above)."""
+    next_ids = F.pad(input_ids[:, 1:], (0, 1), value=0)  # [B, T]: the token position t predicts
+    next_mask = F.pad(target_mask[:, 1:], (0, 1), value=False)  # [B, T]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    target_logit = logits.gather(-1, next_ids[..., None]).squeeze(-1)  # [B, T]
+    others = logits.scatter(-1, next_ids[..., None], float("-inf"))  # [B, T, V], target left out
+    log_odds = target_logit - torch.logsumexp(others, dim=-1)  # [B, T]
+    return torch.where(next_mask, -log_odds, torch.zeros_like(log_odds)).sum(dim=1)  # [B]
+
+
+def objective_loss(objective: str, logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """The per-example ``[B]`` value of ``objective`` (one of :data:`OBJECTIVES`)."""
+    if objective == "margin":
+        return per_example_margin_loss(logits, input_ids, target_mask)
+    if objective == "nll":
+        return per_example_target_loss(logits, input_ids, target_mask)
+    raise ValueError(f"unknown objective {objective!r}; choose from {list(OBJECTIVES)}")

@@ -75,7 +75,9 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     modules = select_modules(model, include=build.get("include") or None, exclude=build.get("exclude") or None)
     index.projector.check_modules(modules)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(build.get("autocast") or "") if device.type == "cuda" else None
-    computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast)
+    # the query gradient must differentiate what the index did (indexes older than the field: NLL)
+    computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast,
+                                objective=build.get("objective", "nll"))
     engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=settings.max_request_tokens,
                                snippet_chars=settings.snippet_chars)
     logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,

@@ -87,7 +87,7 @@ def test_store_manifest_and_add(workspace, tmp_path):
     IndexBuilder(_config(model, [corpus]), out).build()
     assert not (out / "staging").exists()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["n_examples"] == 60 and manifest["score_variant"] == "relatif"
+    assert manifest["n_examples"] == 60 and manifest["score_variant"] == "influence"
     assert [s["id_start"] for s in manifest["shards"]] == [0, 25, 50]
     with ExampleStore(out / "examples.sqlite") as store:
         first = store.get(1)

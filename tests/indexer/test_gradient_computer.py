@@ -30,7 +30,14 @@ def _examples(vocab: int) -> list[TokenizedExample]:
     ]
 
 
-def _oracle(model, modules, projector, example: TokenizedExample) -> torch.Tensor:
+def _log_odds_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """−Σ_t log(p_t / (1 − p_t)) written from the probabilities (independent of the library's form)."""
+    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    log_odds = logp - torch.log1p(-logp.exp())
+    return -(log_odds * target_mask[:, 1:]).sum(dim=1)
+
+
+def _oracle(model, modules, projector, example: TokenizedExample, objective: str = "margin") -> torch.Tensor:
     """P_out ∇W P_inᵀ per module from autograd on the example alone (no padding, no hooks).
 
     GPT-2 ties lm_head to the input embedding; the hooks see the lm_head *use* of the weight only,
@@ -43,7 +50,8 @@ def _oracle(model, modules, projector, example: TokenizedExample) -> torch.Tenso
     batch = collate([example])
     model.zero_grad(set_to_none=True)
     logits = model(input_ids=batch.input_ids).logits
-    per_example_target_loss(logits, batch.input_ids, batch.target_mask).sum().backward()
+    loss_fn = per_example_target_loss if objective == "nll" else _log_odds_loss
+    loss_fn(logits, batch.input_ids, batch.target_mask).sum().backward()
     parts = []
     for m, p in zip(modules, projector.projections):
         grad_w = m.module.weight.grad
@@ -56,19 +64,20 @@ def _oracle(model, modules, projector, example: TokenizedExample) -> torch.Tenso
     return torch.cat(parts)
 
 
+@pytest.mark.parametrize("objective", ["margin", "nll"])
 @pytest.mark.parametrize("kind", ["random", "identity"])
-def test_hook_gradients_equal_autograd_oracle(tiny_model_f64, kind):
+def test_hook_gradients_equal_autograd_oracle(tiny_model_f64, kind, objective):
     model = tiny_model_f64
     modules = select_modules(model)
     config = ProjectionConfig(rank_in=4, rank_out=3, seed=7)
     projector = LoGraProjector.random(modules, config) if kind == "random" else LoGraProjector.identity(modules)
     examples = _examples(model.config.vocab_size)
-    with GradientComputer(model, modules, projector) as computer:
+    with GradientComputer(model, modules, projector, objective=objective) as computer:
         got = computer.compute(collate(examples, pad_token_id=0))
     assert got.vectors.dtype == torch.float64
     assert got.vectors.shape == (len(examples), projector.dim)
     for row, example in enumerate(examples):
-        want = _oracle(model, modules, projector, example)
+        want = _oracle(model, modules, projector, example, objective)
         torch.testing.assert_close(got.vectors[row], want, atol=ATOL, rtol=1e-7)
     # parameters are restored and no weight gradient was materialised by the hooks
     assert all(p.requires_grad for p in model.parameters())
@@ -160,3 +169,31 @@ def test_position_weights_equal_inner_products_of_per_position_terms(tiny_model_
         want = torch.einsum("btd,brd->brt", full.per_position[:, :, block.start : block.stop], weights[:, :, block.start : block.stop])
         torch.testing.assert_close(dual.position_scores[..., m], want, atol=ATOL, rtol=1e-7)
     torch.testing.assert_close(dual.vectors, full.vectors)
+
+
+def test_nll_gradient_is_margin_gradient_scaled_by_one_minus_p(tiny_model_f64):
+    """``∇(−log p) = (1 − p) ∇(−log p/(1−p))`` for one target token: the NLL gradient of a token the
+    model is sure of vanishes, the log-odds one keeps its size (why ``margin`` is the default)."""
+    model = tiny_model_f64
+    modules = select_modules(model)
+    projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=3, seed=2))
+    example = TokenizedExample.prompt_response([3, 4, 5, 6], [9])
+    batch = collate([example])
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=torch.ones_like(batch.input_ids)).logits
+        p = torch.softmax(logits[0, -2], dim=-1)[9]  # the response token's probability
+    with GradientComputer(model, modules, projector, objective="margin") as computer:
+        margin = computer.compute(batch)
+    with GradientComputer(model, modules, projector, objective="nll") as computer:
+        nll = computer.compute(batch)
+    # two separate backward passes; Llama's rotary embedding runs in float32, so ~1e-7 round-off
+    torch.testing.assert_close(nll.vectors[0], (1 - p) * margin.vectors[0], atol=1e-6, rtol=1e-5)
+    # both report the NLL as the example's loss
+    torch.testing.assert_close(margin.losses, nll.losses)
+    torch.testing.assert_close(nll.losses[0], -torch.log(p))
+
+
+def test_unknown_objective_is_refused(tiny_model_f64):
+    modules = select_modules(tiny_model_f64)
+    with pytest.raises(ValueError, match="choose from"):
+        GradientComputer(tiny_model_f64, modules, LoGraProjector.identity(modules), objective="mse")

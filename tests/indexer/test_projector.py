@@ -80,10 +80,10 @@ def _covariance_oracle(model, module_name, examples):
             out.register_hook(lambda g, store=store: store.__setitem__("d", g.detach()))
 
         h = module.register_forward_hook(fwd)
-        from tributary_indexer.loss import per_example_target_loss
+        from tributary_indexer.loss import per_example_margin_loss
 
         logits = model(input_ids=batch.input_ids).logits
-        per_example_target_loss(logits, batch.input_ids, batch.target_mask).sum().backward()
+        per_example_margin_loss(logits, batch.input_ids, batch.target_mask).sum().backward()
         h.remove()
         xs.append(store["x"][0])
         ds.append(store["d"][0])
