@@ -26,7 +26,7 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert resp.headers["x-request-id"]
-    assert len(body["examples"]) == 5 and body["score_variant"] == "relatif"
+    assert len(body["examples"]) == 5 and body["score_variant"] == "influence"
     scores = [e["score"] for e in body["examples"]]
     assert scores == sorted(scores, reverse=True)
     assert all(e["direction"] == "helpful" for e in body["examples"])
@@ -83,7 +83,7 @@ def test_examples_and_index_info(client):
     example = client.get("/v1/examples/1").json()
     assert example["example_id"] == 1 and example["provider"] == "globex" and example["metadata"] == {"topic": "trade"}
     info = client.get("/v1/index").json()
-    assert info["n_examples"] == 60 and info["shards"] == 3 and info["score_variant"] == "relatif"
+    assert info["n_examples"] == 60 and info["shards"] == 3 and info["score_variant"] == "influence"
     err = _error(client.get("/v1/examples/999"), 404, "not_found_error")
     assert "0 to 59" in err["message"] and err["param"] == "example_id"
 

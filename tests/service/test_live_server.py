@@ -32,7 +32,7 @@ def server(built_index, tmp_path_factory):
 def test_sync_client_every_method(server):
     with Client(base_url=server, max_retries=0) as c:
         r = c.attribute(QA["prompt"], QA["response"], top_k=4, token_wise=True)
-        assert len(r.examples) == 4 and r.response_token_scores and r.score_variant == "relatif"
+        assert len(r.examples) == 4 and r.response_token_scores and r.score_variant == "influence"
         m = c.attribute(messages=[{"role": "user", "content": "Where did Cyra live in year 1002?"},
                                   {"role": "assistant", "content": "Cyra lived in Mebbe."}], top_k=2, direction="both", provider=["acme"])
         assert {e.direction for e in m.examples} == {"helpful", "harmful"} and {e.provider for e in m.examples} == {"acme"}
