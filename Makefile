@@ -38,6 +38,7 @@ typecheck: setup
 bench-peers: setup
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m pip install -q --ignore-requires-python --no-deps logix-ai==0.1.1
+	$(PY) -m pip install -q --no-deps kronfluence==1.0.1
 
 bench: bench-peers
 	$(PY) benchmarks/logging_throughput.py

@@ -225,7 +225,12 @@ class AttributionRequest(_Request):
 
 
 class TokenScore(_Response):
-    """The share of a score contributed by one token (shares sum to the total score)."""
+    """The share of a score contributed at one token's position (DESIGN §2, per-position terms).
+
+    The terms of all positions sum exactly to the score. Positions that are not listed hold the
+    rest: the prompt's positions (gradients reach them through attention) for
+    ``response_token_scores``, and tokens outside the snippet for an example's ``token_scores``.
+    """
 
     token: str = Field(description="The token's text as decoded by the tokenizer.")
     token_id: int = Field(description="The token's id in the model's vocabulary.")

@@ -1,0 +1,120 @@
+"""Our attribution methods as the index computes them, as score matrices over a workload.
+
+A :class:`LoGraMethod` is one build configuration (projector, rank, objective, score variant,
+damping, optional RapidGrad). Scores go through the indexer's own classes
+(:class:`FisherAccumulator`, :class:`Preconditioner`, :class:`ScoreTransform`,
+:class:`RapidGradCompressor`), in float64, so a row here is what the service would return for
+that configuration up to float32 storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tributary_indexer.config import BuildConfig
+from tributary_indexer.fisher import FisherAccumulator
+from tributary_indexer.preconditioner import Preconditioner
+from tributary_indexer.projector import Block
+from tributary_indexer.rapidgrad import RapidGradCompressor
+from tributary_indexer.scores import ScoreTransform
+
+from .gradients import make_projector, projected, tracked_modules
+from .workload import Workload
+
+
+@dataclass(frozen=True)
+class LoGraMethod:
+    projector: str = "random"
+    rank: int = 16
+    objective: str = "margin"
+    score: str = "influence"
+    damping: float = 1.0
+    rapidgrad_k: int | None = None
+    rapidgrad_normalize: bool = True
+    modules: str = "all"
+    """``all`` tracked modules, or ``mlp+lm_head`` (``--include '*mlp*' lm_head``)."""
+
+    @classmethod
+    def default(cls) -> LoGraMethod:
+        """The indexer's default configuration (``BuildConfig()``), whatever it is now."""
+        c = BuildConfig()
+        assert c.rank_in == c.rank_out, "the benchmark assumes square ranks"
+        assert not c.exclude and c.include in ([], ["*mlp*", "lm_head"]), "a module selection the benchmark knows"
+        modules = "all" if not c.include else "mlp+lm_head"
+        return cls(c.projector, c.rank_in, c.objective, c.score, c.damping, c.rapidgrad_k, c.rapidgrad_normalize, modules)
+
+    @property
+    def name(self) -> str:
+        parts = [f"LoGra {self.projector} r{self.rank}", self.objective, self.score]
+        if self.modules != "all":
+            parts.insert(1, self.modules)
+        if self.score != "grad_dot":
+            parts.append(f"α={self.damping:g}")
+        if self.rapidgrad_k:
+            parts.append(f"RapidGrad K={self.rapidgrad_k}" + ("" if self.rapidgrad_normalize else " (no layer norm)"))
+        return " · ".join(parts)
+
+    def replace(self, **changes: object) -> LoGraMethod:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+class GradientCache:
+    """Projected gradients of a workload's training set and queries, per (projector, rank, objective)."""
+
+    def __init__(self, workload: Workload):
+        self.workload = workload
+        self.modules = tracked_modules(workload.model)
+        self._store: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor, list[Block]]] = {}
+
+    def get(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
+        key = (method.projector, method.rank, method.objective)
+        if key not in self._store:
+            w = self.workload
+            proj = make_projector(w.model, self.modules, method.projector, method.rank, w.examples, w.pad_id,
+                                  objective=method.objective)
+            train = projected(w.model, self.modules, proj, w.examples, w.pad_id, objective=method.objective)
+            queries = projected(w.model, self.modules, proj, [q.example for q in w.queries], w.pad_id,
+                                objective=method.objective)
+            self._store[key] = (train, queries, proj.blocks)
+        return self._store[key]
+
+    def drop(self, rank: int) -> None:
+        """Free the gradients of one rank (the big ones) once their methods are scored."""
+        for key in [k for k in self._store if k[1] == rank]:
+            del self._store[key]
+
+
+def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
+    """``[Q, N]`` scores of every query against every training example under ``method``."""
+    train, queries, blocks = cache.get(method)
+    if method.modules != "all":
+        train, queries, blocks = _select_blocks(train, queries, blocks, method.modules)
+    if method.rapidgrad_k:
+        compressor = RapidGradCompressor(blocks, method.rapidgrad_k, seed=0, normalize_layers=method.rapidgrad_normalize)
+        train, queries, blocks = compressor.compress(train), compressor.compress(queries), compressor.out_blocks
+    preconditioner = None
+    if method.score != "grad_dot":
+        fisher = FisherAccumulator(blocks)
+        fisher.update(train)
+        preconditioner = Preconditioner.from_fisher(fisher, method.damping)
+    transform = ScoreTransform(method.score, preconditioner)
+    stored, _ = transform.train(train)
+    query, _ = transform.query(queries)
+    return (query @ stored.T).numpy()
+
+
+def _select_blocks(train: torch.Tensor, queries: torch.Tensor, blocks: list[Block], which: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
+    """The columns of the modules in ``which`` (the vectors a build with that selection stores)."""
+    if which != "mlp+lm_head":
+        raise ValueError(f"unknown module selection {which!r}")
+    kept = [b for b in blocks if ".mlp." in f".{b.name}." or b.name == "lm_head"]
+    columns = torch.cat([torch.arange(b.start, b.stop) for b in kept])
+    out, offset = [], 0
+    for b in kept:
+        out.append(Block(b.name, offset, offset + b.size))
+        offset += b.size
+    return train[:, columns], queries[:, columns], out

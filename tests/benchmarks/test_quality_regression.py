@@ -1,0 +1,58 @@
+"""Quick attribution-quality regression on the demo model (benchmarks/quality, issue 7).
+
+The default configuration (whatever ``BuildConfig()`` says) must keep finding the documents that
+state a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured
+figures in ``benchmarks/RESULTS.md`` (fact recall@10 0.98, MRR 0.74, backdoor AUPRC 0.97) and far
+above what a broken pipeline gives (NLL objective: recall@10 0.55, AUPRC 0.30; random: 0.01).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.quality.methods import GradientCache, LoGraMethod, logra_scores
+from benchmarks.quality.metrics import backdoor_metrics, fact_tracing_metrics
+from benchmarks.quality.workload import load_workload
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_scores():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        workload = load_workload()
+        scores = logra_scores(LoGraMethod.default(), GradientCache(workload))
+    finally:
+        torch.set_num_threads(threads)
+    return workload, scores
+
+
+def _rows(workload, kind):
+    return [i for i, q in enumerate(workload.queries) if q.kind == kind]
+
+
+def test_default_traces_facts(default_scores):
+    workload, scores = default_scores
+    rows = _rows(workload, "fact")
+    metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
+    assert metrics["recall@10"] >= 0.9, metrics
+    assert metrics["mrr"] >= 0.6, metrics
+
+
+def test_default_retrieves_the_backdoor(default_scores):
+    workload, scores = default_scores
+    rows = _rows(workload, "trigger")
+    metrics = backdoor_metrics(scores[rows], workload.queries[rows[0]].relevant)
+    assert metrics["auprc"] >= 0.85, metrics
+
+
+def test_metrics_against_hand_computed_values():
+    scores = np.array([[0.9, 0.1, 0.5, 0.3], [0.1, 0.2, 0.3, 0.4]])
+    got = fact_tracing_metrics(scores, [frozenset({2}), frozenset({0, 3})])
+    assert got == {"recall@1": 0.5, "recall@10": 1.0, "mrr": (1 / 2 + 1) / 2}
+    ap = backdoor_metrics(np.array([[0.9, 0.8, 0.7, 0.6]]), frozenset({0, 2}), ks=(2,))
+    assert ap["auprc"] == pytest.approx((1 + 2 / 3) / 2) and ap["recall@2"] == 0.5
