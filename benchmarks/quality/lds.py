@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         seconds = time.perf_counter() - t
         results.append({"method": name, "group": group, "lds": lds(scores, masks, losses), "seconds": round(seconds, 1)})
         logger.info("%-70s LDS %.3f (%.1f s)", name, results[-1]["lds"], seconds)
-    table = markdown_table("lds", results)
+    table = markdown_table("lds", results, seconds=True)
     print(table)
     if not args.no_write:
         out = ROOT / "benchmarks" / "results"

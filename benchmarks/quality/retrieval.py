@@ -114,12 +114,12 @@ def evaluate(benchmark: str, workload: Workload, matrices: list[tuple[Entry, np.
 PRIMARY = {"fact_tracing": "recall@10", "backdoor": "auprc", "lds": "lds"}
 
 
-def markdown_table(benchmark: str, results: list[dict]) -> str:
-    keys = [k for k in results[0] if k not in ("method", "group", "seconds")]
+def markdown_table(benchmark: str, results: list[dict], seconds: bool = False) -> str:
+    keys = [k for k in results[0] if k not in ("method", "group") and (seconds or k != "seconds")]
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for r in results:
         name = f"**{r['method']} (default)**" if r["group"] == "default" else r["method"]
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" if k == "seconds" else f"{r[k]:.3f}" for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -131,15 +131,16 @@ def plot(benchmark: str, results: list[dict], path: Path) -> None:
 
     metric = PRIMARY[benchmark]
     colors = {"default": "#d62728", "ours": "#1f77b4", "baseline": "#7f7f7f", "peer": "#2ca02c"}
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(results) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(results) + 1.2))
     names = [r["method"] for r in results][::-1]
     values = [r[metric] for r in results][::-1]
     ax.barh(names, values, color=[colors[r["group"]] for r in results][::-1])
     ax.set_xlabel(metric)
-    ax.set_xlim(0, 1)
-    ax.set_title(f"{benchmark.replace('_', ' ')} on the demo model ({metric}; red = default, grey = baselines)")
+    ax.set_title(f"{benchmark.replace('_', ' ')}: {metric} (red: default, blue: ours, grey: baselines, green: peers)",
+                 fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
+    ax.set_xlim(min(0.0, min(values) - 0.05), 1)
+    fig.subplots_adjust(left=0.42, right=0.98, top=1 - 0.5 / fig.get_figheight(), bottom=0.6 / fig.get_figheight())
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -186,8 +187,8 @@ def main(benchmark: str, argv: list[str] | None = None) -> list[dict]:
         n_q = sum(q.kind == ("fact" if benchmark == "fact_tracing" else "trigger") for q in workload.queries)
         header = (f"`.venv/bin/python -m benchmarks.quality.{benchmark}{' --quick' if args.quick else ''}` — "
                   f"{len(workload.examples)} training examples, {n_q} queries, demo model; "
-                  f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}; "
-                  f"`seconds` = time to score all {len(workload.queries)} queries (cached after the first run).\n\n"
+                  f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}. "
+                  f"Score matrices are cached in `benchmarks/quality/.cache/`; `--refresh` recomputes them.\n\n"
                   f"![{benchmark}](figures/quality_{benchmark}.png)\n")
         write_results_section(benchmark, header + "\n" + table)
     logger.info("done in %.0f s", time.perf_counter() - t0)
