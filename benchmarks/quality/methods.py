@@ -35,15 +35,15 @@ class LoGraMethod:
     rapidgrad_k: int | None = None
     rapidgrad_normalize: bool = True
     modules: str = "all"
-    """``all`` tracked modules, or ``mlp+lm_head`` (``--include '*mlp*' lm_head``)."""
+    """``all`` tracked modules, or ``mlp+lm_head`` (the ``mlp+output`` preset on GPT-2)."""
 
     @classmethod
     def default(cls) -> LoGraMethod:
         """The indexer's default configuration (``BuildConfig()``), whatever it is now."""
         c = BuildConfig()
         assert c.rank_in == c.rank_out, "the benchmark assumes square ranks"
-        assert not c.exclude and c.include in ([], ["*mlp*", "lm_head"]), "a module selection the benchmark knows"
-        modules = "all" if not c.include else "mlp+lm_head"
+        assert not c.include and not c.exclude, "the benchmark knows the module presets, not patterns"
+        modules = {"all": "all", "mlp+output": "mlp+lm_head"}[c.modules]  # GPT-2's output layer is lm_head
         return cls(c.projector, c.rank_in, c.objective, c.score, c.damping, c.rapidgrad_k, c.rapidgrad_normalize, modules)
 
     @property

@@ -17,7 +17,7 @@ from .config import BuildConfig
 from .corpus import CorpusStats, iter_records
 from .gradient_computer import GradientComputer
 from .model_loading import load_causal_lm, load_tokenizer, resolve_device
-from .module_selection import select_modules
+from .module_selection import resolve_modules
 from .projector import LoGraProjector
 from .tokenization import tokenize_record
 
@@ -54,7 +54,7 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
     device = resolve_device(config.device)
     model = load_causal_lm(config.model, device)
     tokenizer = load_tokenizer(config.model)
-    modules = select_modules(model, include=config.include or None, exclude=config.exclude or None)
+    modules = resolve_modules(model, config.include or None, config.exclude or None, config.modules)
     projector = LoGraProjector.identity(modules) if config.projector == "identity" else LoGraProjector.random(modules, config.projection)
     stats = CorpusStats()
     n_records = 0

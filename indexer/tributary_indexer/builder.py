@@ -44,7 +44,7 @@ from .index_files import IndexPaths, shard_entry, write_manifest
 from .kronecker_statistics import estimate_covariances
 from .manifest import utc_timestamp
 from .model_loading import load_causal_lm, load_tokenizer, resolve_device
-from .module_selection import TrackedModule, select_modules
+from .module_selection import TrackedModule, resolve_modules
 from .preconditioner import Preconditioner
 from .progress import progress_bar
 from .projector import Block, LoGraProjector
@@ -162,7 +162,9 @@ class IndexBuilder:
                 f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
             )
         stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
-        stored.setdefault("objective", "nll")  # indexes from before the objective existed used the NLL
+        # indexes from before these fields existed: NLL gradients of every linear module
+        stored.setdefault("objective", "nll")
+        stored.setdefault("modules", "all")
         stored["corpus"] = self.config.corpus
         for key in RUNTIME_FIELDS:
             stored[key] = getattr(self.config, key)
@@ -235,7 +237,7 @@ class IndexBuilder:
         device = resolve_device(cfg.device, self.ctx.local_rank)
         model = load_causal_lm(cfg.model, device)
         tokenizer = load_tokenizer(cfg.model)
-        modules = select_modules(model, include=cfg.include or None, exclude=cfg.exclude or None)
+        modules = resolve_modules(model, cfg.include or None, cfg.exclude or None, cfg.modules)
         return model, tokenizer, modules
 
     def _projector(self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]) -> LoGraProjector:

@@ -21,6 +21,7 @@ from .errors import ModuleSelectionError
 logger = logging.getLogger(__name__)
 
 MODULE_TYPES = ("linear", "conv1d")
+MODULE_PRESETS = ("mlp+output", "all")
 
 
 def _conv1d_class() -> type | None:
@@ -116,3 +117,39 @@ def _check_patterns(patterns: Sequence[str], names: list[str], what: str) -> Non
                 f"{what} pattern {pattern!r} matches no trackable module; patterns are fnmatch "
                 f"globs over qualified names such as {names[:6]}"
             )
+
+
+def preset_modules(model: nn.Module, preset: str) -> list[TrackedModule]:
+    """The modules of a named preset (the build default when no include pattern is given).
+
+    ``all``: every ``nn.Linear``/``Conv1D``. ``mlp+output``: the linear modules inside the MLP
+    blocks (a qualified-name component containing ``mlp``: GPT-2, Llama, Qwen, Mistral, Gemma,
+    Phi, GPT-NeoX, ...) and the output layer (``get_output_embeddings()``, usually ``lm_head``);
+    a model with no such MLP module gets ``all``, and the fallback is logged.
+    """
+    if preset not in MODULE_PRESETS:
+        raise ModuleSelectionError(f"unknown module preset {preset!r}; choose from {list(MODULE_PRESETS)}")
+    every = select_modules(model)
+    if preset == "all":
+        return every
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    chosen = [m for m in every if any("mlp" in part for part in m.name.split(".")) or m.module is output]
+    if not any(m.module is not output for m in chosen):
+        logger.warning("%s has no module named *mlp*; tracking all %d linear modules", type(model).__name__, len(every))
+        return every
+    return chosen
+
+
+def resolve_modules(
+    model: nn.Module, include: Sequence[str] | None, exclude: Sequence[str] | None, preset: str
+) -> list[TrackedModule]:
+    """A build's selection: ``include`` patterns when given, else the ``preset``; then ``exclude``."""
+    if include:
+        return select_modules(model, include=include, exclude=exclude)
+    selected = preset_modules(model, preset)
+    if exclude:
+        _check_patterns(exclude, [m.name for m in selected], "exclude")
+        selected = [m for m in selected if not any(fnmatch.fnmatchcase(m.name, p) for p in exclude)]
+        if not selected:
+            raise ModuleSelectionError(f"exclude={list(exclude)} leaves no module of preset {preset!r} to track")
+    return selected

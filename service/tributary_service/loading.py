@@ -72,7 +72,8 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     model = load_causal_lm(model_dir, device)
     model.requires_grad_(False)  # inference only: the hooks never need weight gradients
     build = index.manifest.build_config
-    modules = select_modules(model, include=build.get("include") or None, exclude=build.get("exclude") or None)
+    # exactly the modules the projector was built for (whatever preset or patterns chose them)
+    modules = select_modules(model, include=[p.name for p in index.projector.projections])
     index.projector.check_modules(modules)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(build.get("autocast") or "") if device.type == "cuda" else None
     # the query gradient must differentiate what the index did (indexes older than the field: NLL)

@@ -49,7 +49,7 @@ def _config(model: Path, corpus: list[Path], **kw) -> BuildConfig:
 def _query_gradient(index: AttributionIndex, model_dir: Path, prompt: str, response: str) -> torch.Tensor:
     model = load_causal_lm(model_dir, torch.device("cpu"))
     tokenizer = load_tokenizer(model_dir)
-    modules = select_modules(model)
+    modules = select_modules(model, include=[p.name for p in index.projector.projections])
     tokens = tokenize_query(prompt, response, tokenizer, max_tokens=512)
     with GradientComputer(model, modules, index.projector) as computer:
         return computer.compute(collate([tokens.example], tokenizer.pad_token_id)).vectors

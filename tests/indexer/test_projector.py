@@ -114,3 +114,24 @@ def test_kronecker_statistics_and_pca_init():
     # the lm_head output side fell back to the seeded random projection
     rnd = LoGraProjector.random(modules, ProjectionConfig(rank_in=4, rank_out=3))
     torch.testing.assert_close(proj.projections[-1].p_out, rnd.projections[-1].p_out)
+
+
+def test_module_presets_and_fallback(caplog):
+    from tributary_indexer.module_selection import preset_modules, resolve_modules
+
+    gpt2 = tiny_gpt2()
+    names = [m.name for m in preset_modules(gpt2, "mlp+output")]
+    assert names == [n for n in (m.name for m in select_modules(gpt2)) if ".mlp." in n] + ["lm_head"]
+    llama = [m.name for m in preset_modules(tiny_llama(), "mlp+output")]
+    assert llama[-1] == "lm_head" and all(".mlp." in n for n in llama[:-1]) and len(llama) == 1 + 3 * 2
+    assert len(preset_modules(gpt2, "all")) == len(select_modules(gpt2))
+    # patterns override the preset; exclude applies to either
+    assert [m.name for m in resolve_modules(gpt2, ["lm_head"], None, "mlp+output")] == ["lm_head"]
+    assert "lm_head" not in [m.name for m in resolve_modules(gpt2, None, ["lm_head"], "mlp+output")]
+    with pytest.raises(ModuleSelectionError, match="choose from"):
+        preset_modules(gpt2, "attention")
+    # a model without *mlp* modules falls back to every linear module, and says so
+    renamed = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with caplog.at_level("WARNING"):
+        assert len(preset_modules(renamed, "mlp+output")) == 2
+    assert "no module named *mlp*" in caplog.text
