@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=20000)
     ap.add_argument("--words", type=int, default=40, help="words per generated document (~tokens)")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--modules", default="all", help="module preset (the recorded runs track every linear module)")
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -101,7 +102,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "tributary_indexer.cli", "--log-level", "WARNING", "build", "--model", str(model_dir),
            "--corpus", str(corpus), "--out", str(out), "--rank-in", str(args.rank), "--rank-out", str(args.rank),
-           "--batch-tokens", str(args.batch_tokens), "--num-threads", str(args.threads), "--no-progress"]
+           "--modules", args.modules, "--batch-tokens", str(args.batch_tokens), "--num-threads", str(args.threads), "--no-progress"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "indexer"), str(ROOT)]))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -132,7 +132,8 @@ def preset_modules(model: nn.Module, preset: str) -> list[TrackedModule]:
     every = select_modules(model)
     if preset == "all":
         return every
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
     chosen = [m for m in every if any("mlp" in part for part in m.name.split(".")) or m.module is output]
     if not any(m.module is not output for m in chosen):
         logger.warning("%s has no module named *mlp*; tracking all %d linear modules", type(model).__name__, len(every))

@@ -2,8 +2,8 @@
 
 The default configuration (whatever ``BuildConfig()`` says) must keep finding the documents that
 state a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured
-figures in ``benchmarks/RESULTS.md`` (fact recall@10 0.98, MRR 0.74, backdoor AUPRC 0.97) and far
-above what a broken pipeline gives (NLL objective: recall@10 0.55, AUPRC 0.30; random: 0.01).
+figures in ``benchmarks/RESULTS.md`` (fact recall@10 0.985, MRR 0.83, backdoor AUPRC 0.98) and far
+above what a broken pipeline gives (NLL objective: recall@10 0.55, AUPRC 0.28; random: 0.02).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def test_default_traces_facts(default_scores):
     rows = _rows(workload, "fact")
     metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
     assert metrics["recall@10"] >= 0.9, metrics
-    assert metrics["mrr"] >= 0.6, metrics
+    assert metrics["mrr"] >= 0.7, metrics
 
 
 def test_default_retrieves_the_backdoor(default_scores):
     workload, scores = default_scores
     rows = _rows(workload, "trigger")
     metrics = backdoor_metrics(scores[rows], workload.queries[rows[0]].relevant)
-    assert metrics["auprc"] >= 0.85, metrics
+    assert metrics["auprc"] >= 0.9, metrics
 
 
 def test_metrics_against_hand_computed_values():
