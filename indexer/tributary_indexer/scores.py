@@ -12,8 +12,9 @@ variant        stored training vector                        query vector
 ``grad_dot``   ``g``                                         ``g_q`` (no Hessian; TracIn)
 =============  ===========================================  =================================
 
-``H = F + λI`` (see :mod:`.preconditioner`). ``relatif`` (the default for LLMs, as in the LoGra
-paper) discounts examples that are influential on everything (high self-influence outliers);
+``H = F + λI`` (see :mod:`.preconditioner`). ``influence`` is the build default (with log-odds
+gradients it ranked best on the quality benchmarks); ``relatif`` (the LoGra paper's choice for
+LLMs) discounts examples that are influential on everything (high self-influence outliers);
 ``cosine`` additionally ignores the query's magnitude, so scores are in ``[-1, 1]``.
 
 Every transform is linear in ``g`` up to one scalar computed from the whole vector, so
