@@ -16,7 +16,7 @@ from torch import nn
 
 from .batching import Batch
 from .hooks import ProjectedGradientHooks, frozen_parameters
-from .loss import OBJECTIVES, objective_loss, per_example_target_loss
+from .loss import OBJECTIVES, objective_losses
 from .module_selection import TrackedModule
 from .projector import LoGraProjector
 
@@ -122,8 +122,7 @@ def forward_backward(
             # an all-ones mask tells HF the same thing as no mask without its padding warning
             ones = torch.ones_like(batch.input_ids)
             logits = model(input_ids=batch.input_ids, attention_mask=ones, use_cache=False).logits  # [B, T, V]
-        losses = per_example_target_loss(logits, batch.input_ids, batch.target_mask)  # [B]
-        differentiated = losses if objective == "nll" else objective_loss(objective, logits, batch.input_ids, batch.target_mask)
+        differentiated, losses = objective_losses(objective, logits, batch.input_ids, batch.target_mask)  # [B], [B]
         total = differentiated.sum()
         if total.requires_grad:
             total.backward()

@@ -44,22 +44,39 @@ def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, targe
     return token_nll.view(batch, width).sum(dim=1)  # [B]
 
 
-def per_example_margin_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as above)."""
+def _target_log_odds(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([B, T] log-odds f_t of the token position t predicts, [B, T] mask of target positions)``."""
     next_ids = F.pad(input_ids[:, 1:], (0, 1), value=0)  # [B, T]: the token position t predicts
     next_mask = F.pad(target_mask[:, 1:], (0, 1), value=False)  # [B, T]
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     target_logit = logits.gather(-1, next_ids[..., None]).squeeze(-1)  # [B, T]
     others = logits.scatter(-1, next_ids[..., None], float("-inf"))  # [B, T, V], target left out
-    log_odds = target_logit - torch.logsumexp(others, dim=-1)  # [B, T]
-    return torch.where(next_mask, -log_odds, torch.zeros_like(log_odds)).sum(dim=1)  # [B]
+    return target_logit - torch.logsumexp(others, dim=-1), next_mask  # [B, T], [B, T]
 
 
-def objective_loss(objective: str, logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """The per-example ``[B]`` value of ``objective`` (one of :data:`OBJECTIVES`)."""
-    if objective == "margin":
-        return per_example_margin_loss(logits, input_ids, target_mask)
+def per_example_margin_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as above)."""
+    log_odds, mask = _target_log_odds(logits, input_ids, target_mask)
+    return torch.where(mask, -log_odds, torch.zeros_like(log_odds)).sum(dim=1)  # [B]
+
+
+def objective_losses(
+    objective: str, logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([B] value of objective to differentiate, [B] summed target NLL to report)``.
+
+    For ``margin`` the NLL comes from the same log-odds (``p = σ(f)``, so ``−log p = softplus(−f)``):
+    one pass over the vocabulary, not two.
+    """
     if objective == "nll":
-        return per_example_target_loss(logits, input_ids, target_mask)
+        nll = per_example_target_loss(logits, input_ids, target_mask)
+        return nll, nll
+    if objective == "margin":
+        log_odds, mask = _target_log_odds(logits, input_ids, target_mask)
+        zeros = torch.zeros_like(log_odds)
+        margin = torch.where(mask, -log_odds, zeros).sum(dim=1)  # [B]
+        nll = torch.where(mask, F.softplus(-log_odds.detach()), zeros).sum(dim=1)  # [B]
+        return margin, nll
     raise ValueError(f"unknown objective {objective!r}; choose from {list(OBJECTIVES)}")
