@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.fisher import FisherAccumulator
+from tributary_indexer.module_selection import preset_modules
 from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
 from tributary_indexer.rapidgrad import RapidGradCompressor
@@ -91,7 +92,7 @@ def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
     """``[Q, N]`` scores of every query against every training example under ``method``."""
     train, queries, blocks = cache.get(method)
     if method.modules != "all":
-        train, queries, blocks = _select_blocks(train, queries, blocks, method.modules)
+        train, queries, blocks = _select_blocks(train, queries, blocks, method.modules, cache.workload.model)
     if method.rapidgrad_k:
         compressor = RapidGradCompressor(blocks, method.rapidgrad_k, seed=0, normalize_layers=method.rapidgrad_normalize)
         train, queries, blocks = compressor.compress(train), compressor.compress(queries), compressor.out_blocks
@@ -106,12 +107,13 @@ def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
     return (query @ stored.T).numpy()
 
 
-def _select_blocks(train: torch.Tensor, queries: torch.Tensor, blocks: list[Block], which: str
-                   ) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
+def _select_blocks(train: torch.Tensor, queries: torch.Tensor, blocks: list[Block], which: str,
+                   model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
     """The columns of the modules in ``which`` (the vectors a build with that selection stores)."""
     if which != "mlp+lm_head":
         raise ValueError(f"unknown module selection {which!r}")
-    kept = [b for b in blocks if ".mlp." in f".{b.name}." or b.name == "lm_head"]
+    names = {m.name for m in preset_modules(model, "mlp+output")}  # the indexer's own rule
+    kept = [b for b in blocks if b.name in names]
     columns = torch.cat([torch.arange(b.start, b.stop) for b in kept])
     out, offset = [], 0
     for b in kept:

@@ -58,8 +58,7 @@ def _target_log_odds(logits: torch.Tensor, input_ids: torch.Tensor, target_mask:
 
 def per_example_margin_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as above)."""
-    log_odds, mask = _target_log_odds(logits, input_ids, target_mask)
-    return torch.where(mask, -log_odds, torch.zeros_like(log_odds)).sum(dim=1)  # [B]
+    return objective_losses("margin", logits, input_ids, target_mask)[0]
 
 
 def objective_losses(
