@@ -44,16 +44,52 @@ def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, targe
     return token_nll.view(batch, width).sum(dim=1)  # [B]
 
 
+class _LogOdds(torch.autograd.Function):
+    """``f = ℓ_y − logsumexp_{v≠y} ℓ_v`` per row, with one vocabulary-sized buffer in all.
+
+    Autograd through ``scatter`` + ``logsumexp`` allocates six or seven ``[N, V]`` tensors
+    (the copy, the exponentials, the softmax, the scatter and gather gradients and their sum);
+    at GPT-2's 50k vocabulary that was a tenth of a logging pass, most of it page faults. Here
+    the forward keeps ``exp(ℓ_v − m)`` (target zeroed) and the backward scales it in place into
+    the gradient. The sum over ``v ≠ y`` is taken directly, never as ``Σ_v − e_y``, so it stays
+    exact when ``p_y → 1`` (memorised tokens, the ones this objective is for).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        index = targets[:, None]  # [N, 1]
+        target_logit = logits.gather(-1, index).squeeze(-1)  # [N]
+        others = logits.detach().scatter(-1, index, float("-inf"))  # [N, V]: the one buffer
+        top = others.amax(dim=-1, keepdim=True)  # [N, 1]
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a 1-token vocabulary
+        others.sub_(top).exp_()  # [N, V] exp(ℓ_v − m), 0 at the target
+        total = others.sum(dim=-1)  # [N]
+        ctx.save_for_backward(total, index)
+        ctx.buffer = others  # not saved_tensors: the backward overwrites it (so it runs once)
+        return target_logit - top.squeeze(-1) - total.log()  # [N]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        total, index = ctx.saved_tensors
+        others, ctx.buffer = ctx.buffer, None
+        if others is None:
+            raise RuntimeError("the log-odds backward reuses its buffer and runs once; retain_graph is not supported")
+        # ∂f/∂ℓ_v = −softmax_{v≠y}(ℓ)_v, ∂f/∂ℓ_y = 1; the buffer becomes the gradient
+        grad_logits = others.mul_((-grad / total)[:, None])  # [N, V]
+        grad_logits.scatter_(-1, index, grad[:, None])
+        return grad_logits, None
+
+
 def _target_log_odds(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``([B, T] log-odds f_t of the token position t predicts, [B, T] mask of target positions)``."""
+    batch, width, vocab = logits.shape
     next_ids = F.pad(input_ids[:, 1:], (0, 1), value=0)  # [B, T]: the token position t predicts
     next_mask = F.pad(target_mask[:, 1:], (0, 1), value=False)  # [B, T]
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    target_logit = logits.gather(-1, next_ids[..., None]).squeeze(-1)  # [B, T]
-    others = logits.scatter(-1, next_ids[..., None], float("-inf"))  # [B, T, V], target left out
-    return target_logit - torch.logsumexp(others, dim=-1), next_mask  # [B, T], [B, T]
+    log_odds = _LogOdds.apply(logits.reshape(batch * width, vocab), next_ids.reshape(-1))  # [B*T]
+    return log_odds.view(batch, width), next_mask  # [B, T], [B, T]
 
 
 def per_example_margin_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
