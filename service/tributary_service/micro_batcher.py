@@ -5,6 +5,10 @@ The model is not thread-safe and a CPU/GPU does better with one larger batch tha
 small ones, so every attribution (interactive or from a batch job) goes through one worker:
 it takes the first waiting request, waits up to ``window_ms`` for more, packs them while the
 padded batch stays within ``max_batch_tokens``, and runs the engine in a dedicated thread.
+
+The window is only waited when there is company to wait for: another request already queued,
+or a previous batch that held more than one. A lone client (concurrency 1) never pays it; under
+load, requests arriving while a batch runs queue up and the window gathers the stragglers.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class MicroBatcher:
         self.on_batch = on_batch  # (n_requests, padded_tokens) -> None, for metrics
         self._queue: asyncio.Queue[_Item] | None = None
         self._carry: _Item | None = None
+        self._last_batch_size = 0
         self._task: asyncio.Task[None] | None = None
         # torch's intra-op thread count is per calling thread: set it in the model thread itself
         init = (lambda: torch.set_num_threads(num_threads)) if num_threads else None
@@ -91,7 +96,8 @@ class MicroBatcher:
         self._carry = None
         batch = [first]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.window_s
+        company = self._last_batch_size > 1 or not self._queue.empty()
+        deadline = loop.time() + (self.window_s if company else 0.0)
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -115,6 +121,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
+            self._last_batch_size = len(batch)
             if not batch:
                 continue
             queries = [i.query for i in batch]

@@ -26,7 +26,7 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body (JSON) in bytes.")
     max_batch_body_bytes: int = Field(default=50_000_000, description="Largest POST /v1/batches body in bytes.")
     max_batch_tokens: int = Field(default=8192, ge=1, description="Padded tokens per micro-batched forward/backward; 1 runs every request alone (bit-reproducible scores, lower throughput).")
-    batch_window_ms: float = Field(default=5.0, ge=0, description="How long the micro-batcher waits for company.")
+    batch_window_ms: float = Field(default=5.0, ge=0, description="How long the micro-batcher waits for company once it has seen some (another request queued, or a previous batch of more than one); a lone request never waits.")
     queue_size: int = Field(default=64, ge=1, description="Requests waiting for the model; past it: 429.")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After sent with 429/503.")
     snippet_chars: int = Field(default=400, ge=16, description="Characters of each example's text returned.")
