@@ -36,12 +36,17 @@ QUERY = {"prompt": "Record 17: which lantern goes to the north harbour?", "respo
 
 
 def memory_bandwidth_gbs() -> float:
-    a = np.ones(256 * 2**20 // 8)  # 256 MiB
-    a.sum()
-    t0 = time.perf_counter()
-    for _ in range(5):
-        a.sum()
-    return 5 * a.nbytes / (time.perf_counter() - t0) / 1e9
+    """Best of 7 all-core streaming reads of 512 MiB (a float32 matrix-vector product, the scan's
+    own kernel): the floor must be one the hardware can reach, so take the fastest pass."""
+    m = np.ones((512 * 2**20 // 4 // 1024, 1024), dtype=np.float32)  # [131072, 1024]
+    v = np.ones(1024, dtype=np.float32)
+    m @ v  # fault the pages in
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter()
+        m @ v
+        best = min(best, time.perf_counter() - t0)
+    return m.nbytes / best / 1e9
 
 
 def build_real(work: Path, examples: int, dim: int) -> tuple[Path, Path]:
@@ -111,9 +116,11 @@ def gradient_floor_ms(model_dir: Path, index: Path) -> float:
 
     model = load_causal_lm(model_dir, torch.device("cpu"))
     tok = load_tokenizer(model_dir)
-    modules = select_modules(model)
+    projector = LoGraProjector.load(index / "projector.safetensors")
+    modules = select_modules(model, include=[p.name for p in projector.projections])  # as the service does
+    objective = json.loads((index / "manifest.json").read_text())["build_config"].get("objective", "nll")
     example = tokenize_query(QUERY["prompt"], QUERY["response"], tok, 512).example
-    with GradientComputer(model, modules, LoGraProjector.load(index / "projector.safetensors")) as c:
+    with GradientComputer(model, modules, projector, objective=objective) as c:
         batch = collate([example], tok.pad_token_id)
         c.compute(batch)
         times = []
@@ -166,7 +173,7 @@ def main() -> None:
         indexes.append(("synthetic", build_synthetic(real, args.workdir, args.big), args.big))
     bandwidth = memory_bandwidth_gbs()
     grad_ms = gradient_floor_ms(model, real)
-    print(f"# service latency — {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (numpy sum), "
+    print(f"# service latency — {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
           f"one forward+backward of the query {grad_ms:.1f} ms")
     print("| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | fetch | floor ms | p50 ÷ floor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
