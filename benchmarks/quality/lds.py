@@ -169,9 +169,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cache = GradientCache(workload)
     default = LoGraMethod.default()
     ours = [default.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
-    ours += [default.replace(damping=a) for a in (1e-3, 1e-2, 0.1, 10.0)]
+    ours += [default.replace(damping=a) for a in (1e-3, 0.1, 1.0, 16.0)]
     ours += [default.replace(objective="nll"), default.replace(objective="nll", score="relatif", damping=1e-3)]
-    ours += [default.replace(projector="pca"), default.replace(rank=64)]
+    ours += [default.replace(projector="pca")]
+    # other ranks at the same α / r² (16×16 at α = 1 is the earlier default)
+    ours += [default.replace(rank=r, damping=default.damping * r * r / default.rank**2) for r in (16, 64)]
     other = "mlp+lm_head" if default.modules == "all" else "all"
     ours += [default.replace(modules=other), default.replace(modules=other, damping=0.1)]
     entries = [(default.name, "default", lambda m=default: logra_scores(m, cache))]

@@ -47,12 +47,14 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
     ours: list[LoGraMethod] = []
     if not quick:
         ours += [default.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
-        ours += [default.replace(damping=a) for a in (1e-3, 1e-2, 0.1, 0.3, 3.0)]
+        ours += [default.replace(damping=a) for a in (1e-3, 0.1, 1.0, 16.0)]
         ours += [default.replace(objective="nll", score=s, damping=a) for s, a in (("influence", 1.0), ("relatif", 1e-3))]
         ours += [default.replace(projector="pca", score=s) for s in ("influence", "relatif", "cosine")]
         other = "mlp+lm_head" if default.modules == "all" else "all"
         ours += [default.replace(modules=other), default.replace(modules=other, damping=0.1)]
-        ours += [default.replace(rank=r) for r in (8, 32, 64)]
+        # other ranks at the same α / r² (and 16×16 at α = 1, the earlier default)
+        ours += [default.replace(rank=r, damping=default.damping * r * r / default.rank**2) for r in (8, 16, 64)]
+        ours += [default.replace(rank=16, damping=default.damping)]
         k16 = len(cache.modules) * 16 * 16  # RapidGrad from rank-64 LoGra down to the rank-16 dimension
         ours += [default.replace(rank=64, rapidgrad_k=k16, rapidgrad_normalize=n) for n in (True, False)]
     entries = [Entry(default.name, "default", lambda: logra_scores(default, cache))]

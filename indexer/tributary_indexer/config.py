@@ -44,10 +44,12 @@ class BuildConfig:
     """``random`` (no extra pass), ``pca`` (one statistics pass over ``pca_examples``; keeps the
     directions where activations and gradients vary, better quality at the same rank) or
     ``identity`` (full gradients, small models only)."""
-    rank_in: int = 16
+    rank_in: int = 32
     """LoGra input rank per module; a module's vector has ``rank_in·rank_out`` dims."""
-    rank_out: int = 16
-    """LoGra output rank per module. 16×16 → 256 dims/module; 64×64 → 4096 (16× disk and RAM)."""
+    rank_out: int = 32
+    """LoGra output rank per module. 32×32 → 1,024 dims/module (default: LDS 0.42 on the demo
+    benchmark against 0.35 at 16×16, at 4× the disk, RAM and search cost); 16×16 → 256; 64×64 →
+    4,096 (its 4,096² Fisher blocks take minutes to decompose). Rescale ``damping`` with it."""
     seed: int = 0
     """Seed of the random projections, RapidGrad and IVF training."""
     pca_examples: int = 512
@@ -67,10 +69,13 @@ class BuildConfig:
     """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,
     ``grad_dot``. With ``margin`` gradients ``influence`` ranked best on the quality benchmarks;
     ``relatif``/``cosine`` normalise each training example, which cost backdoor AUPRC there."""
-    damping: float = 1.0
-    """α in ``λ_m = α · mean eig(F_m)`` (1 = the LoGra paper's mean-eigenvalue damping). Smaller
-    trusts the Fisher more: sharper fact tracing (recall@1) but noisier backdoor retrieval; larger
-    drifts towards ``grad_dot``. Measured sweep in ``benchmarks/RESULTS.md``."""
+    damping: float = 4.0
+    """α in ``λ_m = α · mean eig(F_m)``. Smaller trusts the Fisher more: sharper fact tracing
+    (recall@1) and LDS but noisier backdoor retrieval; larger drifts towards ``grad_dot``. The mean
+    eigenvalue falls as the block grows (the trace stays, the dimension ``r²`` rises) while the
+    eigenvalues that matter (a group of duplicated documents) do not, so keep ``α / r²`` when
+    changing the rank: 4 at 32×32 is the LoGra paper's 1 at 16×16. Sweep in
+    ``benchmarks/RESULTS.md``."""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000

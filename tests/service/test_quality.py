@@ -4,9 +4,9 @@ A real index of the whole demo corpus (2,100 documents) built with the default c
 queried through :class:`AttributionEngine` exactly as ``POST /v1/attributions`` does, with the
 held-out fact questions (phrased unlike any training document) and their answer sentences.
 
-Measured with the default configuration on all 390 fact questions (benchmarks/RESULTS.md): a
-stating document ranks first for 73% of them and is in the top 10 for 98.5%; where it ranks
-first, the response token with the largest share of its score is an answer token for 72%. The
+Measured with the default configuration on all 390 fact questions (2026-12-01, rank 32, α = 4):
+a stating document ranks first for 78% of them (303) and is in the top 10 for 99% (386); where it
+ranks first, the response token with the largest share of its score is an answer token for 72%. The
 thresholds below sit under those figures; the NLL objective (the previous default) ranks a
 stating document first for at most 36% and in the top 10 for 55%, and fails them.
 """
@@ -73,6 +73,7 @@ def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
         lo, hi = _answer_span(q.response, fact.object)
         answer_weighs_most += best.start >= lo - 1 and best.end <= hi  # a leading space belongs to the token
     n = len(questions)
+    print(f"stating document in the top 10: {in_top10}/{n}, first: {first}/{n}; answer token weighs most: {answer_weighs_most}/{first}")
     assert in_top10 / n >= 0.9, f"a stating document is in the top 10 for only {in_top10}/{n} questions"
     assert first / n >= 0.5, f"a stating document ranks first for only {first}/{n} questions"
     assert answer_weighs_most / first >= 0.6, (
