@@ -109,6 +109,7 @@ def gradient_floor_ms(model_dir: Path, index: Path) -> float:
     import torch
     from tributary_indexer.batching import collate
     from tributary_indexer.gradient_computer import GradientComputer
+    from tributary_indexer.manifest import Manifest
     from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
     from tributary_indexer.module_selection import select_modules
     from tributary_indexer.projector import LoGraProjector
@@ -118,9 +119,8 @@ def gradient_floor_ms(model_dir: Path, index: Path) -> float:
     tok = load_tokenizer(model_dir)
     projector = LoGraProjector.load(index / "projector.safetensors")
     modules = select_modules(model, include=[p.name for p in projector.projections])  # as the service does
-    objective = json.loads((index / "manifest.json").read_text())["build_config"].get("objective", "nll")
     example = tokenize_query(QUERY["prompt"], QUERY["response"], tok, 512).example
-    with GradientComputer(model, modules, projector, objective=objective) as c:
+    with GradientComputer(model, modules, projector, objective=Manifest.load(index).objective) as c:
         batch = collate([example], tok.pad_token_id)
         c.compute(batch)
         times = []

@@ -42,7 +42,7 @@ from .fisher import FisherAccumulator
 from .gradient_computer import GradientComputer
 from .index_files import IndexPaths, shard_entry, write_manifest
 from .kronecker_statistics import estimate_covariances
-from .manifest import utc_timestamp
+from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
 from .model_loading import load_causal_lm, load_tokenizer, resolve_device
 from .module_selection import TrackedModule, resolve_modules
 from .preconditioner import Preconditioner
@@ -162,9 +162,8 @@ class IndexBuilder:
                 f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
             )
         stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
-        # indexes from before these fields existed: NLL gradients of every linear module
-        stored.setdefault("objective", "nll")
-        stored.setdefault("modules", "all")
+        for key, value in LEGACY_BUILD_DEFAULTS.items():  # indexes from before these fields existed
+            stored.setdefault(key, value)
         stored["corpus"] = self.config.corpus
         for key in RUNTIME_FIELDS:
             stored[key] = getattr(self.config, key)

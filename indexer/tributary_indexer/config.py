@@ -63,7 +63,7 @@ class BuildConfig:
     """What is differentiated per example: ``margin`` (the log-odds ``log p/(1−p)`` of each target
     token, default) or ``nll`` (the training loss). ``nll`` gradients vanish on text the model has
     memorised, so facts and backdoors it learned by heart drop out of the ranking; ``margin``
-    keeps them (fact recall@10 0.55 → 0.985, backdoor AUPRC 0.28 → 0.98 on the demo benchmark).
+    keeps them (fact recall@10 0.57 → 0.99, backdoor AUPRC 0.41 → 0.98 on the demo benchmark).
     Same cost."""
     score: str = "influence"
     """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,

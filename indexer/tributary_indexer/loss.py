@@ -13,8 +13,8 @@ example's gradient exactly.
     (``p_t → 1``) vanishes, while its log-odds gradient keeps its size and points at "make this
     token beat its competitors". Attribution of a trained LLM is mostly about memorised text
     (facts, backdoors, copied passages), and with ``nll`` exactly those examples drop out of
-    the ranking; on the demo benchmark ``margin`` raised fact-tracing recall@10 from 0.55 (NLL at
-    its best setting) to 0.985 and backdoor AUPRC from 0.28 to 0.98 (``benchmarks/RESULTS.md``).
+    the ranking; on the demo benchmark ``margin`` raised fact-tracing recall@10 from 0.57 (NLL at
+    its best setting) to 0.99 and backdoor AUPRC from 0.41 to 0.98 (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -118,6 +118,10 @@ class ShardInfo:
     sha256: str
 
 
+LEGACY_BUILD_DEFAULTS = {"objective": "nll", "modules": "all"}
+"""What an index written before these ``build_config`` fields existed was built with."""
+
+
 @dataclass
 class Manifest:
     """The contents of ``manifest.json`` (see the module docstring)."""
@@ -137,6 +141,11 @@ class Manifest:
     """sha256 of the other index files, keyed by path relative to the index directory."""
     created_at: str = ""
     format_version: int = FORMAT_VERSION
+
+    @property
+    def objective(self) -> str:
+        """The objective the stored gradients differentiate; queries must use the same one."""
+        return str(self.build_config.get("objective", LEGACY_BUILD_DEFAULTS["objective"]))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-serialisable dict."""

@@ -76,9 +76,9 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     modules = select_modules(model, include=[p.name for p in index.projector.projections])
     index.projector.check_modules(modules)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(build.get("autocast") or "") if device.type == "cuda" else None
-    # the query gradient must differentiate what the index did (indexes older than the field: NLL)
+    # the query gradient must differentiate what the index did
     computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast,
-                                objective=build.get("objective", "nll"))
+                                objective=index.manifest.objective)
     engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=settings.max_request_tokens,
                                snippet_chars=settings.snippet_chars)
     logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,

@@ -166,3 +166,11 @@ def test_hash_tokenizer_stable(make_tiny_tokenizer: Callable[..., Any], tmp_path
 def test_utc_timestamp_honours_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     assert utc_timestamp() == "1970-01-01T00:00:00Z"
+
+
+def test_objective_of_an_index_older_than_the_field_is_nll(tmp_path: Path) -> None:
+    manifest = make_index(tmp_path)
+    manifest.build_config = {"score": "influence"}  # written before ``objective`` existed
+    assert manifest.objective == "nll"
+    manifest.build_config = {"objective": "margin"}
+    assert manifest.objective == "margin"
