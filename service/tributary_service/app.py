@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from tributary_indexer.errors import TributaryIndexError
 
 from . import __version__
 from .batch_jobs import BatchRunner, BatchStore
-from .errors import ServiceError, envelope, install_error_handlers
+from .errors import envelope, install_error_handlers
 from .loading import load_service
 from .metrics import ServiceMetrics
 from .micro_batcher import MicroBatcher
+from .request_context import RequestContext
 from .routes import answer_one, router
-from .security import check_api_key
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -85,37 +83,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.ready = False
     install_error_handlers(app)
+    app.add_middleware(RequestContext, settings=settings, metrics=app.state.metrics)  # inside CORS: preflights need no key
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Idempotency-Key"],
                            expose_headers=["X-Request-Id", "Retry-After"])
-
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):  # noqa: ANN001, ANN202 - Starlette signature
-        request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:20]}"
-        request.state.request_id = request_id
-        t0 = time.perf_counter()
-        try:
-            check_api_key(request, settings.api_keys)
-            length = request.headers.get("content-length")
-            limit = settings.max_batch_body_bytes if request.url.path == "/v1/batches" else settings.max_body_bytes
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise ServiceError(413, f"request body of {length} bytes is over this server's limit of {limit}; "
-                                   "fix: send less (split a batch into several)", code="body_too_large")
-            response: Response = await call_next(request)
-        except ServiceError as exc:
-            response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
-        elapsed = time.perf_counter() - t0
-        response.headers["x-request-id"] = request_id
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics: ServiceMetrics = app.state.metrics
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(elapsed)
-        extra = getattr(request.state, "log_extra", "")
-        logger.info("%s %s %s %d %.1fms%s", request_id, request.method, request.url.path, response.status_code,
-                    elapsed * 1000, extra)
-        return response
 
     app.include_router(router)
 

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .settings import ServiceSettings
+
+
+def quiet_blas_spin_waits() -> None:
+    """Let OpenBLAS worker threads sleep as soon as a call ends, unless the operator chose otherwise.
+
+    numpy's OpenBLAS scans the flat shards; by default its workers then spin for ~2^28 cycles
+    (about 0.1 s), fighting the model's next forward/backward for the cores. On 2 cores that
+    doubled the query gradient (56 vs 27 ms, ``benchmarks/RESULTS.md``). OpenBLAS reads the
+    variable once, when numpy loads it, so this must run before anything imports numpy.
+    """
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2^4 cycles: the smallest OpenBLAS accepts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # pydantic ValidationError: say which setting is missing or wrong
         print(f"tributary serve: {exc}", file=sys.stderr)
         return 2
+    quiet_blas_spin_waits()
     import uvicorn
 
     from .app import create_app

@@ -45,6 +45,11 @@ def envelope(status: int, message: str, type: str, param: str | None = None, cod
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def internal_error(request_id: str) -> JSONResponse:
+    """The 500 for an unexpected failure: no internals, only the id that finds it in the log."""
+    return envelope(500, f"internal server error (request id {request_id}); the server log has the details", "server_error")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) if parts else "body"
@@ -85,10 +90,3 @@ def install_error_handlers(app: FastAPI) -> None:
         elif status == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see GET /docs"
         return envelope(status, message, _TYPE_BY_STATUS.get(status, "server_error"), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", "?")
-        logger.exception("request %s failed", request_id)
-        return envelope(500, f"internal server error (request id {request_id}); the server log has the details",
-                        "server_error")

@@ -127,9 +127,29 @@ def test_api_keys(make_settings):
 
 
 def test_cors(make_settings):
-    with TestClient(create_app(make_settings(cors_origins=["http://chat.example"]))) as c:
+    with TestClient(create_app(make_settings(cors_origins=["http://chat.example"], api_keys=["s3cret"]))) as c:
+        # a browser's preflight carries no key: it must pass, and refusals must still be readable cross-origin
         resp = c.options("/v1/attributions", headers={"Origin": "http://chat.example", "Access-Control-Request-Method": "POST"})
+        assert resp.status_code == 200 and resp.headers["access-control-allow-origin"] == "http://chat.example"
+        resp = c.post("/v1/attributions", json=QA, headers={"Origin": "http://chat.example"})
+        _error(resp, 401, "authentication_error")
         assert resp.headers["access-control-allow-origin"] == "http://chat.example"
+
+
+def test_unexpected_failure_is_a_500_envelope_with_the_request_id(make_settings, caplog):
+    app = create_app(make_settings())
+
+    @app.get("/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        resp = c.get("/v1/boom", headers={"x-request-id": "req_trace_me"})
+        err = _error(resp, 500, "server_error")
+        assert resp.headers["x-request-id"] == "req_trace_me"
+        assert "req_trace_me" in err["message"] and "secret" not in err["message"]
+        assert c.get("/healthz").status_code == 200  # the server goes on
+    assert "secret internals" in caplog.text  # the traceback is in the log, under the same id
 
 
 def test_generate_and_metrics(make_settings):
