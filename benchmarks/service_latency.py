@@ -181,7 +181,7 @@ def main() -> None:
         scan_ms = rows * args.dim * 4 / (bandwidth * 1e9) * 1000
         floor = grad_ms + scan_ms
         with live_server(path, model, args.workdir / f"state-{name}", "--no-verify-checksums", timeout=600,
-                         TRIBUTARY_NUM_THREADS=str(max(1, (os.cpu_count() or 2) - 1))) as base:
+                         TRIBUTARY_NUM_THREADS=str(os.cpu_count() or 1)) as base:  # the server default
             rates = {}
             for concurrency in (1, 8, 32):
                 r = drive(base, concurrency, args.requests if concurrency > 1 else max(32, args.requests // 4), args.top_k)

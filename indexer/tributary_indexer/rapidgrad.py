@@ -36,6 +36,9 @@ class RapidGradCompressor:
         self.permutation = torch.randperm(self.dim_in, generator=gen)  # [D]
         self.signs = torch.randint(0, 2, (self.dim_in,), generator=gen).to(torch.float64) * 2 - 1  # [D] ±1
         self.group = -(-self.dim_in // k)  # ceil(D / K) coordinates per output dim
+        block_of = torch.cat([torch.full((b.stop - b.start,), i, dtype=torch.long) for i, b in enumerate(self.blocks)])  # [D]
+        self._block_of = block_of
+        self._block_of_permuted = block_of[self.permutation]  # [D]: the block of the coordinate landing at j
 
     @property
     def out_blocks(self) -> list[Block]:
@@ -44,12 +47,12 @@ class RapidGradCompressor:
 
     def layer_scales(self, g: torch.Tensor) -> torch.Tensor:
         """Per-example, per-block ``1/‖g_m‖`` ``[N, n_blocks]`` (ones when not normalising)."""
-        scales = torch.ones(g.shape[0], len(self.blocks), dtype=g.dtype, device=g.device)
-        if self.normalize_layers:
-            for i, b in enumerate(self.blocks):
-                norm = g[:, b.start : b.stop].norm(dim=-1)
-                scales[:, i] = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(norm))
-        return scales
+        if not self.normalize_layers:
+            return torch.ones(g.shape[0], len(self.blocks), dtype=g.dtype, device=g.device)
+        sq = torch.zeros(g.shape[0], len(self.blocks), dtype=g.dtype, device=g.device)
+        sq.index_add_(1, self._block_of.to(g.device), g * g)  # [N, n_blocks]: ‖g_m‖² in one pass
+        norm = sq.sqrt()
+        return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(norm))
 
     def compress(self, g: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, D] → [N, K]``, or per-position terms ``[N, T, D] → [N, T, K]``.
@@ -64,11 +67,10 @@ class RapidGradCompressor:
             if g.ndim != 2:
                 raise ValueError("per-position terms need the scales of their totals: pass layer_scales(totals)")
             scales = self.layer_scales(g)
-        x = g.clone()
-        expand = (slice(None),) + (None,) * (g.ndim - 1)  # [N] -> [N, 1, ..., 1]
-        for i, b in enumerate(self.blocks):
-            x[..., b.start : b.stop] *= scales[:, i].to(g.dtype)[expand]
-        x = x[..., self.permutation.to(g.device)] * self.signs.to(g.device, g.dtype)  # [..., D]
+        # coordinate j of the permuted vector is g[perm[j]] · sign_j · scale of perm[j]'s block
+        factor = scales.to(g.dtype)[:, self._block_of_permuted.to(g.device)] * self.signs.to(g.device, g.dtype)  # [N, D]
+        factor = factor.reshape(factor.shape[0], *(1,) * (g.ndim - 2), factor.shape[1])  # [N, 1, ..., D]
+        x = g[..., self.permutation.to(g.device)] * factor  # [..., D]
         pad = self.group * self.k - self.dim_in
         if pad:
             x = torch.nn.functional.pad(x, (0, pad))

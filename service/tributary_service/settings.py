@@ -37,8 +37,9 @@ class ServiceSettings(BaseSettings):
     max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate.")
     state_dir: Path | None = Field(default=None, description="Where batch jobs persist (SQLite); default <index>/../<index-name>.service")
     serve_page: bool = Field(default=True, description="Serve the chat page at /.")
-    num_threads: int | None = Field(default=None, description="torch CPU threads of the model thread; default: cores − 1 "
-                                    "(one core stays free for HTTP; OpenMP spin-waits otherwise slow small models 2–3×).")
+    num_threads: int | None = Field(default=None, description="torch CPU threads of the model thread; default: the cores this "
+                                    "process may run on. (`tributary serve` also lets OpenBLAS threads sleep after each scan; "
+                                    "their spin-waits had doubled the model's time on 2 cores.)")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -51,7 +52,9 @@ class ServiceSettings(BaseSettings):
     def resolved_num_threads(self) -> int:
         import os
 
-        return self.num_threads or max(1, (os.cpu_count() or 2) - 1)
+        if self.num_threads:
+            return self.num_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def resolved_state_dir(self) -> Path:
         if self.state_dir is not None:

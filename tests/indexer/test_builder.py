@@ -74,6 +74,12 @@ def test_build_then_search_equals_brute_force(workspace, tmp_path, score):
     want = np.argsort(-scores, kind="stable")[:10]
     assert got.ids[0].tolist() == want.tolist(), (got.scores[0], scores[want])
     np.testing.assert_allclose(got.scores[0], scores[want], rtol=1e-4, atol=1e-5)
+    # a micro-batch of queries (another scan path) gives every row its own brute-force answer
+    batch = np.stack([q[0], -q[0], np.random.default_rng(0).standard_normal(q.shape[1]).astype(np.float32)])
+    got_batch = index.search(batch, k=10)
+    for row, v in enumerate(batch):
+        row_scores = stored @ v.astype(np.float64)
+        assert got_batch.ids[row].tolist() == np.argsort(-row_scores, kind="stable")[:10].tolist()
     # more hits asked than examples: no -1 leaks into real results, the tail is -1
     all_hits = index.search(q, k=75)
     assert sorted(all_hits.ids[0][:60].tolist()) == list(range(60))

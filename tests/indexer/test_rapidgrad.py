@@ -67,3 +67,20 @@ def test_transpose_is_the_adjoint_of_the_sign_sum_projection():
     u = torch.randn(3, 70, generator=gen, dtype=torch.float64)
     c = RapidGradCompressor(BLOCKS, k=70, seed=1, normalize_layers=False)
     torch.testing.assert_close((c.compress(g) * u).sum(-1), (g * c.transpose(u)).sum(-1))
+
+
+@pytest.mark.parametrize("k", [64, 7])
+def test_compress_equals_its_dense_matrix(k):
+    """compress(g) = (g scaled per block) Rᵀ with R built entry by entry from the definition:
+    output j // group of the permuted, sign-flipped coordinate j, where coordinate j is g[perm[j]]."""
+    c = RapidGradCompressor(BLOCKS, k=k, seed=5)
+    R = torch.zeros(k, 1000, dtype=torch.float64)
+    for j, i in enumerate(c.permutation.tolist()):
+        R[j // c.group, i] += float(c.signs[j])
+    g = torch.randn(3, 1000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    g[2, :300] = 0  # an all-zero block scales to 0, not NaN
+    norms = torch.stack([g[:, b.start : b.stop].norm(dim=1) for b in BLOCKS], 1)  # [3, 2]
+    scaled = torch.cat([g[:, b.start : b.stop] / norms[:, n : n + 1].clamp_min(1e-300) for n, b in enumerate(BLOCKS)], 1)
+    torch.testing.assert_close(c.compress(g), scaled @ R.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c.layer_scales(g), torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms)),
+                               rtol=1e-12, atol=0)
