@@ -57,7 +57,11 @@ def check_model_matches(index: AttributionIndex, model_dir: Path, tokenizer: Any
 
 def load_service(settings: ServiceSettings) -> LoadedService:
     """Open the index, load and check the model, attach the gradient hooks."""
-    torch.set_num_threads(settings.resolved_num_threads())
+    # torch stays single-threaded on this thread (the event loop's): an OpenMP team started here,
+    # even by one small parallel op while loading, makes libgomp count more threads than cores
+    # and throttle the model thread's team (its forward/backward ran 2x slower on 2 cores). The
+    # model thread sets its own count (settings.num_threads, see MicroBatcher).
+    torch.set_num_threads(1)
     index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor)
     index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
