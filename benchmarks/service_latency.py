@@ -171,8 +171,8 @@ def main() -> None:
     indexes = [("real", real, args.examples)]
     if args.big:
         indexes.append(("synthetic", build_synthetic(real, args.workdir, args.big), args.big))
+    grad_ms = gradient_floor_ms(model, real)  # first: numpy's OpenBLAS threads spin for ~0.1 s after the bandwidth probe
     bandwidth = memory_bandwidth_gbs()
-    grad_ms = gradient_floor_ms(model, real)
     print(f"# service latency — {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
           f"one forward+backward of the query {grad_ms:.1f} ms")
     print("| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | fetch | floor ms | p50 ÷ floor |")
