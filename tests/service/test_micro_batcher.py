@@ -40,3 +40,26 @@ def test_lone_request_skips_the_window_and_concurrent_requests_share_a_batch(mak
     assert sizes == [1]
     asyncio.run(together())
     assert sizes == [1, 4]
+
+
+def test_only_the_model_thread_runs_torch_with_several_threads(make_settings):
+    """The event-loop thread stays at one torch thread (an OpenMP team there throttled the model
+    thread's team 2x on 2 cores); the model thread gets ``num_threads``."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        loaded = load_service(make_settings(num_threads=2))
+        assert torch.get_num_threads() == 1
+
+        async def run() -> int:
+            batcher = MicroBatcher(loaded.engine, 8192, 5, 16, num_threads=2)
+            await batcher.start()
+            try:
+                return int(await batcher.run_in_model_thread(torch.get_num_threads))  # type: ignore[call-overload]
+            finally:
+                await batcher.stop()
+
+        assert asyncio.run(run()) == 2
+    finally:
+        torch.set_num_threads(before)
