@@ -83,7 +83,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.ready = False
     install_error_handlers(app)
-    app.add_middleware(RequestContext, settings=settings, metrics=app.state.metrics)  # inside CORS: preflights need no key
+    app.add_middleware(RequestContext, settings=settings, metrics=app.state.metrics)  # inside CORS (see request_context)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Idempotency-Key"],

@@ -6,7 +6,6 @@ internals (the request id in the message and the log line ties them together).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,8 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tributary_client.types import ErrorBody, ErrorResponse
-
-logger = logging.getLogger(__name__)
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 403: "authentication_error",

@@ -3,8 +3,10 @@
 A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``):
 that one copies every response through an extra task and memory stream, which cost 0.8 ms per
 request on the benchmark machine, a tenth of the service's whole overhead on a small index.
-It is also the outermost layer that sees an unexpected exception, so a 500 still gets the error
-envelope and the ``x-request-id`` that ties it to the logged traceback.
+It also catches an unexpected exception before Starlette's last-resort handler would (which
+answers outside every middleware), so a 500 still gets the error envelope, the ``x-request-id``
+that ties it to the logged traceback and, when configured, the CORS headers. It sits inside
+CORS so that browser preflights, which carry no API key, are answered before the key check.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ServiceError, envelope, internal_error
@@ -65,7 +67,7 @@ class RequestContext:
             await internal_error(request_id)(scope, receive, send_with_id)
         self._record(request, scope, status, time.perf_counter() - t0)
 
-    def _reject(self, request: Request) -> Any:
+    def _reject(self, request: Request) -> JSONResponse | None:
         """The error response for a request refused before routing (bad key, body too large), or None."""
         try:
             check_api_key(request, self.settings.api_keys)
