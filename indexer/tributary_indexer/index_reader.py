@@ -51,6 +51,15 @@ def _flat_view(index: object) -> np.ndarray | None:
     return faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
 
 
+def _as_tensor(matrix: np.ndarray) -> torch.Tensor:
+    """A zero-copy tensor view; a read-only memory map is fine, torch only reads it here."""
+    if matrix.flags.writeable:  # the flat shards' views are; silencing the warning touches global state
+        return torch.from_numpy(matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(matrix)
+
+
 def topk_by_scan(matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products of ``queries`` ``[nq, D]`` over ``matrix`` ``[rows, D]``.
 
@@ -63,9 +72,7 @@ def topk_by_scan(matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int)
     if queries.shape[0] == 1:
         scores = torch.from_numpy(np.ascontiguousarray(matrix @ queries[0])[None])  # [1, rows]
     else:
-        with warnings.catch_warnings():  # a read-only memory map: torch only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            m = torch.from_numpy(matrix)
+        m = _as_tensor(matrix)
         scores = torch.mm(m, torch.from_numpy(np.ascontiguousarray(queries)).T).T  # [nq, rows]
     top, ids = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # sorted, largest first
     return top.numpy(), ids.numpy().astype(np.int64) + id_start

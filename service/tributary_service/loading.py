@@ -8,6 +8,7 @@ not the manifest's, a projector that does not fit the model's modules, and (thro
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     # and throttle the model thread's team (its forward/backward ran 2x slower on 2 cores). The
     # model thread sets its own count (settings.num_threads, see MicroBatcher).
     torch.set_num_threads(1)
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        logger.warning("OPENBLAS_THREAD_TIMEOUT is not set: numpy's BLAS threads will spin after each scan and slow the "
+                       "model on small machines; start with `tributary serve` (which sets it) or set it to 4 before Python starts")
     index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor)
     index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)

@@ -42,15 +42,18 @@ def test_lone_request_skips_the_window_and_concurrent_requests_share_a_batch(mak
     assert sizes == [1, 4]
 
 
-def test_only_the_model_thread_runs_torch_with_several_threads(make_settings):
+def test_only_the_model_thread_runs_torch_with_several_threads(make_settings, monkeypatch, caplog):
     """The event-loop thread stays at one torch thread (an OpenMP team there throttled the model
-    thread's team 2x on 2 cores); the model thread gets ``num_threads``."""
+    thread's team 2x on 2 cores); the model thread gets ``num_threads``. Started without
+    ``tributary serve``'s OpenBLAS setting, the log says how to get it."""
     import torch
 
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
     before = torch.get_num_threads()
     try:
         loaded = load_service(make_settings(num_threads=2))
         assert torch.get_num_threads() == 1
+        assert "OPENBLAS_THREAD_TIMEOUT is not set" in caplog.text and "tributary serve" in caplog.text
 
         async def run() -> int:
             batcher = MicroBatcher(loaded.engine, 8192, 5, 16, num_threads=2)
