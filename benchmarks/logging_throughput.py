@@ -7,6 +7,9 @@ One run measures, on the same model, batches and torch threads:
 - ``tributary rRxR``: :class:`tributary_indexer.gradient_computer.GradientComputer` logging
   LoGra-projected per-example gradients (random projections, rank R×R) on every linear module
   (GPT-2's ``Conv1D`` natively, and ``lm_head``);
+- ``hook-free bound`` (``--bound``): the same forward and log-odds loss with every parameter
+  frozen and backward through input gradients only, no hooks and no projections: the ceiling
+  that hook engineering alone cannot pass;
 - ``LogIX rRxR`` (``logix-ai==0.1.1``, the LoGra authors' library, benchmark-only extra
   ``make bench-peers``): the same model with ``Conv1D`` swapped for equivalent ``nn.Linear``
   (LogIX only watches ``nn.Linear``), LoGra rank R×R on every ``nn.Linear``, no disk writes.
@@ -15,12 +18,13 @@ Timing: methods are interleaved within each repeat (so load drifts hit all alike
 pass time is reported. Usage::
 
     .venv/bin/python benchmarks/logging_throughput.py            # tiny + GPT-2-small, ranks 16 & 64
-    .venv/bin/python benchmarks/logging_throughput.py --sizes tiny --repeats 9
+    .venv/bin/python benchmarks/logging_throughput.py --sizes tiny --repeats 21 --no-logix --bound
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -38,6 +42,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
 from tributary_indexer.batching import Batch, TokenizedExample, collate  # noqa: E402
 from tributary_indexer.gradient_computer import GradientComputer  # noqa: E402
+from tributary_indexer.hooks import frozen_parameters  # noqa: E402
+from tributary_indexer.loss import objective_losses  # noqa: E402
 from tributary_indexer.module_selection import select_modules  # noqa: E402
 from tributary_indexer.projector import LoGraProjector, ProjectionConfig  # noqa: E402
 
@@ -84,6 +90,26 @@ def _ours(model: torch.nn.Module, batches: list[Batch], rank: int) -> tuple[Call
     return run, computer.close
 
 
+def _hook_free_bound(model: torch.nn.Module, batches: list[Batch], objective: str) -> Callable[[], None]:
+    """Forward + the logging objective, backward through input gradients only (no weight gradients,
+    no hooks): the token embeddings are the one leaf that requires grad."""
+
+    def leaf(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        return output.detach().requires_grad_(True)
+
+    def run() -> None:
+        handle = model.get_input_embeddings().register_forward_hook(leaf)
+        try:
+            with frozen_parameters(model):
+                for b in batches:
+                    logits = model(input_ids=b.input_ids, use_cache=False).logits
+                    objective_losses(objective, logits, b.input_ids, b.target_mask)[0].sum().backward()
+        finally:
+            handle.remove()
+
+    return run
+
+
 def _logix(model: torch.nn.Module, raw_batches: list[dict], rank: int, repeats: int) -> dict | None:
     try:
         import logix  # noqa: F401
@@ -95,7 +121,7 @@ def _logix(model: torch.nn.Module, raw_batches: list[dict], rank: int, repeats: 
     return measure_logix(model, raw_batches, rank, warmup=1, repeats=repeats)
 
 
-def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool) -> list[dict]:
+def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool, with_bound: bool = False) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg_kwargs, bsz, seq, n_batches = SIZES[name]
@@ -106,6 +132,9 @@ def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool) ->
     tokens = bsz * seq * n_batches
     methods: dict[str, Callable[[], None]] = {"train step": _train_step(model, batches)}
     closers = []
+    if with_bound:
+        objective = inspect.signature(GradientComputer).parameters["objective"].default  # what the logging rows differentiate
+        methods["hook-free bound"] = _hook_free_bound(model, batches, objective)
     for rank in ranks:
         run, close = _ours(model, batches, rank)
         methods[f"tributary r{rank}x{rank}"] = run
@@ -142,6 +171,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-logix", action="store_true")
+    ap.add_argument("--bound", action="store_true", help="also time the hook-free bound (frozen parameters, input gradients only)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -154,7 +184,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     all_rows = []
     for size in args.sizes.split(","):
-        rows = measure_size(size, ranks, args.repeats, not args.no_logix)
+        rows = measure_size(size, ranks, args.repeats, not args.no_logix, args.bound)
         for r in rows:
             print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['method']} | {r['tokens_per_s']:.0f} | {r['vs_train']:.2f} |", flush=True)
         all_rows += rows
