@@ -8,6 +8,11 @@ for a few damping values ``λ = α · mean eig(F)``. It only prints; the default
 
     .venv/bin/python -m benchmarks.quality.full_fisher --alphas 4,16        # all three benchmarks
     .venv/bin/python -m benchmarks.quality.full_fisher --skip-retrieval     # LDS only (~2 min)
+    .venv/bin/python -m benchmarks.quality.full_fisher --no-full --rapidgrad 64:4352,32:4096 --alphas 16,32
+
+``--rapidgrad R:K`` adds the cheap route to a dense Fisher: rank-R LoGra compressed by RapidGrad
+(no layer-wise normalisation) to K dims, whose Fisher the indexer already keeps as one ``K × K``
+block.
 
 The full eigendecomposition is ``D × D`` (9,216² for the demo at rank 32: about 3 minutes on
 2 cores), which is why it is an exploration and not an index option.
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alphas", default="4,16", help="damping multipliers for the full Fisher")
     parser.add_argument("--skip-retrieval", action="store_true", help="LDS only (the retrieval eigendecomposition is the slow part)")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-Fisher rows")
+    parser.add_argument("--rapidgrad", default="", help="R:K,... — also score rank-R LoGra + RapidGrad to K dims, no layer norm")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     lds_value = lds_benchmark.lds(logra_scores(method, lds_cache), masks, losses)
     print(f"| per module (default) | {method.damping:g} | {per_module['recall@1']:.3f} | {per_module['recall@10']:.3f} | "
           f"{per_module['mrr']:.3f} | {per_module['auprc']:.3f} | {lds_value:.3f} | |", flush=True)
-    for alpha in alphas:
+    for alpha in [] if args.no_full else alphas:
         scores, _ = full_fisher_scores(lds_cache, method, alpha)
         lds_value = lds_benchmark.lds(scores, masks, losses)
         row, seconds = blank, float("nan")
@@ -91,6 +98,16 @@ def main(argv: list[str] | None = None) -> None:
             row = _retrieval_rows(demo, scores)
         print(f"| full | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | {row['mrr']:.3f} | {row['auprc']:.3f} | "
               f"{lds_value:.3f} | {seconds:.0f} |", flush=True)
+
+
+    for spec in filter(None, args.rapidgrad.split(",")):
+        rank, k = (int(x) for x in spec.split(":"))
+        for alpha in alphas:
+            variant = method.replace(rank=rank, rapidgrad_k=k, rapidgrad_normalize=False, damping=alpha)
+            row = _retrieval_rows(demo, logra_scores(variant, demo_cache)) if demo_cache else blank
+            lds_value = lds_benchmark.lds(logra_scores(variant, lds_cache), masks, losses)
+            print(f"| rank {rank} → RapidGrad K={k}, no layer norm | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | "
+                  f"{row['mrr']:.3f} | {row['auprc']:.3f} | {lds_value:.3f} | |", flush=True)
 
 
 if __name__ == "__main__":
