@@ -33,7 +33,7 @@ from tributary_indexer.scores import ScoreTransform
 
 from . import lds as lds_benchmark
 from .methods import GradientCache, LoGraMethod, _select_blocks, logra_scores
-from .metrics import backdoor_metrics, fact_tracing_metrics
+from .retrieval import Entry, evaluate
 from .workload import Workload, load_workload
 
 
@@ -51,10 +51,10 @@ def full_fisher_scores(cache: GradientCache, method: LoGraMethod, alpha: float) 
 
 
 def _retrieval_rows(workload: Workload, scores: np.ndarray) -> dict[str, float]:
-    facts = [i for i, q in enumerate(workload.queries) if q.kind == "fact"]
-    triggers = [i for i, q in enumerate(workload.queries) if q.kind == "trigger"]
-    out = fact_tracing_metrics(scores[facts], [workload.queries[i].relevant for i in facts])
-    out["auprc"] = backdoor_metrics(scores[triggers], workload.queries[triggers[0]].relevant)["auprc"]
+    """Fact-tracing metrics and backdoor AUPRC of ``scores``, through the benchmarks' own evaluation."""
+    matrices = [(Entry("exploration", "ours", lambda: scores), scores, 0.0)]
+    out = evaluate("fact_tracing", workload, matrices)[0]
+    out["auprc"] = evaluate("backdoor", workload, matrices)[0]["auprc"]
     return out
 
 

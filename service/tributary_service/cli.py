@@ -9,6 +9,8 @@ import sys
 
 from .settings import ServiceSettings
 
+OPENBLAS_SPIN_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+
 
 def quiet_blas_spin_waits() -> None:
     """Let OpenBLAS worker threads sleep as soon as a call ends, unless the operator chose otherwise.
@@ -18,7 +20,7 @@ def quiet_blas_spin_waits() -> None:
     doubled the query gradient (56 vs 27 ms, ``benchmarks/RESULTS.md``). OpenBLAS reads the
     variable once, when numpy loads it, so this must run before anything imports numpy.
     """
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2^4 cycles: the smallest OpenBLAS accepts
+    os.environ.setdefault(OPENBLAS_SPIN_VARIABLE, "4")  # 2^4 cycles: the smallest OpenBLAS accepts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from tributary_indexer.manifest import hash_model_files, hash_tokenizer
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer, resolve_device
 from tributary_indexer.module_selection import select_modules
 
+from .cli import OPENBLAS_SPIN_VARIABLE
 from .engine import AttributionEngine
 from .settings import ServiceSettings
 
@@ -63,9 +64,9 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     # and throttle the model thread's team (its forward/backward ran 2x slower on 2 cores). The
     # model thread sets its own count (settings.num_threads, see MicroBatcher).
     torch.set_num_threads(1)
-    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
-        logger.warning("OPENBLAS_THREAD_TIMEOUT is not set: numpy's BLAS threads will spin after each scan and slow the "
-                       "model on small machines; start with `tributary serve` (which sets it) or set it to 4 before Python starts")
+    if OPENBLAS_SPIN_VARIABLE not in os.environ:
+        logger.warning("%s is not set: numpy's BLAS threads will spin after each scan and slow the model on small machines; "
+                       "start with `tributary serve` (which sets it) or set it to 4 before Python starts", OPENBLAS_SPIN_VARIABLE)
     index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor)
     index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
