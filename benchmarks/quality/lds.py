@@ -32,7 +32,7 @@ from tributary_indexer.demo.train_model import TrainConfig, build_model
 from tributary_indexer.loss import per_example_target_loss
 
 from . import baselines, peers
-from .methods import GradientCache, LoGraMethod, logra_scores
+from .methods import GradientCache, LoGraMethod, configuration_grid, logra_scores
 from .retrieval import ROOT, markdown_table, plot, write_results_section
 from .workload import Query, Workload, length_batches, load_workload
 
@@ -168,14 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         examples, [demo.texts[r] for r in rows], queries)
     cache = GradientCache(workload)
     default = LoGraMethod.default()
-    ours = [default.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
-    ours += [default.replace(damping=a) for a in (1e-3, 0.1, 1.0, 16.0)]
-    ours += [default.replace(objective="nll"), default.replace(objective="nll", score="relatif", damping=1e-3)]
-    ours += [default.replace(projector="pca")]
-    # other ranks at the same α / r² (16×16 at α = 1 is the earlier default)
-    ours += [default.replace(rank=r, damping=default.damping * r * r / default.rank**2) for r in (16, 64)]
-    other = "mlp+lm_head" if default.modules == "all" else "all"
-    ours += [default.replace(modules=other), default.replace(modules=other, damping=0.1)]
+    ours = configuration_grid(default, pca_scores=("influence",))
     entries = [(default.name, "default", lambda m=default: logra_scores(m, cache))]
     entries += [(m.name, "ours", (lambda m=m: logra_scores(m, cache))) for m in ours]
     qex = [q.example for q in queries]

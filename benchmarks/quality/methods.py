@@ -19,7 +19,7 @@ from tributary_indexer.fisher import FisherAccumulator
 from tributary_indexer.module_selection import preset_modules
 from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
-from tributary_indexer.rapidgrad import RapidGradCompressor
+from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
 from tributary_indexer.scores import ScoreTransform
 
 from .gradients import make_projector, projected, tracked_modules
@@ -62,6 +62,33 @@ class LoGraMethod:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("influence", "relatif", "cosine")) -> list[LoGraMethod]:
+    """The configurations around ``default`` that the quality benchmarks compare it with.
+
+    Each row changes one knob: the score variant, α, the objective, the projector, the module
+    set, RapidGrad's layer-wise normalisation and ``K`` (at the same ``α / K``: the mean
+    eigenvalue of the dense ``K × K`` Fisher is its trace over ``K``), the LoGra rank under the
+    same ``K``, and per-module Fisher blocks without RapidGrad (at the same ``α / r²``, which
+    includes rank 32 at α = 4, the previous default).
+    """
+    grid = [default.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
+    grid += [default.replace(damping=a) for a in (1.0, 4.0, 8.0, 32.0, 64.0) if a != default.damping]
+    grid += [default.replace(objective="nll"), default.replace(objective="nll", score="relatif", damping=1e-3)]
+    grid += [default.replace(projector="pca", score=s) for s in pca_scores]
+    grid += [default.replace(modules="mlp+lm_head" if default.modules == "all" else "all")]
+    if default.rapidgrad_k:
+        k, alpha = default.rapidgrad_k, default.damping
+        grid += [default.replace(rapidgrad_normalize=not default.rapidgrad_normalize)]
+        grid += [default.replace(rapidgrad_k=int(k * f), damping=alpha * f) for f in (0.5, 2)]
+        grid += [default.replace(rank=r) for r in (32, 128) if r != default.rank]
+        per_module = default.replace(rapidgrad_k=None, damping=alpha * default.rank**2 / k)
+    else:
+        per_module = default
+    # per-module Fisher at the same α / r² (64×64 at α = 16 is the LoGra paper's 1 at 16×16)
+    grid += [per_module.replace(rank=r, damping=per_module.damping * r * r / per_module.rank**2) for r in (16, 32, 64)]
+    return [m for m in dict.fromkeys(grid) if m != default]
+
+
 class GradientCache:
     """Projected gradients of a workload's training set and queries, per (projector, rank, objective)."""
 
@@ -93,8 +120,9 @@ def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
     train, queries, blocks = cache.get(method)
     if method.modules != "all":
         train, queries, blocks = _select_blocks(train, queries, blocks, method.modules, cache.workload.model)
-    if method.rapidgrad_k:
-        compressor = RapidGradCompressor(blocks, method.rapidgrad_k, seed=0, normalize_layers=method.rapidgrad_normalize)
+    k = rapidgrad_dim(method.rapidgrad_k, blocks[-1].stop)  # the indexer's rule: K capped at D
+    if k:
+        compressor = RapidGradCompressor(blocks, k, seed=0, normalize_layers=method.rapidgrad_normalize)
         train, queries, blocks = compressor.compress(train), compressor.compress(queries), compressor.out_blocks
     preconditioner = None
     if method.score != "grad_dot":

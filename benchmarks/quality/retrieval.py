@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import baselines
-from .methods import GradientCache, LoGraMethod, logra_scores
+from .methods import GradientCache, LoGraMethod, configuration_grid, logra_scores
 from .metrics import backdoor_metrics, fact_tracing_metrics
 from .workload import Workload, load_workload
 
@@ -44,19 +44,7 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
     """The default, the configuration grid around it, and the baselines."""
     cache = GradientCache(workload)
     default = LoGraMethod.default()
-    ours: list[LoGraMethod] = []
-    if not quick:
-        ours += [default.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
-        ours += [default.replace(damping=a) for a in (1e-3, 0.1, 1.0, 16.0)]
-        ours += [default.replace(objective="nll", score=s, damping=a) for s, a in (("influence", 1.0), ("relatif", 1e-3))]
-        ours += [default.replace(projector="pca", score=s) for s in ("influence", "relatif", "cosine")]
-        other = "mlp+lm_head" if default.modules == "all" else "all"
-        ours += [default.replace(modules=other), default.replace(modules=other, damping=0.1)]
-        # other ranks at the same α / r² (and 16×16 at α = 1, the earlier default)
-        ours += [default.replace(rank=r, damping=default.damping * r * r / default.rank**2) for r in (8, 16, 64)]
-        ours += [default.replace(rank=16, damping=default.damping)]
-        k16 = len(cache.modules) * 16 * 16  # RapidGrad from rank-64 LoGra down to the rank-16 dimension
-        ours += [default.replace(rank=64, rapidgrad_k=k16, rapidgrad_normalize=n) for n in (True, False)]
+    ours = [] if quick else configuration_grid(default)
     entries = [Entry(default.name, "default", lambda: logra_scores(default, cache))]
     entries += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache))) for m in ours]
     queries = workload.queries

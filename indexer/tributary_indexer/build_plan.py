@@ -19,6 +19,7 @@ from .gradient_computer import GradientComputer
 from .model_loading import load_causal_lm, load_tokenizer, resolve_device
 from .module_selection import resolve_modules
 from .projector import LoGraProjector
+from .rapidgrad import rapidgrad_dim
 from .tokenization import tokenize_record
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,10 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
             computer.compute(collate(list(batch), pad))
         seconds = time.perf_counter() - t0
     tps = sum(e.n_tokens for e in timed) / max(seconds, 1e-9)
-    dim = config.rapidgrad_k or projector.dim
+    k = rapidgrad_dim(config.rapidgrad_k, projector.dim)
+    dim = k or projector.dim
     vector_bytes = n_records * dim * 4
-    fisher_bytes = sum(b.size**2 for b in projector.blocks) * 8 if not config.rapidgrad_k else config.rapidgrad_k**2 * 8
+    fisher_bytes = k**2 * 8 if k else sum(b.size**2 for b in projector.blocks) * 8
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     shard_bytes = min(config.shard_size, n_records) * dim * 4
     text_bytes = int(mean_tokens * 4 * n_records)

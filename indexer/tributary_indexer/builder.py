@@ -48,7 +48,7 @@ from .module_selection import TrackedModule, resolve_modules
 from .preconditioner import Preconditioner
 from .progress import progress_bar
 from .projector import Block, LoGraProjector
-from .rapidgrad import RapidGradCompressor
+from .rapidgrad import RapidGradCompressor, rapidgrad_dim
 from .scores import ScoreTransform
 from .shards import is_flat, train_index, write_shard
 from .staging import Staging
@@ -267,9 +267,12 @@ class IndexBuilder:
 
     def _compressor(self, projector: LoGraProjector) -> RapidGradCompressor | None:
         cfg = self.config
-        if cfg.rapidgrad_k is None:
+        k = rapidgrad_dim(cfg.rapidgrad_k, projector.dim)
+        if k is None:
             return None
-        return RapidGradCompressor(projector.blocks, cfg.rapidgrad_k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize)
+        if k < cfg.rapidgrad_k:  # type: ignore[operator]
+            logger.info("RapidGrad K=%d is above the projected dimension %d: keeping all %d dims", cfg.rapidgrad_k, projector.dim, k)
+        return RapidGradCompressor(projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize)
 
     def _tokenized(self, tokenizer: Any, stats: CorpusStats) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
         cfg = self.config

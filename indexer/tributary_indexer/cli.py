@@ -23,6 +23,16 @@ from .errors import TributaryIndexError
 logger = logging.getLogger(__name__)
 
 
+def _optional_dim(text: str) -> int | None:
+    """``--rapidgrad-k``: a positive integer, or ``off`` (also ``none``/``0``) to store LoGra vectors uncompressed."""
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of dims or 'off', got {text!r}") from None
+
+
 def _field_docs() -> dict[str, str]:
     """The attribute docstrings of :class:`BuildConfig` (shown in ``--help``)."""
     docs: dict[str, str] = {}
@@ -49,7 +59,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
         elif isinstance(default, list):
             group.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
         elif f.name == "rapidgrad_k":
-            group.add_argument(flag, dest=f.name, type=int, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(flag, dest=f.name, type=_optional_dim, default=argparse.SUPPRESS, metavar="{K,off}",
+                               help=help_text)
         elif f.name == "autocast":
             group.add_argument(flag, dest=f.name, choices=["bf16", "fp16"], default=argparse.SUPPRESS, help=help_text)
         elif f.name == "num_threads":

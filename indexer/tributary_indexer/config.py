@@ -44,21 +44,30 @@ class BuildConfig:
     """``random`` (no extra pass), ``pca`` (one statistics pass over ``pca_examples``; keeps the
     directions where activations and gradients vary, better quality at the same rank) or
     ``identity`` (full gradients, small models only)."""
-    rank_in: int = 32
-    """LoGra input rank per module; a module's vector has ``rank_in·rank_out`` dims."""
-    rank_out: int = 32
-    """LoGra output rank per module. 32×32 → 1,024 dims/module (default: LDS 0.42 on the demo
-    benchmark against 0.35 at 16×16, at 4× the disk, RAM and search cost); 16×16 → 256; 64×64 →
-    4,096 (its 4,096² Fisher blocks take minutes to decompose). Rescale ``damping`` with it."""
+    rank_in: int = 64
+    """LoGra input rank per module; a module's projected block has ``rank_in·rank_out`` dims."""
+    rank_out: int = 64
+    """LoGra output rank per module. 64×64 → 4,096 dims/module before RapidGrad (default). Higher
+    rank keeps more of each gradient: on the demo benchmark, under the same RapidGrad ``K``, LDS
+    rises with it. Rank costs gradient time (the projections are ``r × d`` per module) and, when
+    ``rapidgrad_k`` is off, index size (``r²`` per module) and Fisher size (``r⁴`` per module)."""
     seed: int = 0
     """Seed of the random projections, RapidGrad and IVF training."""
     pca_examples: int = 512
     """Examples used to estimate the covariances for ``pca`` (more = stabler eigenvectors)."""
-    rapidgrad_k: int | None = None
-    """Compress each vector further with RapidGrad to this many dims (None = off). Cuts disk and
-    search cost linearly; the Fisher becomes one dense ``K×K`` block."""
-    rapidgrad_normalize: bool = True
-    """RapidGrad's layer-wise L2 normalisation (equalises modules; not inner-product preserving)."""
+    rapidgrad_k: int | None = 4096
+    """Compress the LoGra vector with RapidGrad to this many dims (None / ``--rapidgrad-k off`` =
+    store the LoGra vector itself), capped at the LoGra dimension. The Fisher becomes one dense
+    ``K×K`` block over all modules, so it keeps the cross-module terms that per-module blocks
+    drop: on the demo benchmark rank 64 → K=4,096 at α = 16 beat uncompressed rank 32 at α = 4 on
+    every metric (LDS 0.48 vs 0.42, fact recall@1 0.85 vs 0.78) with an index under half the
+    size. A fixed ``K`` bounds index size, search cost and the Fisher (``K²`` floats, one
+    eigendecomposition of seconds at 4,096) whatever the model. The mean eigenvalue of the block
+    is its trace over ``K``, so keep ``damping / K`` when changing ``K``."""
+    rapidgrad_normalize: bool = False
+    """RapidGrad's layer-wise L2 normalisation (RapidIn's choice: equalises the modules' weight in
+    the score, but is not inner-product preserving). Off by default: on the demo benchmark it cost
+    backdoor AUPRC and LDS."""
     objective: str = "margin"
     """What is differentiated per example: ``margin`` (the log-odds ``log p/(1−p)`` of each target
     token, default) or ``nll`` (the training loss). ``nll`` gradients vanish on text the model has
@@ -69,12 +78,14 @@ class BuildConfig:
     """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,
     ``grad_dot``. With ``margin`` gradients ``influence`` ranked best on the quality benchmarks;
     ``relatif``/``cosine`` normalise each training example, which cost backdoor AUPRC there."""
-    damping: float = 4.0
-    """α in ``λ_m = α · mean eig(F_m)``. Smaller trusts the Fisher more: sharper fact tracing
-    (recall@1) and LDS but noisier backdoor retrieval; larger drifts towards ``grad_dot``. The mean
-    eigenvalue falls as the block grows (the trace stays, the dimension ``r²`` rises) while the
-    eigenvalues that matter (a group of duplicated documents) do not, so keep ``α / r²`` when
-    changing the rank: 4 at 32×32 is the LoGra paper's 1 at 16×16. Sweep in
+    damping: float = 16.0
+    """α in ``λ = α · mean eig(F)`` for each Fisher block (the one ``K×K`` block under RapidGrad).
+    Smaller trusts the Fisher more: better LDS but noisier backdoor retrieval, where directions
+    shared by a few duplicated documents get over-amplified; larger drifts towards ``grad_dot``.
+    At the default (rank 64, K = 4,096) α = 12 / 16 / 24 gave LDS 0.49 / 0.48 / 0.46 and backdoor
+    AUPRC 0.97 / 0.98 / 0.99. The mean eigenvalue falls as the block grows while the eigenvalues
+    that matter do not, so rescale α with the block size: keep ``α / K`` under RapidGrad, ``α / r²``
+    with per-module blocks (RapidGrad off: 4 at 32×32, 16 at 64×64). Sweep in
     ``benchmarks/RESULTS.md``."""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""

@@ -22,6 +22,7 @@ from .manifest import (
 )
 from .preconditioner import Preconditioner
 from .projector import LoGraProjector
+from .rapidgrad import rapidgrad_dim
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ def write_manifest(
     """Write ``manifest.json`` last: model/tokenizer hashes, projector, damping, shards, file checksums."""
     desc = projector.describe()
     params: dict[str, Any] = {"fingerprint": projector.fingerprint()}
-    if config.rapidgrad_k is not None:
-        params["rapidgrad"] = {"k": config.rapidgrad_k, "seed": config.seed, "normalize_layers": config.rapidgrad_normalize}
+    k = rapidgrad_dim(config.rapidgrad_k, projector.dim)
+    if k is not None:
+        params["rapidgrad"] = {"k": k, "seed": config.seed, "normalize_layers": config.rapidgrad_normalize}
     files = {paths.relative(p): sha256_file(p) for p in (paths.projector, paths.hessian, paths.store, paths.build_config)}
     if paths.vectors_dir.is_dir():
         files.update({paths.relative(p): sha256_file(p) for p in sorted(paths.vectors_dir.glob("*.npy"))})
@@ -107,7 +109,7 @@ def write_manifest(
         tokenizer_sha256=hash_tokenizer(tokenizer),
         projector=ProjectorInfo(kind=desc["kind"], seed=desc["seed"],
                                 modules=[ProjectorModule(**m) for m in desc["modules"]], params=params),
-        dim=int(shards[0]["dim"]) if shards else (config.rapidgrad_k or projector.dim),
+        dim=int(shards[0]["dim"]) if shards else (k or projector.dim),
         dtype="float32",
         score_variant=config.score,
         damping=DampingInfo(**preconditioner.describe()),

@@ -21,6 +21,18 @@ import torch
 from .projector import Block
 
 
+def rapidgrad_dim(requested: int | None, dim_in: int) -> int | None:
+    """The ``K`` a build uses: ``requested`` capped at the projected dimension ``D`` (None = off).
+
+    A fixed ``K`` bounds the index size and the dense ``K × K`` Fisher whatever the model; a model
+    whose projected vector is already shorter keeps all ``D`` dims (``K = D`` is a signed
+    permutation: inner products and the Fisher's spectrum are unchanged).
+    """
+    if requested is None:
+        return None
+    return min(requested, dim_in)
+
+
 class RapidGradCompressor:
     """Seeded RapidGrad map from ``D`` to ``K`` dims."""
 

@@ -2,8 +2,9 @@
 
 The default configuration (whatever ``BuildConfig()`` says) must keep finding the documents that
 state a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured
-figures in ``benchmarks/RESULTS.md`` (fact recall@10 0.985, MRR 0.83, backdoor AUPRC 0.98) and far
-above what a broken pipeline gives (NLL objective: recall@10 0.55, AUPRC 0.28; random: 0.02).
+figures in ``benchmarks/RESULTS.md`` (fact recall@10 1.000, MRR 0.91, backdoor AUPRC 0.98 with
+rank 64 → RapidGrad K = 4,096, α = 16) and far above what a broken pipeline gives (NLL objective:
+recall@10 0.55, AUPRC 0.28; random: 0.02; PCA init: MRR 0.64).
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ def test_default_traces_facts(default_scores):
     workload, scores = default_scores
     rows = _rows(workload, "fact")
     metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
-    assert metrics["recall@10"] >= 0.9, metrics
-    assert metrics["mrr"] >= 0.7, metrics
+    assert metrics["recall@10"] >= 0.95, metrics
+    assert metrics["mrr"] >= 0.85, metrics
 
 
 def test_default_retrieves_the_backdoor(default_scores):
     workload, scores = default_scores
     rows = _rows(workload, "trigger")
     metrics = backdoor_metrics(scores[rows], workload.queries[rows[0]].relevant)
-    assert metrics["auprc"] >= 0.9, metrics
+    assert metrics["auprc"] >= 0.95, metrics
 
 
 def test_metrics_against_hand_computed_values():

@@ -52,3 +52,22 @@ def test_errors_are_one_line_with_the_fix(inputs, tmp_path, capsys):
     assert "holds no finished index" in capsys.readouterr().err
     assert main(["build", "--out", str(tmp_path / "z")]) == 2
     assert "--model and --corpus are required" in capsys.readouterr().err
+
+
+def test_rapidgrad_is_on_by_default_capped_at_the_projected_dimension_and_can_be_turned_off(inputs, tmp_path, capsys):
+    model, a, _ = inputs
+    base = ["build", "--model", str(model), "--corpus", str(a), "--rank-in", "4", "--rank-out", "4", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    manifest = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    projected = sum(m["k_in"] * m["k_out"] for m in manifest["projector"]["modules"])
+    assert projected < 4096  # the tiny model's LoGra vector is shorter than the default K
+    assert manifest["projector"]["params"]["rapidgrad"]["k"] == projected == manifest["dim"]
+    assert json.loads((tmp_path / "default" / "build_config.json").read_text())["rapidgrad_k"] == 4096  # as asked
+    assert main([*base, "--out", str(tmp_path / "off"), "--rapidgrad-k", "off"]) == 0
+    manifest = json.loads((tmp_path / "off" / "manifest.json").read_text())
+    assert "rapidgrad" not in manifest["projector"]["params"] and manifest["dim"] == projected
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--out", str(tmp_path / "bad"), "--rapidgrad-k", "many"])
+    assert exit_info.value.code == 2 and "expected a number of dims or 'off', got 'many'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

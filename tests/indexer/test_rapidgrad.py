@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tributary_indexer.projector import Block
-from tributary_indexer.rapidgrad import RapidGradCompressor
+from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
 
 BLOCKS = [Block("a", 0, 300), Block("b", 300, 1000)]
 
@@ -84,3 +84,14 @@ def test_compress_equals_its_dense_matrix(k):
     torch.testing.assert_close(c.compress(g), scaled @ R.T, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(c.layer_scales(g), torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms)),
                                rtol=1e-12, atol=0)
+
+
+def test_k_is_capped_at_the_input_dimension_where_it_is_a_signed_permutation():
+    assert rapidgrad_dim(None, 100) is None and rapidgrad_dim(64, 100) == 64 and rapidgrad_dim(4096, 100) == 100
+    gen = torch.Generator().manual_seed(3)
+    blocks = [Block("a", 0, 30), Block("b", 30, 100)]
+    g = torch.randn(5, 100, generator=gen, dtype=torch.float64)
+    compressor = RapidGradCompressor(blocks, rapidgrad_dim(4096, 100), seed=1, normalize_layers=False)
+    c = compressor.compress(g)  # [5, 100]
+    assert torch.allclose(c @ c.T, g @ g.T, atol=1e-12)  # an orthogonal map: exact inner products
+    assert sorted(c[0].abs().tolist()) == pytest.approx(sorted(g[0].abs().tolist()))

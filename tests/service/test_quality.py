@@ -4,11 +4,17 @@ A real index of the whole demo corpus (2,100 documents) built with the default c
 queried through :class:`AttributionEngine` exactly as ``POST /v1/attributions`` does, with the
 held-out fact questions (phrased unlike any training document) and their answer sentences.
 
-Measured with the default configuration on all 390 fact questions (2026-12-01, rank 32, α = 4):
-a stating document ranks first for 78% of them (303) and is in the top 10 for 99% (386); where it
-ranks first, the response token with the largest share of its score is an answer token for 72%. The
-thresholds below sit under those figures; the NLL objective (the previous default) ranks a
-stating document first for at most 36% and in the top 10 for 55%, and fails them.
+Measured with the default configuration on all 390 fact questions (2026-12-01, rank 64 → RapidGrad
+K = 4,096, α = 16): a stating document ranks first for 85% of them (330) and is in the top 10 for
+all 390; where it ranks first, the response token with the largest share of its score is an answer
+token for 58% (191), and otherwise mostly the subject's name, which the stating document also
+teaches ("Zurvae" → " Pialdaley"). Per-module Fisher blocks without RapidGrad put the answer first
+more often (73% at rank 64, 72% at rank 32, the previous default) but rank the stating document
+first less often (81%, 78%); ``benchmarks/RESULTS.md`` has the trade-off. On the every-third
+subset used here the default gives 106/130 first, 130/130 in the top 10 and 61/106 answer tokens.
+The thresholds sit under those figures; the NLL objective (an earlier default) ranks a stating
+document first for at most 36% and in the top 10 for 55%, and an unrelated token carries the
+largest share about one time in four.
 """
 
 from __future__ import annotations
@@ -75,8 +81,8 @@ def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
     n = len(questions)
     print(f"stating document in the top 10: {in_top10}/{n}, first: {first}/{n}; answer token weighs most: {answer_weighs_most}/{first}")
     assert in_top10 / n >= 0.9, f"a stating document is in the top 10 for only {in_top10}/{n} questions"
-    assert first / n >= 0.5, f"a stating document ranks first for only {first}/{n} questions"
-    assert answer_weighs_most / first >= 0.6, (
+    assert first / n >= 0.75, f"a stating document ranks first for only {first}/{n} questions"
+    assert answer_weighs_most / first >= 0.5, (
         f"the answer tokens carry the largest share for only {answer_weighs_most}/{first} first-ranked documents"
     )
 
@@ -97,7 +103,12 @@ def test_a_planted_fact_traced_end_to_end(demo_service):
     shares = top.response_token_scores
     assert shares is not None
     tokens = [t.token.strip() for t in response.response_token_scores or []]
-    assert tokens[max(range(len(shares)), key=shares.__getitem__)] == fact.object
+    # The stating document taught the answer and the subject's name (both rare words); the answer
+    # outweighs every other token of the response ("lives", "in", "."). Measured: Zurvae 16.2,
+    # Pialdaley 23.6, Stenholm 12.3, the rest 1.4–4.3.
+    answer = shares[tokens.index(fact.object)]
+    others = [share for token, share in zip(tokens, shares) if token != fact.object and token not in fact.subject.split()]
+    assert others and answer > 2 * max(others), list(zip(tokens, shares))
     # the training side: within the stating document, the answer is the token that carries it
     assert top.token_scores
     assert max(top.token_scores, key=lambda t: t.score).token.strip() == fact.object, [
