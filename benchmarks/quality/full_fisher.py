@@ -14,8 +14,9 @@ for a few damping values ``λ = α · mean eig(F)``. It only prints; the default
 (no layer-wise normalisation) to K dims, whose Fisher the indexer already keeps as one ``K × K``
 block.
 
-The full eigendecomposition is ``D × D`` (9,216² for the demo at rank 32: about 3 minutes on
-2 cores), which is why it is an exploration and not an index option.
+The full Fisher is ``D × D`` (9,216² for the demo at rank 32: its eigendecomposition took about
+3 minutes on 2 cores, the Cholesky factor the preconditioner now uses about 10 times less), which is
+why it is an exploration and not an index option.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .workload import Workload, load_workload
 
 
 def full_fisher_scores(cache: GradientCache, method: LoGraMethod, alpha: float) -> tuple[np.ndarray, float]:
-    """``[Q, N]`` influence scores with one damped Fisher over every selected block, and the seconds its eigendecomposition took."""
+    """``[Q, N]`` influence scores with one damped Fisher over every selected block, and the seconds its factorisation took."""
     train, queries, blocks = cache.get(method)
     if method.modules != "all":
         train, queries, blocks = _select_blocks(train, queries, blocks, method.modules, cache.workload.model)
@@ -61,7 +62,7 @@ def _retrieval_rows(workload: Workload, scores: np.ndarray) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alphas", default="4,16", help="damping multipliers for the full Fisher")
-    parser.add_argument("--skip-retrieval", action="store_true", help="LDS only (the retrieval eigendecomposition is the slow part)")
+    parser.add_argument("--skip-retrieval", action="store_true", help="LDS only (the retrieval factorisation is the slow part)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-Fisher rows")
     parser.add_argument("--rapidgrad", default="", help="R:K,... — also score rank-R LoGra + RapidGrad to K dims, no layer norm")
     parser.add_argument("--threads", type=int, default=2)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     method = LoGraMethod.default()
     demo = load_workload()
     print(f"# full vs per-module Fisher — {method.name}")
-    print("| Fisher | α | recall@1 | recall@10 | MRR | AUPRC | LDS | eigendecomposition s |")
+    print("| Fisher | α | recall@1 | recall@10 | MRR | AUPRC | LDS | factorisation s |")
     print("|---|---|---|---|---|---|---|---|")
     setup = lds_benchmark.LdsSetup()
     rows, queries = lds_benchmark.select(demo, setup)

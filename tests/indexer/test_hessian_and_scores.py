@@ -91,6 +91,39 @@ def test_preconditioner_save_load_and_bad_alpha(tmp_path):
         Preconditioner.from_fisher(acc, 0.0)
 
 
+def test_an_index_written_with_eigendecomposed_blocks_still_loads(tmp_path):
+    """Before the Cholesky form, hessian.safetensors held ``F = V Λ Vᵀ`` per block and the λs."""
+    import json
+
+    from safetensors.torch import save_file
+
+    g = _vectors(25, seed=4)
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(g)
+    alpha = 0.1
+    tensors, lambdas = {}, []
+    for i, f in enumerate(acc.means()):
+        e, v = torch.linalg.eigh((f + f.T) / 2)
+        tensors[f"eigenvalues.{i}"], tensors[f"eigenvectors.{i}"] = e.clamp_min(0).contiguous(), v.contiguous()
+        lambdas.append(alpha * float(e.clamp_min(0).mean()))
+    meta = {"blocks": [[b.name, b.start, b.stop] for b in BLOCKS], "lambdas": lambdas, "alpha": alpha}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"tributary.preconditioner": json.dumps(meta)})
+    old = Preconditioner.load(tmp_path / "old.safetensors")
+    q = _vectors(3, seed=6)
+    h = _dense_h(g, alpha)
+    torch.testing.assert_close(old.inverse(q), torch.linalg.solve(h, q.T).T, atol=1e-10, rtol=1e-8)
+    assert old.lambdas == pytest.approx(Preconditioner.from_fisher(acc, alpha).lambdas, rel=1e-9)
+
+
+def test_a_zero_fisher_block_is_damped_by_alpha_itself():
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(torch.zeros(4, BLOCKS[-1].stop, dtype=torch.float64))
+    pre = Preconditioner.from_fisher(acc, 0.5)
+    q = _vectors(2, seed=8)
+    torch.testing.assert_close(pre.inverse(q), q / 0.5)
+    torch.testing.assert_close(pre.inverse_sqrt(q), q / 0.5**0.5)
+
+
 def test_score_variants_match_definitions():
     train, query = _vectors(30, seed=1), _vectors(4, seed=2)
     acc = FisherAccumulator(BLOCKS)
