@@ -15,7 +15,7 @@ for a few damping values ``λ = α · mean eig(F)``. It only prints; the default
 block.
 
 The full Fisher is ``D × D`` (9,216² for the demo at rank 32: its eigendecomposition took about
-3 minutes on 2 cores, the Cholesky factor the preconditioner now uses about 10 times less), which is
+3 minutes on 2 cores, the Cholesky-based inverse the preconditioner now uses about 5 times less), which is
 why it is an exploration and not an index option.
 """
 

@@ -109,11 +109,6 @@ class GradientCache:
             self._store[key] = (train, queries, proj.blocks)
         return self._store[key]
 
-    def drop(self, rank: int) -> None:
-        """Free the gradients of one rank (the big ones) once their methods are scored."""
-        for key in [k for k in self._store if k[1] == rank]:
-            del self._store[key]
-
 
 def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
     """``[Q, N]`` scores of every query against every training example under ``method``."""

@@ -268,9 +268,9 @@ class IndexBuilder:
     def _compressor(self, projector: LoGraProjector) -> RapidGradCompressor | None:
         cfg = self.config
         k = rapidgrad_dim(cfg.rapidgrad_k, projector.dim)
-        if k is None:
+        if k is None or cfg.rapidgrad_k is None:
             return None
-        if k < cfg.rapidgrad_k:  # type: ignore[operator]
+        if k < cfg.rapidgrad_k:
             logger.info("RapidGrad K=%d is above the projected dimension %d: keeping all %d dims", cfg.rapidgrad_k, projector.dim, k)
         return RapidGradCompressor(projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize)
 
