@@ -48,6 +48,7 @@ class Preconditioner:
         self.lambdas = [float(x) for x in lambdas]
         self.alpha = float(alpha)
         self._inverse_sqrt: dict[int, torch.Tensor] = {}  # block → H^{-1/2}, built on first use
+        self._on_device: dict[tuple[str, torch.device], list[torch.Tensor]] = {}  # copies for queries on a GPU
 
     @classmethod
     def from_fisher(cls, fisher: FisherAccumulator, alpha: float) -> Preconditioner:
@@ -71,21 +72,32 @@ class Preconditioner:
         """``(F + λI)^{-1} v`` for ``v`` of shape ``[..., D]``, blockwise, in float64."""
         out = torch.empty(v.shape, dtype=torch.float64, device=v.device)
         v64 = v.to(torch.float64)
-        for block, inverse in zip(self.blocks, self.inverses):
+        for block, inverse in zip(self.blocks, self._matrices("inverse", self.inverses, v.device)):
             # H^{-1} is symmetric: rows times H^{-1} are (H^{-1} vᵀ)ᵀ
-            out[..., block.start : block.stop] = v64[..., block.start : block.stop] @ inverse.to(v.device)
+            out[..., block.start : block.stop] = v64[..., block.start : block.stop] @ inverse
         return out
 
     def inverse_sqrt(self, v: torch.Tensor) -> torch.Tensor:
         """``(F + λI)^{-1/2} v`` (symmetric square root; eigendecomposes each block once)."""
         out = torch.empty(v.shape, dtype=torch.float64, device=v.device)
         v64 = v.to(torch.float64)
-        for i, block in enumerate(self.blocks):
+        for i, inverse in enumerate(self.inverses):
             if i not in self._inverse_sqrt:
-                e, vec = torch.linalg.eigh(self.inverses[i])  # eigenvalues of H^{-1}: 1 / (eig F + λ)
+                e, vec = torch.linalg.eigh(inverse)  # eigenvalues of H^{-1}: 1 / (eig F + λ)
                 self._inverse_sqrt[i] = (vec * e.clamp_min(0.0).sqrt()) @ vec.T
-            out[..., block.start : block.stop] = v64[..., block.start : block.stop] @ self._inverse_sqrt[i].to(v.device)
+        roots = self._matrices("inverse_sqrt", [self._inverse_sqrt[i] for i in range(len(self.blocks))], v.device)
+        for block, root in zip(self.blocks, roots):
+            out[..., block.start : block.stop] = v64[..., block.start : block.stop] @ root
         return out
+
+    def _matrices(self, kind: str, matrices: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """``matrices`` on ``device``, copied there once (a 4,096² block is 134 MB: not per query)."""
+        if all(m.device == device for m in matrices):
+            return matrices
+        key = (kind, device)
+        if key not in self._on_device:
+            self._on_device[key] = [m.to(device) for m in matrices]
+        return self._on_device[key]
 
     def self_influence(self, v: torch.Tensor) -> torch.Tensor:
         """``vᵀ (F + λI)^{-1} v`` per row ``[...]``."""

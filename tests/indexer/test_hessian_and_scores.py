@@ -115,6 +115,20 @@ def test_an_index_written_with_eigendecomposed_blocks_still_loads(tmp_path):
     assert old.lambdas == pytest.approx(Preconditioner.from_fisher(acc, alpha).lambdas, rel=1e-9)
 
 
+def test_blocks_are_copied_to_a_query_device_once_not_per_query():
+    """A GPU query must not re-upload a 134 MB block each time; ``meta`` stands in for CUDA here."""
+    acc = FisherAccumulator(BLOCKS)
+    acc.update(_vectors(20))
+    pre = Preconditioner.from_fisher(acc, 0.1)
+    q = _vectors(2, seed=3).to("meta")
+    first, second = pre.inverse(q), pre.inverse(q)
+    assert first.device.type == second.device.type == "meta" and first.shape == q.shape
+    copies = pre._on_device[("inverse", torch.device("meta"))]
+    pre.inverse(q)
+    assert pre._on_device[("inverse", torch.device("meta"))] is copies and len(pre._on_device) == 1
+    assert pre.inverse(_vectors(1)).device.type == "cpu" and len(pre._on_device) == 1  # CPU uses the originals
+
+
 def test_a_zero_fisher_block_is_damped_by_alpha_itself():
     acc = FisherAccumulator(BLOCKS)
     acc.update(torch.zeros(4, BLOCKS[-1].stop, dtype=torch.float64))
