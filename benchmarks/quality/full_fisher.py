@@ -33,16 +33,14 @@ from tributary_indexer.projector import Block
 from tributary_indexer.scores import ScoreTransform
 
 from . import lds as lds_benchmark
-from .methods import GradientCache, LoGraMethod, _select_blocks, logra_scores
+from .methods import GradientCache, LoGraMethod, logra_scores
 from .retrieval import Entry, evaluate
 from .workload import Workload, load_workload
 
 
 def full_fisher_scores(cache: GradientCache, method: LoGraMethod, alpha: float) -> tuple[np.ndarray, float]:
     """``[Q, N]`` influence scores with one damped Fisher over every selected block, and the seconds its factorisation took."""
-    train, queries, blocks = cache.get(method)
-    if method.modules != "all":
-        train, queries, blocks = _select_blocks(train, queries, blocks, method.modules, cache.workload.model)
+    train, queries, _ = cache.get(method)
     fisher = FisherAccumulator([Block("all", 0, train.shape[1])])
     fisher.update(train)
     t0 = time.perf_counter()

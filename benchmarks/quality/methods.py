@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.fisher import FisherAccumulator
-from tributary_indexer.module_selection import preset_modules
+from tributary_indexer.module_selection import TrackedModule, preset_modules
 from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
 from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
@@ -90,21 +90,36 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
 
 
 class GradientCache:
-    """Projected gradients of a workload's training set and queries, per (projector, rank, objective)."""
+    """Projected gradients of a workload's training set and queries, per (projector, rank, objective, modules).
+
+    Each entry hooks exactly the modules its method selects, as a build with that selection
+    would: a method's first ``logra_scores`` call (the ``seconds`` the LDS table reports) times
+    the gradient pass the index would run, not a superset of it. Projections are seeded per
+    module name, so a module's block is the same whichever other modules are tracked.
+    """
 
     def __init__(self, workload: Workload):
         self.workload = workload
         self.modules = tracked_modules(workload.model)
-        self._store: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor, list[Block]]] = {}
+        self._store: dict[tuple[str, int, str, str], tuple[torch.Tensor, torch.Tensor, list[Block]]] = {}
+
+    def modules_of(self, which: str) -> list[TrackedModule]:
+        """The tracked modules of a selection: ``all``, or ``mlp+lm_head`` (the indexer's ``mlp+output`` rule)."""
+        if which == "all":
+            return self.modules
+        if which == "mlp+lm_head":
+            return preset_modules(self.workload.model, "mlp+output")
+        raise ValueError(f"unknown module selection {which!r}")
 
     def get(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
-        key = (method.projector, method.rank, method.objective)
+        key = (method.projector, method.rank, method.objective, method.modules)
         if key not in self._store:
             w = self.workload
-            proj = make_projector(w.model, self.modules, method.projector, method.rank, w.examples, w.pad_id,
+            modules = self.modules_of(method.modules)
+            proj = make_projector(w.model, modules, method.projector, method.rank, w.examples, w.pad_id,
                                   objective=method.objective)
-            train = projected(w.model, self.modules, proj, w.examples, w.pad_id, objective=method.objective)
-            queries = projected(w.model, self.modules, proj, [q.example for q in w.queries], w.pad_id,
+            train = projected(w.model, modules, proj, w.examples, w.pad_id, objective=method.objective)
+            queries = projected(w.model, modules, proj, [q.example for q in w.queries], w.pad_id,
                                 objective=method.objective)
             self._store[key] = (train, queries, proj.blocks)
         return self._store[key]
@@ -113,8 +128,6 @@ class GradientCache:
 def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
     """``[Q, N]`` scores of every query against every training example under ``method``."""
     train, queries, blocks = cache.get(method)
-    if method.modules != "all":
-        train, queries, blocks = _select_blocks(train, queries, blocks, method.modules, cache.workload.model)
     k = rapidgrad_dim(method.rapidgrad_k, blocks[-1].stop)  # the indexer's rule: K capped at D
     if k:
         compressor = RapidGradCompressor(blocks, k, seed=0, normalize_layers=method.rapidgrad_normalize)
@@ -128,18 +141,3 @@ def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
     stored, _ = transform.train(train)
     query, _ = transform.query(queries)
     return (query @ stored.T).numpy()
-
-
-def _select_blocks(train: torch.Tensor, queries: torch.Tensor, blocks: list[Block], which: str,
-                   model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
-    """The columns of the modules in ``which`` (the vectors a build with that selection stores)."""
-    if which != "mlp+lm_head":
-        raise ValueError(f"unknown module selection {which!r}")
-    names = {m.name for m in preset_modules(model, "mlp+output")}  # the indexer's own rule
-    kept = [b for b in blocks if b.name in names]
-    columns = torch.cat([torch.arange(b.start, b.stop) for b in kept])
-    out, offset = [], 0
-    for b in kept:
-        out.append(Block(b.name, offset, offset + b.size))
-        offset += b.size
-    return train[:, columns], queries[:, columns], out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -50,8 +51,14 @@ def _summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return per_example_target_loss(logits, batch["input_ids"], batch["labels"] != -100).sum()
 
 
-def kronfluence_scores(model: torch.nn.Module, workload: Workload, damping: float | None) -> np.ndarray:
-    """``[Q, N]`` EK-FAC influence scores from Kronfluence (positive = helpful, as ours)."""
+def kronfluence_scores(model: torch.nn.Module, workload: Workload, damping: float | None,
+                       timings: dict[str, float] | None = None) -> np.ndarray:
+    """``[Q, N]`` EK-FAC influence scores from Kronfluence (positive = helpful, as ours).
+
+    ``timings``, when given, receives the seconds of its two phases: ``factors`` (covariances,
+    eigendecomposition, eigenvalue correction: two passes over the training set) and ``scores``
+    (one pass over the training set per query batch of 16).
+    """
     try:
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.arguments import FactorArguments, ScoreArguments
@@ -83,12 +90,16 @@ def kronfluence_scores(model: torch.nn.Module, workload: Workload, damping: floa
     with tempfile.TemporaryDirectory(prefix="kronfluence_") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analyzer = Analyzer("quality", linear, task, cpu=True, disable_tqdm=True, output_dir=tmp)
+        t0 = time.perf_counter()
         analyzer.fit_all_factors("ekfac", train, per_device_batch_size=32,
                                  factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True)
+        t1 = time.perf_counter()
         analyzer.compute_pairwise_scores("scores", "ekfac", queries, train, per_device_query_batch_size=16,
                                          per_device_train_batch_size=32,
                                          score_args=ScoreArguments(damping_factor=damping), overwrite_output_dir=True)
         scores = analyzer.load_pairwise_scores("scores")["all_modules"]  # [Q, N]
+        if timings is not None:
+            timings.update(factors=t1 - t0, scores=time.perf_counter() - t1)
     return scores.double().numpy()
 
 

@@ -188,3 +188,83 @@ def test_zero_gradient_scores_zero_and_errors():
         ScoreTransform("dot", pre)
     with pytest.raises(ValueError, match="needs a preconditioner"):
         ScoreTransform("relatif", None)
+
+
+# ---------------------------------------------------------------- few examples: low-rank Fisher
+WIDE = [Block("a", 0, 16), Block("b", 16, 28)]  # max_rows = 12 // 2 = 6
+
+
+def _wide(n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 28, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, 28, dtype=torch.float64)
+
+
+def _dense_inverse(g: torch.Tensor, blocks: list[Block], alpha: float) -> list[torch.Tensor]:
+    out = []
+    for b in blocks:
+        gb = g[:, b.start : b.stop]
+        f = gb.T @ gb / g.shape[0]
+        out.append(torch.linalg.inv(f + alpha * torch.trace(f) / b.size * torch.eye(b.size, dtype=torch.float64)))
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.1, 16.0])
+def test_few_examples_keep_rows_and_invert_through_the_gram_matrix(alpha):
+    g = _wide(5)
+    acc = FisherAccumulator(WIDE)
+    assert acc.max_rows == 6
+    acc.update(g[:2])
+    acc.update(g[2:])
+    rows = acc.low_rank_rows()
+    assert rows is not None and [r.shape for r in rows] == [(5, 16), (5, 12)]
+    pre = Preconditioner.from_fisher(acc, alpha)
+    dense = FisherAccumulator(WIDE, max_rows=0)
+    dense.update(g)
+    assert dense.low_rank_rows() is None
+    pre_dense = Preconditioner.from_fisher(dense, alpha)
+    for want, got, got_dense in zip(_dense_inverse(g, WIDE, alpha), pre.inverses, pre_dense.inverses):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(got, got_dense, atol=1e-9, rtol=1e-9)
+    assert pre.lambdas == pytest.approx(pre_dense.lambdas, rel=1e-12)
+    q = _wide(3, seed=7)
+    torch.testing.assert_close(pre.inverse_sqrt(q), pre_dense.inverse_sqrt(q), atol=1e-9, rtol=1e-8)
+    for x, y in zip(acc.sums, dense.sums):  # the dense sums are the same outer products
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
+
+
+def test_rows_fold_into_dense_sums_past_the_limit_and_on_merge():
+    g = _wide(9, seed=2)
+    acc = FisherAccumulator(WIDE)
+    acc.update(g[:4])
+    acc.update(g[4:])  # 9 > 6 rows: folded once, then dense
+    assert acc.low_rank_rows() is None and acc.count == 9
+    for b, f in zip(WIDE, acc.means()):
+        gb = g[:, b.start : b.stop]
+        torch.testing.assert_close(f, gb.T @ gb / 9)
+    small, other = FisherAccumulator(WIDE), FisherAccumulator(WIDE)
+    small.update(g[:2])
+    other.update(g[2:5])
+    small.merge(other)  # 5 rows: still low-rank
+    assert small.low_rank_rows() is not None and small.count == 5
+    big = FisherAccumulator(WIDE)
+    big.update(g[5:9])
+    small.merge(big)  # 9 rows: dense
+    assert small.low_rank_rows() is None
+    for x, y in zip(small.means(), acc.means()):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
+
+
+def test_kept_rows_never_alias_the_callers_buffer_and_save_as_dense_sums(tmp_path):
+    buffer = _wide(3, seed=4)
+    g = buffer.clone()
+    acc = FisherAccumulator(WIDE)
+    acc.update(buffer)
+    buffer.zero_()  # a caller may reuse its batch buffer
+    rows = acc.low_rank_rows()
+    assert rows is not None and torch.equal(torch.cat(rows, dim=1), g)
+    acc.save(tmp_path / "fisher.safetensors")
+    back = FisherAccumulator.load(tmp_path / "fisher.safetensors")
+    assert back.count == 3 and back.low_rank_rows() is None
+    for b, s in zip(WIDE, back.sums):
+        gb = g[:, b.start : b.stop]
+        torch.testing.assert_close(s, gb.T @ gb, atol=1e-12, rtol=1e-12)
