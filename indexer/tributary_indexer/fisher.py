@@ -6,12 +6,13 @@ different processes, shards or resumed runs merge exactly (:meth:`FisherAccumula
 512 KiB per module, 64×64 give 128 MiB per module.
 
 While fewer examples than half the smallest block's size have been added, the accumulator keeps
-the vectors themselves (``F_m = A_mᵀ A_m / N`` with ``A_m`` ``[N, D_m]``, no more memory than the
-sums) instead of their outer products: the preconditioner can then invert ``F_m + λI`` through
-the ``N × N`` Gram matrix (Woodbury) in ``O(N·D_m²)`` instead of ``O(D_m³)``, which is what a
-small index spends most of its build on (480 examples, one 4,096² block: 1.1 s instead of 3.3 s
-on one core; the ``D × N`` by ``N × D`` product is most of it). Past that count, or on :meth:`merge`/:meth:`all_reduce`/:meth:`save` beyond it,
-the rows are folded into the dense sums once.
+the vectors themselves (``F_m = A_mᵀ A_m / N`` with ``A_m`` ``[N, D_m]``: ``N · Σ D_m ≤ ½ Σ D_m²``
+doubles, at most half of what the sums take) instead of their outer products. The preconditioner
+then inverts ``F_m + λI`` through the ``N × N`` Gram matrix (Woodbury) in ``O(N·D_m²)`` instead
+of ``O(D_m³)``, which is what a small index spends most of its build on (480 examples, one
+4,096² block: 1.1 s instead of 3.3 s on one core; the ``D × N`` by ``N × D`` product is most of
+it). Past that count, and for :meth:`all_reduce`, :meth:`save` or a :meth:`merge` that would
+pass it, the rows are folded into the dense sums once.
 """
 
 from __future__ import annotations
