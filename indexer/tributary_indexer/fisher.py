@@ -98,9 +98,8 @@ class FisherAccumulator:
         """Add another accumulator's sums (same blocks) into this one."""
         if [(b.name, b.size) for b in other.blocks] != [(b.name, b.size) for b in self.blocks]:
             raise ValueError("cannot merge Fisher accumulators over different module blocks")
-        theirs_rows = other.low_rank_rows()
-        if self._sums is None and theirs_rows is not None and self.count + other.count <= self.max_rows:
-            self._rows.append(torch.cat(other._rows).to(self.device))
+        if self._sums is None and other._sums is None and self.count + other.count <= self.max_rows:
+            self._rows += [r.to(self.device) for r in other._rows]  # rows are never written in place
         elif other.count:
             for acc, theirs in zip(self._densify(), other.sums):
                 acc += theirs.to(acc.device)

@@ -7,8 +7,9 @@ for the default RapidGrad block (4,096², 2 CPU cores) where an eigendecompositi
 solves took 73 ms). When the Fisher was accumulated from fewer examples than half the block's
 size (:meth:`FisherAccumulator.low_rank_rows`), ``F = AᵀA / N`` has rank ``N`` and the same
 inverse comes exactly from the ``N × N`` Gram matrix instead (Woodbury):
-``H^{-1} = (I − Aᵀ (NλI + AAᵀ)^{-1} A) / λ``, ``O(N·D²)`` instead of ``O(D³)``. ``H^{-1/2} v`` (the ``cosine`` score only) needs the symmetric square root:
-that block's eigendecomposition is computed on first use.
+``H^{-1} = (I − Aᵀ (NλI + AAᵀ)^{-1} A) / λ``, ``O(N·D²)`` instead of ``O(D³)``.
+``H^{-1/2} v`` (the ``cosine`` score only) needs the symmetric square root: that block's
+eigendecomposition is computed on first use.
 
 Smaller α trusts the Fisher more: on memorised examples (tiny gradients) that is what separates
 them from high-loss outliers; too small amplifies noise in poorly estimated directions.
@@ -42,16 +43,29 @@ def _spd_inverse(h: torch.Tensor) -> torch.Tensor:
     return (inverse + inverse.T) / 2  # exactly symmetric
 
 
-def _low_rank_damped_inverse(rows: torch.Tensor, lam: float) -> torch.Tensor:
-    """``(AᵀA/N + λI)^{-1}`` for ``A = rows`` ``[N, D]``, through the ``N × N`` Gram matrix."""
+def _damping(mean_eig: float, alpha: float) -> float:
+    """``λ = α · mean eig(F)``, or ``α`` itself for a zero Fisher."""
+    return alpha * mean_eig if mean_eig > 0 else alpha
+
+
+def _dense_damped_inverse(f: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+    """``((F + λI)^{-1}, λ)`` from the block's Fisher ``F`` ``[D, D]``."""
+    f = (f + f.T) / 2
+    lam = _damping(float(torch.diagonal(f).mean()), alpha)  # tr(F) / D
+    return _spd_inverse(f + lam * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)), lam
+
+
+def _low_rank_damped_inverse(rows: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+    """``((AᵀA/N + λI)^{-1}, λ)`` for ``A = rows`` ``[N, D]``, through the ``N × N`` Gram matrix."""
     n, d = rows.shape
+    lam = _damping(float((rows * rows).sum()) / (n * d), alpha)  # tr(F) / D = ‖A‖² / (N D)
     gram = rows @ rows.T  # [N, N] = AAᵀ
     gram.diagonal().add_(n * lam)  # NλI + AAᵀ, positive definite for λ > 0
     factor = torch.linalg.cholesky(gram)  # [N, N] lower
     w = torch.linalg.solve_triangular(factor, rows, upper=False)  # [N, D] = L^{-1} A, so WᵀW = Aᵀ(NλI + AAᵀ)^{-1}A
     inverse = torch.eye(d, dtype=rows.dtype, device=rows.device) - w.T @ w  # [D, D]
     inverse /= lam
-    return (inverse + inverse.T) / 2  # exactly symmetric
+    return (inverse + inverse.T) / 2, lam  # exactly symmetric
 
 
 class Preconditioner:
@@ -70,21 +84,12 @@ class Preconditioner:
         """Damping ``λ_m = α · mean eig(F_m)`` (``α`` itself if the block's Fisher is zero)."""
         if alpha <= 0:
             raise ValueError(f"damping alpha must be > 0 (got {alpha}); typical values 1e-3 … 1")
-        inverses, lambdas = [], []
-        rows = fisher.low_rank_rows()
-        if rows is not None:  # few examples: F_m = AᵀA / N has rank N < D_m / 2
-            for a in rows:
-                mean_eig = float((a * a).sum()) / (fisher.count * a.shape[1])  # tr(F) / D_m = ‖A‖² / (N D_m)
-                lam = alpha * mean_eig if mean_eig > 0 else alpha
-                inverses.append(_low_rank_damped_inverse(a, lam))
-                lambdas.append(lam)
-            return cls(fisher.blocks, inverses, lambdas, alpha)
-        for f in fisher.means():
-            f = (f + f.T) / 2  # [D_m, D_m]
-            mean_eig = float(torch.diagonal(f).mean())  # tr(F) / D_m
-            lam = alpha * mean_eig if mean_eig > 0 else alpha
-            inverses.append(_spd_inverse(f + lam * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)))
-            lambdas.append(lam)
+        rows = fisher.low_rank_rows()  # few examples: F_m = AᵀA / N of rank N < D_m / 2
+        if rows is not None:
+            parts = [_low_rank_damped_inverse(a, alpha) for a in rows]
+        else:
+            parts = [_dense_damped_inverse(f, alpha) for f in fisher.means()]
+        inverses, lambdas = [p[0] for p in parts], [p[1] for p in parts]
         return cls(fisher.blocks, inverses, lambdas, alpha)
 
     @property
