@@ -27,11 +27,10 @@ import logging
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from . import peers
-from .lds import LdsSetup, select, train_subset_model
+from .lds import LdsSetup, attributed_workload, select
 from .methods import GradientCache, LoGraMethod, logra_scores
 from .retrieval import ROOT, write_results_section
 from .workload import Query, Workload, load_workload
@@ -48,10 +47,7 @@ def speed_workload(n_queries: int, setup: LdsSetup) -> Workload:
     queries: list[Query] = (lds_queries + extra)[:n_queries]
     if len(queries) < n_queries:
         raise SystemExit(f"the demo has only {len(queries)} held-out queries; ask for --queries {len(queries)} or fewer")
-    examples = [demo.examples[r] for r in rows]
-    full = train_subset_model(examples, np.ones(len(examples), dtype=bool), setup, seed=setup.seed, tokenizer=demo.tokenizer)
-    return Workload(full.double(), demo.tokenizer, [demo.records[r] for r in rows], [demo.doc_ids[r] for r in rows],
-                    examples, [demo.texts[r] for r in rows], queries)
+    return attributed_workload(demo, rows, queries, setup)
 
 
 def time_ours(workload: Workload, method: LoGraMethod) -> dict[str, float]:

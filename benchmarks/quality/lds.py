@@ -149,6 +149,14 @@ def ground_truth(setup: LdsSetup, examples: list[TokenizedExample], queries: lis
     return masks, losses, seconds
 
 
+def attributed_workload(demo: Workload, rows: list[int], queries: list[Query], setup: LdsSetup) -> Workload:
+    """The demo ``rows`` with the "full" model trained on all of them (float64): what every method attributes with."""
+    examples = [demo.examples[r] for r in rows]
+    full = train_subset_model(examples, np.ones(len(examples), dtype=bool), setup, seed=setup.seed, tokenizer=demo.tokenizer)
+    return Workload(full.double(), demo.tokenizer, [demo.records[r] for r in rows], [demo.doc_ids[r] for r in rows],
+                    examples, [demo.texts[r] for r in rows], queries)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description="linear datamodeling score on a down-sized demo setup")
     parser.add_argument("--models", type=int, default=LdsSetup.models, help="subset models M (>= 50 for the benchmark)")
@@ -161,11 +169,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setup = LdsSetup(models=args.models)
     demo = load_workload()
     rows, queries = select(demo, setup)
-    examples = [demo.examples[r] for r in rows]
-    full = train_subset_model(examples, np.ones(len(examples), dtype=bool), setup, seed=setup.seed, tokenizer=demo.tokenizer)
+    workload = attributed_workload(demo, rows, queries, setup)
+    full, examples = workload.model, workload.examples
     masks, losses, train_s = ground_truth(setup, examples, queries, demo.tokenizer)
-    workload = Workload(full.double(), demo.tokenizer, [demo.records[r] for r in rows], [demo.doc_ids[r] for r in rows],
-                        examples, [demo.texts[r] for r in rows], queries)
     cache = GradientCache(workload)
     default = LoGraMethod.default()
     ours = configuration_grid(default, pca_scores=("influence",))
