@@ -25,6 +25,9 @@ from tributary_indexer.scores import ScoreTransform
 from .gradients import make_projector, projected, tracked_modules
 from .workload import Workload
 
+PRESET_OF = {"all": "all", "mlp+lm_head": "mlp+output"}
+"""The indexer's ``modules`` preset behind each selection name here (GPT-2's output layer is ``lm_head``)."""
+
 
 @dataclass(frozen=True)
 class LoGraMethod:
@@ -44,7 +47,7 @@ class LoGraMethod:
         c = BuildConfig()
         assert c.rank_in == c.rank_out, "the benchmark assumes square ranks"
         assert not c.include and not c.exclude, "the benchmark knows the module presets, not patterns"
-        modules = {"all": "all", "mlp+output": "mlp+lm_head"}[c.modules]  # GPT-2's output layer is lm_head
+        modules = {preset: name for name, preset in PRESET_OF.items()}[c.modules]
         return cls(c.projector, c.rank_in, c.objective, c.score, c.damping, c.rapidgrad_k, c.rapidgrad_normalize, modules)
 
     @property
@@ -104,12 +107,10 @@ class GradientCache:
         self._store: dict[tuple[str, int, str, str], tuple[torch.Tensor, torch.Tensor, list[Block]]] = {}
 
     def modules_of(self, which: str) -> list[TrackedModule]:
-        """The tracked modules of a selection: ``all``, or ``mlp+lm_head`` (the indexer's ``mlp+output`` rule)."""
-        if which == "all":
-            return self.modules
-        if which == "mlp+lm_head":
-            return preset_modules(self.workload.model, "mlp+output")
-        raise ValueError(f"unknown module selection {which!r}")
+        """The tracked modules of a selection (:data:`PRESET_OF`), by the indexer's own preset rule."""
+        if which not in PRESET_OF:
+            raise ValueError(f"unknown module selection {which!r}; choose from {list(PRESET_OF)}")
+        return self.modules if which == "all" else preset_modules(self.workload.model, PRESET_OF[which])
 
     def get(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
         key = (method.projector, method.rank, method.objective, method.modules)

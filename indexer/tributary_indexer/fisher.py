@@ -41,7 +41,9 @@ class FisherAccumulator:
     def __init__(self, blocks: Sequence[Block], device: torch.device | str = "cpu", max_rows: int | None = None):
         self.blocks = list(blocks)
         self.device = torch.device(device)
-        self.max_rows = min(b.size for b in self.blocks) // 2 if max_rows is None and self.blocks else int(max_rows or 0)
+        if max_rows is None:
+            max_rows = min(b.size for b in self.blocks) // 2 if self.blocks else 0
+        self.max_rows = int(max_rows)
         self._sums: list[torch.Tensor] | None = None
         self._rows: list[torch.Tensor] = []  # [B, D] float64 batches while count <= max_rows
         self.count = 0
@@ -64,8 +66,8 @@ class FisherAccumulator:
     def _densify(self) -> list[torch.Tensor]:
         if self._sums is None:
             self._sums = [torch.zeros(b.size, b.size, dtype=torch.float64, device=self.device) for b in self.blocks]
-            for v in self._rows:
-                self._add_outer(v)
+            if self._rows:
+                self._add_outer(torch.cat(self._rows))  # one product over all kept rows
             self._rows = []
         return self._sums
 
@@ -80,6 +82,7 @@ class FisherAccumulator:
         if self._sums is not None or not self._rows:
             return None
         rows = torch.cat(self._rows)  # [N, D]
+        self._rows = [rows]  # concatenated once, not per call
         return [rows[:, b.start : b.stop] for b in self.blocks]
 
     def update(self, vectors: torch.Tensor) -> None:
