@@ -247,7 +247,11 @@ class AttributedExample(_Response):
     """One retrieved training example and its attribution score."""
 
     example_id: int = Field(description="Global id of the training example (GET /v1/examples/{id}).")
-    score: float = Field(description="Attribution score. " + _SCORE_SIGN)
+    score: float = Field(description="Attribution score, the one the examples are ranked by (see the index's "
+                                     "'ranking'): for 'linear' the influence on the whole response; for "
+                                     "'token_saturated' the sum over response tokens of z/(z+k), z = the token's "
+                                     "influence over its RMS across the training set (at most the number of "
+                                     "response tokens), negative for harmful examples. " + _SCORE_SIGN)
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."
     )
@@ -326,6 +330,11 @@ class IndexInfo(_Response):
     dim: int = Field(description="Dimension D of the stored vectors.")
     shards: int = Field(description="Number of index shards.")
     created_at: str = Field(description="When the index was built (ISO 8601).")
+    ranking: str | None = Field(
+        default=None,
+        description="How examples are ranked: 'token_saturated' (each response token's standardised influence, "
+                    "saturated and summed) or 'linear' (the influence on the whole response).",
+    )
 
 
 # --------------------------------------------------------------------------- errors

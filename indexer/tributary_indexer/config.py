@@ -1,7 +1,8 @@
 """The resolved configuration of an index build.
 
-Every field changes either what is stored (and so must match for a resumed build, an ``add``, and
-the server) or only how fast it is computed. :meth:`BuildConfig.identity` holds the former; the
+Every field changes what is stored (and so must match for a resumed build, an ``add``, and
+the server), only how fast it is computed, or only how the service ranks (``ranking``,
+``saturation``: recorded in the manifest). :meth:`BuildConfig.identity` holds the first; the
 build refuses to write into a directory whose stored identity differs, naming the fields. The
 resolved config is written into the index directory as ``build_config.json``.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,12 @@ from .loss import OBJECTIVES
 from .module_selection import MODULE_PRESETS
 from .projector import PROJECTOR_KINDS, ProjectionConfig
 from .scores import SCORE_VARIANTS
+from .token_ranking import RANKINGS
 
 # Fields that only change speed or logging: a resume may change them freely.
 RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
+# Fields that only change how the service ranks (recorded in the manifest, not in the identity).
+QUERY_FIELDS = frozenset({"ranking", "saturation"})
 
 
 @dataclass
@@ -78,15 +83,30 @@ class BuildConfig:
     """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,
     ``grad_dot``. With ``margin`` gradients ``influence`` ranked best on the quality benchmarks;
     ``relatif``/``cosine`` normalise each training example, which cost backdoor AUPRC there."""
-    damping: float = 16.0
+    damping: float = 24.0
     """α in ``λ = α · mean eig(F)`` for each Fisher block (the one ``K×K`` block under RapidGrad).
     Smaller trusts the Fisher more: better LDS but noisier backdoor retrieval, where directions
     shared by a few duplicated documents get over-amplified; larger drifts towards ``grad_dot``.
-    At the default (rank 64, K = 4,096) α = 12 / 16 / 24 gave LDS 0.49 / 0.48 / 0.46 and backdoor
-    AUPRC 0.97 / 0.98 / 0.99. The mean eigenvalue falls as the block grows while the eigenvalues
-    that matter do not, so rescale α with the block size: keep ``α / K`` under RapidGrad, ``α / r²``
-    with per-module blocks (RapidGrad off: 4 at 32×32, 16 at 64×64). Sweep in
-    ``benchmarks/RESULTS.md``."""
+    At the default (rank 64, K = 4,096, ``token_saturated``) α = 16 / 24 / 32 gave LDS
+    0.51 / 0.50 / 0.49, backdoor AUPRC 0.995 / 0.997 / 0.999 and fact recall@1 0.91 / 0.91 / 0.92
+    (with the ``linear`` ranking α = 16 had been the middle: LDS 0.48, AUPRC 0.98). The mean
+    eigenvalue falls as the block grows while the eigenvalues that matter do not, so rescale α
+    with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
+    (RapidGrad off: 6 at 32×32, 24 at 64×64). Sweep in ``benchmarks/RESULTS.md``."""
+    ranking: str | None = None
+    """How the service ranks examples (:mod:`.token_ranking`; stored vectors do not depend on it).
+    Unset: ``token_saturated`` for ``score = "influence"``, ``linear`` for the other variants.
+    ``token_saturated`` standardises each response token's influence score by its RMS
+    over the training set and sums a saturated ``z / (z + k)`` over the tokens, so a document has
+    to explain several response tokens, not one copied name, to rank first; ``linear`` ranks by
+    the influence on the whole response. On the demo benchmarks (α = 24) saturation took fact
+    recall@1 0.85 → 0.91, backdoor AUPRC 0.99 → 1.00 and LDS 0.46 → 0.50. Cost: the query's
+    per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact
+    re-score of the first-stage candidates. Needs ``score = "influence"``."""
+    saturation: float = 30.0
+    """``k`` of the ``token_saturated`` ranking, in units of a token's RMS score: smaller lets fewer
+    strong tokens decide (fact recall@1 up, LDS down: k = 20 / 30 / 40 gave 0.92 / 0.91 / 0.90
+    and 0.48 / 0.50 / 0.50 at α = 24); very large tends to the standardised linear sum."""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000
@@ -123,6 +143,15 @@ class BuildConfig:
             problems.append(f"score={self.score!r} (choose from {list(SCORE_VARIANTS)})")
         if self.damping <= 0:
             problems.append(f"damping={self.damping} (must be > 0)")
+        if self.ranking is None:
+            self.ranking = "token_saturated" if self.score == "influence" else "linear"
+        if self.ranking not in RANKINGS:
+            problems.append(f"ranking={self.ranking!r} (choose from {list(RANKINGS)})")
+        elif self.ranking == "token_saturated" and self.score != "influence":
+            problems.append(f"ranking='token_saturated' with score={self.score!r} (it standardises influence "
+                            f"scores; use score='influence', or ranking='linear' to keep {self.score!r})")
+        if not (self.saturation > 0 and math.isfinite(self.saturation)):
+            problems.append(f"saturation={self.saturation} (must be a positive number; default 30)")
         for name in ("rank_in", "rank_out", "max_tokens", "shard_size", "batch_tokens", "pca_examples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
@@ -143,8 +172,12 @@ class BuildConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the stored vectors (everything but runtime knobs)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The fields that determine the stored vectors (everything but runtime and query knobs)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS | QUERY_FIELDS}
+
+    def query_settings(self) -> dict[str, Any]:
+        """The ranking fields the service reads from the manifest (:data:`QUERY_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k in QUERY_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:

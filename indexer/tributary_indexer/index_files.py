@@ -100,7 +100,7 @@ def write_manifest(
     files = {paths.relative(p): sha256_file(p) for p in (paths.projector, paths.hessian, paths.store, paths.build_config)}
     if paths.vectors_dir.is_dir():
         files.update({paths.relative(p): sha256_file(p) for p in sorted(paths.vectors_dir.glob("*.npy"))})
-    build_config = config.identity()
+    build_config = config.identity() | config.query_settings()
     build_config["summary"] = summary
     build_config["additions"] = additions
     manifest = Manifest(

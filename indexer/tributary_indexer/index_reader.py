@@ -26,6 +26,7 @@ from .projector import LoGraProjector
 from .rapidgrad import RapidGradCompressor
 from .scores import ScoreTransform
 from .shards import SearchResult, is_flat, merge_topk, read_shard
+from .token_ranking import RANKINGS, TokenSaturation
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def topk_by_scan(matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int)
 class AttributionIndex:
     """A read-only, loaded index."""
 
-    def __init__(self, root: str | Path, verify_checksums: bool = True, rerank_factor: int = 10):
+    def __init__(self, root: str | Path, verify_checksums: bool = True, rerank_factor: int = 10,
+                 ranking: str | None = None):
         self.paths = IndexPaths(Path(root))
         problems = verify_index(self.paths.root, check_checksums=verify_checksums)
         if problems:
@@ -99,6 +101,7 @@ class AttributionIndex:
             if rapid else None
         )
         self.compressed = not is_flat(self.manifest.build_config.get("index_factory", "Flat"))
+        self.saturation = self._saturation(ranking)
         self.rerank_factor = rerank_factor
         self.shards: list[ShardHandle] = []
         for n, shard in enumerate(self.manifest.shards):
@@ -106,6 +109,21 @@ class AttributionIndex:
             index = read_shard(self.paths.root / shard.file)
             self.shards.append(ShardHandle(index, shard.id_start, shard.id_end, exact, None if self.compressed else _flat_view(index)))
         self.store = ExampleStore(self.paths.store)
+
+    def _saturation(self, override: str | None) -> TokenSaturation | None:
+        """The ranking: ``override``, else the manifest's (indexes from before rankings: ``linear``)."""
+        ranking = override or self.manifest.build_config.get("ranking", "linear")
+        if ranking not in RANKINGS:
+            where = "the ranking asked for" if override else f"index {self.paths.root}"
+            raise IndexIntegrityError(f"{where} names an unknown ranking {ranking!r} (known: {list(RANKINGS)}); "
+                                      "fix: choose a known ranking, or upgrade tributary")
+        if ranking == "linear":
+            return None
+        if self.manifest.score_variant != "influence":
+            raise IndexIntegrityError(f"ranking 'token_saturated' needs an index built with score 'influence', but "
+                                      f"{self.paths.root} stores {self.manifest.score_variant!r} vectors; fix: rank it "
+                                      "'linear' or rebuild it with --score influence")
+        return TokenSaturation(float(self.manifest.build_config.get("saturation", TokenSaturation.k)))
 
     @property
     def dim(self) -> int:
@@ -133,6 +151,23 @@ class AttributionIndex:
         if self.compressor is not None:
             g = self.compressor.compress(g)
         return self.transform.query(g)[0].float().cpu().numpy()
+
+    def token_queries(self, per_position: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """Standardised query vectors ``[n, D]`` (float64) of one query's response positions.
+
+        ``per_position`` ``[n, D_proj]`` are the projected terms ``g^{(t)}`` of the positions that
+        emit the response tokens, ``total`` ``[D_proj]`` the query's whole gradient (RapidGrad's
+        layer scales come from it, as for the total). Needs the ``token_saturated`` ranking.
+        """
+        if self.saturation is None:
+            raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); "
+                             "token queries need ranking='token_saturated' with score='influence'")
+        g = per_position.to(torch.float64)
+        if self.compressor is not None:
+            scales = self.compressor.layer_scales(total.to(torch.float64)[None])  # [1, M]
+            g = self.compressor.compress(g[None], scales)[0]  # [n, K]
+        u = self.transform.linear("query", g)  # H^{-1} g^{(t)}
+        return self.saturation.standardized(u, g, self.preconditioner)
 
     # ------------------------------------------------------------------ token-wise (dual form)
     # A score ⟨T_side(Φ g)^{(t)}, v⟩ = c_side(Φ g) · Σ_m scale_m · ⟨g_m^{(t)}, (Φᵀ M v)_m⟩, where

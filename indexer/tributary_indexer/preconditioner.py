@@ -131,6 +131,21 @@ class Preconditioner:
         """``vᵀ (F + λI)^{-1} v`` per row ``[...]``."""
         return (v.to(torch.float64) * self.inverse(v)).sum(-1)
 
+    def score_second_moment(self, v: torch.Tensor) -> torch.Tensor:
+        """``E_z[⟨H^{-1} v, g(z)⟩²]`` per row of ``v`` ``[..., D]``: the mean squared influence score.
+
+        The mean is over the training vectors the Fisher was fit on (``F = E_z[g gᵀ]`` per block),
+        computed without them: with ``u = H^{-1} v`` and ``H = F + λI``, ``uᵀ F u = uᵀ v − λ‖u‖²``
+        per block. Exact for one dense block (RapidGrad); with several blocks it leaves out the
+        cross-block covariance, as the preconditioner itself does.
+        """
+        v64 = v.to(torch.float64)
+        u = self.inverse(v64)
+        out = (u * v64).sum(-1)
+        for block, lam in zip(self.blocks, self.lambdas):
+            out = out - lam * u[..., block.start : block.stop].pow(2).sum(-1)
+        return out.clamp_min(0.0)
+
     def describe(self) -> dict:
         return {"alpha": self.alpha, "lambdas": {b.name: lam for b, lam in zip(self.blocks, self.lambdas)}}
 

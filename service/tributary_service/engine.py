@@ -5,11 +5,18 @@ forward/backward through the same hooks and projector as the index → the index
 transform (preconditioning) → search over all shards (``harmful`` searches with ``−q``) →
 example records → optionally token-wise decompositions.
 
+With the index's ``token_saturated`` ranking (:mod:`tributary_indexer.token_ranking`, the
+default for ``influence`` indexes) the forward/backward also keeps the per-position terms of the
+response positions; the search takes the standardised tokens' sum as its query and returns
+``token_candidates`` per direction, and those are re-scored exactly with the saturated score
+(``rerank_ms``) before the top ``top_k`` are kept.
+
 Token-wise scores: a score is linear in the query's projected gradient ``g = Σ_t g^{(t)}``
 (DESIGN §2), so ``score = Σ_t ⟨stored(z), q^{(t)}⟩`` exactly. Position ``t``'s term is shown on
 the token the model *emits* there (token ``t+1``); positions before the response (the prompt)
-act only through attention and are not shown, so the response tokens' scores sum to the score
-minus that context part. The same split is done on the training side for the returned examples
+act only through attention and are not shown, so the response tokens' scores sum to the
+influence minus that context part (under ``token_saturated`` an example's ``score`` is its
+saturated score; the token-wise scores stay the linear influence shares). The same split is done on the training side for the returned examples
 only (their gradients are recomputed in one batch). Both use the dual form (the hooks score
 each position against fixed vectors), never materialising ``[T, D]`` per-position vectors.
 """
@@ -72,13 +79,14 @@ class AttributionEngine:
     """Answers attribution requests against one loaded index and model."""
 
     def __init__(self, index: AttributionIndex, model: torch.nn.Module, tokenizer: Any, computer: GradientComputer,
-                 max_tokens: int, snippet_chars: int = 400):
+                 max_tokens: int, snippet_chars: int = 400, token_candidates: int = 200):
         self.index = index
         self.model = model
         self.tokenizer = tokenizer
         self.computer = computer
         self.max_tokens = max_tokens
         self.snippet_chars = snippet_chars
+        self.token_candidates = token_candidates
         self.pad_id = pad_token_id(tokenizer)
         self.index_id = index.manifest.projector.params.get("fingerprint", "")[:12] + "-" + str(index.n_examples)
 
@@ -111,10 +119,19 @@ class AttributionEngine:
             return []
         t0 = time.perf_counter()
         batch = collate([q.tokens.example for q in queries], self.pad_id)
-        grads = self.computer.compute(batch)
+        saturation = self.index.saturation
+        grads = self.computer.compute(batch, per_position=saturation is not None)
         gradient_ms = _ms(t0)
         t0 = time.perf_counter()
-        q_vectors = self.index.vectors_to_query(grads.vectors)  # [n, D] float32
+        token_queries: list[torch.Tensor | None] = [None] * len(queries)
+        if saturation is None:
+            q_vectors = self.index.vectors_to_query(grads.vectors)  # [n, D] float32
+        else:  # token_saturated: the first stage searches with the standardised tokens' sum
+            assert grads.per_position is not None
+            for row, query in enumerate(queries):
+                emitting = [t - 1 for t, target in enumerate(query.tokens.example.target_mask) if target]
+                token_queries[row] = self.index.token_queries(grads.per_position[row, emitting], grads.vectors[row])  # [n_t, D]
+            q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in token_queries if t is not None])
         precondition_ms = _ms(t0)
         t0 = time.perf_counter()
         shared = self._shared_search(queries, q_vectors)  # one scan of the index for every unfiltered query
@@ -122,8 +139,28 @@ class AttributionEngine:
         responses = []
         for row, query in enumerate(queries):
             timings = dict(query.timings, gradient_ms=gradient_ms, precondition_ms=precondition_ms)
-            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], timings, shared.get(row), shared_ms))
+            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], timings, shared.get(row), shared_ms,
+                                          token_queries[row]))
         return responses
+
+    def _fetch_count(self, top_k: int) -> int:
+        """Results wanted from the search per direction: ``top_k``, or the candidates to re-rank."""
+        return max(top_k, self.token_candidates) if self.index.saturation is not None else top_k
+
+    def _rerank(self, hits: list[Hit], token_query: torch.Tensor | None, top_k: int) -> list[Hit]:
+        """``token_saturated``: re-score the candidates exactly and keep ``top_k`` per direction."""
+        if token_query is None or not hits:  # linear: the search already returned top_k per direction
+            return hits
+        assert self.index.saturation is not None
+        out: list[Hit] = []
+        for direction in dict.fromkeys(h[2] for h in hits):
+            ids = np.array([h[0] for h in hits if h[2] == direction], dtype=np.int64)
+            sign = 1.0 if direction == "helpful" else -1.0
+            token_scores = token_query @ torch.from_numpy(self.index.stored_vectors(ids)).to(torch.float64).T  # [n_t, C]
+            saturated = self.index.saturation.aggregate(sign * token_scores).numpy()  # [C]
+            order = np.argsort(-saturated, kind="stable")[:top_k]
+            out += [(int(ids[i]), sign * float(saturated[i]), direction) for i in order]
+        return out
 
     def _shared_search(self, queries: Sequence[PreparedQuery], q_vectors: np.ndarray) -> dict[int, list[Hit]]:
         """Search all unfiltered queries (both signs as needed) in one batched scan."""
@@ -137,19 +174,20 @@ class AttributionEngine:
                 owners.append(row)
         if not rows:
             return {}
-        k = max(queries[row].request.top_k for row in owners)
+        k = max(self._fetch_count(queries[row].request.top_k) for row in owners)
         result = self.index.search(np.stack(rows), k)
         out: dict[int, list[Hit]] = {}
         for n, (row, direction) in enumerate(zip(owners, signs)):
             sign = 1.0 if direction == "helpful" else -1.0  # harmful = the largest ⟨stored, −q⟩
-            top_k = queries[row].request.top_k
+            top_k = self._fetch_count(queries[row].request.top_k)
             out.setdefault(row, []).extend(
                 (int(i), sign * float(s), direction) for i, s in zip(result.ids[n][:top_k], result.scores[n][:top_k]) if i >= 0
             )
         return out
 
     def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray, timings: dict[str, float],
-                shared: list[Hit] | None, shared_ms: float) -> types.AttributionResponse:
+                shared: list[Hit] | None, shared_ms: float, token_query: torch.Tensor | None = None
+                ) -> types.AttributionResponse:
         request = query.request
         t0 = time.perf_counter()
         if shared is not None or not _filtered(request):
@@ -160,9 +198,12 @@ class AttributionEngine:
             hits = []
             for direction in _directions(request):
                 sign = 1.0 if direction == "helpful" else -1.0
-                result = self.index.search((sign * q)[None, :], request.top_k, allowed_ids=allowed)
+                result = self.index.search((sign * q)[None, :], self._fetch_count(request.top_k), allowed_ids=allowed)
                 hits += [(int(i), sign * float(s), direction) for i, s in zip(result.ids[0], result.scores[0]) if i >= 0]
             timings["search_ms"] = _ms(t0)
+        t0 = time.perf_counter()
+        hits = self._rerank(hits, token_query, request.top_k)
+        timings["rerank_ms"] = _ms(t0)
         t0 = time.perf_counter()
         records = self.index.store.get_many([h[0] for h in hits])
         hits = [h for h in hits if h[0] in records]

@@ -16,6 +16,7 @@ from tributary_indexer.config import BuildConfig
 from tributary_indexer.errors import (
     ConfigMismatchError,
     CorpusError,
+    IndexIntegrityError,
     ModelLoadError,
     ModuleSelectionError,
     OutputDirectoryError,
@@ -26,6 +27,7 @@ from tributary_indexer.index_reader import AttributionIndex
 from tributary_indexer.index_verification import verify_index
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
 from tributary_indexer.module_selection import select_modules
+from tributary_indexer.token_ranking import TokenSaturation
 from tributary_indexer.tokenization import tokenize_query
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
@@ -225,3 +227,24 @@ def test_disk_full_leaves_no_valid_looking_file(workspace, tmp_path, monkeypatch
     monkeypatch.undo()
     IndexBuilder(_config(model, [corpus]), out).build()  # after freeing space the build resumes
     assert verify_index(out) == []
+
+
+def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_path):
+    _, model, corpus, _ = workspace
+    sat, rel = tmp_path / "sat", tmp_path / "rel"
+    IndexBuilder(_config(model, [corpus]), sat).build()
+    IndexBuilder(_config(model, [corpus], score="relatif"), rel).build()
+    manifest = json.loads((sat / "manifest.json").read_text())
+    assert manifest["build_config"]["ranking"] == "token_saturated" and manifest["build_config"]["saturation"] == 30.0
+    assert AttributionIndex(sat).saturation == TokenSaturation(30.0)
+    assert AttributionIndex(sat, ranking="linear").saturation is None
+    assert AttributionIndex(rel).saturation is None  # unset ranking + relatif resolved to linear at build time
+    with pytest.raises(IndexIntegrityError, match="rebuild it with --score influence"):
+        AttributionIndex(rel, ranking="token_saturated")
+    with pytest.raises(IndexIntegrityError, match="unknown ranking 'best'"):
+        AttributionIndex(sat, ranking="best")
+    # an index written before rankings existed has neither key: it keeps ranking linearly
+    for key in ("ranking", "saturation"):
+        del manifest["build_config"][key]
+    (sat / "manifest.json").write_text(json.dumps(manifest))
+    assert AttributionIndex(sat, verify_checksums=False).saturation is None

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from tributary_service.app import create_app
 
@@ -21,6 +22,25 @@ def _error(resp, status: int, type_: str) -> dict:
     return body["error"]
 
 
+def _saturated_oracle(loaded, request: dict) -> np.ndarray:
+    """Brute force over every stored vector: each response token's score over its RMS *measured*
+    across the whole training set, saturated as z / (z + k) and summed (no first stage)."""
+    from tributary_client.types import AttributionRequest
+    from tributary_indexer.batching import collate
+
+    engine, index = loaded.engine, loaded.index
+    ex = engine.prepare(AttributionRequest(**request)).tokens.example
+    grads = engine.computer.compute(collate([ex], engine.pad_id), per_position=True)
+    emitting = [t - 1 for t, target in enumerate(ex.target_mask) if target]
+    terms = grads.per_position[0, emitting].double()
+    if index.compressor is not None:
+        terms = index.compressor.compress(terms[None], index.compressor.layer_scales(grads.vectors.double()))[0]
+    stored = torch.from_numpy(index.stored_vectors(np.arange(index.n_examples))).double()
+    token_scores = index.preconditioner.inverse(terms) @ stored.T  # [n_tokens, N]
+    z = (token_scores / token_scores.pow(2).mean(1, keepdim=True).sqrt()).clamp_min(0)
+    return (z / (z + index.saturation.k)).sum(0).numpy()
+
+
 def test_attribution_ranks_and_matches_the_engine_oracle(client):
     resp = client.post("/v1/attributions", json={**QA, "top_k": 5})
     assert resp.status_code == 200, resp.text
@@ -31,15 +51,73 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
     assert scores == sorted(scores, reverse=True)
     assert all(e["direction"] == "helpful" for e in body["examples"])
     assert body["timings"]["gradient_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["search_ms"]
-    # the same ranking as a brute-force scan over every stored vector
-    loaded = client.app.state.loaded
-    prepared = loaded.engine.prepare(__import__("tributary_client").types.AttributionRequest(**QA))
-    from tributary_indexer.batching import collate
-
-    g = loaded.engine.computer.compute(collate([prepared.tokens.example], loaded.engine.pad_id)).vectors
-    q = loaded.index.vectors_to_query(g)[0]
-    every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
+    assert client.get("/v1/index").json()["ranking"] == "token_saturated"
+    # the same ranking and scores as the saturated score of every stored vector (60 < 200 candidates)
+    every = _saturated_oracle(client.app.state.loaded, QA)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
+    np.testing.assert_allclose(scores, np.sort(every)[::-1][:5], rtol=1e-5)
+
+
+def test_few_first_stage_candidates_rerank_only_those(make_settings):
+    """With 8 candidates the answer is the saturated order of the first stage's top 8."""
+    with TestClient(create_app(make_settings(token_candidates=8))) as c:
+        body = c.post("/v1/attributions", json={**QA, "top_k": 3}).json()
+        loaded = c.app.state.loaded
+        tokens = loaded.engine.prepare(__import__("tributary_client").types.AttributionRequest(**QA))
+        from tributary_indexer.batching import collate
+
+        ex = tokens.tokens.example
+        grads = loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id), per_position=True)
+        emitting = [t - 1 for t, target in enumerate(ex.target_mask) if target]
+        std = loaded.index.token_queries(grads.per_position[0, emitting], grads.vectors[0])
+        first = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ std.sum(0).float().numpy()
+        candidates = np.argsort(-first, kind="stable")[:8]
+        every = _saturated_oracle(loaded, QA)
+        want = candidates[np.argsort(-every[candidates], kind="stable")][:3]
+        assert [e["example_id"] for e in body["examples"]] == want.tolist()
+
+
+def test_ranking_setting_overrides_the_manifest(make_settings):
+    """TRIBUTARY_RANKING=linear serves a token_saturated index by its linear influence."""
+    with TestClient(create_app(make_settings(ranking="linear"))) as c:
+        assert c.get("/v1/index").json()["ranking"] == "linear"
+        body = c.post("/v1/attributions", json={**QA, "top_k": 3}).json()
+        loaded = c.app.state.loaded
+        from tributary_client.types import AttributionRequest
+        from tributary_indexer.batching import collate
+
+        ex = loaded.engine.prepare(AttributionRequest(**QA)).tokens.example
+        q = loaded.index.vectors_to_query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0]
+        every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
+        assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:3].tolist()
+
+
+def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
+    """An index built with ranking='linear' (or before rankings existed) ranks by the influence itself."""
+    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.config import BuildConfig
+    from tributary_service.settings import ServiceSettings
+
+    _, model = built_index
+    corpus = tmp_path / "corpus.jsonl"
+    from tests.index_fixtures import corpus_records, write_jsonl
+
+    write_jsonl(corpus, corpus_records(30))
+    IndexBuilder(BuildConfig(model=str(model), corpus=[str(corpus)], rank_in=4, rank_out=4, progress=False,
+                             damping=0.01, ranking="linear"), tmp_path / "linear").build()
+    settings = ServiceSettings(index=tmp_path / "linear", model=model, state_dir=tmp_path / "state", batch_window_ms=1.0)
+    with TestClient(create_app(settings)) as c:
+        body = c.post("/v1/attributions", json={**QA, "top_k": 5}).json()
+        assert c.get("/v1/index").json()["ranking"] == "linear"
+        loaded = c.app.state.loaded
+        prepared = loaded.engine.prepare(__import__("tributary_client").types.AttributionRequest(**QA))
+        from tributary_indexer.batching import collate
+
+        g = loaded.engine.computer.compute(collate([prepared.tokens.example], loaded.engine.pad_id)).vectors
+        q = loaded.index.vectors_to_query(g)[0]
+        every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
+        assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
+        np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
 
 
 def test_harmful_and_both_directions(client):

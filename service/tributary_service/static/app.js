@@ -298,6 +298,7 @@ async function loadIndexInfo() {
   try {
     const info = await api("/v1/index");
     const parts = [`${Number(info.n_examples).toLocaleString()} training documents`, `${info.score_variant} scores`];
+    if (info.ranking) parts.push(`${info.ranking.replace("_", "-")} ranking`);
     el.indexInfo.textContent = parts.join(" · ");
     el.indexInfo.title = `index ${info.index_id}, created ${info.created_at}`;
     clearAlerts("index");
