@@ -80,3 +80,28 @@ def full_module_gradients(
         for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
             out[rows] = computer.compute(batch).vectors.to(dtype)
     return out
+
+
+def projected_positions(
+    model: torch.nn.Module,
+    modules: Sequence[TrackedModule],
+    projector: LoGraProjector,
+    examples: Sequence[TokenizedExample],
+    pad_id: int,
+    batch_tokens: int = 2048,
+    objective: str = "margin",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position terms ``g^{(t)}`` ``[n, D]`` (float64) at the positions that emit a target token, and each row's example.
+
+    These are the query-side terms the service's ``token_saturated`` ranking standardises.
+    """
+    terms, owner = [], []
+    with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:
+        for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
+            per_position = computer.compute(batch, per_position=True).per_position  # [B, T, D]
+            assert per_position is not None
+            for b, row in enumerate(rows):
+                emitting = [t - 1 for t, target in enumerate(examples[row].target_mask) if target]
+                terms.append(per_position[b, emitting].to(torch.float64))
+                owner += [row] * len(emitting)
+    return torch.cat(terms), torch.tensor(owner, dtype=torch.long)

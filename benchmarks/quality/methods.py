@@ -4,12 +4,16 @@ A :class:`LoGraMethod` is one build configuration (projector, rank, objective, s
 damping, optional RapidGrad). Scores go through the indexer's own classes
 (:class:`FisherAccumulator`, :class:`Preconditioner`, :class:`ScoreTransform`,
 :class:`RapidGradCompressor`), in float64, so a row here is what the service would return for
-that configuration up to float32 storage.
+that configuration up to float32 storage. With the ``token_saturated`` ranking
+(:mod:`tributary_indexer.token_ranking`) the retrieval benchmarks pass the service's number of
+first-stage candidates, so their rankings are the service's two-stage ones; LDS uses the exact
+saturated score of every example.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +25,12 @@ from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
 from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
 from tributary_indexer.scores import ScoreTransform
+from tributary_indexer.token_ranking import TokenSaturation
 
-from .gradients import make_projector, projected, tracked_modules
+from .gradients import make_projector, projected, projected_positions, tracked_modules
 from .workload import Workload
+
+Key = tuple[str, int, str, str]  # (projector, rank, objective, modules): what the gradients depend on
 
 PRESET_OF = {"all": "all", "mlp+lm_head": "mlp+output"}
 """The indexer's ``modules`` preset behind each selection name here (GPT-2's output layer is ``lm_head``)."""
@@ -40,6 +47,8 @@ class LoGraMethod:
     rapidgrad_normalize: bool = True
     modules: str = "all"
     """``all`` tracked modules, or ``mlp+lm_head`` (the ``mlp+output`` preset on GPT-2)."""
+    ranking: str = "linear"
+    saturation: float = 30.0
 
     @classmethod
     def default(cls) -> LoGraMethod:
@@ -48,7 +57,8 @@ class LoGraMethod:
         assert c.rank_in == c.rank_out, "the benchmark assumes square ranks"
         assert not c.include and not c.exclude, "the benchmark knows the module presets, not patterns"
         modules = {preset: name for name, preset in PRESET_OF.items()}[c.modules]
-        return cls(c.projector, c.rank_in, c.objective, c.score, c.damping, c.rapidgrad_k, c.rapidgrad_normalize, modules)
+        return cls(c.projector, c.rank_in, c.objective, c.score, c.damping, c.rapidgrad_k, c.rapidgrad_normalize, modules,
+                   c.ranking, c.saturation)
 
     @property
     def name(self) -> str:
@@ -59,6 +69,8 @@ class LoGraMethod:
             parts.append(f"α={self.damping:g}")
         if self.rapidgrad_k:
             parts.append(f"RapidGrad K={self.rapidgrad_k}" + ("" if self.rapidgrad_normalize else " (no layer norm)"))
+        if self.ranking == "token_saturated":
+            parts.append(f"token-saturated k={self.saturation:g}")
         return " · ".join(parts)
 
     def replace(self, **changes: object) -> LoGraMethod:
@@ -68,16 +80,22 @@ class LoGraMethod:
 def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("influence", "relatif", "cosine")) -> list[LoGraMethod]:
     """The configurations around ``default`` that the quality benchmarks compare it with.
 
-    Each row changes one knob: the score variant, α, the objective, the projector, the module
-    set, RapidGrad's layer-wise normalisation and ``K`` (at the same ``α / K``: the mean
-    eigenvalue of the dense ``K × K`` Fisher is its trace over ``K``), the LoGra rank under the
-    same ``K``, and per-module Fisher blocks without RapidGrad (at the same ``α / r²``, which
-    includes rank 32 at α = 4, the previous default).
+    Each row changes one knob: the ranking (and the saturation ``k``), the score variant, α, the
+    objective, the projector, the module set, RapidGrad's layer-wise normalisation and ``K`` (at
+    the same ``α / K``: the mean eigenvalue of the dense ``K × K`` Fisher is its trace over
+    ``K``), the LoGra rank under the same ``K``, and per-module Fisher blocks without RapidGrad
+    (at the same ``α / r²``, which includes rank 32 at α = 4, the previous default). Score
+    variants other than ``influence`` rank linearly, as a build requires.
     """
-    grid = [default.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
-    grid += [default.replace(damping=a) for a in (1.0, 4.0, 8.0, 32.0, 64.0) if a != default.damping]
-    grid += [default.replace(objective="nll"), default.replace(objective="nll", score="relatif", damping=1e-3)]
-    grid += [default.replace(projector="pca", score=s) for s in pca_scores]
+    linear = default.replace(ranking="linear")
+    grid = [linear]
+    if default.ranking == "token_saturated":
+        grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
+        grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # the previous default
+    grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
+    grid += [default.replace(damping=a) for a in (1.0, 4.0, 8.0, 16.0, 32.0, 64.0) if a != default.damping]
+    grid += [default.replace(objective="nll"), linear.replace(objective="nll", score="relatif", damping=1e-3)]
+    grid += [(default if s == "influence" else linear).replace(projector="pca", score=s) for s in pca_scores]
     grid += [default.replace(modules="mlp+lm_head" if default.modules == "all" else "all")]
     if default.rapidgrad_k:
         k, alpha = default.rapidgrad_k, default.damping
@@ -89,6 +107,7 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
         per_module = default
     # per-module Fisher at the same α / r² (64×64 at α = 16 is the LoGra paper's 1 at 16×16)
     grid += [per_module.replace(rank=r, damping=per_module.damping * r * r / per_module.rank**2) for r in (16, 32, 64)]
+    grid += [linear.replace(rapidgrad_k=None, rank=32, damping=4.0)]  # the default before RapidGrad
     return [m for m in dict.fromkeys(grid) if m != default]
 
 
@@ -101,10 +120,14 @@ class GradientCache:
     module name, so a module's block is the same whichever other modules are tracked.
     """
 
-    def __init__(self, workload: Workload):
+    def __init__(self, workload: Workload, max_entries: int = 2):
         self.workload = workload
         self.modules = tracked_modules(workload.model)
-        self._store: dict[tuple[str, int, str, str], tuple[torch.Tensor, torch.Tensor, list[Block]]] = {}
+        self.max_entries = max_entries
+        """Keys kept at once (least recently used dropped): rank 128 with its per-position terms is ~7 GB."""
+        self._store: OrderedDict[Key, tuple[torch.Tensor, torch.Tensor, list[Block]]] = OrderedDict()
+        self._projectors: dict[Key, object] = {}
+        self._positions: dict[Key, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def modules_of(self, which: str) -> list[TrackedModule]:
         """The tracked modules of a selection (:data:`PRESET_OF`), by the indexer's own preset rule."""
@@ -114,7 +137,13 @@ class GradientCache:
 
     def get(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
         key = (method.projector, method.rank, method.objective, method.modules)
-        if key not in self._store:
+        if key in self._store:
+            self._store.move_to_end(key)
+        else:
+            while len(self._store) >= self.max_entries:
+                old, _ = self._store.popitem(last=False)
+                self._projectors.pop(old, None)
+                self._positions.pop(old, None)
             w = self.workload
             modules = self.modules_of(method.modules)
             proj = make_projector(w.model, modules, method.projector, method.rank, w.examples, w.pad_id,
@@ -123,13 +152,31 @@ class GradientCache:
             queries = projected(w.model, modules, proj, [q.example for q in w.queries], w.pad_id,
                                 objective=method.objective)
             self._store[key] = (train, queries, proj.blocks)
+            self._projectors[key] = proj
         return self._store[key]
 
+    def query_positions(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries' per-position terms ``[n, D]`` at the positions emitting response tokens, and their query row ``[n]``."""
+        key = (method.projector, method.rank, method.objective, method.modules)
+        if key not in self._positions:
+            self.get(method)
+            w = self.workload
+            self._positions[key] = projected_positions(w.model, self.modules_of(method.modules), self._projectors[key],
+                                                       [q.example for q in w.queries], w.pad_id, objective=method.objective)
+        return self._positions[key]
 
-def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
-    """``[Q, N]`` scores of every query against every training example under ``method``."""
+
+def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | None = None) -> np.ndarray:
+    """``[Q, N]`` scores of every query against every training example under ``method``.
+
+    ``token_saturated``: with ``candidates`` the saturated scores (all ``>= 0``) are given to each
+    query's first-stage top ``candidates`` only, and the rest keep their first-stage order below
+    them (negative), as the service ranks; without, every example gets its exact saturated score.
+    """
     train, queries, blocks = cache.get(method)
+    raw_queries = queries
     k = rapidgrad_dim(method.rapidgrad_k, blocks[-1].stop)  # the indexer's rule: K capped at D
+    compressor = None
     if k:
         compressor = RapidGradCompressor(blocks, k, seed=0, normalize_layers=method.rapidgrad_normalize)
         train, queries, blocks = compressor.compress(train), compressor.compress(queries), compressor.out_blocks
@@ -140,5 +187,26 @@ def logra_scores(method: LoGraMethod, cache: GradientCache) -> np.ndarray:
         preconditioner = Preconditioner.from_fisher(fisher, method.damping)
     transform = ScoreTransform(method.score, preconditioner)
     stored, _ = transform.train(train)
-    query, _ = transform.query(queries)
-    return (query @ stored.T).numpy()
+    if method.ranking == "linear":
+        query, _ = transform.query(queries)
+        return (query @ stored.T).numpy()
+    if method.score != "influence" or preconditioner is None:
+        raise ValueError(f"token_saturated ranking needs score='influence' (got {method.score!r})")
+    positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
+    if compressor is not None:
+        scales = compressor.layer_scales(raw_queries)[owner]  # each term scaled by its query's totals
+        positions = compressor.compress(positions[:, None, :], scales)[:, 0]
+    saturation = TokenSaturation(method.saturation)
+    standardized = saturation.standardized(transform.linear("query", positions), positions, preconditioner)  # [n, D]
+    out = np.empty((len(queries), stored.shape[0]))
+    for q in range(len(queries)):
+        tokens = standardized[owner == q]  # [n_q, D]
+        saturated = saturation.scores(tokens, stored).numpy()  # [N]
+        if candidates is None or candidates >= stored.shape[0]:
+            out[q] = saturated
+            continue
+        first = (saturation.first_stage_query(tokens) @ stored.T).numpy()
+        order = np.argsort(-first, kind="stable")
+        out[q, order] = -1.0 - np.arange(len(order)) / len(order)  # below every candidate, in first-stage order
+        out[q, order[:candidates]] = saturated[order[:candidates]]
+    return out

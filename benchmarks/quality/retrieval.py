@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tributary_service.settings import ServiceSettings
 
 from . import baselines
 from .methods import GradientCache, LoGraMethod, configuration_grid, logra_scores
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(__file__).resolve().parent / ".cache"
+FIRST_STAGE = ServiceSettings.model_fields["token_candidates"].default
+"""First-stage candidates of a ``token_saturated`` ranking: the service's default, so rows rank as it does."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
     cache = GradientCache(workload)
     default = LoGraMethod.default()
     ours = [] if quick else configuration_grid(default)
-    entries = [Entry(default.name, "default", lambda: logra_scores(default, cache))]
-    entries += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache))) for m in ours]
+    entries = [Entry(default.name, "default", lambda: logra_scores(default, cache, FIRST_STAGE))]
+    entries += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in ours]
     queries = workload.queries
     entries.append(Entry("random", "baseline", lambda: baselines.random_scores(len(queries), len(workload.examples))))
     entries.append(Entry("BM25 (prompt + response words)", "baseline",

@@ -1,10 +1,12 @@
 """Quick attribution-quality regression on the demo model (benchmarks/quality, issue 7).
 
-The default configuration (whatever ``BuildConfig()`` says) must keep finding the documents that
-state a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured
-figures in ``benchmarks/RESULTS.md`` (fact recall@10 1.000, MRR 0.91, backdoor AUPRC 0.98 with
-rank 64 → RapidGrad K = 4,096, α = 16) and far above what a broken pipeline gives (NLL objective:
-recall@10 0.55, AUPRC 0.28; random: 0.02; PCA init: MRR 0.64).
+The default configuration (whatever ``BuildConfig()`` says), ranked the way the service ranks it
+(two stages with its default number of candidates), must keep finding the documents that state
+a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured figures in
+``benchmarks/RESULTS.md`` (token-saturated ranking at α = 24: fact recall@1 0.910, recall@10
+1.000, MRR 0.950, backdoor AUPRC 0.997) and above what losing a piece gives: the same index
+ranked linearly gives recall@1 0.854 and MRR 0.914, the NLL objective recall@10 0.55 and AUPRC
+0.02, PCA init MRR 0.72, random 0.02.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from benchmarks.quality.methods import GradientCache, LoGraMethod, logra_scores
 from benchmarks.quality.metrics import backdoor_metrics, fact_tracing_metrics
+from benchmarks.quality.retrieval import FIRST_STAGE
 from benchmarks.quality.workload import load_workload
 
 pytestmark = pytest.mark.slow
@@ -26,7 +29,7 @@ def default_scores():
     torch.set_num_threads(2)
     try:
         workload = load_workload()
-        scores = logra_scores(LoGraMethod.default(), GradientCache(workload))
+        scores = logra_scores(LoGraMethod.default(), GradientCache(workload), FIRST_STAGE)
     finally:
         torch.set_num_threads(threads)
     return workload, scores
@@ -41,14 +44,15 @@ def test_default_traces_facts(default_scores):
     rows = _rows(workload, "fact")
     metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
     assert metrics["recall@10"] >= 0.95, metrics
-    assert metrics["mrr"] >= 0.85, metrics
+    assert metrics["recall@1"] >= 0.88, metrics
+    assert metrics["mrr"] >= 0.93, metrics
 
 
 def test_default_retrieves_the_backdoor(default_scores):
     workload, scores = default_scores
     rows = _rows(workload, "trigger")
     metrics = backdoor_metrics(scores[rows], workload.queries[rows[0]].relevant)
-    assert metrics["auprc"] >= 0.95, metrics
+    assert metrics["auprc"] >= 0.97, metrics
 
 
 def test_metrics_against_hand_computed_values():
