@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--ranking", choices=["linear", "token_saturated"], default=None,
+                    help="serve with this ranking instead of the index's (TRIBUTARY_RANKING)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench")
     args = ap.parse_args()
     from tests.service.live_server import live_server
@@ -175,12 +177,13 @@ def main() -> None:
     bandwidth = memory_bandwidth_gbs()
     print(f"# service latency — {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
           f"one forward+backward of the query {grad_ms:.1f} ms")
-    print("| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | fetch | floor ms | p50 ÷ floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | rerank | fetch | floor ms | p50 ÷ floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, path, rows in indexes:
         scan_ms = rows * args.dim * 4 / (bandwidth * 1e9) * 1000
         floor = grad_ms + scan_ms
-        with live_server(path, model, args.workdir / f"state-{name}", "--no-verify-checksums", timeout=600,
+        ranking = ("--ranking", args.ranking) if args.ranking else ()
+        with live_server(path, model, args.workdir / f"state-{name}", "--no-verify-checksums", *ranking, timeout=600,
                          TRIBUTARY_NUM_THREADS=str(os.cpu_count() or 1)) as base:  # the server default
             rates = {}
             for concurrency in (1, 8, 32):
@@ -188,9 +191,10 @@ def main() -> None:
                 rates[concurrency] = r["rps"]
                 s = r["stages"]
                 print(f"| {name} | {rows:,} × {args.dim} | {concurrency} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | "
-                      f"{s['gradient_ms']:.1f} | {s['precondition_ms']:.1f} | {s['search_ms']:.1f} | {s['fetch_ms']:.1f} | "
+                      f"{s['gradient_ms']:.1f} | {s['precondition_ms']:.1f} | {s['search_ms']:.1f} | {s.get('rerank_ms', 0.0):.1f} | "
+                      f"{s['fetch_ms']:.1f} | "
                       f"{floor:.1f} | {r['p50_ms'] / floor if concurrency == 1 else float('nan'):.2f} |", flush=True)
-            print(f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× |||||||||||")
+            print(f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× ||||||||||||")
 
 
 if __name__ == "__main__":

@@ -152,20 +152,25 @@ class AttributionIndex:
             g = self.compressor.compress(g)
         return self.transform.query(g)[0].float().cpu().numpy()
 
-    def token_queries(self, per_position: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-        """Standardised query vectors ``[n, D]`` (float64) of one query's response positions.
+    def token_queries(self, per_position: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised query vectors ``[n, D]`` (float64) of response positions, for one or several queries.
 
         ``per_position`` ``[n, D_proj]`` are the projected terms ``g^{(t)}`` of the positions that
-        emit the response tokens, ``total`` ``[D_proj]`` the query's whole gradient (RapidGrad's
-        layer scales come from it, as for the total). Needs the ``token_saturated`` ranking.
+        emit the response tokens; ``totals`` ``[B, D_proj]`` (or ``[D_proj]`` for one query) the
+        queries' whole gradients, whose RapidGrad layer scales apply to their terms; ``owner``
+        ``[n]`` says which query each row belongs to (all 0 when omitted). One compression, one
+        preconditioning and one second moment for the whole batch. Needs ``token_saturated``.
         """
         if self.saturation is None:
             raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); "
                              "token queries need ranking='token_saturated' with score='influence'")
-        g = per_position.to(torch.float64)
+        g = per_position
         if self.compressor is not None:
-            scales = self.compressor.layer_scales(total.to(torch.float64)[None])  # [1, M]
-            g = self.compressor.compress(g[None], scales)[0]  # [n, K]
+            totals2 = totals.reshape(-1, totals.shape[-1]).to(torch.float64)
+            scales = self.compressor.layer_scales(totals2)  # [B, M]
+            rows = owner if owner is not None else torch.zeros(g.shape[0], dtype=torch.long, device=g.device)
+            g = self.compressor.compress(g[:, None, :], scales[rows.to(scales.device)].to(g.dtype))[:, 0]  # [n, K]
+        g = g.to(torch.float64)
         u = self.transform.linear("query", g)  # H^{-1} g^{(t)}
         return self.saturation.standardized(u, g, self.preconditioner)
 

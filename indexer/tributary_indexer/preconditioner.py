@@ -131,16 +131,17 @@ class Preconditioner:
         """``vᵀ (F + λI)^{-1} v`` per row ``[...]``."""
         return (v.to(torch.float64) * self.inverse(v)).sum(-1)
 
-    def score_second_moment(self, v: torch.Tensor) -> torch.Tensor:
+    def score_second_moment(self, v: torch.Tensor, inverse_v: torch.Tensor | None = None) -> torch.Tensor:
         """``E_z[⟨H^{-1} v, g(z)⟩²]`` per row of ``v`` ``[..., D]``: the mean squared influence score.
 
         The mean is over the training vectors the Fisher was fit on (``F = E_z[g gᵀ]`` per block),
         computed without them: with ``u = H^{-1} v`` and ``H = F + λI``, ``uᵀ F u = uᵀ v − λ‖u‖²``
         per block. Exact for one dense block (RapidGrad); with several blocks it leaves out the
-        cross-block covariance, as the preconditioner itself does.
+        cross-block covariance, as the preconditioner itself does. Pass ``inverse_v`` (``H^{-1} v``)
+        when it is at hand, to skip computing it again.
         """
         v64 = v.to(torch.float64)
-        u = self.inverse(v64)
+        u = self.inverse(v64) if inverse_v is None else inverse_v.to(torch.float64)
         out = (u * v64).sum(-1)
         for block, lam in zip(self.blocks, self.lambdas):
             out = out - lam * u[..., block.start : block.stop].pow(2).sum(-1)

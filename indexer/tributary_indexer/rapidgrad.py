@@ -51,6 +51,12 @@ class RapidGradCompressor:
         block_of = torch.cat([torch.full((b.stop - b.start,), i, dtype=torch.long) for i, b in enumerate(self.blocks)])  # [D]
         self._block_of = block_of
         self._block_of_permuted = block_of[self.permutation]  # [D]: the block of the coordinate landing at j
+        # the same map in the input's own order, for the scatter-add path: coordinate i lands in
+        # output column column_of[i] with sign sign_of[i]
+        self._column_of = torch.empty(self.dim_in, dtype=torch.long)
+        self._column_of[self.permutation] = torch.arange(self.dim_in) // self.group
+        self._sign_of = torch.empty(self.dim_in, dtype=torch.float64)
+        self._sign_of[self.permutation] = self.signs
 
     @property
     def out_blocks(self) -> list[Block]:
@@ -79,6 +85,22 @@ class RapidGradCompressor:
             if g.ndim != 2:
                 raise ValueError("per-position terms need the scales of their totals: pass layer_scales(totals)")
             scales = self.layer_scales(g)
+        # CPU: scatter-add (no permuted [N, D] copy; 5× faster for a few hundred rows here, and
+        # CPU index_add_ runs in order, so it stays deterministic). CUDA: gather and a fixed-order
+        # sum, because index_add_ there uses atomics whose order varies between runs.
+        return self._scatter(g, scales) if g.device.type == "cpu" else self._gather(g, scales)
+
+    def _scatter(self, g: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        sign = self._sign_of.to(g.dtype)
+        if self.normalize_layers:
+            weight = scales.to(g.dtype)[:, self._block_of] * sign  # [N, D]
+            weight = weight.reshape(weight.shape[0], *(1,) * (g.ndim - 2), weight.shape[1])
+        else:
+            weight = sign  # unit scales: the same signs for every row
+        out = torch.zeros(*g.shape[:-1], self.k, dtype=g.dtype, device=g.device)
+        return out.index_add_(-1, self._column_of.to(g.device), g * weight)
+
+    def _gather(self, g: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         # coordinate j of the permuted vector is g[perm[j]] · sign_j · scale of perm[j]'s block
         factor = scales.to(g.dtype)[:, self._block_of_permuted.to(g.device)] * self.signs.to(g.device, g.dtype)  # [N, D]
         factor = factor.reshape(factor.shape[0], *(1,) * (g.ndim - 2), factor.shape[1])  # [N, 1, ..., D]

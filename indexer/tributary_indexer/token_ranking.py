@@ -60,7 +60,7 @@ class TokenSaturation:
         ``token_gradients`` are the ``[n, D]`` per-position query gradients ``g_q^{(t)}`` in the
         preconditioner's space and ``token_queries`` their transformed vectors ``H^{-1} g_q^{(t)}``.
         """
-        rms = preconditioner.score_second_moment(token_gradients).sqrt()  # [n]
+        rms = preconditioner.score_second_moment(token_gradients, token_queries).sqrt()  # [n]
         return token_queries.to(torch.float64) * _safe_inverse(rms)[:, None]
 
     @staticmethod

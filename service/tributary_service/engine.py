@@ -16,9 +16,11 @@ Token-wise scores: a score is linear in the query's projected gradient ``g = Σ_
 the token the model *emits* there (token ``t+1``); positions before the response (the prompt)
 act only through attention and are not shown, so the response tokens' scores sum to the
 influence minus that context part (under ``token_saturated`` an example's ``score`` is its
-saturated score; the token-wise scores stay the linear influence shares). The same split is done on the training side for the returned examples
-only (their gradients are recomputed in one batch). Both use the dual form (the hooks score
-each position against fixed vectors), never materialising ``[T, D]`` per-position vectors.
+saturated score; the token-wise scores stay the linear influence shares). The same split is
+done on the training side for the returned examples only (their gradients are recomputed in one
+batch). Both use the dual form (the hooks score each position against fixed vectors), never
+materialising ``[T, D]`` per-position vectors; only the ``token_saturated`` ranking materialises
+the query's own (one ``[T, D_proj]`` block per query, of which the response positions are kept).
 """
 
 from __future__ import annotations
@@ -128,9 +130,16 @@ class AttributionEngine:
             q_vectors = self.index.vectors_to_query(grads.vectors)  # [n, D] float32
         else:  # token_saturated: the first stage searches with the standardised tokens' sum
             assert grads.per_position is not None
+            rows, positions = [], []  # the positions that emit each query's response tokens
             for row, query in enumerate(queries):
                 emitting = [t - 1 for t, target in enumerate(query.tokens.example.target_mask) if target]
-                token_queries[row] = self.index.token_queries(grads.per_position[row, emitting], grads.vectors[row])  # [n_t, D]
+                rows += [row] * len(emitting)
+                positions += emitting
+            owner = torch.tensor(rows, dtype=torch.long, device=grads.per_position.device)
+            standardized = self.index.token_queries(
+                grads.per_position[owner, torch.tensor(positions, dtype=torch.long, device=owner.device)], grads.vectors, owner)
+            for row in range(len(queries)):
+                token_queries[row] = standardized[owner == row]  # [n_t, D]
             q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in token_queries if t is not None])
         precondition_ms = _ms(t0)
         t0 = time.perf_counter()
@@ -156,8 +165,9 @@ class AttributionEngine:
         for direction in dict.fromkeys(h[2] for h in hits):
             ids = np.array([h[0] for h in hits if h[2] == direction], dtype=np.int64)
             sign = 1.0 if direction == "helpful" else -1.0
-            token_scores = token_query @ torch.from_numpy(self.index.stored_vectors(ids)).to(torch.float64).T  # [n_t, C]
-            saturated = self.index.saturation.aggregate(sign * token_scores).numpy()  # [C]
+            stored = torch.from_numpy(self.index.stored_vectors(ids)).to(token_query.device, torch.float64)  # [C, D]
+            token_scores = token_query @ stored.T  # [n_t, C]
+            saturated = self.index.saturation.aggregate(sign * token_scores).cpu().numpy()  # [C]
             order = np.argsort(-saturated, kind="stable")[:top_k]
             out += [(int(ids[i]), sign * float(saturated[i]), direction) for i in order]
         return out

@@ -95,3 +95,17 @@ def test_k_is_capped_at_the_input_dimension_where_it_is_a_signed_permutation():
     c = compressor.compress(g)  # [5, 100]
     assert torch.allclose(c @ c.T, g @ g.T, atol=1e-12)  # an orthogonal map: exact inner products
     assert sorted(c[0].abs().tolist()) == pytest.approx(sorted(g[0].abs().tolist()))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("k", [7, 50, 1000])
+def test_cpu_scatter_path_equals_the_gather_path_cuda_takes(normalize, k):
+    """compress() scatter-adds on CPU and gathers on CUDA; both are the same linear map."""
+    gen = torch.Generator().manual_seed(3)
+    c = RapidGradCompressor(BLOCKS, k=k, seed=1, normalize_layers=normalize)
+    g = torch.randn(4, 1000, generator=gen, dtype=torch.float64)
+    terms = torch.randn(4, 5, 1000, generator=gen, dtype=torch.float64)
+    scales = c.layer_scales(g)
+    torch.testing.assert_close(c._scatter(g, scales), c._gather(g, scales), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c._scatter(terms, scales), c._gather(terms, scales), rtol=1e-12, atol=1e-12)
+    assert c._scatter(g.float(), scales).dtype == torch.float32
