@@ -101,7 +101,7 @@ def projected_positions(
             per_position = computer.compute(batch, per_position=True).per_position  # [B, T, D]
             assert per_position is not None
             for b, row in enumerate(rows):
-                emitting = [t - 1 for t, target in enumerate(examples[row].target_mask) if target]
+                emitting = examples[row].emitting_positions
                 terms.append(per_position[b, emitting].to(torch.float64))
                 owner += [row] * len(emitting)
     return torch.cat(terms), torch.tensor(owner, dtype=torch.long)

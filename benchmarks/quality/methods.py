@@ -135,8 +135,12 @@ class GradientCache:
             raise ValueError(f"unknown module selection {which!r}; choose from {list(PRESET_OF)}")
         return self.modules if which == "all" else preset_modules(self.workload.model, PRESET_OF[which])
 
+    @staticmethod
+    def key(method: LoGraMethod) -> Key:
+        return (method.projector, method.rank, method.objective, method.modules)
+
     def get(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor, list[Block]]:
-        key = (method.projector, method.rank, method.objective, method.modules)
+        key = self.key(method)
         if key in self._store:
             self._store.move_to_end(key)
         else:
@@ -157,7 +161,7 @@ class GradientCache:
 
     def query_positions(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor]:
         """The queries' per-position terms ``[n, D]`` at the positions emitting response tokens, and their query row ``[n]``."""
-        key = (method.projector, method.rank, method.objective, method.modules)
+        key = self.key(method)
         if key not in self._positions:
             self.get(method)
             w = self.workload
@@ -190,14 +194,9 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
     if method.ranking == "linear":
         query, _ = transform.query(queries)
         return (query @ stored.T).numpy()
-    if method.score != "influence" or preconditioner is None:
-        raise ValueError(f"token_saturated ranking needs score='influence' (got {method.score!r})")
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
-    if compressor is not None:
-        scales = compressor.layer_scales(raw_queries)[owner]  # each term scaled by its query's totals
-        positions = compressor.compress(positions[:, None, :], scales)[:, 0]
     saturation = TokenSaturation(method.saturation)
-    standardized = saturation.standardized(transform.linear("query", positions), positions, preconditioner)  # [n, D]
+    standardized = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # [n, D], as the index does
     out = np.empty((len(queries), stored.shape[0]))
     for q in range(len(queries)):
         tokens = standardized[owner == q]  # [n_q, D]

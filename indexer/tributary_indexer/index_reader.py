@@ -164,15 +164,9 @@ class AttributionIndex:
         if self.saturation is None:
             raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); "
                              "token queries need ranking='token_saturated' with score='influence'")
-        g = per_position
-        if self.compressor is not None:
-            totals2 = totals.reshape(-1, totals.shape[-1]).to(torch.float64)
-            scales = self.compressor.layer_scales(totals2)  # [B, M]
-            rows = owner if owner is not None else torch.zeros(g.shape[0], dtype=torch.long, device=g.device)
-            g = self.compressor.compress(g[:, None, :], scales[rows.to(scales.device)].to(g.dtype))[:, 0]  # [n, K]
-        g = g.to(torch.float64)
-        u = self.transform.linear("query", g)  # H^{-1} g^{(t)}
-        return self.saturation.standardized(u, g, self.preconditioner)
+        totals = totals.reshape(-1, totals.shape[-1])
+        rows = owner if owner is not None else torch.zeros(per_position.shape[0], dtype=torch.long, device=per_position.device)
+        return self.saturation.token_queries(per_position, totals, rows, self.transform, self.compressor)
 
     # ------------------------------------------------------------------ token-wise (dual form)
     # A score ⟨T_side(Φ g)^{(t)}, v⟩ = c_side(Φ g) · Σ_m scale_m · ⟨g_m^{(t)}, (Φᵀ M v)_m⟩, where

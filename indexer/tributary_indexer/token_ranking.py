@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from .preconditioner import Preconditioner
+from .rapidgrad import RapidGradCompressor
+from .scores import ScoreTransform
 
 RANKINGS = ("linear", "token_saturated")
 
@@ -62,6 +64,24 @@ class TokenSaturation:
         """
         rms = preconditioner.score_second_moment(token_gradients, token_queries).sqrt()  # [n]
         return token_queries.to(torch.float64) * _safe_inverse(rms)[:, None]
+
+    def token_queries(self, terms: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor, transform: ScoreTransform,
+                      compressor: RapidGradCompressor | None = None) -> torch.Tensor:
+        """Standardised query vectors ``[n, D]`` (float64) from per-position terms, as an index scores them.
+
+        ``terms`` ``[n, D_proj]`` are projected terms ``g^{(t)}`` of response positions, ``totals``
+        ``[B, D_proj]`` their queries' whole gradients (RapidGrad's layer scales come from the
+        total, as for the stored vectors), ``owner`` ``[n]`` each row's query. ``transform`` must
+        be the ``influence`` one (``H^{-1}`` on the query side).
+        """
+        if transform.variant != "influence" or transform.preconditioner is None:
+            raise ValueError(f"the token_saturated ranking standardises influence scores; got score variant {transform.variant!r}")
+        g = terms
+        if compressor is not None:
+            scales = compressor.layer_scales(totals.to(torch.float64))  # [B, M]
+            g = compressor.compress(g[:, None, :], scales[owner.to(scales.device)].to(g.dtype))[:, 0]  # [n, K]
+        g = g.to(torch.float64)
+        return self.standardized(transform.linear("query", g), g, transform.preconditioner)
 
     @staticmethod
     def first_stage_query(standardized: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,7 @@ class AttributionEngine:
             assert grads.per_position is not None
             rows, positions = [], []  # the positions that emit each query's response tokens
             for row, query in enumerate(queries):
-                emitting = [t - 1 for t, target in enumerate(query.tokens.example.target_mask) if target]
+                emitting = query.tokens.example.emitting_positions
                 rows += [row] * len(emitting)
                 positions += emitting
             owner = torch.tensor(rows, dtype=torch.long, device=grads.per_position.device)

@@ -93,3 +93,10 @@ def test_build_config_resolves_the_ranking_from_the_score():
     # the ranking is a query-time choice: not part of the identity a resume or an add must match
     assert "ranking" not in BuildConfig().identity() and BuildConfig().query_settings() == {
         "ranking": "token_saturated", "saturation": 30.0}
+
+
+def test_emitting_positions_are_the_ones_before_each_target():
+    from tributary_indexer.batching import TokenizedExample
+
+    ex = TokenizedExample((5, 6, 7, 8, 9), (False, False, True, False, True))
+    assert ex.emitting_positions == [1, 3]

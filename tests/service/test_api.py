@@ -31,7 +31,7 @@ def _saturated_oracle(loaded, request: dict) -> np.ndarray:
     engine, index = loaded.engine, loaded.index
     ex = engine.prepare(AttributionRequest(**request)).tokens.example
     grads = engine.computer.compute(collate([ex], engine.pad_id), per_position=True)
-    emitting = [t - 1 for t, target in enumerate(ex.target_mask) if target]
+    emitting = ex.emitting_positions
     terms = grads.per_position[0, emitting].double()
     if index.compressor is not None:
         terms = index.compressor.compress(terms[None], index.compressor.layer_scales(grads.vectors.double()))[0]
@@ -68,7 +68,7 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
 
         ex = tokens.tokens.example
         grads = loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id), per_position=True)
-        emitting = [t - 1 for t, target in enumerate(ex.target_mask) if target]
+        emitting = ex.emitting_positions
         std = loaded.index.token_queries(grads.per_position[0, emitting], grads.vectors[0])
         first = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ std.sum(0).float().numpy()
         candidates = np.argsort(-first, kind="stable")[:8]
