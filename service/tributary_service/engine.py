@@ -126,8 +126,9 @@ class AttributionEngine:
         gradient_ms = _ms(t0)
         t0 = time.perf_counter()
         token_queries: list[torch.Tensor | None] = [None] * len(queries)
+        influence = self.index.vectors_to_query(grads.vectors)  # [n, D] float32: the linear influence query
         if saturation is None:
-            q_vectors = self.index.vectors_to_query(grads.vectors)  # [n, D] float32
+            q_vectors = influence
         else:  # token_saturated: the first stage searches with the standardised tokens' sum
             assert grads.per_position is not None
             rows, positions = [], []  # the positions that emit each query's response tokens
@@ -148,8 +149,8 @@ class AttributionEngine:
         responses = []
         for row, query in enumerate(queries):
             timings = dict(query.timings, gradient_ms=gradient_ms, precondition_ms=precondition_ms)
-            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], timings, shared.get(row), shared_ms,
-                                          token_queries[row]))
+            responses.append(self._answer(query, grads.vectors[row], q_vectors[row], influence[row], timings, shared.get(row),
+                                          shared_ms, token_queries[row]))
         return responses
 
     def _fetch_count(self, top_k: int) -> int:
@@ -195,9 +196,11 @@ class AttributionEngine:
             )
         return out
 
-    def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray, timings: dict[str, float],
+    def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray, influence: np.ndarray, timings: dict[str, float],
                 shared: list[Hit] | None, shared_ms: float, token_query: torch.Tensor | None = None
                 ) -> types.AttributionResponse:
+        """``q`` is the search query (the first stage's under ``token_saturated``); ``influence`` the
+        linear influence query, whose shares the training-side token scores are."""
         request = query.request
         t0 = time.perf_counter()
         if shared is not None or not _filtered(request):
@@ -225,7 +228,7 @@ class AttributionEngine:
         if request.token_wise and hits:
             ids = np.array([h[0] for h in hits], dtype=np.int64)
             response_scores, per_example_response = self._response_token_scores(query.tokens, g, self.index.stored_vectors(ids))
-            training_tokens = self._training_token_scores([records[i] for i in ids.tolist()], q)
+            training_tokens = self._training_token_scores([records[i] for i in ids.tolist()], influence)
         timings["token_wise_ms"] = _ms(t0)
         examples = []
         for n, (example_id, score, direction) in enumerate(hits):

@@ -151,10 +151,18 @@ def test_token_wise_scores_add_up(client):
             assert example["text"][t["start"]:t["end"]] == t["token"]
     summed = np.sum([e["response_token_scores"] for e in body["examples"]], axis=0)
     np.testing.assert_allclose([t["score"] for t in tokens], summed, rtol=1e-5, atol=1e-7)
-    # training side: a document's emitted-token scores plus the first position's share sum to its score
-    loaded = client.app.state.loaded
+    # training side: a document's emitted-token scores are shares of its linear influence (also
+    # under the token_saturated ranking, whose `score` is the saturated one), and sum to it
     assert body["examples"][0]["token_scores"], "token scores for the top example"
-    _ = loaded
+    from tributary_client.types import AttributionRequest
+    from tributary_indexer.batching import collate
+
+    loaded = client.app.state.loaded
+    ex = loaded.engine.prepare(AttributionRequest(**QA)).tokens.example
+    q = loaded.index.vectors_to_query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0]
+    influence = loaded.index.stored_vectors(np.array([e["example_id"] for e in body["examples"]])) @ q
+    np.testing.assert_allclose([sum(t["score"] for t in e["token_scores"]) for e in body["examples"]], influence,
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_examples_and_index_info(client):
