@@ -22,7 +22,7 @@ from tributary_indexer.config import BuildConfig
 from tributary_indexer.fisher import FisherAccumulator
 from tributary_indexer.module_selection import TrackedModule, preset_modules
 from tributary_indexer.preconditioner import Preconditioner
-from tributary_indexer.projector import Block
+from tributary_indexer.projector import Block, LoGraProjector
 from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
 from tributary_indexer.scores import ScoreTransform
 from tributary_indexer.token_ranking import TokenSaturation
@@ -48,7 +48,7 @@ class LoGraMethod:
     modules: str = "all"
     """``all`` tracked modules, or ``mlp+lm_head`` (the ``mlp+output`` preset on GPT-2)."""
     ranking: str = "linear"
-    saturation: float = 30.0
+    saturation: float = TokenSaturation.k
 
     @classmethod
     def default(cls) -> LoGraMethod:
@@ -126,7 +126,7 @@ class GradientCache:
         self.max_entries = max_entries
         """Keys kept at once (least recently used dropped): rank 128 with its per-position terms is ~7 GB."""
         self._store: OrderedDict[Key, tuple[torch.Tensor, torch.Tensor, list[Block]]] = OrderedDict()
-        self._projectors: dict[Key, object] = {}
+        self._projectors: dict[Key, LoGraProjector] = {}
         self._positions: dict[Key, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def modules_of(self, which: str) -> list[TrackedModule]:

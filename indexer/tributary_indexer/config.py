@@ -20,7 +20,7 @@ from .loss import OBJECTIVES
 from .module_selection import MODULE_PRESETS
 from .projector import PROJECTOR_KINDS, ProjectionConfig
 from .scores import SCORE_VARIANTS
-from .token_ranking import RANKINGS
+from .token_ranking import RANKINGS, TokenSaturation
 
 # Fields that only change speed or logging: a resume may change them freely.
 RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
@@ -103,7 +103,7 @@ class BuildConfig:
     recall@1 0.85 → 0.91, backdoor AUPRC 0.99 → 1.00 and LDS 0.46 → 0.50. Cost: the query's
     per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact
     re-score of the first-stage candidates. Needs ``score = "influence"``."""
-    saturation: float = 30.0
+    saturation: float = TokenSaturation.k
     """``k`` of the ``token_saturated`` ranking, in units of a token's RMS score: smaller lets fewer
     strong tokens decide (fact recall@1 up, LDS down: k = 20 / 30 / 40 gave 0.92 / 0.91 / 0.90
     and 0.48 / 0.50 / 0.50 at α = 24); very large tends to the standardised linear sum."""
@@ -151,7 +151,7 @@ class BuildConfig:
             problems.append(f"ranking='token_saturated' with score={self.score!r} (it standardises influence "
                             f"scores; use score='influence', or ranking='linear' to keep {self.score!r})")
         if not (self.saturation > 0 and math.isfinite(self.saturation)):
-            problems.append(f"saturation={self.saturation} (must be a positive number; default 30)")
+            problems.append(f"saturation={self.saturation} (must be a positive number; default {TokenSaturation.k:g})")
         for name in ("rank_in", "rank_out", "max_tokens", "shard_size", "batch_tokens", "pca_examples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")

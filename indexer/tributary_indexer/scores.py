@@ -31,7 +31,7 @@ from .preconditioner import Preconditioner
 SCORE_VARIANTS = ("influence", "relatif", "cosine", "grad_dot")
 
 
-def _safe_scale(norm: torch.Tensor) -> torch.Tensor:
+def safe_reciprocal(norm: torch.Tensor) -> torch.Tensor:
     """``1/norm``, and 0 where the norm is 0 (an example with no gradient scores 0)."""
     return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
 
@@ -64,9 +64,9 @@ class ScoreTransform:
         ones = torch.ones(g.shape[0], dtype=torch.float64, device=g.device)
         if self.variant == "relatif" and side == "train":
             assert self.preconditioner is not None
-            return _safe_scale(self.preconditioner.self_influence(g).clamp_min(0).sqrt())
+            return safe_reciprocal(self.preconditioner.self_influence(g).clamp_min(0).sqrt())
         if self.variant == "cosine":
-            return _safe_scale(self.linear(side, g).norm(dim=-1))
+            return safe_reciprocal(self.linear(side, g).norm(dim=-1))
         return ones
 
     def _apply(self, side: str, g: torch.Tensor, per_position: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

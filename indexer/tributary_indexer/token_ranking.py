@@ -35,14 +35,9 @@ import torch
 
 from .preconditioner import Preconditioner
 from .rapidgrad import RapidGradCompressor
-from .scores import ScoreTransform
+from .scores import ScoreTransform, safe_reciprocal
 
 RANKINGS = ("linear", "token_saturated")
-
-
-def _safe_inverse(x: torch.Tensor) -> torch.Tensor:
-    """``1/x`` and 0 where ``x`` is 0 (a token without gradient adds nothing)."""
-    return torch.where(x > 0, 1.0 / x.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,7 @@ class TokenSaturation:
 
     def __post_init__(self) -> None:
         if not (self.k > 0 and math.isfinite(self.k)):
-            raise ValueError(f"saturation k must be a positive number (got {self.k}); the default is 30")
+            raise ValueError(f"saturation k must be a positive number (got {self.k}); the default is {TokenSaturation.k:g}")
 
     @staticmethod
     def standardized(token_queries: torch.Tensor, token_gradients: torch.Tensor, preconditioner: Preconditioner) -> torch.Tensor:
@@ -62,8 +57,8 @@ class TokenSaturation:
         ``token_gradients`` are the ``[n, D]`` per-position query gradients ``g_q^{(t)}`` in the
         preconditioner's space and ``token_queries`` their transformed vectors ``H^{-1} g_q^{(t)}``.
         """
-        rms = preconditioner.score_second_moment(token_gradients, token_queries).sqrt()  # [n]
-        return token_queries.to(torch.float64) * _safe_inverse(rms)[:, None]
+        rms = preconditioner.score_second_moment(token_gradients, token_queries).sqrt()  # [n]; 0: the token adds nothing
+        return token_queries.to(torch.float64) * safe_reciprocal(rms)[:, None]
 
     def token_queries(self, terms: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor, transform: ScoreTransform,
                       compressor: RapidGradCompressor | None = None) -> torch.Tensor:
