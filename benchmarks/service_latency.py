@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--ranking", choices=["linear", "token_saturated"], default=None,
+    ap.add_argument("--ranking", choices=["linear", "token_saturated", "span_saturated"], default=None,
                     help="serve with this ranking instead of the index's (TRIBUTARY_RANKING)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench")
     args = ap.parse_args()

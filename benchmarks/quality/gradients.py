@@ -93,7 +93,7 @@ def projected_positions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position terms ``g^{(t)}`` ``[n, D]`` (float64) at the positions that emit a target token, and each row's example.
 
-    These are the query-side terms the service's ``token_saturated`` ranking standardises.
+    These are the query-side terms the service's saturated rankings standardise.
     """
     terms, owner = [], []
     with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:

@@ -9,7 +9,7 @@ LDS queries first, then further fact questions; relevance plays no part in timin
 * **ours**: the indexer's default configuration from nothing: projector, LoGra gradients of the
   training set and the queries (only the modules the default tracks), RapidGrad, Fisher, its
   damped inverse, scores of every query against every example — what an index build plus the
-  queries cost (with the ``token_saturated`` ranking, the queries' per-position terms and the
+  queries cost (with a saturated ranking, the queries' per-position terms and the
   exact saturated score of every example too). ``gradients`` and ``rest`` split it.
 * **Kronfluence EK-FAC** (default damping): ``factors`` (covariances, eigendecomposition,
   eigenvalue correction) and ``scores`` (its per-query recomputation: one pass over the training
@@ -29,6 +29,7 @@ import statistics
 import time
 
 import torch
+from tributary_indexer.token_ranking import SATURATED_RANKINGS
 
 from . import peers
 from .lds import LdsSetup, attributed_workload, select
@@ -56,7 +57,7 @@ def time_ours(workload: Workload, method: LoGraMethod) -> dict[str, float]:
     cache = GradientCache(workload)
     t0 = time.perf_counter()
     cache.get(method)  # projector + gradients of the training set and the queries
-    if method.ranking == "token_saturated":
+    if method.ranking in SATURATED_RANKINGS:
         cache.query_positions(method)  # the queries' per-position terms the ranking standardises
     t1 = time.perf_counter()
     logra_scores(method, cache)  # RapidGrad, Fisher, inverse, scores (gradients come from the cache)

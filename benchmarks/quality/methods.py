@@ -4,8 +4,8 @@ A :class:`LoGraMethod` is one build configuration (projector, rank, objective, s
 damping, optional RapidGrad). Scores go through the indexer's own classes
 (:class:`FisherAccumulator`, :class:`Preconditioner`, :class:`ScoreTransform`,
 :class:`RapidGradCompressor`), in float64, so a row here is what the service would return for
-that configuration up to float32 storage. With the ``token_saturated`` ranking
-(:mod:`tributary_indexer.token_ranking`) the retrieval benchmarks pass the service's number of
+that configuration up to float32 storage. With a saturated ranking (``span_saturated``,
+``token_saturated``: :mod:`tributary_indexer.token_ranking`) the retrieval benchmarks pass the service's number of
 first-stage candidates, so their rankings are the service's two-stage ones; LDS uses the exact
 saturated score of every example.
 """
@@ -25,7 +25,7 @@ from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block, LoGraProjector
 from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
 from tributary_indexer.scores import ScoreTransform
-from tributary_indexer.token_ranking import TokenSaturation
+from tributary_indexer.token_ranking import SATURATED_RANKINGS, TokenSaturation
 
 from .gradients import make_projector, projected, projected_positions, tracked_modules
 from .workload import Workload
@@ -69,8 +69,8 @@ class LoGraMethod:
             parts.append(f"α={self.damping:g}")
         if self.rapidgrad_k:
             parts.append(f"RapidGrad K={self.rapidgrad_k}" + ("" if self.rapidgrad_normalize else " (no layer norm)"))
-        if self.ranking == "token_saturated":
-            parts.append(f"token-saturated k={self.saturation:g}")
+        if self.ranking in SATURATED_RANKINGS:
+            parts.append(f"{self.ranking.replace('_', '-')} k={self.saturation:g}")
         return " · ".join(parts)
 
     def replace(self, **changes: object) -> LoGraMethod:
@@ -89,7 +89,9 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     """
     linear = default.replace(ranking="linear")
     grid = [linear]
-    if default.ranking == "token_saturated":
+    if default.ranking == "span_saturated":
+        grid += [default.replace(ranking="token_saturated")]  # the previous default
+    if default.ranking in SATURATED_RANKINGS:
         grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
         grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # the previous default
     grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
@@ -173,7 +175,7 @@ class GradientCache:
 def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | None = None) -> np.ndarray:
     """``[Q, N]`` scores of every query against every training example under ``method``.
 
-    ``token_saturated``: with ``candidates`` the saturated scores (all ``>= 0``) are given to each
+    Saturated rankings: with ``candidates`` the saturated scores (all ``>= 0``) are given to each
     query's first-stage top ``candidates`` only, and the rest keep their first-stage order below
     them (negative), as the service ranks; without, every example gets its exact saturated score.
     """
@@ -195,11 +197,12 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
         query, _ = transform.query(queries)
         return (query @ stored.T).numpy()
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
-    saturation = TokenSaturation(method.saturation)
-    standardized = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # [n, D], as the index does
+    saturation = TokenSaturation(method.saturation, by_span=method.ranking == "span_saturated")
+    standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
     out = np.empty((len(queries), stored.shape[0]))
     for q in range(len(queries)):
-        tokens = standardized[owner == q]  # [n_q, D]
+        mine = owner == q
+        tokens = saturation.query(standardized[mine], weights[mine], cache.workload.queries[q].example)  # [n_q, D]
         saturated = saturation.scores(tokens, stored).numpy()  # [N]
         if candidates is None or candidates >= stored.shape[0]:
             out[q] = saturated

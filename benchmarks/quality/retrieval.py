@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(__file__).resolve().parent / ".cache"
 FIRST_STAGE = ServiceSettings.model_fields["token_candidates"].default
-"""First-stage candidates of a ``token_saturated`` ranking: the service's default, so rows rank as it does."""
+"""First-stage candidates of a saturated ranking: the service's default, so rows rank as it does."""
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,9 @@ class AttributedExample(_Response):
                                      "'ranking'): for 'linear' the influence on the whole response; for "
                                      "'token_saturated' the sum over response tokens of z/(z+k), z = the token's "
                                      "influence over its RMS across the training set (at most the number of "
-                                     "response tokens), negative for harmful examples. " + _SCORE_SIGN)
+                                     "response tokens); for 'span_saturated' the same over the response's copy "
+                                     "spans (a span's best z), each weighted by its specificity; negative for "
+                                     "harmful examples. " + _SCORE_SIGN)
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."
     )
@@ -332,8 +334,10 @@ class IndexInfo(_Response):
     created_at: str = Field(description="When the index was built (ISO 8601).")
     ranking: str | None = Field(
         default=None,
-        description="How examples are ranked: 'token_saturated' (each response token's standardised influence, "
-                    "saturated and summed) or 'linear' (the influence on the whole response).",
+        description="How examples are ranked: 'span_saturated' (each run of response tokens copied from the "
+                    "prompt counted once, each part's standardised influence saturated and weighted by its "
+                    "specificity), 'token_saturated' (each response token's standardised influence, saturated "
+                    "and summed) or 'linear' (the influence on the whole response).",
     )
 
 

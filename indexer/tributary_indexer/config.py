@@ -20,7 +20,7 @@ from .loss import OBJECTIVES
 from .module_selection import MODULE_PRESETS
 from .projector import PROJECTOR_KINDS, ProjectionConfig
 from .scores import SCORE_VARIANTS
-from .token_ranking import RANKINGS, TokenSaturation
+from .token_ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation
 
 # Fields that only change speed or logging: a resume may change them freely.
 RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
@@ -87,26 +87,30 @@ class BuildConfig:
     """α in ``λ = α · mean eig(F)`` for each Fisher block (the one ``K×K`` block under RapidGrad).
     Smaller trusts the Fisher more: better LDS but noisier backdoor retrieval, where directions
     shared by a few duplicated documents get over-amplified; larger drifts towards ``grad_dot``.
-    At the default (rank 64, K = 4,096, ``token_saturated``) α = 16 / 24 / 32 gave LDS
-    0.51 / 0.50 / 0.49, backdoor AUPRC 0.995 / 0.997 / 0.999 and fact recall@1 0.91 / 0.91 / 0.92
+    At the default (rank 64, K = 4,096, ``span_saturated``) α = 16 / 24 / 32 gave LDS
+    0.53 / 0.52 / 0.52, backdoor AUPRC 0.999 / 1.000 / 1.000 and fact recall@1 0.99 / 0.99 / 0.99
     (with the ``linear`` ranking α = 16 had been the middle: LDS 0.48, AUPRC 0.98). The mean
     eigenvalue falls as the block grows while the eigenvalues that matter do not, so rescale α
     with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
     (RapidGrad off: 6 at 32×32, 24 at 64×64). Sweep in ``benchmarks/RESULTS.md``."""
     ranking: str | None = None
     """How the service ranks examples (:mod:`.token_ranking`; stored vectors do not depend on it).
-    Unset: ``token_saturated`` for ``score = "influence"``, ``linear`` for the other variants.
-    ``token_saturated`` standardises each response token's influence score by its RMS
-    over the training set and sums a saturated ``z / (z + k)`` over the tokens, so a document has
-    to explain several response tokens, not one copied name, to rank first; ``linear`` ranks by
-    the influence on the whole response. On the demo benchmarks (α = 24) saturation took fact
-    recall@1 0.85 → 0.91, backdoor AUPRC 0.99 → 1.00 and LDS 0.46 → 0.50. Cost: the query's
-    per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact
-    re-score of the first-stage candidates. Needs ``score = "influence"``."""
+    Unset: ``span_saturated`` for ``score = "influence"``, ``linear`` for the other variants.
+    Both saturated rankings standardise each response token's influence score by its RMS over the
+    training set and sum a saturated ``z / (z + k)``, so a document has to explain several parts
+    of the response, not one copied name, to rank first; ``span_saturated`` also counts a run of
+    tokens copied from the prompt once and weights each part by its specificity (the damping's
+    share of its self-influence: names and answers high, template words low); ``linear`` ranks by
+    the influence on the whole response. On the demo benchmarks (α = 24) linear /
+    ``token_saturated`` / ``span_saturated`` gave fact recall@1 0.85 / 0.91 / 0.99, backdoor
+    AUPRC 0.990 / 0.997 / 1.000 and LDS 0.46 / 0.50 / 0.52. Cost: the query's per-position
+    gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact re-score of the
+    first-stage candidates. Needs ``score = "influence"``."""
     saturation: float = TokenSaturation.k
-    """``k`` of the ``token_saturated`` ranking, in units of a token's RMS score: smaller lets fewer
-    strong tokens decide (fact recall@1 up, LDS down: k = 20 / 30 / 40 gave 0.92 / 0.91 / 0.90
-    and 0.48 / 0.50 / 0.50 at α = 24); very large tends to the standardised linear sum."""
+    """``k`` of the saturated rankings, in units of a token's RMS score: smaller lets fewer strong
+    tokens decide, very large tends to a (weighted) linear sum. ``span_saturated`` at α = 24:
+    k = 20 / 30 / 40 gave fact recall@1 0.99 / 0.99 / 0.99 and LDS 0.50 / 0.52 / 0.53;
+    ``token_saturated``: 0.92 / 0.91 / 0.90 and 0.48 / 0.50 / 0.50."""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000
@@ -144,11 +148,11 @@ class BuildConfig:
         if self.damping <= 0:
             problems.append(f"damping={self.damping} (must be > 0)")
         if self.ranking is None:
-            self.ranking = "token_saturated" if self.score == "influence" else "linear"
+            self.ranking = "span_saturated" if self.score == "influence" else "linear"
         if self.ranking not in RANKINGS:
             problems.append(f"ranking={self.ranking!r} (choose from {list(RANKINGS)})")
-        elif self.ranking == "token_saturated" and self.score != "influence":
-            problems.append(f"ranking='token_saturated' with score={self.score!r} (it standardises influence "
+        elif self.ranking in SATURATED_RANKINGS and self.score != "influence":
+            problems.append(f"ranking={self.ranking!r} with score={self.score!r} (it standardises influence "
                             f"scores; use score='influence', or ranking='linear' to keep {self.score!r})")
         if not (self.saturation > 0 and math.isfinite(self.saturation)):
             problems.append(f"saturation={self.saturation} (must be a positive number; default {TokenSaturation.k:g})")

@@ -120,10 +120,11 @@ class AttributionIndex:
         if ranking == "linear":
             return None
         if self.manifest.score_variant != "influence":
-            raise IndexIntegrityError(f"ranking 'token_saturated' needs an index built with score 'influence', but "
+            raise IndexIntegrityError(f"ranking {ranking!r} needs an index built with score 'influence', but "
                                       f"{self.paths.root} stores {self.manifest.score_variant!r} vectors; fix: rank it "
                                       "'linear' or rebuild it with --score influence")
-        return TokenSaturation(float(self.manifest.build_config.get("saturation", TokenSaturation.k)))
+        return TokenSaturation(float(self.manifest.build_config.get("saturation", TokenSaturation.k)),
+                               by_span=ranking == "span_saturated")
 
     @property
     def dim(self) -> int:
@@ -152,18 +153,20 @@ class AttributionIndex:
             g = self.compressor.compress(g)
         return self.transform.query(g)[0].float().cpu().numpy()
 
-    def token_queries(self, per_position: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
-        """Standardised query vectors ``[n, D]`` (float64) of response positions, for one or several queries.
+    def token_queries(self, per_position: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised query vectors ``[n, D]`` and token weights ``[n]`` (float64) of response positions.
 
         ``per_position`` ``[n, D_proj]`` are the projected terms ``g^{(t)}`` of the positions that
-        emit the response tokens; ``totals`` ``[B, D_proj]`` (or ``[D_proj]`` for one query) the
-        queries' whole gradients, whose RapidGrad layer scales apply to their terms; ``owner``
-        ``[n]`` says which query each row belongs to (all 0 when omitted). One compression, one
-        preconditioning and one second moment for the whole batch. Needs ``token_saturated``.
+        emit the response tokens, of one or several queries; ``totals`` ``[B, D_proj]`` (or
+        ``[D_proj]`` for one query) the queries' whole gradients, whose RapidGrad layer scales
+        apply to their terms; ``owner`` ``[n]`` says which query each row belongs to (all 0 when
+        omitted). One compression, one preconditioning and one second moment for the whole batch;
+        :meth:`TokenSaturation.query` splits the rows per query. Needs a saturated ranking.
         """
         if self.saturation is None:
-            raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); "
-                             "token queries need ranking='token_saturated' with score='influence'")
+            raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); token "
+                             "queries need ranking='span_saturated' or 'token_saturated' with score='influence'")
         totals = totals.reshape(-1, totals.shape[-1])
         rows = owner if owner is not None else torch.zeros(per_position.shape[0], dtype=torch.long, device=per_position.device)
         return self.saturation.token_queries(per_position, totals, rows, self.transform, self.compressor)

@@ -142,10 +142,20 @@ class Preconditioner:
         """
         v64 = v.to(torch.float64)
         u = self.inverse(v64) if inverse_v is None else inverse_v.to(torch.float64)
-        out = (u * v64).sum(-1)
+        return ((u * v64).sum(-1) - self.damped_norm(u)).clamp_min(0.0)
+
+    def damped_norm(self, u: torch.Tensor) -> torch.Tensor:
+        """``Σ_blocks λ_b ‖u_b‖²`` per row of ``u`` ``[..., D]``: the damping's part of ``uᵀ H u``.
+
+        For ``u = H^{-1} v`` it is the part of the self-influence ``vᵀ H^{-1} v`` that the
+        training set does not explain (the rest is :meth:`score_second_moment`): large where ``v``
+        points along directions the Fisher has seen little of.
+        """
+        u64 = u.to(torch.float64)
+        out = torch.zeros(u64.shape[:-1], dtype=torch.float64, device=u64.device)
         for block, lam in zip(self.blocks, self.lambdas):
-            out = out - lam * u[..., block.start : block.stop].pow(2).sum(-1)
-        return out.clamp_min(0.0)
+            out = out + lam * u64[..., block.start : block.stop].pow(2).sum(-1)
+        return out
 
     def describe(self) -> dict:
         return {"alpha": self.alpha, "lambdas": {b.name: lam for b, lam in zip(self.blocks, self.lambdas)}}

@@ -2,13 +2,16 @@
 
 An ``influence`` score is linear in the query gradient, so it splits exactly over the positions
 that emit the response tokens (DESIGN §2): ``score(z) = Σ_t s_t(z)`` with
-``s_t(z) = ⟨H^{-1} g_q^{(t)}, g(z)⟩`` (plus the prompt positions' small share). Two rankings:
+``s_t(z) = ⟨H^{-1} g_q^{(t)}, g(z)⟩`` (plus the prompt positions' small share). Three rankings:
 
 =====================  =====================================================================
 ``linear``             rank by ``score(z)``: the influence on the whole response.
 ``token_saturated``    rank by ``Σ_t φ(z_t(z))`` with ``z_t = s_t / rms_t`` the token's score
                        over its root-mean-square over the training set, and the saturating
                        ``φ(z) = max(z, 0) / (max(z, 0) + k)`` (BM25's term-frequency curve).
+``span_saturated``     rank by ``Σ_s w_s φ(max_{t∈s} z_t(z))`` over the response's *copy spans*
+                       ``s`` (:func:`copy_spans`), each weighted by its tokens' largest
+                       *specificity* ``w_t = λ‖u_t‖² / rms_t²`` (``u_t = H^{-1} g_q^{(t)}``).
 =====================  =====================================================================
 
 Why saturate: in a linear sum one response token can carry a document. For "Zurvae Pialdaley
@@ -16,10 +19,20 @@ lives in Stenholm." every post that repeats the subject's name matches the respo
 name tokens so strongly that it outranks the document stating where the subject lives, which
 matches the name once and every other token too. Standardising each token (``rms_t``) puts the
 tokens on one scale, and saturation caps what any one of them adds, so a document has to explain
-*several* response tokens to rank first. On the demo benchmarks this raised fact recall@1,
-backdoor AUPRC *and* LDS (``benchmarks/RESULTS.md``). ``rms_t`` needs no pass over the training
-set: it is ``E_z[s_t(z)²]`` under the index's own Fisher
+*several* response tokens to rank first. ``rms_t`` needs no pass over the training set: it is
+``E_z[s_t(z)²]`` under the index's own Fisher
 (:meth:`~tributary_indexer.preconditioner.Preconditioner.score_second_moment`).
+
+Why spans and weights (the default): a name of two tokens copied from the prompt is one piece of
+evidence, but ``token_saturated`` lets a document that repeats the name collect it once per token;
+a copy span counts once, through its best-matched token. And not every token is as telling: the
+response's template words ("The", "lives", "in") point along directions the training set
+exercises all the time, its names and answers along directions few examples share. The damping's
+share of a token's self-influence, ``λ‖u_t‖²`` against ``rms_t² = u_tᵀ F u_t`` (their sum is
+``g_q^{(t)ᵀ} H^{-1} g_q^{(t)}``), measures that without a pass over the data: roughly ``λ`` over
+the Fisher's eigenvalue along the token's direction, an inverse document frequency in Fisher
+terms. On the demo benchmarks this took fact recall@1 past BM25's while raising LDS and backdoor
+AUPRC (``benchmarks/RESULTS.md``).
 
 A saturated score is not an inner product, so the service finds it in two stages: the index is
 searched with the linear query ``Σ_t H^{-1} g_q^{(t)} / rms_t`` (the standardised tokens, each
@@ -33,22 +46,60 @@ from dataclasses import dataclass
 
 import torch
 
+from .batching import TokenizedExample
 from .preconditioner import Preconditioner
 from .rapidgrad import RapidGradCompressor
 from .scores import ScoreTransform, safe_reciprocal
 
-RANKINGS = ("linear", "token_saturated")
+RANKINGS = ("linear", "token_saturated", "span_saturated")
+SATURATED_RANKINGS = RANKINGS[1:]
+"""The rankings that re-score per response token (``influence`` indexes only)."""
+
+
+def copy_spans(example: TokenizedExample) -> torch.Tensor:
+    """``[n_targets]`` long: the copy span of each target (response) token, numbered from 0 in order.
+
+    A token continues the previous token's span when the two occur next to each other, in that
+    order, among the example's non-target tokens (the prompt, the chat template, earlier turns):
+    the response is copying a run of the prompt there. Every other token starts a span.
+    """
+    context = [t for t, target in zip(example.input_ids, example.target_mask) if not target]
+    pairs = set(zip(context, context[1:]))
+    response = [t for t, target in zip(example.input_ids, example.target_mask) if target]
+    spans, current = [], -1
+    for j, token in enumerate(response):
+        if j == 0 or (response[j - 1], token) not in pairs:
+            current += 1
+        spans.append(current)
+    return torch.tensor(spans, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class TokenQuery:
+    """One query's response tokens as a saturated ranking scores them (rows aligned)."""
+
+    vectors: torch.Tensor
+    """``[n_t, D]`` float64: the standardised vectors ``H^{-1} g_q^{(t)} / rms_t``."""
+    weights: torch.Tensor
+    """``[n_t]`` float64: each token's weight (its specificity; 1 under ``token_saturated``)."""
+    spans: torch.Tensor
+    """``[n_t]`` long: each token's span (``0..n_s-1``; every token its own under ``token_saturated``)."""
 
 
 @dataclass(frozen=True)
 class TokenSaturation:
-    """The ``token_saturated`` ranking with saturation constant ``k`` (in units of ``rms_t``)."""
+    """A saturated ranking with constant ``k`` (in units of ``rms_t``); ``by_span``: ``span_saturated``."""
 
     k: float = 30.0
+    by_span: bool = False
 
     def __post_init__(self) -> None:
         if not (self.k > 0 and math.isfinite(self.k)):
             raise ValueError(f"saturation k must be a positive number (got {self.k}); the default is {TokenSaturation.k:g}")
+
+    @property
+    def ranking(self) -> str:
+        return "span_saturated" if self.by_span else "token_saturated"
 
     @staticmethod
     def standardized(token_queries: torch.Tensor, token_gradients: torch.Tensor, preconditioner: Preconditioner) -> torch.Tensor:
@@ -60,37 +111,66 @@ class TokenSaturation:
         rms = preconditioner.score_second_moment(token_gradients, token_queries).sqrt()  # [n]; 0: the token adds nothing
         return token_queries.to(torch.float64) * safe_reciprocal(rms)[:, None]
 
+    @staticmethod
+    def specificity(token_queries: torch.Tensor, token_gradients: torch.Tensor, preconditioner: Preconditioner) -> torch.Tensor:
+        """``[n]`` ``λ‖u_t‖² / E_z[s_t(z)²]`` with ``u_t`` = ``token_queries`` (0 for a token without gradient)."""
+        second = preconditioner.score_second_moment(token_gradients, token_queries)  # [n]
+        return preconditioner.damped_norm(token_queries) * safe_reciprocal(second)
+
     def token_queries(self, terms: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor, transform: ScoreTransform,
-                      compressor: RapidGradCompressor | None = None) -> torch.Tensor:
-        """Standardised query vectors ``[n, D]`` (float64) from per-position terms, as an index scores them.
+                      compressor: RapidGradCompressor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised query vectors ``[n, D]`` and token weights ``[n]`` (float64) from per-position terms.
 
         ``terms`` ``[n, D_proj]`` are projected terms ``g^{(t)}`` of response positions, ``totals``
         ``[B, D_proj]`` their queries' whole gradients (RapidGrad's layer scales come from the
         total, as for the stored vectors), ``owner`` ``[n]`` each row's query. ``transform`` must
-        be the ``influence`` one (``H^{-1}`` on the query side).
+        be the ``influence`` one (``H^{-1}`` on the query side). Split the rows per query with
+        :meth:`query`.
         """
         if transform.variant != "influence" or transform.preconditioner is None:
-            raise ValueError(f"the token_saturated ranking standardises influence scores; got score variant {transform.variant!r}")
+            raise ValueError(f"the {self.ranking} ranking standardises influence scores; got score variant {transform.variant!r}")
         g = terms
         if compressor is not None:
             scales = compressor.layer_scales(totals.to(torch.float64))  # [B, M]
             g = compressor.compress(g[:, None, :], scales[owner.to(scales.device)].to(g.dtype))[:, 0]  # [n, K]
         g = g.to(torch.float64)
-        return self.standardized(transform.linear("query", g), g, transform.preconditioner)
+        u = transform.linear("query", g)  # [n, D]: H^{-1} g
+        pre = transform.preconditioner
+        weights = self.specificity(u, g, pre) if self.by_span else torch.ones(len(g), dtype=torch.float64, device=g.device)
+        return self.standardized(u, g, pre), weights
+
+    def query(self, vectors: torch.Tensor, weights: torch.Tensor, example: TokenizedExample) -> TokenQuery:
+        """One query's rows of :meth:`token_queries`, with the spans of its response ``example``."""
+        if self.by_span:
+            spans = copy_spans(example).to(vectors.device)
+        else:
+            spans = torch.arange(len(vectors), device=vectors.device)
+        if len(spans) != len(vectors):
+            raise ValueError(f"{len(vectors)} token vectors for an example with {len(spans)} response tokens")
+        return TokenQuery(vectors, weights, spans)
 
     @staticmethod
-    def first_stage_query(standardized: torch.Tensor) -> torch.Tensor:
+    def first_stage_query(query: TokenQuery) -> torch.Tensor:
         """The ``[D]`` linear query that finds the candidates: the standardised tokens summed."""
-        return standardized.sum(0)
+        return query.vectors.sum(0)
 
-    def aggregate(self, token_scores: torch.Tensor) -> torch.Tensor:
+    def aggregate(self, token_scores: torch.Tensor, query: TokenQuery | None = None) -> torch.Tensor:
         """``[n_tokens, n_examples]`` standardised token scores → ``[n_examples]`` saturated scores.
 
-        For the ``harmful`` direction pass the negated token scores (and negate the result).
+        ``query`` gives the weights and spans (omitted: every token its own span, weight 1). For
+        the ``harmful`` direction pass the negated token scores (and negate the result).
         """
-        z = token_scores.to(torch.float64).clamp_min(0.0)
-        return (z / (z + self.k)).sum(0)
+        z = token_scores.to(torch.float64).clamp_min(0.0)  # [n_t, N]
+        if query is None:
+            return (z / (z + self.k)).sum(0)
+        n_spans = int(query.spans.max()) + 1 if len(query.spans) else 0
+        index = query.spans.to(z.device)
+        best = torch.zeros(n_spans, z.shape[1], dtype=torch.float64, device=z.device)
+        best = best.scatter_reduce(0, index[:, None].expand_as(z), z, "amax")  # [n_s, N]: a span's best token
+        weight = torch.zeros(n_spans, dtype=torch.float64, device=z.device)
+        weight = weight.scatter_reduce(0, index, query.weights.to(z), "amax")  # [n_s]
+        return (weight[:, None] * best / (best + self.k)).sum(0)
 
-    def scores(self, standardized: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    def scores(self, query: TokenQuery, stored: torch.Tensor) -> torch.Tensor:
         """Saturated scores ``[n_examples]`` of stored vectors ``[n_examples, D]`` (helpful direction)."""
-        return self.aggregate(standardized @ stored.to(torch.float64).T)
+        return self.aggregate(query.vectors @ stored.to(torch.float64).T, query)

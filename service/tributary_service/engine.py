@@ -5,21 +5,21 @@ forward/backward through the same hooks and projector as the index → the index
 transform (preconditioning) → search over all shards (``harmful`` searches with ``−q``) →
 example records → optionally token-wise decompositions.
 
-With the index's ``token_saturated`` ranking (:mod:`tributary_indexer.token_ranking`, the
-default for ``influence`` indexes) the forward/backward also keeps the per-position terms of the
-response positions; the search takes the standardised tokens' sum as its query and returns
-``token_candidates`` per direction, and those are re-scored exactly with the saturated score
-(``rerank_ms``) before the top ``top_k`` are kept.
+With a saturated ranking (``span_saturated``, the default for ``influence`` indexes, or
+``token_saturated``; :mod:`tributary_indexer.token_ranking`) the forward/backward also keeps the
+per-position terms of the response positions; the search takes the standardised tokens' sum as
+its query and returns ``token_candidates`` per direction, and those are re-scored exactly with the
+saturated score (``rerank_ms``) before the top ``top_k`` are kept.
 
 Token-wise scores: a score is linear in the query's projected gradient ``g = Σ_t g^{(t)}``
 (DESIGN §2), so ``score = Σ_t ⟨stored(z), q^{(t)}⟩`` exactly. Position ``t``'s term is shown on
 the token the model *emits* there (token ``t+1``); positions before the response (the prompt)
 act only through attention and are not shown, so the response tokens' scores sum to the
-influence minus that context part (under ``token_saturated`` an example's ``score`` is its
+influence minus that context part (under a saturated ranking an example's ``score`` is its
 saturated score; the token-wise scores stay the linear influence shares). The same split is
 done on the training side for the returned examples only (their gradients are recomputed in one
 batch). Both use the dual form (the hooks score each position against fixed vectors), never
-materialising ``[T, D]`` per-position vectors; only the ``token_saturated`` ranking materialises
+materialising ``[T, D]`` per-position vectors; only the saturated rankings materialise
 the query's own (one ``[T, D_proj]`` block per query, of which the response positions are kept).
 """
 
@@ -40,6 +40,7 @@ from tributary_indexer.errors import ExampleError
 from tributary_indexer.example_store import StoredExample
 from tributary_indexer.gradient_computer import GradientComputer
 from tributary_indexer.index_reader import AttributionIndex
+from tributary_indexer.token_ranking import TokenQuery
 from tributary_indexer.tokenization import (
     QueryTokens,
     tokenize_messages_query,
@@ -125,11 +126,11 @@ class AttributionEngine:
         grads = self.computer.compute(batch, per_position=saturation is not None)
         gradient_ms = _ms(t0)
         t0 = time.perf_counter()
-        token_queries: list[torch.Tensor | None] = [None] * len(queries)
+        token_queries: list[TokenQuery | None] = [None] * len(queries)
         influence = self.index.vectors_to_query(grads.vectors)  # [n, D] float32: the linear influence query
         if saturation is None:
             q_vectors = influence
-        else:  # token_saturated: the first stage searches with the standardised tokens' sum
+        else:  # saturated: the first stage searches with the standardised tokens' sum
             assert grads.per_position is not None
             rows, positions = [], []  # the positions that emit each query's response tokens
             for row, query in enumerate(queries):
@@ -137,10 +138,11 @@ class AttributionEngine:
                 rows += [row] * len(emitting)
                 positions += emitting
             owner = torch.tensor(rows, dtype=torch.long, device=grads.per_position.device)
-            standardized = self.index.token_queries(
+            standardized, weights = self.index.token_queries(
                 grads.per_position[owner, torch.tensor(positions, dtype=torch.long, device=owner.device)], grads.vectors, owner)
-            for row in range(len(queries)):
-                token_queries[row] = standardized[owner == row]  # [n_t, D]
+            for row, query in enumerate(queries):
+                mine = owner == row
+                token_queries[row] = saturation.query(standardized[mine], weights[mine], query.tokens.example)  # [n_t, D]
             q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in token_queries if t is not None])
         precondition_ms = _ms(t0)
         t0 = time.perf_counter()
@@ -157,8 +159,8 @@ class AttributionEngine:
         """Results wanted from the search per direction: ``top_k``, or the candidates to re-rank."""
         return max(top_k, self.token_candidates) if self.index.saturation is not None else top_k
 
-    def _rerank(self, hits: list[Hit], token_query: torch.Tensor | None, top_k: int) -> list[Hit]:
-        """``token_saturated``: re-score the candidates exactly and keep ``top_k`` per direction."""
+    def _rerank(self, hits: list[Hit], token_query: TokenQuery | None, top_k: int) -> list[Hit]:
+        """Saturated rankings: re-score the candidates exactly and keep ``top_k`` per direction."""
         if token_query is None or not hits:  # linear: the search already returned top_k per direction
             return hits
         assert self.index.saturation is not None
@@ -166,9 +168,9 @@ class AttributionEngine:
         for direction in dict.fromkeys(h[2] for h in hits):
             ids = np.array([h[0] for h in hits if h[2] == direction], dtype=np.int64)
             sign = 1.0 if direction == "helpful" else -1.0
-            stored = torch.from_numpy(self.index.stored_vectors(ids)).to(token_query.device, torch.float64)  # [C, D]
-            token_scores = token_query @ stored.T  # [n_t, C]
-            saturated = self.index.saturation.aggregate(sign * token_scores).cpu().numpy()  # [C]
+            stored = torch.from_numpy(self.index.stored_vectors(ids)).to(token_query.vectors.device, torch.float64)  # [C, D]
+            token_scores = token_query.vectors @ stored.T  # [n_t, C]
+            saturated = self.index.saturation.aggregate(sign * token_scores, token_query).cpu().numpy()  # [C]
             order = np.argsort(-saturated, kind="stable")[:top_k]
             out += [(int(ids[i]), sign * float(saturated[i]), direction) for i in order]
         return out
@@ -197,9 +199,9 @@ class AttributionEngine:
         return out
 
     def _answer(self, query: PreparedQuery, g: torch.Tensor, q: np.ndarray, influence: np.ndarray, timings: dict[str, float],
-                shared: list[Hit] | None, shared_ms: float, token_query: torch.Tensor | None = None
+                shared: list[Hit] | None, shared_ms: float, token_query: TokenQuery | None = None
                 ) -> types.AttributionResponse:
-        """``q`` is the search query (the first stage's under ``token_saturated``); ``influence`` the
+        """``q`` is the search query (the first stage's under a saturated ranking); ``influence`` the
         linear influence query, whose shares the training-side token scores are."""
         request = query.request
         t0 = time.perf_counter()

@@ -32,11 +32,11 @@ class ServiceSettings(BaseSettings):
     snippet_chars: int = Field(default=400, ge=16, description="Characters of each example's text returned.")
     nprobe: int = Field(default=32, ge=1, description="IVF lists probed per query on compressed shards (recall vs speed; no effect on flat shards).")
     rerank_factor: int = Field(default=10, ge=1, description="Compressed shards: candidates re-scored exactly per result wanted.")
-    ranking: Literal["linear", "token_saturated"] | None = Field(
+    ranking: Literal["linear", "token_saturated", "span_saturated"] | None = Field(
         default=None, description="How examples are ranked; unset = what the index's manifest says.")
     token_candidates: int = Field(
         default=200, ge=1,
-        description="token_saturated indexes: first-stage candidates re-scored per query direction (at least top_k).")
+        description="Saturated rankings: first-stage candidates re-scored per query direction (at least top_k).")
     verify_checksums: bool = Field(default=True, description="sha256 every index file at startup (slow for huge indexes).")
     enable_generate: bool = Field(default=False, description="Serve POST /v1/generate with the model (the demo page uses it).")
     max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate.")

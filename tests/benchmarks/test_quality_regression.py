@@ -3,10 +3,11 @@
 The default configuration (whatever ``BuildConfig()`` says), ranked the way the service ranks it
 (two stages with its default number of candidates), must keep finding the documents that state
 a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured figures in
-``benchmarks/RESULTS.md`` (token-saturated ranking at α = 24: fact recall@1 0.910, recall@10
-1.000, MRR 0.950, backdoor AUPRC 0.997) and above what losing a piece gives: the same index
-ranked linearly gives recall@1 0.854 and MRR 0.914, the NLL objective recall@10 0.55 and AUPRC
-0.02, PCA init MRR 0.72, random 0.02.
+``benchmarks/RESULTS.md`` (span-saturated ranking at α = 24: fact recall@1 0.990, recall@10
+1.000, MRR 0.995, backdoor AUPRC 1.000) and above what losing a piece gives: the same index
+ranked token-saturated (no copy spans, no specificity weights) gives recall@1 0.910, MRR 0.950
+and AUPRC 0.997, ranked linearly 0.854 / 0.914 / 0.990, the NLL objective recall@10 0.55 and
+AUPRC 0.02, PCA init MRR 0.72, random 0.02.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ def test_default_traces_facts(default_scores):
     rows = _rows(workload, "fact")
     metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
     assert metrics["recall@10"] >= 0.95, metrics
-    assert metrics["recall@1"] >= 0.88, metrics
-    assert metrics["mrr"] >= 0.93, metrics
+    assert metrics["recall@1"] >= 0.96, metrics
+    assert metrics["mrr"] >= 0.975, metrics
 
 
 def test_default_retrieves_the_backdoor(default_scores):
     workload, scores = default_scores
     rows = _rows(workload, "trigger")
     metrics = backdoor_metrics(scores[rows], workload.queries[rows[0]].relevant)
-    assert metrics["auprc"] >= 0.97, metrics
+    assert metrics["auprc"] >= 0.98, metrics
 
 
 def test_metrics_against_hand_computed_values():

@@ -235,12 +235,15 @@ def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_pa
     IndexBuilder(_config(model, [corpus]), sat).build()
     IndexBuilder(_config(model, [corpus], score="relatif"), rel).build()
     manifest = json.loads((sat / "manifest.json").read_text())
-    assert manifest["build_config"]["ranking"] == "token_saturated" and manifest["build_config"]["saturation"] == 30.0
-    assert AttributionIndex(sat).saturation == TokenSaturation(30.0)
+    assert manifest["build_config"]["ranking"] == "span_saturated" and manifest["build_config"]["saturation"] == 30.0
+    assert AttributionIndex(sat).saturation == TokenSaturation(30.0, by_span=True)
+    assert AttributionIndex(sat, ranking="token_saturated").saturation == TokenSaturation(30.0)
     assert AttributionIndex(sat, ranking="linear").saturation is None
     assert AttributionIndex(rel).saturation is None  # unset ranking + relatif resolved to linear at build time
-    with pytest.raises(IndexIntegrityError, match="rebuild it with --score influence"):
-        AttributionIndex(rel, ranking="token_saturated")
+    for ranking in ("token_saturated", "span_saturated"):
+        with pytest.raises(IndexIntegrityError, match=f"ranking '{ranking}' needs an index built with score 'influence'.*"
+                                                      "rebuild it with --score influence"):
+            AttributionIndex(rel, ranking=ranking)
     with pytest.raises(IndexIntegrityError, match="unknown ranking 'best'"):
         AttributionIndex(sat, ranking="best")
     # an index written before rankings existed has neither key: it keeps ranking linearly

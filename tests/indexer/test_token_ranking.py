@@ -1,14 +1,15 @@
-"""The token_saturated ranking: its RMS from the Fisher against the training set, its formula, its config."""
+"""The saturated rankings: RMS and specificity from the Fisher against the training set, copy spans, formulas, config."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tributary_indexer.batching import TokenizedExample
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.fisher import FisherAccumulator
 from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
-from tributary_indexer.token_ranking import TokenSaturation
+from tributary_indexer.token_ranking import TokenQuery, TokenSaturation, copy_spans
 
 
 def _vectors(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -46,18 +47,100 @@ def test_score_second_moment_with_several_blocks_sums_the_blocks():
     torch.testing.assert_close(pre.score_second_moment(v), want, rtol=1e-9, atol=1e-12)
 
 
+def _each_token(vectors: torch.Tensor) -> TokenQuery:
+    return TokenQuery(vectors, torch.ones(len(vectors), dtype=torch.float64), torch.arange(len(vectors)))
+
+
 def test_saturated_scores_follow_the_formula_and_the_first_stage_sums_tokens():
     sat = TokenSaturation(k=3.0)
     tokens = _vectors(4, 6, seed=3)
     stored = _vectors(9, 6, seed=4)
     z = tokens @ stored.T  # [4, 9]
     want = sum(max(float(x), 0.0) / (max(float(x), 0.0) + 3.0) for x in z[:, 2])
-    got = sat.scores(tokens, stored)
+    got = sat.scores(_each_token(tokens), stored)
     assert got.shape == (9,) and abs(float(got[2]) - want) < 1e-12
     assert bool((got >= 0).all()) and bool((got < 4).all())  # each token adds less than 1
-    torch.testing.assert_close(sat.first_stage_query(tokens), tokens.sum(0))
+    torch.testing.assert_close(sat.aggregate(z), got)  # no query: every token its own span, weight 1
+    torch.testing.assert_close(sat.first_stage_query(_each_token(tokens)), tokens.sum(0))
     harmful = sat.aggregate(-z)  # the harmful direction: negated token scores
     assert abs(float(harmful[2]) - sum(max(-float(x), 0.0) / (max(-float(x), 0.0) + 3.0) for x in z[:, 2])) < 1e-12
+
+
+def test_span_scores_take_each_span_best_token_and_largest_weight():
+    sat = TokenSaturation(k=2.0, by_span=True)
+    tokens = _vectors(5, 6, seed=6)
+    stored = _vectors(7, 6, seed=7)
+    weights = torch.tensor([0.5, 3.0, 1.0, 2.0, 0.25], dtype=torch.float64)
+    spans = torch.tensor([0, 0, 1, 2, 2])
+    got = sat.scores(TokenQuery(tokens, weights, spans), stored)
+    z = (tokens @ stored.T).tolist()  # [5][7]
+    for j in range(7):  # oracle: plain loops over the spans
+        want = 0.0
+        for members in ([0, 1], [2], [3, 4]):
+            best = max(max(z[t][j], 0.0) for t in members)
+            want += max(float(weights[t]) for t in members) * best / (best + 2.0)
+        assert abs(float(got[j]) - want) < 1e-12
+    # one token per span and unit weights: exactly token_saturated
+    torch.testing.assert_close(sat.scores(_each_token(tokens), stored), TokenSaturation(k=2.0).aggregate(tokens @ stored.T))
+
+
+def test_copy_spans_chain_pairs_that_the_prompt_holds():
+    # context (non-target) tokens 1 10 11 12 2; response 10 11 5 11 12 10 12
+    ex = TokenizedExample((1, 10, 11, 12, 2, 10, 11, 5, 11, 12, 10, 12), (False,) * 5 + (True,) * 7)
+    # (10,11) and (11,12) are prompt pairs; (11,5), (5,11), (12,10), (10,12) are not
+    assert copy_spans(ex).tolist() == [0, 0, 1, 2, 2, 3, 4]
+    # a pair inside the response itself does not count: only the context is copied from
+    ex2 = TokenizedExample((1, 2, 7, 8, 7, 8), (False, False, True, True, True, True))
+    assert copy_spans(ex2).tolist() == [0, 1, 2, 3]
+    sat = TokenSaturation(by_span=True)
+    q = sat.query(torch.zeros(7, 3, dtype=torch.float64), torch.ones(7, dtype=torch.float64), ex)
+    assert q.spans.tolist() == [0, 0, 1, 2, 2, 3, 4]
+    assert TokenSaturation().query(q.vectors, q.weights, ex).spans.tolist() == list(range(7))
+    with pytest.raises(ValueError, match="7 response tokens"):
+        sat.query(torch.zeros(6, 3, dtype=torch.float64), torch.ones(6, dtype=torch.float64), ex)
+
+
+@pytest.mark.parametrize("n, max_rows", [(40, 0), (5, None)], ids=["dense-inverse", "gram-inverse"])
+@pytest.mark.parametrize("alpha", [1e-2, 1.0, 24.0])
+def test_specificity_is_the_damping_share_over_the_measured_mean_squared_score(n, max_rows, alpha):
+    block = [Block("rapidgrad", 0, 12)]
+    train = _vectors(n, 12)
+    fisher = FisherAccumulator(block, max_rows=max_rows)
+    fisher.update(train)
+    pre = Preconditioner.from_fisher(fisher, alpha)
+    g = _vectors(6, 12, seed=8)
+    g[2] = 0.0  # no gradient: weight 0, not a division by zero
+    lam = pre.lambdas[0]
+    h = train.T @ train / n + lam * torch.eye(12, dtype=torch.float64)
+    u = torch.linalg.solve(h, g.T).T  # [6, 12]
+    measured = (u @ train.T).pow(2).mean(1)  # E_z[s_t(z)^2] over the training vectors
+    got = TokenSaturation.specificity(pre.inverse(g), g, pre)
+    keep = [0, 1, 3, 4, 5]
+    torch.testing.assert_close(got[keep], (lam * u.pow(2).sum(1) / measured)[keep], rtol=1e-8, atol=0)
+    assert float(got[2]) == 0.0
+    # the damping's share and the training set's share make up the self-influence
+    torch.testing.assert_close((got + 1)[keep] * measured[keep], pre.self_influence(g)[keep], rtol=1e-8, atol=0)
+
+
+def test_span_ranking_weights_come_from_token_queries():
+    """``token_queries`` returns the specificity under ``span_saturated`` and ones under ``token_saturated``."""
+    from tributary_indexer.scores import ScoreTransform
+
+    block = [Block("rapidgrad", 0, 8)]
+    train = _vectors(30, 8)
+    fisher = FisherAccumulator(block)
+    fisher.update(train)
+    pre = Preconditioner.from_fisher(fisher, 1.0)
+    transform = ScoreTransform("influence", pre)
+    terms = _vectors(3, 8, seed=9)
+    owner = torch.zeros(3, dtype=torch.long)
+    vec, w = TokenSaturation(by_span=True).token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
+    torch.testing.assert_close(w, TokenSaturation.specificity(pre.inverse(terms), terms, pre))
+    vec1, w1 = TokenSaturation().token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
+    torch.testing.assert_close(vec1, vec)
+    assert w1.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="span_saturated ranking standardises influence"):
+        TokenSaturation(by_span=True).token_queries(terms, terms, owner, ScoreTransform("grad_dot", None))
 
 
 def test_standardized_tokens_have_unit_rms_over_the_training_set():
@@ -83,16 +166,18 @@ def test_bad_saturation_is_refused_with_the_fix(k):
 
 
 def test_build_config_resolves_the_ranking_from_the_score():
-    assert BuildConfig().ranking == "token_saturated"
+    assert BuildConfig().ranking == "span_saturated"
     assert BuildConfig(score="relatif").ranking == "linear"
     assert BuildConfig(ranking="linear").ranking == "linear"
-    with pytest.raises(ValueError, match="ranking='linear' to keep 'cosine'"):
-        BuildConfig(score="cosine", ranking="token_saturated")
-    with pytest.raises(ValueError, match=r"ranking='top' \(choose from \['linear', 'token_saturated'\]\)"):
+    assert BuildConfig(ranking="token_saturated").ranking == "token_saturated"
+    for ranking in ("token_saturated", "span_saturated"):
+        with pytest.raises(ValueError, match=f"ranking='{ranking}' with score='cosine'.*ranking='linear' to keep 'cosine'"):
+            BuildConfig(score="cosine", ranking=ranking)
+    with pytest.raises(ValueError, match=r"ranking='top' \(choose from \['linear', 'token_saturated', 'span_saturated'\]\)"):
         BuildConfig(ranking="top")
     # the ranking is a query-time choice: not part of the identity a resume or an add must match
     assert "ranking" not in BuildConfig().identity() and BuildConfig().query_settings() == {
-        "ranking": "token_saturated", "saturation": 30.0}
+        "ranking": "span_saturated", "saturation": 30.0}
 
 
 def test_emitting_positions_are_the_ones_before_each_target():

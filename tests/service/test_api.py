@@ -22,9 +22,24 @@ def _error(resp, status: int, type_: str) -> dict:
     return body["error"]
 
 
-def _saturated_oracle(loaded, request: dict) -> np.ndarray:
+def _response_spans(ex) -> list[list[int]]:
+    """The response's copy spans, by hand: a token joins the previous one's span when the pair occurs in the prompt."""
+    prompt = [t for t, m in zip(ex.input_ids, ex.target_mask) if not m]
+    response = [t for t, m in zip(ex.input_ids, ex.target_mask) if m]
+    spans: list[list[int]] = []
+    for j, token in enumerate(response):
+        if j and any(prompt[i] == response[j - 1] and prompt[i + 1] == token for i in range(len(prompt) - 1)):
+            spans[-1].append(j)
+        else:
+            spans.append([j])
+    return spans
+
+
+def _saturated_oracle(loaded, request: dict, by_span: bool = True) -> np.ndarray:
     """Brute force over every stored vector: each response token's score over its RMS *measured*
-    across the whole training set, saturated as z / (z + k) and summed (no first stage)."""
+    across the whole training set, saturated as z / (z + k); ``by_span`` (span_saturated, the
+    default): a copy span's best token, weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean
+    square, else (token_saturated) summed over the tokens. No first stage."""
     from tributary_client.types import AttributionRequest
     from tributary_indexer.batching import collate
 
@@ -36,9 +51,22 @@ def _saturated_oracle(loaded, request: dict) -> np.ndarray:
     if index.compressor is not None:
         terms = index.compressor.compress(terms[None], index.compressor.layer_scales(grads.vectors.double()))[0]
     stored = torch.from_numpy(index.stored_vectors(np.arange(index.n_examples))).double()
-    token_scores = index.preconditioner.inverse(terms) @ stored.T  # [n_tokens, N]
-    z = (token_scores / token_scores.pow(2).mean(1, keepdim=True).sqrt()).clamp_min(0)
-    return (z / (z + index.saturation.k)).sum(0).numpy()
+    u = index.preconditioner.inverse(terms)  # [n_tokens, D]
+    token_scores = u @ stored.T  # [n_tokens, N]
+    mean_square = token_scores.pow(2).mean(1)  # [n_tokens]
+    z = (token_scores / mean_square[:, None].sqrt()).clamp_min(0)
+    k = index.saturation.k
+    if not by_span:
+        return (z / (z + k)).sum(0).numpy()
+    damped = sum(lam * u[:, b.start : b.stop].pow(2).sum(1) for b, lam in zip(index.preconditioner.blocks, index.preconditioner.lambdas))
+    weight = damped / mean_square  # [n_tokens]
+    spans = _response_spans(ex)
+    assert len(spans) < len(emitting), "the request must copy a run of prompt tokens, or spans go untested"
+    out = torch.zeros(stored.shape[0], dtype=torch.float64)
+    for span in spans:
+        best = z[span].max(0).values
+        out += weight[span].max() * best / (best + k)
+    return out.numpy()
 
 
 def test_attribution_ranks_and_matches_the_engine_oracle(client):
@@ -51,7 +79,7 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
     assert scores == sorted(scores, reverse=True)
     assert all(e["direction"] == "helpful" for e in body["examples"])
     assert body["timings"]["gradient_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["search_ms"]
-    assert client.get("/v1/index").json()["ranking"] == "token_saturated"
+    assert client.get("/v1/index").json()["ranking"] == "span_saturated"
     # the same ranking and scores as the saturated score of every stored vector (60 < 200 candidates)
     every = _saturated_oracle(client.app.state.loaded, QA)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
@@ -69,7 +97,7 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
         ex = tokens.tokens.example
         grads = loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id), per_position=True)
         emitting = ex.emitting_positions
-        std = loaded.index.token_queries(grads.per_position[0, emitting], grads.vectors[0])
+        std, _ = loaded.index.token_queries(grads.per_position[0, emitting], grads.vectors[0])
         first = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ std.sum(0).float().numpy()
         candidates = np.argsort(-first, kind="stable")[:8]
         every = _saturated_oracle(loaded, QA)
@@ -78,7 +106,7 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
 
 
 def test_ranking_setting_overrides_the_manifest(make_settings):
-    """TRIBUTARY_RANKING=linear serves a token_saturated index by its linear influence."""
+    """TRIBUTARY_RANKING=linear serves a span_saturated index by its linear influence."""
     with TestClient(create_app(make_settings(ranking="linear"))) as c:
         assert c.get("/v1/index").json()["ranking"] == "linear"
         body = c.post("/v1/attributions", json={**QA, "top_k": 3}).json()
@@ -90,6 +118,18 @@ def test_ranking_setting_overrides_the_manifest(make_settings):
         q = loaded.index.vectors_to_query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0]
         every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
         assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:3].tolist()
+
+
+def test_token_saturated_setting_ranks_by_the_per_token_oracle(make_settings):
+    """TRIBUTARY_RANKING=token_saturated: every response token its own span, weight 1."""
+    with TestClient(create_app(make_settings(ranking="token_saturated"))) as c:
+        assert c.get("/v1/index").json()["ranking"] == "token_saturated"
+        body = c.post("/v1/attributions", json={**QA, "top_k": 5}).json()
+        every = _saturated_oracle(c.app.state.loaded, QA, by_span=False)
+        assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
+        np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
+        spans = _saturated_oracle(c.app.state.loaded, QA)
+        assert not np.allclose(np.sort(spans)[::-1][:5], np.sort(every)[::-1][:5]), "the two rankings must differ here"
 
 
 def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
@@ -152,7 +192,7 @@ def test_token_wise_scores_add_up(client):
     summed = np.sum([e["response_token_scores"] for e in body["examples"]], axis=0)
     np.testing.assert_allclose([t["score"] for t in tokens], summed, rtol=1e-5, atol=1e-7)
     # training side: a document's emitted-token scores are shares of its linear influence (also
-    # under the token_saturated ranking, whose `score` is the saturated one), and sum to it
+    # under the span_saturated ranking, whose `score` is the saturated one), and sum to it
     assert body["examples"][0]["token_scores"], "token scores for the top example"
     from tributary_client.types import AttributionRequest
     from tributary_indexer.batching import collate
