@@ -31,8 +31,8 @@ exercises all the time, its names and answers along directions few examples shar
 share of a token's self-influence, ``λ‖u_t‖²`` against ``rms_t² = u_tᵀ F u_t`` (their sum is
 ``g_q^{(t)ᵀ} H^{-1} g_q^{(t)}``), measures that without a pass over the data: roughly ``λ`` over
 the Fisher's eigenvalue along the token's direction, an inverse document frequency in Fisher
-terms. On the demo benchmarks this took fact recall@1 past BM25's while raising LDS and backdoor
-AUPRC (``benchmarks/RESULTS.md``).
+terms. On the demo benchmarks this took fact recall@1 from 0.91 to 0.99 (level with BM25) and
+raised LDS and backdoor AUPRC too (``benchmarks/RESULTS.md``).
 
 A saturated score is not an inner product, so the service finds it in two stages: the index is
 searched with the linear query ``Σ_t H^{-1} g_q^{(t)} / rms_t`` (the standardised tokens, each
