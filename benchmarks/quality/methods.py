@@ -200,9 +200,8 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
     saturation = TokenSaturation(method.saturation, by_span=method.ranking == "span_saturated")
     standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
     out = np.empty((len(queries), stored.shape[0]))
-    for q in range(len(queries)):
-        mine = owner == q
-        tokens = saturation.query(standardized[mine], weights[mine], cache.workload.queries[q].example)  # [n_q, D]
+    per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries])
+    for q, tokens in enumerate(per_query):  # tokens: [n_q, D]
         saturated = saturation.scores(tokens, stored).numpy()  # [N]
         if candidates is None or candidates >= stored.shape[0]:
             out[q] = saturated

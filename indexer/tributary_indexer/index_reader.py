@@ -162,7 +162,7 @@ class AttributionIndex:
         ``[D_proj]`` for one query) the queries' whole gradients, whose RapidGrad layer scales
         apply to their terms; ``owner`` ``[n]`` says which query each row belongs to (all 0 when
         omitted). One compression, one preconditioning and one second moment for the whole batch;
-        :meth:`TokenSaturation.query` splits the rows per query. Needs a saturated ranking.
+        :meth:`TokenSaturation.split` splits the rows per query. Needs a saturated ranking.
         """
         if self.saturation is None:
             raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); token "

@@ -42,6 +42,7 @@ counted once) for ``candidates`` examples, which are then re-scored exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,7 +126,7 @@ class TokenSaturation:
         ``[B, D_proj]`` their queries' whole gradients (RapidGrad's layer scales come from the
         total, as for the stored vectors), ``owner`` ``[n]`` each row's query. ``transform`` must
         be the ``influence`` one (``H^{-1}`` on the query side). Split the rows per query with
-        :meth:`query`.
+        :meth:`split`.
         """
         if transform.variant != "influence" or transform.preconditioner is None:
             raise ValueError(f"the {self.ranking} ranking standardises influence scores; got score variant {transform.variant!r}")
@@ -149,20 +150,27 @@ class TokenSaturation:
             raise ValueError(f"{len(vectors)} token vectors for an example with {len(spans)} response tokens")
         return TokenQuery(vectors, weights, spans)
 
+    def split(self, vectors: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor,
+              examples: Sequence[TokenizedExample]) -> list[TokenQuery]:
+        """:meth:`token_queries`' rows of a batch as one :class:`TokenQuery` per query (``owner`` ``[n]``: row → query)."""
+        out = []
+        for row, example in enumerate(examples):
+            mine = owner == row
+            out.append(self.query(vectors[mine], weights[mine], example))
+        return out
+
     @staticmethod
     def first_stage_query(query: TokenQuery) -> torch.Tensor:
         """The ``[D]`` linear query that finds the candidates: the standardised tokens summed."""
         return query.vectors.sum(0)
 
-    def aggregate(self, token_scores: torch.Tensor, query: TokenQuery | None = None) -> torch.Tensor:
-        """``[n_tokens, n_examples]`` standardised token scores → ``[n_examples]`` saturated scores.
+    def aggregate(self, token_scores: torch.Tensor, query: TokenQuery) -> torch.Tensor:
+        """``[n_tokens, n_examples]`` standardised token scores of ``query`` → ``[n_examples]`` saturated scores.
 
-        ``query`` gives the weights and spans (omitted: every token its own span, weight 1). For
-        the ``harmful`` direction pass the negated token scores (and negate the result).
+        ``query`` gives the tokens' weights and spans. For the ``harmful`` direction pass the
+        negated token scores (and negate the result).
         """
         z = token_scores.to(torch.float64).clamp_min(0.0)  # [n_t, N]
-        if query is None:
-            return (z / (z + self.k)).sum(0)
         n_spans = int(query.spans.max()) + 1 if len(query.spans) else 0
         index = query.spans.to(z.device)
         best = torch.zeros(n_spans, z.shape[1], dtype=torch.float64, device=z.device)

@@ -126,7 +126,7 @@ class AttributionEngine:
         grads = self.computer.compute(batch, per_position=saturation is not None)
         gradient_ms = _ms(t0)
         t0 = time.perf_counter()
-        token_queries: list[TokenQuery | None] = [None] * len(queries)
+        token_queries: list[TokenQuery | None] = [None] * len(queries)  # per query: its response tokens [n_t, D]
         influence = self.index.vectors_to_query(grads.vectors)  # [n, D] float32: the linear influence query
         if saturation is None:
             q_vectors = influence
@@ -140,9 +140,7 @@ class AttributionEngine:
             owner = torch.tensor(rows, dtype=torch.long, device=grads.per_position.device)
             standardized, weights = self.index.token_queries(
                 grads.per_position[owner, torch.tensor(positions, dtype=torch.long, device=owner.device)], grads.vectors, owner)
-            for row, query in enumerate(queries):
-                mine = owner == row
-                token_queries[row] = saturation.query(standardized[mine], weights[mine], query.tokens.example)  # [n_t, D]
+            token_queries = list(saturation.split(standardized, weights, owner, [q.tokens.example for q in queries]))
             q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in token_queries if t is not None])
         precondition_ms = _ms(t0)
         t0 = time.perf_counter()
