@@ -17,14 +17,18 @@ def _vectors(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, d, dtype=torch.float64)
 
 
+def _fitted(n: int, d: int, alpha: float, max_rows: int | None = None) -> tuple[torch.Tensor, Preconditioner]:
+    """``n`` training vectors of dimension ``d`` and the preconditioner of their Fisher, one dense block."""
+    train = _vectors(n, d)
+    fisher = FisherAccumulator([Block("rapidgrad", 0, d)], max_rows=max_rows)
+    fisher.update(train)
+    return train, Preconditioner.from_fisher(fisher, alpha)
+
+
 @pytest.mark.parametrize("n, max_rows", [(40, 0), (5, None)], ids=["dense-inverse", "gram-inverse"])
 @pytest.mark.parametrize("alpha", [1e-2, 1.0, 24.0])
 def test_score_second_moment_is_the_mean_squared_score_over_the_training_vectors(n, max_rows, alpha):
-    block = [Block("rapidgrad", 0, 12)]
-    train = _vectors(n, 12)
-    fisher = FisherAccumulator(block, max_rows=max_rows)
-    fisher.update(train)
-    pre = Preconditioner.from_fisher(fisher, alpha)
+    train, pre = _fitted(n, 12, alpha, max_rows)
     v = _vectors(7, 12, seed=1)
     # oracle: every training vector's score against H^{-1} v, squared and averaged
     h = train.T @ train / n + pre.lambdas[0] * torch.eye(12, dtype=torch.float64)
@@ -103,11 +107,7 @@ def test_copy_spans_chain_pairs_that_the_prompt_holds():
 @pytest.mark.parametrize("n, max_rows", [(40, 0), (5, None)], ids=["dense-inverse", "gram-inverse"])
 @pytest.mark.parametrize("alpha", [1e-2, 1.0, 24.0])
 def test_specificity_is_the_damping_share_over_the_measured_mean_squared_score(n, max_rows, alpha):
-    block = [Block("rapidgrad", 0, 12)]
-    train = _vectors(n, 12)
-    fisher = FisherAccumulator(block, max_rows=max_rows)
-    fisher.update(train)
-    pre = Preconditioner.from_fisher(fisher, alpha)
+    train, pre = _fitted(n, 12, alpha, max_rows)
     g = _vectors(6, 12, seed=8)
     g[2] = 0.0  # no gradient: weight 0, not a division by zero
     lam = pre.lambdas[0]
@@ -126,11 +126,7 @@ def test_span_ranking_weights_come_from_token_queries():
     """``token_queries`` returns the specificity under ``span_saturated`` and ones under ``token_saturated``."""
     from tributary_indexer.scores import ScoreTransform
 
-    block = [Block("rapidgrad", 0, 8)]
-    train = _vectors(30, 8)
-    fisher = FisherAccumulator(block)
-    fisher.update(train)
-    pre = Preconditioner.from_fisher(fisher, 1.0)
+    _, pre = _fitted(30, 8, 1.0)
     transform = ScoreTransform("influence", pre)
     terms = _vectors(3, 8, seed=9)
     owner = torch.zeros(3, dtype=torch.long)
@@ -144,11 +140,7 @@ def test_span_ranking_weights_come_from_token_queries():
 
 
 def test_standardized_tokens_have_unit_rms_over_the_training_set():
-    block = [Block("rapidgrad", 0, 10)]
-    train = _vectors(50, 10)
-    fisher = FisherAccumulator(block, max_rows=0)
-    fisher.update(train)
-    pre = Preconditioner.from_fisher(fisher, 2.0)
+    train, pre = _fitted(50, 10, 2.0, max_rows=0)
     g = _vectors(5, 10, seed=5)
     g[3] = 0.0  # a token without gradient stays zero instead of dividing by zero
     std = TokenSaturation().standardized(pre.inverse(g), g, pre)
