@@ -33,7 +33,7 @@ from tributary_indexer.loss import per_example_target_loss
 
 from . import baselines, peers
 from .methods import GradientCache, LoGraMethod, configuration_grid, logra_scores
-from .retrieval import ROOT, markdown_table, plot, write_results_section
+from .retrieval import ROOT, markdown_table, plot, tuned_bm25_name, write_results_section
 from .workload import Query, Workload, length_batches, load_workload
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ("random", "baseline", lambda: baselines.random_scores(len(queries), len(examples))),
         ("BM25 (prompt + response words)", "baseline",
          lambda: baselines.bm25_scores([q.prompt + q.response for q in queries], workload.texts)),
+        (tuned_bm25_name(), "baseline",
+         lambda: baselines.bm25_scores([q.prompt + q.response for q in queries], workload.texts, **baselines.BM25_TUNED)),
         ("hidden-state embedding cosine", "baseline",
          lambda: baselines.embedding_scores(workload.model, qex, examples, workload.pad_id)),
         ("full-gradient dot (nll, no projection)", "baseline",

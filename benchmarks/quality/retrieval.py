@@ -52,8 +52,10 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
     entries += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in ours]
     queries = workload.queries
     entries.append(Entry("random", "baseline", lambda: baselines.random_scores(len(queries), len(workload.examples))))
-    entries.append(Entry("BM25 (prompt + response words)", "baseline",
-                         lambda: baselines.bm25_scores([q.prompt + q.response for q in queries], workload.texts)))
+    bm25_queries = [q.prompt + q.response for q in queries]
+    entries.append(Entry("BM25 (prompt + response words)", "baseline", lambda: baselines.bm25_scores(bm25_queries, workload.texts)))
+    entries.append(Entry(tuned_bm25_name(), "baseline",
+                         lambda: baselines.bm25_scores(bm25_queries, workload.texts, **baselines.BM25_TUNED)))
     entries.append(Entry("hidden-state embedding cosine", "baseline",
                          lambda: baselines.embedding_scores(workload.model, [q.example for q in queries],
                                                             workload.examples, workload.pad_id)))
@@ -64,6 +66,11 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
                                      workload.model, cache.modules, [q.example for q in queries],
                                      workload.examples, workload.pad_id, objective=o))))
     return entries
+
+
+def tuned_bm25_name() -> str:
+    """The table name of the oracle-tuned BM25 baseline (:data:`baselines.BM25_TUNED`)."""
+    return "BM25 k1={k1:g} b={b:g} (tuned on the fact queries)".format(**baselines.BM25_TUNED)
 
 
 def _weights_tag(model_dir: Path) -> str:
