@@ -98,10 +98,9 @@ def projected_positions(
     terms, owner = [], []
     with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:
         for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
-            per_position = computer.compute(batch, per_position=True).per_position  # [B, T, D]
-            assert per_position is not None
-            for b, row in enumerate(rows):
-                emitting = examples[row].emitting_positions
-                terms.append(per_position[b, emitting].to(torch.float64))
-                owner += [row] * len(emitting)
-    return torch.cat(terms), torch.tensor(owner, dtype=torch.long)
+            emitting = batch.emitting_mask  # [B, T]
+            picked = computer.compute(batch, positions=emitting).position_terms  # [n, D], example by example
+            assert picked is not None
+            terms.append(picked.to(torch.float64))
+            owner.append(torch.as_tensor(rows, dtype=torch.long)[emitting.nonzero()[:, 0]])
+    return torch.cat(terms), torch.cat(owner)

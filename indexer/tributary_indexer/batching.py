@@ -75,6 +75,13 @@ class Batch:
     def size(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def emitting_mask(self) -> torch.Tensor:
+        """``[B, T]`` bool: the positions whose output predicts a target (``t − 1`` for each target ``t``)."""
+        mask = torch.zeros_like(self.target_mask)
+        mask[:, :-1] = self.target_mask[:, 1:]
+        return mask
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
 

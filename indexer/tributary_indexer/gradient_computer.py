@@ -30,6 +30,7 @@ class ExampleGradients:
     vectors: torch.Tensor  # [B, D] projected per-example gradients g
     losses: torch.Tensor  # [B] summed target NLL per example
     per_position: torch.Tensor | None = None  # [B, T, D] terms g^{(t)}, Σ_t = vectors
+    position_terms: torch.Tensor | None = None  # [n, D] terms of the selected positions only (example, then position)
     position_scores: torch.Tensor | None = None  # [B, R, T, M] ⟨g_m^{(t)}, W_{r,m}⟩ per module m
 
 
@@ -86,17 +87,22 @@ class GradientComputer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def compute(self, batch: Batch, per_position: bool = False, position_weights: torch.Tensor | None = None) -> ExampleGradients:
+    def compute(self, batch: Batch, per_position: bool = False, position_weights: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> ExampleGradients:
         """Per-example projected gradients of ``batch`` (right-padded, see :func:`collate`).
 
-        ``per_position`` also returns the ``[B, T, D]`` terms; ``position_weights`` ``[B, R, D]``
-        returns only their inner products with ``R`` vectors per example, per module.
+        ``per_position`` also returns the ``[B, T, D]`` terms; ``positions`` (a ``[B, T]`` bool
+        mask) returns only the selected positions' terms, ``[n, D]`` in row-major order;
+        ``position_weights`` ``[B, R, D]`` returns only their inner products with ``R`` vectors
+        per example, per module.
         """
         batch = batch.to(self.device)
-        with self.hooks.capture(batch.attention_mask, per_position=per_position, position_weights=position_weights):
+        with self.hooks.capture(batch.attention_mask, per_position=per_position, position_weights=position_weights,
+                                positions=positions):
             losses = forward_backward(self.model, batch, self.autocast_dtype, self.objective)
             assert self.hooks.vectors is not None
-            result = ExampleGradients(self.hooks.vectors, losses, self.hooks.per_position, self.hooks.position_scores)
+            result = ExampleGradients(self.hooks.vectors, losses, self.hooks.per_position, self.hooks.position_terms,
+                                      self.hooks.position_scores)
         self.hooks.clear()
         return result
 

@@ -140,7 +140,10 @@ class ProjectedGradientHooks(ModuleHooks):
 
     After backward, :attr:`vectors` ``[B, D]`` holds ``g = concat_m vec(G_m)`` per example and,
     when requested, :attr:`per_position` ``[B, T, D]`` the per-position terms ``g^{(t)}`` that sum
-    to it (DESIGN §2). Positions where ``position_mask`` is 0 contribute exactly nothing.
+    to it (DESIGN §2). Positions where ``position_mask`` is 0 contribute exactly nothing. With
+    ``positions`` (a ``[B, T]`` bool selection) :attr:`position_terms` ``[n, D]`` holds the terms
+    of the selected positions only, in row-major order (example, then position): the ``[B, T, D]``
+    block is never allocated, which matters when a long prompt precedes a short response.
 
     Token-wise scores rarely need the ``[B, T, D]`` terms themselves, only their inner products
     with a few fixed vectors: with ``position_weights`` ``W`` ``[B, R, D]``,
@@ -158,22 +161,34 @@ class ProjectedGradientHooks(ModuleHooks):
         self._p_out_t = [None if p.p_out is None else p.p_out.to(device, dtype).T.contiguous() for p in projector.projections]
         self.vectors: torch.Tensor | None = None
         self.per_position: torch.Tensor | None = None
+        self.position_terms: torch.Tensor | None = None
         self.position_weights: torch.Tensor | None = None
         self.position_scores: torch.Tensor | None = None
+        self._selected: tuple[torch.Tensor, torch.Tensor] | None = None  # (example, position) of each selected row
         self._padded = True
 
     def clear(self) -> None:
         super().clear()
         self.vectors = None
         self.per_position = None
+        self.position_terms = None
+        self._selected = None
         self.position_weights = None
         self.position_scores = None
 
     @contextlib.contextmanager
     def capture(  # type: ignore[override]
-        self, position_mask: torch.Tensor, per_position: bool = False, position_weights: torch.Tensor | None = None
+        self, position_mask: torch.Tensor, per_position: bool = False, position_weights: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> Iterator[None]:
         batch, width = position_mask.shape
+        if positions is not None:
+            if positions.shape != position_mask.shape or positions.dtype != torch.bool:
+                raise ValueError(f"positions must be a bool mask shaped like the batch {tuple(position_mask.shape)}, "
+                                 f"got {positions.dtype} {tuple(positions.shape)}")
+            rows, cols = positions.to(position_mask.device).nonzero(as_tuple=True)  # row-major: example, then position
+            self._selected = (rows, cols)
+            self.position_terms = torch.zeros(len(rows), self.projector.dim, dtype=self.dtype, device=position_mask.device)
         if position_weights is not None:
             if position_weights.ndim != 3 or position_weights.shape[0] != batch or position_weights.shape[2] != self.projector.dim:
                 raise ValueError(f"position_weights must be [B={batch}, R, D={self.projector.dim}], got {tuple(position_weights.shape)}")
@@ -212,6 +227,10 @@ class ProjectedGradientHooks(ModuleHooks):
         if self.per_position is not None:
             terms = dp[:, :, :, None] * xp[:, :, None, :]  # [B, T, k_out, k_in]
             self.per_position[:, :, block.start : block.stop] += terms.reshape(batch, dp.shape[1], -1)
+        if self._selected is not None and self.position_terms is not None:
+            rows, cols = self._selected
+            picked = dp[rows, cols][:, :, None] * xp[rows, cols][:, None, :]  # [n, k_out, k_in]
+            self.position_terms[:, block.start : block.stop] += picked.reshape(len(rows), -1)
         if self.position_weights is not None and self.position_scores is not None:
             n_r = self.position_weights.shape[1]
             k_out, k_in = dp.shape[2], xp.shape[2]

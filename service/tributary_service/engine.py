@@ -20,7 +20,8 @@ saturated score; the token-wise scores stay the linear influence shares). The sa
 done on the training side for the returned examples only (their gradients are recomputed in one
 batch). Both use the dual form (the hooks score each position against fixed vectors), never
 materialising ``[T, D]`` per-position vectors; only the saturated rankings materialise
-the query's own (one ``[T, D_proj]`` block per query, of which the response positions are kept).
+the query's own, and only at the positions that emit response tokens (``[n_tokens, D_proj]``: the
+hooks pick those positions, so a long prompt costs no per-position memory).
 """
 
 from __future__ import annotations
@@ -82,12 +83,14 @@ class AttributionEngine:
     """Answers attribution requests against one loaded index and model."""
 
     def __init__(self, index: AttributionIndex, model: torch.nn.Module, tokenizer: Any, computer: GradientComputer,
-                 max_tokens: int, snippet_chars: int = 400, token_candidates: int = 200):
+                 max_tokens: int, snippet_chars: int = 400, token_candidates: int = 200, limit_reason: str = ""):
         self.index = index
         self.model = model
         self.tokenizer = tokenizer
         self.computer = computer
         self.max_tokens = max_tokens
+        self.limit_reason = limit_reason
+        """Appended to the over-long request error, e.g. " (the model's context length)"."""
         self.snippet_chars = snippet_chars
         self.token_candidates = token_candidates
         self.pad_id = pad_token_id(tokenizer)
@@ -110,7 +113,7 @@ class AttributionEngine:
         if tokens.example.n_truncated_tokens:
             raise RequestError(
                 f"the request has {tokens.example.n_tokens + tokens.example.n_truncated_tokens} tokens, more than this "
-                f"server's limit of {self.max_tokens}; fix: shorten the prompt or response",
+                f"server's limit of {self.max_tokens}{self.limit_reason}; fix: shorten the prompt or response",
                 param="response", code="too_many_tokens",
             )
         return PreparedQuery(request, tokens, {"tokenize_ms": _ms(t0)})
@@ -123,7 +126,8 @@ class AttributionEngine:
         t0 = time.perf_counter()
         batch = collate([q.tokens.example for q in queries], self.pad_id)
         saturation = self.index.saturation
-        grads = self.computer.compute(batch, per_position=saturation is not None)
+        emitting = batch.emitting_mask if saturation is not None else None  # [B, T]: the response tokens' positions
+        grads = self.computer.compute(batch, positions=emitting)
         gradient_ms = _ms(t0)
         t0 = time.perf_counter()
         token_queries: list[TokenQuery | None] = [None] * len(queries)  # per query: its response tokens [n_t, D]
@@ -131,15 +135,9 @@ class AttributionEngine:
         if saturation is None:
             q_vectors = influence
         else:  # saturated: the first stage searches with the standardised tokens' sum
-            assert grads.per_position is not None
-            rows, positions = [], []  # the positions that emit each query's response tokens
-            for row, query in enumerate(queries):
-                emitting = query.tokens.example.emitting_positions
-                rows += [row] * len(emitting)
-                positions += emitting
-            owner = torch.tensor(rows, dtype=torch.long, device=grads.per_position.device)
-            standardized, weights = self.index.token_queries(
-                grads.per_position[owner, torch.tensor(positions, dtype=torch.long, device=owner.device)], grads.vectors, owner)
+            assert grads.position_terms is not None and emitting is not None
+            owner = emitting.nonzero()[:, 0].to(grads.position_terms.device)  # [n]: each term's query (row-major order)
+            standardized, weights = self.index.token_queries(grads.position_terms, grads.vectors, owner)
             token_queries = list(saturation.split(standardized, weights, owner, [q.tokens.example for q in queries]))
             q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in token_queries if t is not None])
         precondition_ms = _ms(t0)

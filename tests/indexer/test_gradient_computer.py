@@ -114,6 +114,29 @@ def test_per_position_terms_sum_to_total_and_padding_is_zero(tiny_model_f64):
         assert torch.count_nonzero(got.per_position[row, example.n_tokens - 1]) == 0
 
 
+def test_selected_positions_are_exactly_those_rows_of_the_per_position_terms(tiny_model_f64):
+    """``positions`` returns the per-position terms of the chosen positions only, in row-major order."""
+    model = tiny_model_f64
+    modules = select_modules(model)
+    projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=3, seed=2))
+    examples = _examples(model.config.vocab_size)
+    batch = collate(examples)
+    emitting = batch.emitting_mask
+    for row, example in enumerate(examples):  # the batch's mask is each example's emitting positions
+        assert emitting[row].nonzero()[:, 0].tolist() == example.emitting_positions
+    with GradientComputer(model, modules, projector) as computer:
+        full = computer.compute(batch, per_position=True)
+        picked = computer.compute(batch, positions=emitting)
+        assert picked.per_position is None and full.position_terms is None
+        assert picked.position_terms is not None and full.per_position is not None
+        torch.testing.assert_close(picked.position_terms, full.per_position[emitting], atol=0, rtol=0)
+        torch.testing.assert_close(picked.vectors, full.vectors, atol=0, rtol=0)
+        with pytest.raises(ValueError, match="bool mask shaped like the batch"):
+            computer.compute(batch, positions=emitting[:, 1:])
+        with pytest.raises(ValueError, match="bool mask shaped like the batch"):
+            computer.compute(batch, positions=emitting.long())
+
+
 def test_prompt_mask_only_response_tokens_count(tiny_model_f64):
     """A prompt/response example's gradient equals the gradient of its response NLL only."""
     model = tiny_model_f64
