@@ -16,7 +16,7 @@ from .batching import collate, pad_token_id
 from .config import BuildConfig
 from .corpus import CorpusStats, iter_records
 from .gradient_computer import GradientComputer
-from .model_loading import load_causal_lm, load_tokenizer, resolve_device
+from .model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
 from .module_selection import resolve_modules
 from .projector import LoGraProjector
 from .rapidgrad import rapidgrad_dim
@@ -57,6 +57,7 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
     tokenizer = load_tokenizer(config.model)
     modules = resolve_modules(model, config.include or None, config.exclude or None, config.modules)
     projector = LoGraProjector.identity(modules) if config.projector == "identity" else LoGraProjector.random(modules, config.projection)
+    max_tokens = capped_max_tokens(config.max_tokens, model, "max_tokens")
     stats = CorpusStats()
     n_records = 0
     token_counts: list = []
@@ -64,7 +65,7 @@ def estimate_build(config: BuildConfig, sample: int = 32) -> BuildPlan:
         n_records += 1
         if len(token_counts) < _TOKEN_SAMPLE:
             try:
-                token_counts.append(tokenize_record(record, tokenizer, config.max_tokens))
+                token_counts.append(tokenize_record(record, tokenizer, max_tokens))
             except Exception:  # counted as bad in a real build
                 pass
     if not token_counts:

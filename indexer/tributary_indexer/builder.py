@@ -43,7 +43,7 @@ from .gradient_computer import GradientComputer
 from .index_files import IndexPaths, shard_entry, write_manifest
 from .kronecker_statistics import estimate_covariances
 from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
-from .model_loading import load_causal_lm, load_tokenizer, resolve_device
+from .model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
 from .module_selection import TrackedModule, resolve_modules
 from .preconditioner import Preconditioner
 from .progress import progress_bar
@@ -124,6 +124,8 @@ class IndexBuilder:
         self.keep_staging = keep_staging
         self.staging = Staging(self.paths.root / "staging")
         self.summary = BuildSummary()
+        self.max_tokens = config.max_tokens
+        """Tokens per example: ``config.max_tokens``, capped at the model's context once it is loaded."""
 
     # ------------------------------------------------------------------ entry points
     def build(self) -> BuildSummary:
@@ -237,6 +239,7 @@ class IndexBuilder:
         model = load_causal_lm(cfg.model, device)
         tokenizer = load_tokenizer(cfg.model)
         modules = resolve_modules(model, cfg.include or None, cfg.exclude or None, cfg.modules)
+        self.max_tokens = capped_max_tokens(cfg.max_tokens, model, "max_tokens")  # longer examples are truncated
         return model, tokenizer, modules
 
     def _projector(self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]) -> LoGraProjector:
@@ -278,7 +281,7 @@ class IndexBuilder:
         cfg = self.config
         for record in iter_records(cfg.corpus, skip_bad=cfg.skip_bad, stats=stats):
             try:
-                example = tokenize_record(record, tokenizer, cfg.max_tokens)
+                example = tokenize_record(record, tokenizer, self.max_tokens)
             except CorpusError as err:
                 if not cfg.skip_bad:
                     raise

@@ -26,6 +26,26 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
     return device
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The most tokens the model's position embeddings take (``max_position_embeddings`` /
+    ``n_positions`` / ``n_ctx`` of its config), or ``None`` when the config names no limit."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def capped_max_tokens(max_tokens: int, model: nn.Module, what: str) -> int:
+    """``max_tokens``, or the model's context length when that is smaller (logged: ``what`` says whose limit)."""
+    context = context_length(model)
+    if context is None or context >= max_tokens:
+        return max_tokens
+    logger.warning("%s %d is more than the model's context length %d: using %d", what, max_tokens, context, context)
+    return context
+
+
 def load_causal_lm(path: str | os.PathLike[str], device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained(path)`` in eval mode, with errors that say what to fix."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -229,6 +229,19 @@ def test_disk_full_leaves_no_valid_looking_file(workspace, tmp_path, monkeypatch
     assert verify_index(out) == []
 
 
+def test_examples_longer_than_the_model_context_are_truncated_there(workspace, tmp_path):
+    """max_tokens above the model's 256 positions: the long document is cut at 256 and counted, not a crash."""
+    _, model, _, _ = workspace
+    corpus = write_jsonl(tmp_path / "long.jsonl", corpus_records(6) + [{"id": "long", "text": "word " * 400}])
+    out = tmp_path / "long-index"
+    summary = IndexBuilder(_config(model, [corpus], max_tokens=512), out).build()
+    assert summary.examples == 7 and summary.truncated == 1
+    index = AttributionIndex(out)
+    stored = index.store.get(6)
+    assert stored.n_tokens == 256 and stored.n_truncated > 0
+    assert verify_index(out) == []
+
+
 def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_path):
     _, model, corpus, _ = workspace
     sat, rel = tmp_path / "sat", tmp_path / "rel"

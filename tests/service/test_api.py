@@ -242,6 +242,16 @@ def test_limits_and_routes(make_settings):
         _error(c.post("/v1/generate", json={"prompt": "hi"}), 404, "not_found_error")
 
 
+def test_a_request_longer_than_the_model_context_is_a_400_not_a_crash(client):
+    """The fixture model has 256 positions and the server allows 1,024 request tokens: the model's
+    context is the limit, refused with the fix like any other over-long request."""
+    assert client.app.state.loaded.model.config.n_positions == 256
+    err = _error(client.post("/v1/attributions", json={"prompt": "word " * 120, "response": " Alba sold lanterns."}),
+                 400, "invalid_request_error")
+    assert err["code"] == "too_many_tokens" and "limit of 256" in err["message"] and "context" in err["message"]
+    assert client.post("/v1/attributions", json=QA).status_code == 200  # the server is still fine
+
+
 def test_api_keys(make_settings):
     with TestClient(create_app(make_settings(api_keys=["s3cret", "other"]))) as c:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
