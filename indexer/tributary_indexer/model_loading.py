@@ -42,7 +42,7 @@ def capped_max_tokens(max_tokens: int, model: nn.Module, what: str) -> int:
     context = context_length(model)
     if context is None or context >= max_tokens:
         return max_tokens
-    logger.warning("%s %d is more than the model's context length %d: using %d", what, max_tokens, context, context)
+    logger.info("%s %d is more than the model's context length %d: using %d", what, max_tokens, context, context)
     return context
 
 

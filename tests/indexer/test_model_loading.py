@@ -16,7 +16,7 @@ def test_context_length_comes_from_the_config(tmp_path, arch, caplog):
     model = load_causal_lm(build_model_dir(tmp_path / arch, arch), torch.device("cpu"))
     assert context_length(model) == 256  # n_positions (GPT-2) / max_position_embeddings (Llama)
     assert capped_max_tokens(128, model, "max_tokens") == 128
-    with caplog.at_level(logging.WARNING, logger="tributary_indexer.model_loading"):
+    with caplog.at_level(logging.INFO, logger="tributary_indexer.model_loading"):
         assert capped_max_tokens(512, model, "max_tokens") == 256
     assert "max_tokens 512 is more than the model's context length 256" in caplog.text
 
