@@ -30,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
+from tributary_indexer.config import BuildConfig  # noqa: E402
+
 from benchmarks.index_build import save_model, write_corpus  # noqa: E402
 
 QUERY = {"prompt": "Record 17: which lantern goes to the north harbour?", "response": " The copper lantern goes to the north harbour market."}
@@ -163,7 +165,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--ranking", choices=["linear", "token_saturated", "span_saturated"], default=None,
-                    help="serve with this ranking instead of the index's (TRIBUTARY_RANKING)")
+                    help="serve with this ranking (TRIBUTARY_RANKING) [the indexer's current default: an index "
+                         "reused from --workdir may have been built when another ranking was the default]")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench")
     args = ap.parse_args()
     from tests.service.live_server import live_server
@@ -175,14 +178,14 @@ def main() -> None:
         indexes.append(("synthetic", build_synthetic(real, args.workdir, args.big), args.big))
     grad_ms = gradient_floor_ms(model, real)  # first: numpy's OpenBLAS threads spin for ~0.1 s after the bandwidth probe
     bandwidth = memory_bandwidth_gbs()
-    print(f"# service latency — {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
+    print(f"# service latency — ranking {args.ranking or BuildConfig().ranking}, {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
           f"one forward+backward of the query {grad_ms:.1f} ms")
     print("| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | rerank | fetch | floor ms | p50 ÷ floor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, path, rows in indexes:
         scan_ms = rows * args.dim * 4 / (bandwidth * 1e9) * 1000
         floor = grad_ms + scan_ms
-        ranking = ("--ranking", args.ranking) if args.ranking else ()
+        ranking = ("--ranking", args.ranking or BuildConfig().ranking)
         with live_server(path, model, args.workdir / f"state-{name}", "--no-verify-checksums", *ranking, timeout=600,
                          TRIBUTARY_NUM_THREADS=str(os.cpu_count() or 1)) as base:  # the server default
             rates = {}
