@@ -96,12 +96,17 @@ def test_batching_and_padding_invariance(tiny_model_f64):
     torch.testing.assert_close(together, reordered, atol=ATOL, rtol=1e-7)
 
 
+def _rank3_setup(model, seed: int):
+    """Every module of ``model`` at rank 3×3, the test examples and their batch."""
+    modules = select_modules(model)
+    projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=3, seed=seed))
+    examples = _examples(model.config.vocab_size)
+    return modules, projector, examples, collate(examples)
+
+
 def test_per_position_terms_sum_to_total_and_padding_is_zero(tiny_model_f64):
     model = tiny_model_f64
-    modules = select_modules(model)
-    projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=3, seed=1))
-    examples = _examples(model.config.vocab_size)
-    batch = collate(examples)
+    modules, projector, examples, batch = _rank3_setup(model, seed=1)
     with GradientComputer(model, modules, projector) as computer:
         got = computer.compute(batch, per_position=True)
     assert got.per_position is not None
@@ -117,10 +122,7 @@ def test_per_position_terms_sum_to_total_and_padding_is_zero(tiny_model_f64):
 def test_selected_positions_are_exactly_those_rows_of_the_per_position_terms(tiny_model_f64):
     """``positions`` returns the per-position terms of the chosen positions only, in row-major order."""
     model = tiny_model_f64
-    modules = select_modules(model)
-    projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=3, seed=2))
-    examples = _examples(model.config.vocab_size)
-    batch = collate(examples)
+    modules, projector, examples, batch = _rank3_setup(model, seed=2)
     emitting = batch.emitting_mask
     for row, example in enumerate(examples):  # the batch's mask is each example's emitting positions
         assert emitting[row].nonzero()[:, 0].tolist() == example.emitting_positions
