@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
 from tributary_indexer.config import BuildConfig  # noqa: E402
+from tributary_indexer.token_ranking import RANKINGS  # noqa: E402
 
 from benchmarks.index_build import save_model, write_corpus  # noqa: E402
 
@@ -164,7 +165,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--ranking", choices=["linear", "token_saturated", "span_saturated"], default=None,
+    ap.add_argument("--ranking", choices=list(RANKINGS), default=None,
                     help="serve with this ranking (TRIBUTARY_RANKING) [the indexer's current default: an index "
                          "reused from --workdir may have been built when another ranking was the default]")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench")

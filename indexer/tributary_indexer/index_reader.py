@@ -127,6 +127,11 @@ class AttributionIndex:
                                by_span=ranking == "span_saturated")
 
     @property
+    def ranking(self) -> str:
+        """The ranking in force: ``linear``, or the saturated one's name."""
+        return self.saturation.ranking if self.saturation is not None else "linear"
+
+    @property
     def dim(self) -> int:
         return self.manifest.dim
 

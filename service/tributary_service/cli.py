@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 import sys
+from typing import get_args
 
-from .settings import ServiceSettings
+from .settings import Ranking, ServiceSettings
 
 OPENBLAS_SPIN_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--device")
-    parser.add_argument("--ranking", choices=["linear", "token_saturated", "span_saturated"],
+    parser.add_argument("--ranking", choices=list(get_args(Ranking)),
                         help="rank examples this way instead of as the index's manifest says (TRIBUTARY_RANKING)")
     parser.add_argument("--api-key", dest="api_keys", action="append", help="accepted bearer key (repeatable)")
     parser.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed browser origin (repeatable)")

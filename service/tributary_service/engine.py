@@ -41,6 +41,7 @@ from tributary_indexer.errors import ExampleError
 from tributary_indexer.example_store import StoredExample
 from tributary_indexer.gradient_computer import GradientComputer
 from tributary_indexer.index_reader import AttributionIndex
+from tributary_indexer.model_loading import capped_max_tokens
 from tributary_indexer.token_ranking import TokenQuery
 from tributary_indexer.tokenization import (
     QueryTokens,
@@ -83,14 +84,14 @@ class AttributionEngine:
     """Answers attribution requests against one loaded index and model."""
 
     def __init__(self, index: AttributionIndex, model: torch.nn.Module, tokenizer: Any, computer: GradientComputer,
-                 max_tokens: int, snippet_chars: int = 400, token_candidates: int = 200, limit_reason: str = ""):
+                 max_tokens: int, snippet_chars: int = 400, token_candidates: int = 200):
         self.index = index
         self.model = model
         self.tokenizer = tokenizer
         self.computer = computer
-        self.max_tokens = max_tokens
-        self.limit_reason = limit_reason
-        """Appended to the over-long request error, e.g. " (the model's context length)"."""
+        self.max_tokens = capped_max_tokens(max_tokens, model, "TRIBUTARY_MAX_REQUEST_TOKENS")
+        """Tokens per request: ``max_tokens``, or the model's context length when that is smaller."""
+        self._limit_reason = "" if self.max_tokens == max_tokens else " (the model's context length)"
         self.snippet_chars = snippet_chars
         self.token_candidates = token_candidates
         self.pad_id = pad_token_id(tokenizer)
@@ -113,7 +114,7 @@ class AttributionEngine:
         if tokens.example.n_truncated_tokens:
             raise RequestError(
                 f"the request has {tokens.example.n_tokens + tokens.example.n_truncated_tokens} tokens, more than this "
-                f"server's limit of {self.max_tokens}{self.limit_reason}; fix: shorten the prompt or response",
+                f"server's limit of {self.max_tokens}{self._limit_reason}; fix: shorten the prompt or response",
                 param="response", code="too_many_tokens",
             )
         return PreparedQuery(request, tokens, {"tokenize_ms": _ms(t0)})
@@ -138,8 +139,9 @@ class AttributionEngine:
             assert grads.position_terms is not None and emitting is not None
             owner = emitting.nonzero()[:, 0].to(grads.position_terms.device)  # [n]: each term's query (row-major order)
             standardized, weights = self.index.token_queries(grads.position_terms, grads.vectors, owner)
-            token_queries = list(saturation.split(standardized, weights, owner, [q.tokens.example for q in queries]))
-            q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in token_queries if t is not None])
+            per_query = saturation.split(standardized, weights, owner, [q.tokens.example for q in queries])
+            token_queries = list(per_query)
+            q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in per_query])
         precondition_ms = _ms(t0)
         t0 = time.perf_counter()
         shared = self._shared_search(queries, q_vectors)  # one scan of the index for every unfiltered query

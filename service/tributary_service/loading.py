@@ -18,12 +18,7 @@ from tributary_indexer.errors import ConfigMismatchError
 from tributary_indexer.gradient_computer import GradientComputer
 from tributary_indexer.index_reader import AttributionIndex
 from tributary_indexer.manifest import hash_model_files, hash_tokenizer
-from tributary_indexer.model_loading import (
-    capped_max_tokens,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_device,
-)
+from tributary_indexer.model_loading import load_causal_lm, load_tokenizer, resolve_device
 from tributary_indexer.module_selection import select_modules
 
 from .cli import OPENBLAS_SPIN_VARIABLE
@@ -94,9 +89,7 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     # the query gradient must differentiate what the index did
     computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast,
                                 objective=index.manifest.objective)
-    max_tokens = capped_max_tokens(settings.max_request_tokens, model, "TRIBUTARY_MAX_REQUEST_TOKENS")
-    engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=max_tokens,
-                               limit_reason="" if max_tokens == settings.max_request_tokens else " (the model's context length)",
+    engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=settings.max_request_tokens,
                                snippet_chars=settings.snippet_chars, token_candidates=settings.token_candidates)
     logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,
                 index.dim, index.manifest.score_variant, model_dir, device)

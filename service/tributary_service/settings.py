@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+Ranking = Literal["linear", "token_saturated", "span_saturated"]
+"""The rankings the service can apply (``tributary_indexer.token_ranking.RANKINGS``)."""
+
 
 class ServiceSettings(BaseSettings):
     """Everything ``tributary serve`` can be told; each field is also ``TRIBUTARY_<NAME>``."""
@@ -32,7 +35,7 @@ class ServiceSettings(BaseSettings):
     snippet_chars: int = Field(default=400, ge=16, description="Characters of each example's text returned.")
     nprobe: int = Field(default=32, ge=1, description="IVF lists probed per query on compressed shards (recall vs speed; no effect on flat shards).")
     rerank_factor: int = Field(default=10, ge=1, description="Compressed shards: candidates re-scored exactly per result wanted.")
-    ranking: Literal["linear", "token_saturated", "span_saturated"] | None = Field(
+    ranking: Ranking | None = Field(
         default=None, description="How examples are ranked; unset = what the index's manifest says.")
     token_candidates: int = Field(
         default=200, ge=1,

@@ -24,3 +24,13 @@ def test_the_serve_command_line_does_not_load_numpy_before_setting_it():
             "print('numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_service_offers_exactly_the_indexer_rankings():
+    """``--ranking`` / ``TRIBUTARY_RANKING`` choices are the indexer's rankings, no more and no fewer."""
+    from typing import get_args
+
+    from tributary_indexer.token_ranking import RANKINGS
+    from tributary_service.settings import Ranking
+
+    assert get_args(Ranking) == RANKINGS
