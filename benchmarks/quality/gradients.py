@@ -1,14 +1,15 @@
 """Per-example gradients for the quality benchmarks: LoGra-projected and exact (full) ones.
 
 ``projected`` runs the indexer's own hooks, so the vectors are the ones an index would store
-before the score transform. ``full_module_gradients`` returns unprojected per-example weight
+before the score transform; ``projected_positions`` also keeps the per-position terms of the
+target-emitting positions from the same pass. ``full_module_gradients`` returns unprojected per-example weight
 gradients of one module at a time (the exact baseline and the stage-two re-scorer), computed
 with the same hooks and an identity projector, never through ``torch.autograd`` per example.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tributary_indexer.batching import TokenizedExample
@@ -47,6 +48,22 @@ def make_projector(
     return LoGraProjector.pca(modules, config, covariances)
 
 
+def _passes(model: torch.nn.Module, modules: Sequence[TrackedModule], projector: LoGraProjector,
+            examples: Sequence[TokenizedExample], pad_id: int, batch_tokens: int, objective: str, positions: bool = False,
+            ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """One float64 pass of the indexer's hooks over ``examples`` in length batches.
+
+    Yields each batch's rows, its ``[B, D]`` vectors and, with ``positions``, the ``[n, D]`` terms
+    of the positions that emit a target and each term's row in the batch (``[n]``).
+    """
+    with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:
+        for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
+            emitting = batch.emitting_mask if positions else None  # [B, T]
+            grads = computer.compute(batch, positions=emitting)
+            in_batch = emitting.nonzero()[:, 0] if emitting is not None else torch.empty(0, dtype=torch.long)
+            yield rows, grads.vectors.to(torch.float64), grads.position_terms, in_batch
+
+
 def projected(
     model: torch.nn.Module,
     modules: Sequence[TrackedModule],
@@ -58,9 +75,8 @@ def projected(
 ) -> torch.Tensor:
     """``[N, D]`` float64 projected gradients of ``examples`` (``objective`` summed over targets)."""
     out = torch.zeros(len(examples), projector.dim, dtype=torch.float64)
-    with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:
-        for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
-            out[rows] = computer.compute(batch).vectors.to(torch.float64)
+    for rows, vectors, _, _ in _passes(model, modules, projector, examples, pad_id, batch_tokens, objective):
+        out[rows] = vectors
     return out
 
 
@@ -76,9 +92,8 @@ def full_module_gradients(
     """``[N, d_out·d_in]`` exact per-example weight gradients of one module (row-major ``∇W``)."""
     projector = LoGraProjector.identity([module])
     out = torch.zeros(len(examples), projector.dim, dtype=dtype)
-    with GradientComputer(model, [module], projector, dtype=torch.float64, objective=objective) as computer:
-        for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
-            out[rows] = computer.compute(batch).vectors.to(dtype)
+    for rows, vectors, _, _ in _passes(model, [module], projector, examples, pad_id, batch_tokens, objective):
+        out[rows] = vectors.to(dtype)
     return out
 
 
@@ -90,17 +105,18 @@ def projected_positions(
     pad_id: int,
     batch_tokens: int = 2048,
     objective: str = "margin",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position terms ``g^{(t)}`` ``[n, D]`` (float64) at the positions that emit a target token, and each row's example.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``projected`` and, from the same pass, the per-position terms ``g^{(t)}`` ``[n, D]`` (float64)
+    at the positions that emit a target token, with each term's example ``[n]``.
 
     These are the query-side terms the service's saturated rankings standardise.
     """
+    out = torch.zeros(len(examples), projector.dim, dtype=torch.float64)
     terms, owner = [], []
-    with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:
-        for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
-            emitting = batch.emitting_mask  # [B, T]
-            picked = computer.compute(batch, positions=emitting).position_terms  # [n, D], example by example
-            assert picked is not None
-            terms.append(picked.to(torch.float64))
-            owner.append(torch.as_tensor(rows, dtype=torch.long)[emitting.nonzero()[:, 0]])
-    return torch.cat(terms), torch.cat(owner)
+    for rows, vectors, picked, in_batch in _passes(model, modules, projector, examples, pad_id, batch_tokens, objective,
+                                                   positions=True):
+        assert picked is not None
+        out[rows] = vectors
+        terms.append(picked.to(torch.float64))  # example by example, position by position
+        owner.append(torch.as_tensor(rows, dtype=torch.long)[in_batch])
+    return out, torch.cat(terms), torch.cat(owner)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tributary_indexer.batching import TokenizedExample
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.fisher import FisherAccumulator
 from tributary_indexer.module_selection import TrackedModule, preset_modules
@@ -155,20 +156,29 @@ class GradientCache:
             proj = make_projector(w.model, modules, method.projector, method.rank, w.examples, w.pad_id,
                                   objective=method.objective)
             train = projected(w.model, modules, proj, w.examples, w.pad_id, objective=method.objective)
-            queries = projected(w.model, modules, proj, [q.example for q in w.queries], w.pad_id,
-                                objective=method.objective)
+            if method.ranking in SATURATED_RANKINGS:  # the queries' per-position terms from the same pass
+                queries, terms, owner = projected_positions(w.model, modules, proj, self._query_examples, w.pad_id,
+                                                            objective=method.objective)
+                self._positions[key] = (terms, owner)
+            else:
+                queries = projected(w.model, modules, proj, self._query_examples, w.pad_id, objective=method.objective)
             self._store[key] = (train, queries, proj.blocks)
             self._projectors[key] = proj
         return self._store[key]
 
+    @property
+    def _query_examples(self) -> list[TokenizedExample]:
+        return [q.example for q in self.workload.queries]
+
     def query_positions(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor]:
         """The queries' per-position terms ``[n, D]`` at the positions emitting response tokens, and their query row ``[n]``."""
         key = self.key(method)
-        if key not in self._positions:
-            self.get(method)
+        self.get(method)  # a saturated method's first get computes them with the query vectors
+        if key not in self._positions:  # the key was first seen with a linear method
             w = self.workload
-            self._positions[key] = projected_positions(w.model, self.modules_of(method.modules), self._projectors[key],
-                                                       [q.example for q in w.queries], w.pad_id, objective=method.objective)
+            _, terms, owner = projected_positions(w.model, self.modules_of(method.modules), self._projectors[key],
+                                                  self._query_examples, w.pad_id, objective=method.objective)
+            self._positions[key] = (terms, owner)
         return self._positions[key]
 
 
