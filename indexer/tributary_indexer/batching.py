@@ -39,11 +39,6 @@ class TokenizedExample:
         return len(self.input_ids)
 
     @property
-    def emitting_positions(self) -> list[int]:
-        """The positions whose output predicts a target (``t − 1`` for each target ``t``), in order."""
-        return [t - 1 for t, target in enumerate(self.target_mask) if target]
-
-    @property
     def n_targets(self) -> int:
         return sum(self.target_mask)
 

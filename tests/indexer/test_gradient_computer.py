@@ -125,7 +125,7 @@ def test_selected_positions_are_exactly_those_rows_of_the_per_position_terms(tin
     modules, projector, examples, batch = _rank3_setup(model, seed=2)
     emitting = batch.emitting_mask
     for row, example in enumerate(examples):  # the batch's mask is each example's emitting positions
-        assert emitting[row].nonzero()[:, 0].tolist() == example.emitting_positions
+        assert emitting[row].nonzero()[:, 0].tolist() == [t - 1 for t, target in enumerate(example.target_mask) if target]
     with GradientComputer(model, modules, projector) as computer:
         full = computer.compute(batch, per_position=True)
         picked = computer.compute(batch, positions=emitting)

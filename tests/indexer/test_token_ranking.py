@@ -173,7 +173,7 @@ def test_build_config_resolves_the_ranking_from_the_score():
 
 
 def test_emitting_positions_are_the_ones_before_each_target():
-    from tributary_indexer.batching import TokenizedExample
+    from tributary_indexer.batching import TokenizedExample, collate
 
     ex = TokenizedExample((5, 6, 7, 8, 9), (False, False, True, False, True))
-    assert ex.emitting_positions == [1, 3]
+    assert collate([ex]).emitting_mask[0].nonzero()[:, 0].tolist() == [1, 3]

@@ -22,6 +22,11 @@ def _error(resp, status: int, type_: str) -> dict:
     return body["error"]
 
 
+def _emitting(ex) -> list[int]:
+    """The positions whose output predicts a response token (``t − 1`` for each target ``t``)."""
+    return [t - 1 for t, target in enumerate(ex.target_mask) if target]
+
+
 def _response_spans(ex) -> list[list[int]]:
     """The response's copy spans, by hand: a token joins the previous one's span when the pair occurs in the prompt."""
     prompt = [t for t, m in zip(ex.input_ids, ex.target_mask) if not m]
@@ -46,7 +51,7 @@ def _saturated_oracle(loaded, request: dict, by_span: bool = True) -> np.ndarray
     engine, index = loaded.engine, loaded.index
     ex = engine.prepare(AttributionRequest(**request)).tokens.example
     grads = engine.computer.compute(collate([ex], engine.pad_id), per_position=True)
-    emitting = ex.emitting_positions
+    emitting = _emitting(ex)
     terms = grads.per_position[0, emitting].double()
     if index.compressor is not None:
         terms = index.compressor.compress(terms[None], index.compressor.layer_scales(grads.vectors.double()))[0]
@@ -96,7 +101,7 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
 
         ex = tokens.tokens.example
         grads = loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id), per_position=True)
-        emitting = ex.emitting_positions
+        emitting = _emitting(ex)
         std, _ = loaded.index.token_queries(grads.per_position[0, emitting], grads.vectors[0])
         first = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ std.sum(0).float().numpy()
         candidates = np.argsort(-first, kind="stable")[:8]
