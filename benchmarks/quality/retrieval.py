@@ -2,7 +2,7 @@
 
 Both benchmarks score the same queries file (``ground_truth.json`` holds fact and trigger
 queries), so every method's ``[Q, N]`` score matrix is computed once, cached under
-``benchmarks/quality/.cache/`` (keyed by the model's weights hash), and each benchmark command
+``benchmarks/quality/.cache/`` (keyed by the hashes of the model's weights and the corpus files), and each benchmark command
 reads the rows it needs. Tables go to ``benchmarks/results/quality_<name>.{md,json}`` and into
 ``benchmarks/RESULTS.md`` between markers; the plot to ``benchmarks/figures/quality_<name>.png``.
 """
@@ -73,17 +73,20 @@ def tuned_bm25_name() -> str:
     return "BM25 k1={k1:g} b={b:g} (tuned on the fact queries)".format(**baselines.BM25_TUNED)
 
 
-def _weights_tag(model_dir: Path) -> str:
-    h = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
-    return h[:12]
+def cache_tag(model_dir: Path, corpus_dir: Path) -> str:
+    """The score cache's folder name: the model's weights and the corpus files (ground truth included)."""
+    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+    corpus = hashlib.sha256()
+    for path in sorted(Path(corpus_dir).glob("*.json*")):
+        corpus.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{weights}-{corpus.hexdigest()[:12]}"
 
 
-def score_matrices(workload: Workload, model_dir: Path, quick: bool, refresh: bool) -> list[tuple[Entry, np.ndarray, float]]:
-    """Every entry's ``[Q, N]`` scores (from the cache when present) and its compute seconds."""
-    folder = CACHE / _weights_tag(model_dir)
+def score_matrices(entries: list[Entry], folder: Path, refresh: bool) -> list[tuple[Entry, np.ndarray, float]]:
+    """Every entry's ``[Q, N]`` scores (from the cache ``folder`` when present) and its compute seconds."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for entry in method_list(workload, quick):
+    for entry in entries:
         path = folder / (hashlib.sha1(entry.name.encode()).hexdigest()[:16] + ".npz")
         if path.is_file() and not refresh:
             data = np.load(path)
@@ -173,8 +176,10 @@ def main(benchmark: str, argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     workload = load_workload(args.model, args.corpus)
     model_dir = args.model or ROOT / "demo" / "model"
+    corpus_dir = args.corpus or ROOT / "demo" / "corpus"
     t0 = time.perf_counter()
-    matrices = score_matrices(workload, Path(model_dir), args.quick, args.refresh)
+    matrices = score_matrices(method_list(workload, args.quick), CACHE / cache_tag(Path(model_dir), Path(corpus_dir)),
+                              args.refresh)
     results = evaluate(benchmark, workload, matrices)
     table = markdown_table(benchmark, results)
     print(table)

@@ -62,3 +62,20 @@ def test_metrics_against_hand_computed_values():
     assert got == {"recall@1": 0.5, "recall@10": 1.0, "mrr": (1 / 2 + 1) / 2}
     ap = backdoor_metrics(np.array([[0.9, 0.8, 0.7, 0.6]]), frozenset({0, 2}), ks=(2,))
     assert ap["auprc"] == pytest.approx((1 + 2 / 3) / 2) and ap["recall@2"] == 0.5
+
+
+def test_score_cache_is_keyed_by_the_model_and_the_corpus(tmp_path):
+    """Another corpus with the same model must not reuse the demo's cached score matrices."""
+    import shutil
+
+    from benchmarks.quality.retrieval import ROOT, cache_tag
+
+    model, corpus = ROOT / "demo" / "model", ROOT / "demo" / "corpus"
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy)
+    assert cache_tag(model, copy) == cache_tag(model, corpus)  # same files, same cache
+    truth = copy / "ground_truth.json"
+    truth.write_text(truth.read_text(encoding="utf-8").replace("fact-0001", "fact-0001x", 1), encoding="utf-8")
+    assert cache_tag(model, copy) != cache_tag(model, corpus)
+    (copy / "ground_truth.json").unlink()
+    assert cache_tag(model, copy) != cache_tag(model, corpus)
