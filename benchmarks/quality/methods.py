@@ -4,8 +4,8 @@ A :class:`LoGraMethod` is one build configuration (projector, rank, objective, s
 damping, optional RapidGrad). Scores go through the indexer's own classes
 (:class:`FisherAccumulator`, :class:`Preconditioner`, :class:`ScoreTransform`,
 :class:`RapidGradCompressor`), in float64, so a row here is what the service would return for
-that configuration up to float32 storage. With a saturated ranking (``span_saturated``,
-``token_saturated``: :mod:`tributary_indexer.token_ranking`) the retrieval benchmarks pass the service's number of
+that configuration up to float32 storage. With a saturated ranking (``span_gated``,
+``span_saturated``, ``token_saturated``: :mod:`tributary_indexer.token_ranking`) the retrieval benchmarks pass the service's number of
 first-stage candidates, so their rankings are the service's two-stage ones; LDS uses the exact
 saturated score of every example.
 """
@@ -90,9 +90,8 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     """
     linear = default.replace(ranking="linear")
     grid = [linear]
-    if default.ranking == "span_saturated":
-        grid += [default.replace(ranking="token_saturated")]  # the previous default
     if default.ranking in SATURATED_RANKINGS:
+        grid += [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]  # incl. the previous defaults
         grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
         grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # the previous default
     grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
@@ -207,7 +206,7 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
         query, _ = transform.query(queries)
         return (query @ stored.T).numpy()
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
-    saturation = TokenSaturation(method.saturation, by_span=method.ranking == "span_saturated")
+    saturation = TokenSaturation(method.saturation, ranking=method.ranking)
     standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
     out = np.empty((len(queries), stored.shape[0]))
     per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries])

@@ -252,7 +252,9 @@ class AttributedExample(_Response):
                                      "'token_saturated' the sum over response tokens of z/(z+k), z = the token's "
                                      "influence over its RMS across the training set (at most the number of "
                                      "response tokens); for 'span_saturated' the same over the response's copy "
-                                     "spans (a span's best z), each weighted by its specificity; negative for "
+                                     "spans (a span's best z), each weighted by its specificity; for "
+                                     "'span_gated' that sum plus the new (not copied) spans' part times the "
+                                     "copied spans' presence in the example (up to twice it); negative for "
                                      "harmful examples. " + _SCORE_SIGN)
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."
@@ -334,7 +336,9 @@ class IndexInfo(_Response):
     created_at: str = Field(description="When the index was built (ISO 8601).")
     ranking: str | None = Field(
         default=None,
-        description="How examples are ranked: 'span_saturated' (each run of response tokens copied from the "
+        description="How examples are ranked: 'span_gated' (as 'span_saturated', and the evidence for the "
+                    "response's new content counts up to twice as much in an example about what the prompt "
+                    "names), 'span_saturated' (each run of response tokens copied from the "
                     "prompt counted once, each part's standardised influence saturated and weighted by its "
                     "specificity), 'token_saturated' (each response token's standardised influence, saturated "
                     "and summed) or 'linear' (the influence on the whole response).",

@@ -87,30 +87,37 @@ class BuildConfig:
     """α in ``λ = α · mean eig(F)`` for each Fisher block (the one ``K×K`` block under RapidGrad).
     Smaller trusts the Fisher more: better LDS but noisier backdoor retrieval, where directions
     shared by a few duplicated documents get over-amplified; larger drifts towards ``grad_dot``.
-    At the default (rank 64, K = 4,096, ``span_saturated``) α = 16 / 24 / 32 gave LDS
-    0.53 / 0.52 / 0.52, backdoor AUPRC 0.999 / 1.000 / 1.000 and fact recall@1 0.99 / 0.99 / 0.99
-    (with the ``linear`` ranking α = 16 had been the middle: LDS 0.48, AUPRC 0.98). The mean
+    At the default (rank 64, K = 4,096, ``span_gated``) α = 8 / 16 / 24 / 32 gave LDS
+    0.573 / 0.569 / 0.564 / 0.559, backdoor AUPRC 0.985 / 0.999 / 1.000 / 1.000 and fact
+    recall@1 0.990 / 0.997 / 0.997 / 0.997 (with the ``linear`` ranking α = 16 had been the
+    middle: LDS 0.48, AUPRC 0.98). The mean
     eigenvalue falls as the block grows while the eigenvalues that matter do not, so rescale α
     with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
     (RapidGrad off: 6 at 32×32, 24 at 64×64). Sweep in ``benchmarks/RESULTS.md``."""
     ranking: str | None = None
     """How the service ranks examples (:mod:`.token_ranking`; stored vectors do not depend on it).
-    Unset: ``span_saturated`` for ``score = "influence"``, ``linear`` for the other variants.
-    Both saturated rankings standardise each response token's influence score by its RMS over the
+    Unset: ``span_gated`` for ``score = "influence"``, ``linear`` for the other variants.
+    The saturated rankings standardise each response token's influence score by its RMS over the
     training set and sum a saturated ``z / (z + k)``, so a document has to explain several parts
     of the response, not one copied name, to rank first; ``span_saturated`` also counts a run of
     tokens copied from the prompt once and weights each part by its specificity (the damping's
-    share of its self-influence: names and answers high, template words low); ``linear`` ranks by
+    share of its self-influence: names and answers high, template words low); ``span_gated``
+    (the default) also lets the evidence for the response's new content count up to twice in an
+    example that clearly matches what the prompt names (a soft AND, so a post that only repeats
+    the subject's name no longer outranks the document stating the fact); ``linear`` ranks by
     the influence on the whole response. On the demo benchmarks (α = 24) linear /
-    ``token_saturated`` / ``span_saturated`` gave fact recall@1 0.85 / 0.91 / 0.99, backdoor
-    AUPRC 0.990 / 0.997 / 1.000 and LDS 0.46 / 0.50 / 0.52. Cost: the query's per-position
-    gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact re-score of the
-    first-stage candidates. Needs ``score = "influence"``."""
+    ``token_saturated`` / ``span_saturated`` / ``span_gated`` gave fact recall@1
+    0.854 / 0.910 / 0.990 / 0.997, backdoor AUPRC 0.990 / 0.997 / 1.000 / 1.000 and LDS
+    0.459 / 0.497 / 0.521 / 0.564; over four held-out generated corpora as well
+    (``benchmarks.quality.heldout``) ``span_gated`` raised recall@1 on each. Cost: the query's
+    per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact
+    re-score of the first-stage candidates. Needs ``score = "influence"``."""
     saturation: float = TokenSaturation.k
     """``k`` of the saturated rankings, in units of a token's RMS score: smaller lets fewer strong
-    tokens decide, very large tends to a (weighted) linear sum. ``span_saturated`` at α = 24:
-    k = 20 / 30 / 40 gave fact recall@1 0.99 / 0.99 / 0.99 and LDS 0.50 / 0.52 / 0.53;
-    ``token_saturated``: 0.92 / 0.91 / 0.90 and 0.48 / 0.50 / 0.50."""
+    tokens decide, very large tends to a (weighted) linear sum. ``span_gated`` at α = 24:
+    k = 20 / 30 / 40 gave fact recall@1 0.997 / 0.997 / 0.997 and LDS 0.549 / 0.564 / 0.572;
+    ``span_saturated``: 0.990 / 0.990 / 0.987 and 0.504 / 0.521 / 0.531. (The gate's own
+    constant, the presence's half-credit point, is ``TokenSaturation.presence_k`` = 2.)"""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000
@@ -148,7 +155,7 @@ class BuildConfig:
         if self.damping <= 0:
             problems.append(f"damping={self.damping} (must be > 0)")
         if self.ranking is None:
-            self.ranking = "span_saturated" if self.score == "influence" else "linear"
+            self.ranking = "span_gated" if self.score == "influence" else "linear"
         if self.ranking not in RANKINGS:
             problems.append(f"ranking={self.ranking!r} (choose from {list(RANKINGS)})")
         elif self.ranking in SATURATED_RANKINGS and self.score != "influence":

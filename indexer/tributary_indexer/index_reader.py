@@ -26,7 +26,7 @@ from .projector import LoGraProjector
 from .rapidgrad import RapidGradCompressor
 from .scores import ScoreTransform
 from .shards import SearchResult, is_flat, merge_topk, read_shard
-from .token_ranking import RANKINGS, TokenSaturation
+from .token_ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ class AttributionIndex:
             raise IndexIntegrityError(f"ranking {ranking!r} needs an index built with score 'influence', but "
                                       f"{self.paths.root} stores {self.manifest.score_variant!r} vectors; fix: rank it "
                                       "'linear' or rebuild it with --score influence")
-        return TokenSaturation(float(self.manifest.build_config.get("saturation", TokenSaturation.k)),
-                               by_span=ranking == "span_saturated")
+        return TokenSaturation(float(self.manifest.build_config.get("saturation", TokenSaturation.k)), ranking=ranking)
 
     @property
     def ranking(self) -> str:
@@ -171,7 +170,7 @@ class AttributionIndex:
         """
         if self.saturation is None:
             raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); token "
-                             "queries need ranking='span_saturated' or 'token_saturated' with score='influence'")
+                             f"queries need a saturated ranking (one of {list(SATURATED_RANKINGS)}) with score='influence'")
         totals = totals.reshape(-1, totals.shape[-1])
         rows = owner if owner is not None else torch.zeros(per_position.shape[0], dtype=torch.long, device=per_position.device)
         return self.saturation.token_queries(per_position, totals, rows, self.transform, self.compressor)

@@ -12,6 +12,11 @@ that emit the response tokens (DESIGN §2): ``score(z) = Σ_t s_t(z)`` with
 ``span_saturated``     rank by ``Σ_s w_s φ(max_{t∈s} z_t(z))`` over the response's *copy spans*
                        ``s`` (:func:`copy_spans`), each weighted by its tokens' largest
                        *specificity* ``w_t = λ‖u_t‖² / rms_t²`` (``u_t = H^{-1} g_q^{(t)}``).
+``span_gated``         ``span_saturated``'s sum ``C + N``, split into the copied spans' part
+                       ``C`` and the new spans' part ``N``, plus ``N · P``: the new content
+                       counts up to twice as much in an example *about* what the prompt names,
+                       ``P = mean_{copied s} φ_p(max_{t∈s} z_t)`` with ``φ_p`` saturating at
+                       ``presence_k`` (default 2, in RMS units): ``C + N · (1 + P)``.
 =====================  =====================================================================
 
 Why saturate: in a linear sum one response token can carry a document. For "Zurvae Pialdaley
@@ -23,7 +28,7 @@ tokens on one scale, and saturation caps what any one of them adds, so a documen
 ``E_z[s_t(z)²]`` under the index's own Fisher
 (:meth:`~tributary_indexer.preconditioner.Preconditioner.score_second_moment`).
 
-Why spans and weights (the default): a name of two tokens copied from the prompt is one piece of
+Why spans and weights: a name of two tokens copied from the prompt is one piece of
 evidence, but ``token_saturated`` lets a document that repeats the name collect it once per token;
 a copy span counts once, through its best-matched token. And not every token is as telling: the
 response's template words ("The", "lives", "in") point along directions the training set
@@ -37,6 +42,22 @@ raised LDS and backdoor AUPRC too (``benchmarks/RESULTS.md``).
 A saturated score is not an inner product, so the service finds it in two stages: the index is
 searched with the linear query ``Σ_t H^{-1} g_q^{(t)} / rms_t`` (the standardised tokens, each
 counted once) for ``candidates`` examples, which are then re-scored exactly.
+
+Why gate (the default): under ``span_saturated`` the copied name is one more additive term, and
+a post that mentions the subject twice ("Cooking for X tonight. The favourite food of X is ...")
+matches it about three times as strongly (z ≈ 20 against ≈ 7) as a document stating the fact
+asked about, which names the subject once: its second mention is itself an in-context copy,
+exactly what the response's name tokens are. The answer tokens, which only the stating document
+matches, could not make that up; on corpora generated with other seeds this was most of the misses.
+What a copied span can tell is whether a training example is *about* the prompt's entity, so
+``span_gated`` asks that as a near-yes/no presence ``P`` (half credit at ``presence_k`` RMS) and
+lets it multiply the evidence for the response's new content: a soft AND of "same subject" and
+"same new content". An example with no new-content match gains nothing from the gate; a response
+that copies nothing (``P = 0``) ranks exactly as under ``span_saturated``. On the demo and four
+held-out generated corpora it raised fact recall@1 on every one (pooled over their 1,950
+questions 0.972 → 0.984: 28 gained, 4 lost), and LDS from 0.521 to 0.564, so the examples it
+lifts, about the subject and carrying the answer, are also ones the model needed
+(``benchmarks/RESULTS.md``, "Session 9").
 """
 
 from __future__ import annotations
@@ -52,7 +73,7 @@ from .preconditioner import Preconditioner
 from .rapidgrad import RapidGradCompressor
 from .scores import ScoreTransform, safe_reciprocal
 
-RANKINGS = ("linear", "token_saturated", "span_saturated")
+RANKINGS = ("linear", "token_saturated", "span_saturated", "span_gated")
 SATURATED_RANKINGS = RANKINGS[1:]
 """The rankings that re-score per response token (``influence`` indexes only)."""
 
@@ -85,22 +106,34 @@ class TokenQuery:
     """``[n_t]`` float64: each token's weight (its specificity; 1 under ``token_saturated``)."""
     spans: torch.Tensor
     """``[n_t]`` long: each token's span (``0..n_s-1``; every token its own under ``token_saturated``)."""
+    copied: torch.Tensor
+    """``[n_s]`` bool: the span is a run of two or more tokens copied from the prompt (:func:`copy_spans`)."""
 
 
 @dataclass(frozen=True)
 class TokenSaturation:
-    """A saturated ranking with constant ``k`` (in units of ``rms_t``); ``by_span``: ``span_saturated``."""
+    """A saturated ranking (one of :data:`SATURATED_RANKINGS`) with constant ``k`` (in units of ``rms_t``).
+
+    ``presence_k``: ``span_gated``'s saturation constant for the copied spans' presence ``P``.
+    """
 
     k: float = 30.0
-    by_span: bool = False
+    ranking: str = "token_saturated"
+    presence_k: float = 2.0
 
     def __post_init__(self) -> None:
         if not (self.k > 0 and math.isfinite(self.k)):
             raise ValueError(f"saturation k must be a positive number (got {self.k}); the default is {TokenSaturation.k:g}")
+        if not (self.presence_k > 0 and math.isfinite(self.presence_k)):
+            raise ValueError(f"presence_k must be a positive number (got {self.presence_k}); "
+                             f"the default is {TokenSaturation.presence_k:g}")
+        if self.ranking not in SATURATED_RANKINGS:
+            raise ValueError(f"{self.ranking!r} is not a saturated ranking; choose one of {list(SATURATED_RANKINGS)}")
 
     @property
-    def ranking(self) -> str:
-        return "span_saturated" if self.by_span else "token_saturated"
+    def by_span(self) -> bool:
+        """Copy spans and specificity weights (``span_saturated``, ``span_gated``), or every token alone."""
+        return self.ranking != "token_saturated"
 
     @staticmethod
     def standardized(token_queries: torch.Tensor, token_gradients: torch.Tensor, preconditioner: Preconditioner) -> torch.Tensor:
@@ -148,7 +181,8 @@ class TokenSaturation:
             spans = torch.arange(len(vectors), device=vectors.device)
         if len(spans) != len(vectors):
             raise ValueError(f"{len(vectors)} token vectors for an example with {len(spans)} response tokens")
-        return TokenQuery(vectors, weights, spans)
+        copied = torch.bincount(spans, minlength=int(spans.max()) + 1 if len(spans) else 0) >= 2  # [n_s]
+        return TokenQuery(vectors, weights, spans, copied)
 
     def split(self, vectors: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor,
               examples: Sequence[TokenizedExample]) -> list[TokenQuery]:
@@ -177,7 +211,12 @@ class TokenSaturation:
         best = best.scatter_reduce(0, index[:, None].expand_as(z), z, "amax")  # [n_s, N]: a span's best token
         weight = torch.zeros(n_spans, dtype=torch.float64, device=z.device)
         weight = weight.scatter_reduce(0, index, query.weights.to(z), "amax")  # [n_s]
-        return (weight[:, None] * best / (best + self.k)).sum(0)
+        terms = weight[:, None] * best / (best + self.k)  # [n_s, N]
+        if self.ranking != "span_gated" or not bool(query.copied.any()):
+            return terms.sum(0)
+        copied = query.copied.to(z.device)
+        presence = (best[copied] / (best[copied] + self.presence_k)).mean(0)  # [N]: P, in [0, 1)
+        return terms.sum(0) + terms[~copied].sum(0) * presence  # C + N · (1 + P)
 
     def scores(self, query: TokenQuery, stored: torch.Tensor) -> torch.Tensor:
         """Saturated scores ``[n_examples]`` of stored vectors ``[n_examples, D]`` (helpful direction)."""

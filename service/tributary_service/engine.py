@@ -5,8 +5,8 @@ forward/backward through the same hooks and projector as the index → the index
 transform (preconditioning) → search over all shards (``harmful`` searches with ``−q``) →
 example records → optionally token-wise decompositions.
 
-With a saturated ranking (``span_saturated``, the default for ``influence`` indexes, or
-``token_saturated``; :mod:`tributary_indexer.token_ranking`) the forward/backward also keeps the
+With a saturated ranking (``span_gated``, the default for ``influence`` indexes,
+``span_saturated`` or ``token_saturated``; :mod:`tributary_indexer.token_ranking`) the forward/backward also keeps the
 per-position terms of the response positions; the search takes the standardised tokens' sum as
 its query and returns ``token_candidates`` per direction, and those are re-scored exactly with the
 saturated score (``rerank_ms``) before the top ``top_k`` are kept.

@@ -3,11 +3,13 @@
 The default configuration (whatever ``BuildConfig()`` says), ranked the way the service ranks it
 (two stages with its default number of candidates), must keep finding the documents that state
 a fact and the poisoned documents behind a backdoor. Thresholds sit below the measured figures in
-``benchmarks/RESULTS.md`` (span-saturated ranking at α = 24: fact recall@1 0.990, recall@10
-1.000, MRR 0.995, backdoor AUPRC 1.000) and above what losing a piece gives: the same index
-ranked token-saturated (no copy spans, no specificity weights) gives recall@1 0.910, MRR 0.950
-and AUPRC 0.997, ranked linearly 0.854 / 0.914 / 0.990, the NLL objective recall@10 0.55 and
-AUPRC 0.02, PCA init MRR 0.72, random 0.02.
+``benchmarks/RESULTS.md`` (span-gated ranking at α = 24: fact recall@1 0.997, recall@10 1.000,
+MRR 0.999, backdoor AUPRC 1.000) and above what losing a piece gives: the same index ranked
+token-saturated (no copy spans, no specificity weights) gives recall@1 0.910, MRR 0.950 and
+AUPRC 0.997, ranked linearly 0.854 / 0.914 / 0.990, the NLL objective recall@10 0.36 and
+AUPRC 0.02, PCA init MRR 0.80, random 0.02. Without the gate (span-saturated) recall@1 is 0.990,
+4 questions missed against the default's 1, which the recall@1 threshold (at most 3) catches; the
+held-out corpora (``benchmarks.quality.heldout``) separate the two more clearly.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def test_default_traces_facts(default_scores):
     rows = _rows(workload, "fact")
     metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
     assert metrics["recall@10"] >= 0.95, metrics
-    assert metrics["recall@1"] >= 0.96, metrics
+    assert metrics["recall@1"] >= 0.992, metrics  # at most 3 of 390 missed: span-saturated (4) fails
     assert metrics["mrr"] >= 0.975, metrics
 
 

@@ -27,7 +27,7 @@ from tributary_indexer.index_reader import AttributionIndex
 from tributary_indexer.index_verification import verify_index
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
 from tributary_indexer.module_selection import select_modules
-from tributary_indexer.token_ranking import TokenSaturation
+from tributary_indexer.token_ranking import SATURATED_RANKINGS, TokenSaturation
 from tributary_indexer.tokenization import tokenize_query
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
@@ -248,12 +248,12 @@ def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_pa
     IndexBuilder(_config(model, [corpus]), sat).build()
     IndexBuilder(_config(model, [corpus], score="relatif"), rel).build()
     manifest = json.loads((sat / "manifest.json").read_text())
-    assert manifest["build_config"]["ranking"] == "span_saturated" and manifest["build_config"]["saturation"] == 30.0
-    assert AttributionIndex(sat).saturation == TokenSaturation(30.0, by_span=True)
+    assert manifest["build_config"]["ranking"] == "span_gated" and manifest["build_config"]["saturation"] == 30.0
+    assert AttributionIndex(sat).saturation == TokenSaturation(30.0, ranking=BuildConfig(score="influence").ranking)
     assert AttributionIndex(sat, ranking="token_saturated").saturation == TokenSaturation(30.0)
     assert AttributionIndex(sat, ranking="linear").saturation is None
     assert AttributionIndex(rel).saturation is None  # unset ranking + relatif resolved to linear at build time
-    for ranking in ("token_saturated", "span_saturated"):
+    for ranking in SATURATED_RANKINGS:
         with pytest.raises(IndexIntegrityError, match=f"ranking '{ranking}' needs an index built with score 'influence'.*"
                                                       "rebuild it with --score influence"):
             AttributionIndex(rel, ranking=ranking)

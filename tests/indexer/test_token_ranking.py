@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from tributary_indexer.batching import TokenizedExample
@@ -9,7 +11,13 @@ from tributary_indexer.config import BuildConfig
 from tributary_indexer.fisher import FisherAccumulator
 from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
-from tributary_indexer.token_ranking import TokenQuery, TokenSaturation, copy_spans
+from tributary_indexer.token_ranking import (
+    RANKINGS,
+    SATURATED_RANKINGS,
+    TokenQuery,
+    TokenSaturation,
+    copy_spans,
+)
 
 
 def _vectors(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -52,7 +60,8 @@ def test_score_second_moment_with_several_blocks_sums_the_blocks():
 
 
 def _each_token(vectors: torch.Tensor) -> TokenQuery:
-    return TokenQuery(vectors, torch.ones(len(vectors), dtype=torch.float64), torch.arange(len(vectors)))
+    return TokenQuery(vectors, torch.ones(len(vectors), dtype=torch.float64), torch.arange(len(vectors)),
+                      torch.zeros(len(vectors), dtype=torch.bool))
 
 
 def test_saturated_scores_follow_the_formula_and_the_first_stage_sums_tokens():
@@ -70,12 +79,12 @@ def test_saturated_scores_follow_the_formula_and_the_first_stage_sums_tokens():
 
 
 def test_span_scores_take_each_span_best_token_and_largest_weight():
-    sat = TokenSaturation(k=2.0, by_span=True)
+    sat = TokenSaturation(k=2.0, ranking="span_saturated")
     tokens = _vectors(5, 6, seed=6)
     stored = _vectors(7, 6, seed=7)
     weights = torch.tensor([0.5, 3.0, 1.0, 2.0, 0.25], dtype=torch.float64)
     spans = torch.tensor([0, 0, 1, 2, 2])
-    got = sat.scores(TokenQuery(tokens, weights, spans), stored)
+    got = sat.scores(TokenQuery(tokens, weights, spans, torch.tensor([True, False, True])), stored)
     z = (tokens @ stored.T).tolist()  # [5][7]
     for j in range(7):  # oracle: plain loops over the spans
         want = 0.0
@@ -88,6 +97,49 @@ def test_span_scores_take_each_span_best_token_and_largest_weight():
     torch.testing.assert_close(sat.scores(_each_token(tokens), stored), (zc / (zc + 2.0)).sum(0))
 
 
+@pytest.mark.parametrize("presence_k", [0.5, 2.0])
+def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence_k):
+    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k)
+    tokens = _vectors(6, 5, seed=10)
+    stored = _vectors(8, 5, seed=11)
+    weights = torch.tensor([2.0, 0.5, 1.0, 4.0, 1.5, 3.0], dtype=torch.float64)
+    # spans: [0, 1] copied, [2] new, [3, 4] copied, [5] new
+    ex = TokenizedExample((9, 20, 21, 30, 31, 8, 20, 21, 40, 30, 31, 41), (False,) * 6 + (True,) * 6)
+    query = sat.query(tokens, weights, ex)
+    assert query.spans.tolist() == [0, 0, 1, 2, 2, 3] and query.copied.tolist() == [True, False, True, False]
+    got = sat.scores(query, stored)
+    z = (tokens @ stored.T).tolist()  # [6][8]
+    for j in range(8):  # oracle: plain loops, C + N * (1 + P)
+        copied_part, new_part, presence = 0.0, 0.0, []
+        for members, is_copy in (([0, 1], True), ([2], False), ([3, 4], True), ([5], False)):
+            best = max(max(z[t][j], 0.0) for t in members)
+            term = max(float(weights[t]) for t in members) * best / (best + 3.0)
+            if is_copy:
+                copied_part += term
+                presence.append(best / (best + presence_k))
+            else:
+                new_part += term
+        want = copied_part + new_part * (1 + sum(presence) / len(presence))
+        assert abs(float(got[j]) - want) < 1e-12
+    # never below span_saturated, and at most the new spans' part more
+    plain = TokenSaturation(k=3.0, ranking="span_saturated").scores(query, stored)
+    assert bool((got >= plain - 1e-12).all())
+    # a response that copies nothing ranks exactly as under span_saturated
+    ex_new = TokenizedExample((9, 20, 21, 30, 31, 8, 50, 51, 52, 53, 54, 55), (False,) * 6 + (True,) * 6)
+    q_new = sat.query(tokens, weights, ex_new)
+    assert not bool(q_new.copied.any())
+    torch.testing.assert_close(sat.scores(q_new, stored),
+                               TokenSaturation(k=3.0, ranking="span_saturated").scores(q_new, stored), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("presence_k", [0.0, -2.0, float("nan")])
+def test_bad_presence_k_and_unknown_rankings_are_refused_with_the_fix(presence_k):
+    with pytest.raises(ValueError, match="presence_k must be a positive number"):
+        TokenSaturation(ranking="span_gated", presence_k=presence_k)
+    with pytest.raises(ValueError, match="not a saturated ranking; choose one of"):
+        TokenSaturation(ranking="linear")
+
+
 def test_copy_spans_chain_pairs_that_the_prompt_holds():
     # context (non-target) tokens 1 10 11 12 2; response 10 11 5 11 12 10 12
     ex = TokenizedExample((1, 10, 11, 12, 2, 10, 11, 5, 11, 12, 10, 12), (False,) * 5 + (True,) * 7)
@@ -96,7 +148,7 @@ def test_copy_spans_chain_pairs_that_the_prompt_holds():
     # a pair inside the response itself does not count: only the context is copied from
     ex2 = TokenizedExample((1, 2, 7, 8, 7, 8), (False, False, True, True, True, True))
     assert copy_spans(ex2).tolist() == [0, 1, 2, 3]
-    sat = TokenSaturation(by_span=True)
+    sat = TokenSaturation(ranking="span_saturated")
     q = sat.query(torch.zeros(7, 3, dtype=torch.float64), torch.ones(7, dtype=torch.float64), ex)
     assert q.spans.tolist() == [0, 0, 1, 2, 2, 3, 4]
     assert TokenSaturation().query(q.vectors, q.weights, ex).spans.tolist() == list(range(7))
@@ -130,13 +182,13 @@ def test_span_ranking_weights_come_from_token_queries():
     transform = ScoreTransform("influence", pre)
     terms = _vectors(3, 8, seed=9)
     owner = torch.zeros(3, dtype=torch.long)
-    vec, w = TokenSaturation(by_span=True).token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
+    vec, w = TokenSaturation(ranking="span_saturated").token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
     torch.testing.assert_close(w, TokenSaturation.specificity(pre.inverse(terms), terms, pre))
     vec1, w1 = TokenSaturation().token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
     torch.testing.assert_close(vec1, vec)
     assert w1.tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="span_saturated ranking standardises influence"):
-        TokenSaturation(by_span=True).token_queries(terms, terms, owner, ScoreTransform("grad_dot", None))
+        TokenSaturation(ranking="span_saturated").token_queries(terms, terms, owner, ScoreTransform("grad_dot", None))
 
 
 def test_standardized_tokens_have_unit_rms_over_the_training_set():
@@ -158,18 +210,18 @@ def test_bad_saturation_is_refused_with_the_fix(k):
 
 
 def test_build_config_resolves_the_ranking_from_the_score():
-    assert BuildConfig().ranking == "span_saturated"
+    assert BuildConfig().ranking == "span_gated"
     assert BuildConfig(score="relatif").ranking == "linear"
     assert BuildConfig(ranking="linear").ranking == "linear"
     assert BuildConfig(ranking="token_saturated").ranking == "token_saturated"
-    for ranking in ("token_saturated", "span_saturated"):
+    for ranking in SATURATED_RANKINGS:
         with pytest.raises(ValueError, match=f"ranking='{ranking}' with score='cosine'.*ranking='linear' to keep 'cosine'"):
             BuildConfig(score="cosine", ranking=ranking)
-    with pytest.raises(ValueError, match=r"ranking='top' \(choose from \['linear', 'token_saturated', 'span_saturated'\]\)"):
+    with pytest.raises(ValueError, match=re.escape(f"ranking='top' (choose from {list(RANKINGS)})")):
         BuildConfig(ranking="top")
     # the ranking is a query-time choice: not part of the identity a resume or an add must match
     assert "ranking" not in BuildConfig().identity() and BuildConfig().query_settings() == {
-        "ranking": "span_saturated", "saturation": 30.0}
+        "ranking": "span_gated", "saturation": 30.0}
 
 
 def test_emitting_positions_are_the_ones_before_each_target():

@@ -40,15 +40,17 @@ def _response_spans(ex) -> list[list[int]]:
     return spans
 
 
-def _saturated_oracle(loaded, request: dict, by_span: bool = True) -> np.ndarray:
+def _saturated_oracle(loaded, request: dict, ranking: str | None = None) -> np.ndarray:
     """Brute force over every stored vector: each response token's score over its RMS *measured*
-    across the whole training set, saturated as z / (z + k); ``by_span`` (span_saturated, the
-    default): a copy span's best token, weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean
-    square, else (token_saturated) summed over the tokens. No first stage."""
+    across the whole training set, saturated as z / (z + k). ``ranking`` (default: the index's):
+    ``token_saturated`` sums over the tokens; ``span_saturated`` takes a copy span's best token,
+    weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean square; ``span_gated`` adds the new
+    (one-token) spans' part times the copied spans' mean presence z / (z + presence_k). No first stage."""
     from tributary_client.types import AttributionRequest
     from tributary_indexer.batching import collate
 
     engine, index = loaded.engine, loaded.index
+    ranking = ranking or index.saturation.ranking
     ex = engine.prepare(AttributionRequest(**request)).tokens.example
     grads = engine.computer.compute(collate([ex], engine.pad_id), per_position=True)
     emitting = _emitting(ex)
@@ -61,17 +63,27 @@ def _saturated_oracle(loaded, request: dict, by_span: bool = True) -> np.ndarray
     mean_square = token_scores.pow(2).mean(1)  # [n_tokens]
     z = (token_scores / mean_square[:, None].sqrt()).clamp_min(0)
     k = index.saturation.k
-    if not by_span:
+    if ranking == "token_saturated":
         return (z / (z + k)).sum(0).numpy()
     damped = sum(lam * u[:, b.start : b.stop].pow(2).sum(1) for b, lam in zip(index.preconditioner.blocks, index.preconditioner.lambdas))
     weight = damped / mean_square  # [n_tokens]
     spans = _response_spans(ex)
     assert len(spans) < len(emitting), "the request must copy a run of prompt tokens, or spans go untested"
-    out = torch.zeros(stored.shape[0], dtype=torch.float64)
+    copied_part = torch.zeros(stored.shape[0], dtype=torch.float64)
+    new_part = torch.zeros(stored.shape[0], dtype=torch.float64)
+    presence = []
     for span in spans:
         best = z[span].max(0).values
-        out += weight[span].max() * best / (best + k)
-    return out.numpy()
+        term = weight[span].max() * best / (best + k)
+        if len(span) > 1:
+            copied_part += term
+            presence.append(best / (best + 2.0))  # presence_k = 2, the default
+        else:
+            new_part += term
+    if ranking == "span_saturated":
+        return (copied_part + new_part).numpy()
+    assert ranking == "span_gated" and presence
+    return (copied_part + new_part * (1 + torch.stack(presence).mean(0))).numpy()
 
 
 def test_attribution_ranks_and_matches_the_engine_oracle(client):
@@ -84,7 +96,7 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
     assert scores == sorted(scores, reverse=True)
     assert all(e["direction"] == "helpful" for e in body["examples"])
     assert body["timings"]["gradient_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["search_ms"]
-    assert client.get("/v1/index").json()["ranking"] == "span_saturated"
+    assert client.get("/v1/index").json()["ranking"] == "span_gated"
     # the same ranking and scores as the saturated score of every stored vector (60 < 200 candidates)
     every = _saturated_oracle(client.app.state.loaded, QA)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
@@ -111,7 +123,7 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
 
 
 def test_ranking_setting_overrides_the_manifest(make_settings):
-    """TRIBUTARY_RANKING=linear serves a span_saturated index by its linear influence."""
+    """TRIBUTARY_RANKING=linear serves a span_gated index by its linear influence."""
     with TestClient(create_app(make_settings(ranking="linear"))) as c:
         assert c.get("/v1/index").json()["ranking"] == "linear"
         body = c.post("/v1/attributions", json={**QA, "top_k": 3}).json()
@@ -125,16 +137,18 @@ def test_ranking_setting_overrides_the_manifest(make_settings):
         assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:3].tolist()
 
 
-def test_token_saturated_setting_ranks_by_the_per_token_oracle(make_settings):
-    """TRIBUTARY_RANKING=token_saturated: every response token its own span, weight 1."""
-    with TestClient(create_app(make_settings(ranking="token_saturated"))) as c:
-        assert c.get("/v1/index").json()["ranking"] == "token_saturated"
+@pytest.mark.parametrize("ranking, other", [("token_saturated", "span_saturated"), ("span_saturated", "span_gated")])
+def test_ranking_setting_ranks_by_that_rankings_oracle(make_settings, ranking, other):
+    """TRIBUTARY_RANKING=token_saturated (every response token its own span, weight 1) or
+    span_saturated (the previous default: spans and weights, no presence gate)."""
+    with TestClient(create_app(make_settings(ranking=ranking))) as c:
+        assert c.get("/v1/index").json()["ranking"] == ranking
         body = c.post("/v1/attributions", json={**QA, "top_k": 5}).json()
-        every = _saturated_oracle(c.app.state.loaded, QA, by_span=False)
+        every = _saturated_oracle(c.app.state.loaded, QA, ranking)
         assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
         np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
-        spans = _saturated_oracle(c.app.state.loaded, QA)
-        assert not np.allclose(np.sort(spans)[::-1][:5], np.sort(every)[::-1][:5]), "the two rankings must differ here"
+        theirs = _saturated_oracle(c.app.state.loaded, QA, other)
+        assert not np.allclose(np.sort(theirs)[::-1][:5], np.sort(every)[::-1][:5]), f"{ranking} and {other} must differ here"
 
 
 def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
@@ -197,7 +211,7 @@ def test_token_wise_scores_add_up(client):
     summed = np.sum([e["response_token_scores"] for e in body["examples"]], axis=0)
     np.testing.assert_allclose([t["score"] for t in tokens], summed, rtol=1e-5, atol=1e-7)
     # training side: a document's emitted-token scores are shares of its linear influence (also
-    # under the span_saturated ranking, whose `score` is the saturated one), and sum to it
+    # under the span_gated ranking, whose `score` is the saturated one), and sum to it
     assert body["examples"][0]["token_scores"], "token scores for the top example"
     from tributary_client.types import AttributionRequest
     from tributary_indexer.batching import collate
