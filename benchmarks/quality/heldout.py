@@ -1,0 +1,176 @@
+"""Fact tracing and backdoor retrieval on held-out corpora: the demo generator with other seeds.
+
+The defaults (α, ``k``, the ranking) and the tuned BM25 baseline were chosen on the committed demo
+corpus (seed 0), so their figures there are in-sample. A corpus generated with another seed has
+other subjects, facts and wordings, and a model trained on it from scratch with the demo's
+recipe; nothing was tuned on it. This benchmark scores the default, the other saturated rankings
+(the previous defaults) and both BM25 rows on each seed and pools them, with an exact paired
+sign test of the default against each row over the pooled fact questions.
+
+    .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 2 3 4] [--no-write]
+
+Corpora and models are made on first use under ``benchmarks/quality/.cache/heldout/seed-N/``
+(about 6 minutes of training per seed on 2 cores; deterministic), score matrices are cached
+like the other retrieval benchmarks'. Seed 0 is the committed demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tributary_indexer.demo import demo_root
+from tributary_indexer.token_ranking import SATURATED_RANKINGS
+
+from . import baselines
+from .methods import GradientCache, LoGraMethod, logra_scores
+from .metrics import backdoor_metrics, fact_tracing_metrics
+from .retrieval import (
+    CACHE,
+    FIRST_STAGE,
+    ROOT,
+    Entry,
+    cache_tag,
+    score_matrices,
+    tuned_bm25_name,
+    write_results_section,
+)
+from .workload import Workload, load_workload
+
+logger = logging.getLogger(__name__)
+
+HELDOUT = CACHE / "heldout"
+SEEDS = (0, 1, 2, 3, 4)
+
+
+def seed_pair(seed: int) -> tuple[Path, Path]:
+    """``(model_dir, corpus_dir)`` of ``seed``: the committed demo for 0, else generated and trained once."""
+    if seed == 0:
+        return demo_root() / "model", demo_root() / "corpus"
+    from tributary_indexer.demo.corpus_generator import generate
+    from tributary_indexer.demo.train_model import train
+
+    base = HELDOUT / f"seed-{seed}"
+    corpus, model = base / "corpus", base / "model"
+    if not (corpus / "ground_truth.json").is_file():
+        generate(corpus, seed=seed, progress=False)
+    if not (model / "model.safetensors").is_file():
+        logger.info("training the seed-%d model (about 6 minutes on 2 cores)", seed)
+        train(corpus, model)
+    return model, corpus
+
+
+def entries(workload: Workload) -> list[Entry]:
+    """The default, the other saturated rankings of the same index, and the two BM25 rows."""
+    cache = GradientCache(workload)
+    default = LoGraMethod.default()
+    others = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
+    out = [Entry(default.name, "default", lambda: logra_scores(default, cache, FIRST_STAGE))]
+    out += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in others]
+    texts = [q.prompt + q.response for q in workload.queries]
+    out.append(Entry("BM25 (prompt + response words)", "baseline", lambda: baselines.bm25_scores(texts, workload.texts)))
+    out.append(Entry(tuned_bm25_name(), "baseline", lambda: baselines.bm25_scores(texts, workload.texts, **baselines.BM25_TUNED)))
+    return out
+
+
+def top1_hits(scores: np.ndarray, relevant: list[frozenset[int]]) -> np.ndarray:
+    """``[Q]`` bool: the query's best-scored example is relevant (ties broken by row order, as the metrics do)."""
+    best = np.argsort(-scores, axis=1, kind="stable")[:, 0]
+    return np.array([int(b) in rel for b, rel in zip(best, relevant)])
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided p-value of ``wins`` against ``losses`` discordant pairs under a fair coin."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def run(seeds: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
+    """Per-seed rows and pooled rows (with the sign test against the default)."""
+    per_seed, hits = [], {}
+    for seed in seeds:
+        model, corpus = seed_pair(seed)
+        workload = load_workload(model, corpus)
+        matrices = score_matrices(entries(workload), CACHE / cache_tag(model, corpus), refresh=False)
+        facts = [i for i, q in enumerate(workload.queries) if q.kind == "fact"]
+        triggers = [i for i, q in enumerate(workload.queries) if q.kind == "trigger"]
+        relevant = [workload.queries[i].relevant for i in facts]
+        for entry, scores, _ in matrices:
+            fact = fact_tracing_metrics(scores[facts], relevant)
+            backdoor = backdoor_metrics(scores[triggers], workload.queries[triggers[0]].relevant)
+            per_seed.append({"seed": seed, "method": entry.name, "group": entry.group, "questions": len(facts),
+                             **fact, "auprc": backdoor["auprc"]})
+            hits.setdefault(entry.name, []).append(top1_hits(scores[facts], relevant))
+    pooled = []
+    names = list(hits)
+    default_hits = np.concatenate(hits[names[0]])
+    for name in names:
+        rows = [r for r in per_seed if r["method"] == name]
+        mine = np.concatenate(hits[name])
+        wins, losses = int((default_hits & ~mine).sum()), int((~default_hits & mine).sum())
+        pooled.append({"method": name, "group": rows[0]["group"], "questions": int(mine.size),
+                       "recall@1": float(mine.mean()), "mrr": float(np.mean([r["mrr"] for r in rows])),
+                       "min recall@1": float(min(r["recall@1"] for r in rows)),
+                       "mean auprc": float(np.mean([r["auprc"] for r in rows])),
+                       "default wins": wins, "default losses": losses, "p": sign_test(wins, losses)})
+    return per_seed, pooled
+
+
+def _p_value(p: float) -> str:
+    return "p < 0.001" if p < 1e-3 else f"p = {p:.2f}"
+
+
+def markdown(seeds: tuple[int, ...], per_seed: list[dict], pooled: list[dict]) -> str:
+    head = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled recall@1 | mean MRR | mean AUPRC | default +/− (p) |"
+    lines = [head, "|---|" + "---|" * (len(seeds) + 4)]
+    for p in pooled:
+        cells = [f"{r['recall@1']:.3f}" for r in per_seed if r["method"] == p["method"]]
+        name = f"**{p['method']} (default)**" if p["group"] == "default" else p["method"]
+        versus = "—" if p["group"] == "default" else f"+{p['default wins']} / −{p['default losses']} ({_p_value(p['p'])})"
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {p['recall@1']:.3f} | {p['mrr']:.3f} | {p['mean auprc']:.3f} | {versus} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    parser = argparse.ArgumentParser(description="fact tracing and backdoor retrieval on held-out generated corpora")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help=f"corpus seeds {list(SEEDS)}; 0 = the demo")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    seeds = tuple(args.seeds)
+    t0 = time.perf_counter()
+    per_seed, pooled = run(seeds)
+    table = markdown(seeds, per_seed, pooled)
+    print(table)
+    if not args.no_write:
+        out = ROOT / "benchmarks" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "quality_heldout.json").write_text(json.dumps({"per_seed": per_seed, "pooled": pooled}, indent=1) + "\n",
+                                                  encoding="utf-8")
+        (out / "quality_heldout.md").write_text(table + "\n", encoding="utf-8")
+        header = (f"`.venv/bin/python -m benchmarks.quality.heldout --seeds {' '.join(map(str, seeds))}` — fact recall@1 "
+                  f"per corpus seed (seed 0 is the committed demo, in-sample for every tuned constant; the others are "
+                  f"out-of-sample), {'/'.join(sorted({str(r['questions']) for r in per_seed}))} questions each; "
+                  f"\"default +/−\" counts the pooled "
+                  f"questions only the default / only that row gets right at rank 1, with the exact sign test's p. "
+                  f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.\n")
+        write_results_section("heldout", header + "\n" + table)
+    logger.info("done in %.0f s", time.perf_counter() - t0)
+    return per_seed, pooled
+
+
+if __name__ == "__main__":
+    main()
