@@ -29,7 +29,6 @@ import torch
 from tributary_indexer.demo import demo_root
 from tributary_indexer.token_ranking import SATURATED_RANKINGS
 
-from . import baselines
 from .methods import GradientCache, LoGraMethod, logra_scores
 from .metrics import backdoor_metrics, fact_tracing_metrics
 from .retrieval import (
@@ -37,9 +36,9 @@ from .retrieval import (
     FIRST_STAGE,
     ROOT,
     Entry,
+    bm25_entries,
     cache_tag,
     score_matrices,
-    tuned_bm25_name,
     write_results_section,
 )
 from .workload import Workload, load_workload
@@ -74,10 +73,7 @@ def entries(workload: Workload) -> list[Entry]:
     others = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
     out = [Entry(default.name, "default", lambda: logra_scores(default, cache, FIRST_STAGE))]
     out += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in others]
-    texts = [q.prompt + q.response for q in workload.queries]
-    out.append(Entry("BM25 (prompt + response words)", "baseline", lambda: baselines.bm25_scores(texts, workload.texts)))
-    out.append(Entry(tuned_bm25_name(), "baseline", lambda: baselines.bm25_scores(texts, workload.texts, **baselines.BM25_TUNED)))
-    return out
+    return out + bm25_entries(workload)
 
 
 def top1_hits(scores: np.ndarray, relevant: list[frozenset[int]]) -> np.ndarray:

@@ -52,10 +52,7 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
     entries += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in ours]
     queries = workload.queries
     entries.append(Entry("random", "baseline", lambda: baselines.random_scores(len(queries), len(workload.examples))))
-    bm25_queries = [q.prompt + q.response for q in queries]
-    entries.append(Entry("BM25 (prompt + response words)", "baseline", lambda: baselines.bm25_scores(bm25_queries, workload.texts)))
-    entries.append(Entry(tuned_bm25_name(), "baseline",
-                         lambda: baselines.bm25_scores(bm25_queries, workload.texts, **baselines.BM25_TUNED)))
+    entries += bm25_entries(workload)
     entries.append(Entry("hidden-state embedding cosine", "baseline",
                          lambda: baselines.embedding_scores(workload.model, [q.example for q in queries],
                                                             workload.examples, workload.pad_id)))
@@ -66,6 +63,13 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
                                      workload.model, cache.modules, [q.example for q in queries],
                                      workload.examples, workload.pad_id, objective=o))))
     return entries
+
+
+def bm25_entries(workload: Workload) -> list[Entry]:
+    """BM25 over the query's prompt and response words: at rank_bm25's constants, and tuned (:data:`baselines.BM25_TUNED`)."""
+    texts = [q.prompt + q.response for q in workload.queries]
+    return [Entry("BM25 (prompt + response words)", "baseline", lambda: baselines.bm25_scores(texts, workload.texts)),
+            Entry(tuned_bm25_name(), "baseline", lambda: baselines.bm25_scores(texts, workload.texts, **baselines.BM25_TUNED))]
 
 
 def tuned_bm25_name() -> str:
