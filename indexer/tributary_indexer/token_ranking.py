@@ -106,8 +106,12 @@ class TokenQuery:
     """``[n_t]`` float64: each token's weight (its specificity; 1 under ``token_saturated``)."""
     spans: torch.Tensor
     """``[n_t]`` long: each token's span (``0..n_s-1``; every token its own under ``token_saturated``)."""
-    copied: torch.Tensor
-    """``[n_s]`` bool: the span is a run of two or more tokens copied from the prompt (:func:`copy_spans`)."""
+
+    @property
+    def copied(self) -> torch.Tensor:
+        """``[n_s]`` bool: the span is a run of two or more tokens copied from the prompt (:func:`copy_spans`)."""
+        n_spans = int(self.spans.max()) + 1 if len(self.spans) else 0
+        return torch.bincount(self.spans, minlength=n_spans) >= 2
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,7 @@ class TokenSaturation:
             spans = torch.arange(len(vectors), device=vectors.device)
         if len(spans) != len(vectors):
             raise ValueError(f"{len(vectors)} token vectors for an example with {len(spans)} response tokens")
-        copied = torch.bincount(spans, minlength=int(spans.max()) + 1 if len(spans) else 0) >= 2  # [n_s]
-        return TokenQuery(vectors, weights, spans, copied)
+        return TokenQuery(vectors, weights, spans)
 
     def split(self, vectors: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor,
               examples: Sequence[TokenizedExample]) -> list[TokenQuery]:
@@ -212,9 +215,11 @@ class TokenSaturation:
         weight = torch.zeros(n_spans, dtype=torch.float64, device=z.device)
         weight = weight.scatter_reduce(0, index, query.weights.to(z), "amax")  # [n_s]
         terms = weight[:, None] * best / (best + self.k)  # [n_s, N]
-        if self.ranking != "span_gated" or not bool(query.copied.any()):
+        if self.ranking != "span_gated":
             return terms.sum(0)
-        copied = query.copied.to(z.device)
+        copied = query.copied.to(z.device)  # [n_s]
+        if not bool(copied.any()):
+            return terms.sum(0)
         presence = (best[copied] / (best[copied] + self.presence_k)).mean(0)  # [N]: P, in [0, 1)
         return terms.sum(0) + terms[~copied].sum(0) * presence  # C + N · (1 + P)
 

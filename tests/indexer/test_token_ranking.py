@@ -60,8 +60,7 @@ def test_score_second_moment_with_several_blocks_sums_the_blocks():
 
 
 def _each_token(vectors: torch.Tensor) -> TokenQuery:
-    return TokenQuery(vectors, torch.ones(len(vectors), dtype=torch.float64), torch.arange(len(vectors)),
-                      torch.zeros(len(vectors), dtype=torch.bool))
+    return TokenQuery(vectors, torch.ones(len(vectors), dtype=torch.float64), torch.arange(len(vectors)))
 
 
 def test_saturated_scores_follow_the_formula_and_the_first_stage_sums_tokens():
@@ -84,7 +83,7 @@ def test_span_scores_take_each_span_best_token_and_largest_weight():
     stored = _vectors(7, 6, seed=7)
     weights = torch.tensor([0.5, 3.0, 1.0, 2.0, 0.25], dtype=torch.float64)
     spans = torch.tensor([0, 0, 1, 2, 2])
-    got = sat.scores(TokenQuery(tokens, weights, spans, torch.tensor([True, False, True])), stored)
+    got = sat.scores(TokenQuery(tokens, weights, spans), stored)
     z = (tokens @ stored.T).tolist()  # [5][7]
     for j in range(7):  # oracle: plain loops over the spans
         want = 0.0
