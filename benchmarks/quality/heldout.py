@@ -123,7 +123,9 @@ def run(seeds: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
 
 
 def _p_value(p: float) -> str:
-    return "p < 0.001" if p < 1e-3 else f"p = {p:.2f}"
+    if p < 1e-3:
+        return "p < 0.001"
+    return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
 
 
 def markdown(seeds: tuple[int, ...], per_seed: list[dict], pooled: list[dict]) -> str:

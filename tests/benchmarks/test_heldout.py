@@ -31,3 +31,11 @@ def test_seed_zero_is_the_committed_demo():
     from tributary_indexer.demo import demo_root
 
     assert seed_pair(0) == (demo_root() / "model", demo_root() / "corpus")
+
+
+def test_p_values_keep_a_digit_that_is_not_zero():
+    from benchmarks.quality.heldout import _p_value
+
+    assert _p_value(0.0004) == "p < 0.001"
+    assert _p_value(0.0044) == "p = 0.004"
+    assert _p_value(0.33) == "p = 0.33"
