@@ -30,7 +30,7 @@ from tributary_indexer.demo import demo_root
 from tributary_indexer.token_ranking import SATURATED_RANKINGS
 
 from .methods import GradientCache, LoGraMethod, logra_scores
-from .metrics import backdoor_metrics, fact_tracing_metrics
+from .metrics import ranks_of_relevant
 from .retrieval import (
     CACHE,
     FIRST_STAGE,
@@ -38,6 +38,7 @@ from .retrieval import (
     Entry,
     bm25_entries,
     cache_tag,
+    evaluate,
     score_matrices,
     write_results_section,
 )
@@ -78,8 +79,7 @@ def entries(workload: Workload) -> list[Entry]:
 
 def top1_hits(scores: np.ndarray, relevant: list[frozenset[int]]) -> np.ndarray:
     """``[Q]`` bool: the query's best-scored example is relevant (ties broken by row order, as the metrics do)."""
-    best = np.argsort(-scores, axis=1, kind="stable")[:, 0]
-    return np.array([int(b) in rel for b, rel in zip(best, relevant)])
+    return np.array([int(ranks[0]) == 1 for ranks in ranks_of_relevant(scores, relevant)])
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -99,13 +99,11 @@ def run(seeds: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
         workload = load_workload(model, corpus)
         matrices = score_matrices(entries(workload), CACHE / cache_tag(model, corpus), refresh=False)
         facts = [i for i, q in enumerate(workload.queries) if q.kind == "fact"]
-        triggers = [i for i, q in enumerate(workload.queries) if q.kind == "trigger"]
         relevant = [workload.queries[i].relevant for i in facts]
-        for entry, scores, _ in matrices:
-            fact = fact_tracing_metrics(scores[facts], relevant)
-            backdoor = backdoor_metrics(scores[triggers], workload.queries[triggers[0]].relevant)
+        backdoor = evaluate("backdoor", workload, matrices)
+        for (entry, scores, _), fact, poisoned in zip(matrices, evaluate("fact_tracing", workload, matrices), backdoor):
             per_seed.append({"seed": seed, "method": entry.name, "group": entry.group, "questions": len(facts),
-                             **fact, "auprc": backdoor["auprc"]})
+                             **{k: fact[k] for k in ("recall@1", "recall@10", "mrr")}, "auprc": poisoned["auprc"]})
             hits.setdefault(entry.name, []).append(top1_hits(scores[facts], relevant))
     pooled = []
     names = list(hits)
