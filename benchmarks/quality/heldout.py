@@ -7,7 +7,7 @@ recipe; nothing was tuned on it. This benchmark scores the default, the other sa
 (the previous defaults) and both BM25 rows on each seed and pools them, with an exact paired
 sign test of the default against each row over the pooled fact questions.
 
-    .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 2 3 4] [--no-write]
+    .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 ... 10] [--no-write]
 
 Corpora and models are made on first use under ``benchmarks/quality/.cache/heldout/seed-N/``
 (about 6 minutes of training per seed on 2 cores; deterministic), score matrices are cached
@@ -47,7 +47,7 @@ from .workload import Workload, load_workload
 logger = logging.getLogger(__name__)
 
 HELDOUT = CACHE / "heldout"
-SEEDS = (0, 1, 2, 3, 4)
+SEEDS = tuple(range(11))
 
 
 def seed_pair(seed: int) -> tuple[Path, Path]:
@@ -72,6 +72,8 @@ def entries(workload: Workload) -> list[Entry]:
     cache = GradientCache(workload)
     default = LoGraMethod.default()
     others = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
+    if default.ranking == "span_gated" and default.presence_core:
+        others.insert(0, default.replace(presence_core=0.0))  # the gate with whole-span presence
     out = [Entry(default.name, "default", lambda: logra_scores(default, cache, FIRST_STAGE))]
     out += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in others]
     return out + bm25_entries(workload)

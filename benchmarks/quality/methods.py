@@ -50,6 +50,8 @@ class LoGraMethod:
     """``all`` tracked modules, or ``mlp+lm_head`` (the ``mlp+output`` preset on GPT-2)."""
     ranking: str = "linear"
     saturation: float = TokenSaturation.k
+    presence_core: float = TokenSaturation.presence_core
+    """``span_gated`` only: the copied spans' presence from their core tokens (0: every token)."""
 
     @classmethod
     def default(cls) -> LoGraMethod:
@@ -71,7 +73,8 @@ class LoGraMethod:
         if self.rapidgrad_k:
             parts.append(f"RapidGrad K={self.rapidgrad_k}" + ("" if self.rapidgrad_normalize else " (no layer norm)"))
         if self.ranking in SATURATED_RANKINGS:
-            parts.append(f"{self.ranking.replace('_', '-')} k={self.saturation:g}")
+            ranking = f"{self.ranking.replace('_', '-')} k={self.saturation:g}"
+            parts.append(ranking + (f" core={self.presence_core:g}" if self.ranking == "span_gated" else ""))
         return " · ".join(parts)
 
     def replace(self, **changes: object) -> LoGraMethod:
@@ -92,6 +95,8 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     grid = [linear]
     if default.ranking in SATURATED_RANKINGS:
         grid += [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]  # incl. the previous defaults
+        if default.ranking == "span_gated" and default.presence_core:
+            grid += [default.replace(presence_core=0.0)]  # the presence from every token of a copied span
         grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
         grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # the previous default
     grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
@@ -206,7 +211,7 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
         query, _ = transform.query(queries)
         return (query @ stored.T).numpy()
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
-    saturation = TokenSaturation(method.saturation, ranking=method.ranking)
+    saturation = TokenSaturation(method.saturation, ranking=method.ranking, presence_core=method.presence_core)
     standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
     out = np.empty((len(queries), stored.shape[0]))
     per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries])

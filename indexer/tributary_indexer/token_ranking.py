@@ -15,8 +15,10 @@ that emit the response tokens (DESIGN §2): ``score(z) = Σ_t s_t(z)`` with
 ``span_gated``         ``span_saturated``'s sum ``C + N``, split into the copied spans' part
                        ``C`` and the new spans' part ``N``, plus ``N · P``: the new content
                        counts up to twice as much in an example *about* what the prompt names,
-                       ``P = mean_{copied s} φ_p(max_{t∈s} z_t)`` with ``φ_p`` saturating at
-                       ``presence_k`` (default 2, in RMS units): ``C + N · (1 + P)``.
+                       ``P = mean_{copied s} φ_p(max_{t∈core(s)} z_t)`` with ``φ_p`` saturating
+                       at ``presence_k`` (default 2, in RMS units): ``C + N · (1 + P)``. A
+                       span's *core* is its tokens of weight ``w_t ≥ presence_core · max_s w``
+                       (default ½).
 =====================  =====================================================================
 
 Why saturate: in a linear sum one response token can carry a document. For "Zurvae Pialdaley
@@ -119,11 +121,14 @@ class TokenSaturation:
     """A saturated ranking (one of :data:`SATURATED_RANKINGS`) with constant ``k`` (in units of ``rms_t``).
 
     ``presence_k``: ``span_gated``'s saturation constant for the copied spans' presence ``P``.
+    ``presence_core``: ``span_gated`` takes a copied span's presence from its *core*, the tokens
+    whose weight is at least ``presence_core`` times the span's largest (0: every token of the span).
     """
 
     k: float = 30.0
     ranking: str = "token_saturated"
     presence_k: float = 2.0
+    presence_core: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.k > 0 and math.isfinite(self.k)):
@@ -131,6 +136,9 @@ class TokenSaturation:
         if not (self.presence_k > 0 and math.isfinite(self.presence_k)):
             raise ValueError(f"presence_k must be a positive number (got {self.presence_k}); "
                              f"the default is {TokenSaturation.presence_k:g}")
+        if not 0.0 <= self.presence_core <= 1.0:
+            raise ValueError(f"presence_core must be a fraction in [0, 1] (got {self.presence_core}); "
+                             f"the default is {TokenSaturation.presence_core:g}, 0 takes every token of a copied span")
         if self.ranking not in SATURATED_RANKINGS:
             raise ValueError(f"{self.ranking!r} is not a saturated ranking; choose one of {list(SATURATED_RANKINGS)}")
 
@@ -220,7 +228,10 @@ class TokenSaturation:
         copied = query.copied.to(z.device)  # [n_s]
         if not bool(copied.any()):
             return terms.sum(0)
-        presence = (best[copied] / (best[copied] + self.presence_k)).mean(0)  # [N]: P, in [0, 1)
+        span_weight = weight[index]  # [n_t]: each token's span's largest weight
+        core = query.weights.to(z) >= self.presence_core * span_weight  # [n_t]: the span's core tokens
+        core_best = torch.zeros_like(best).scatter_reduce(0, index[:, None].expand_as(z), z * core[:, None], "amax")  # [n_s, N]
+        presence = (core_best[copied] / (core_best[copied] + self.presence_k)).mean(0)  # [N]: P, in [0, 1)
         return terms.sum(0) + terms[~copied].sum(0) * presence  # C + N · (1 + P)
 
     def scores(self, query: TokenQuery, stored: torch.Tensor) -> torch.Tensor:

@@ -96,9 +96,9 @@ def test_span_scores_take_each_span_best_token_and_largest_weight():
     torch.testing.assert_close(sat.scores(_each_token(tokens), stored), (zc / (zc + 2.0)).sum(0))
 
 
-@pytest.mark.parametrize("presence_k", [0.5, 2.0])
-def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence_k):
-    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k)
+@pytest.mark.parametrize("presence_k, presence_core", [(0.5, 0.5), (2.0, 0.5), (2.0, 0.0), (2.0, 0.3)])
+def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence_k, presence_core):
+    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=presence_core)
     tokens = _vectors(6, 5, seed=10)
     stored = _vectors(8, 5, seed=11)
     weights = torch.tensor([2.0, 0.5, 1.0, 4.0, 1.5, 3.0], dtype=torch.float64)
@@ -108,18 +108,26 @@ def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence
     assert query.spans.tolist() == [0, 0, 1, 2, 2, 3] and query.copied.tolist() == [True, False, True, False]
     got = sat.scores(query, stored)
     z = (tokens @ stored.T).tolist()  # [6][8]
+    # the cores at 0.5: token 0 of span [0, 1] (weights 2, 0.5) and token 3 of [3, 4] (4, 1.5); at 0.3
+    # both tokens of [3, 4] (1.5 >= 1.2) and still only token 0 of [0, 1] (0.5 < 0.6); at 0 every token
     for j in range(8):  # oracle: plain loops, C + N * (1 + P)
         copied_part, new_part, presence = 0.0, 0.0, []
         for members, is_copy in (([0, 1], True), ([2], False), ([3, 4], True), ([5], False)):
             best = max(max(z[t][j], 0.0) for t in members)
-            term = max(float(weights[t]) for t in members) * best / (best + 3.0)
+            largest = max(float(weights[t]) for t in members)
+            term = largest * best / (best + 3.0)
             if is_copy:
                 copied_part += term
-                presence.append(best / (best + presence_k))
+                core = [t for t in members if float(weights[t]) >= presence_core * largest]
+                core_best = max(max(z[t][j], 0.0) for t in core)
+                presence.append(core_best / (core_best + presence_k))
             else:
                 new_part += term
         want = copied_part + new_part * (1 + sum(presence) / len(presence))
         assert abs(float(got[j]) - want) < 1e-12
+    if presence_core > 0:  # the core changes the presence of these vectors: the parameter is exercised
+        whole = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=0.0)
+        assert not torch.allclose(got, whole.scores(query, stored))
     # never below span_saturated, and at most the new spans' part more
     plain = TokenSaturation(k=3.0, ranking="span_saturated").scores(query, stored)
     assert bool((got >= plain - 1e-12).all())
@@ -135,6 +143,8 @@ def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence
 def test_bad_presence_k_and_unknown_rankings_are_refused_with_the_fix(presence_k):
     with pytest.raises(ValueError, match="presence_k must be a positive number"):
         TokenSaturation(ranking="span_gated", presence_k=presence_k)
+    with pytest.raises(ValueError, match=r"presence_core must be a fraction in \[0, 1\]"):
+        TokenSaturation(ranking="span_gated", presence_core=presence_k - 1.5)  # -1.5, -3.5, nan
     with pytest.raises(ValueError, match="not a saturated ranking; choose one of"):
         TokenSaturation(ranking="linear")
 

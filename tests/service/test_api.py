@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from tributary_service.app import create_app
 
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
+# copies two runs of the prompt; in the second, " year 1001" has tokens outside the core (weight < half the largest)
+QA_COPY = {**QA, "response": " Alba sold lanterns in year 1001."}
 
 
 def _error(resp, status: int, type_: str) -> dict:
@@ -40,12 +42,13 @@ def _response_spans(ex) -> list[list[int]]:
     return spans
 
 
-def _saturated_oracle(loaded, request: dict, ranking: str | None = None) -> np.ndarray:
+def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a_core: bool = False) -> np.ndarray:
     """Brute force over every stored vector: each response token's score over its RMS *measured*
     across the whole training set, saturated as z / (z + k). ``ranking`` (default: the index's):
     ``token_saturated`` sums over the tokens; ``span_saturated`` takes a copy span's best token,
     weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean square; ``span_gated`` adds the new
-    (one-token) spans' part times the copied spans' mean presence z / (z + presence_k). No first stage."""
+    (one-token) spans' part times the copied spans' mean presence z / (z + presence_k), z the best
+    of the span's core tokens (weight at least half the span's largest). No first stage."""
     from tributary_client.types import AttributionRequest
     from tributary_indexer.batching import collate
 
@@ -71,18 +74,22 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None) -> np.n
     assert len(spans) < len(emitting), "the request must copy a run of prompt tokens, or spans go untested"
     copied_part = torch.zeros(stored.shape[0], dtype=torch.float64)
     new_part = torch.zeros(stored.shape[0], dtype=torch.float64)
-    presence = []
+    presence, trimmed = [], False
     for span in spans:
         best = z[span].max(0).values
         term = weight[span].max() * best / (best + k)
         if len(span) > 1:
             copied_part += term
-            presence.append(best / (best + 2.0))  # presence_k = 2, the default
+            core = [t for t in span if weight[t] >= 0.5 * weight[span].max()]  # presence_core = 0.5, the default
+            trimmed |= len(core) < len(span)
+            core_best = z[core].max(0).values
+            presence.append(core_best / (core_best + 2.0))  # presence_k = 2, the default
         else:
             new_part += term
     if ranking == "span_saturated":
         return (copied_part + new_part).numpy()
     assert ranking == "span_gated" and presence
+    assert trimmed or not trims_a_core, "a copied span's core must leave a token out, or the core goes untested"
     return (copied_part + new_part * (1 + torch.stack(presence).mean(0))).numpy()
 
 
@@ -101,6 +108,11 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
     every = _saturated_oracle(client.app.state.loaded, QA)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
     np.testing.assert_allclose(scores, np.sort(every)[::-1][:5], rtol=1e-5)
+    # a response whose copied span has tokens outside its core: the presence comes from the core only
+    body = client.post("/v1/attributions", json={**QA_COPY, "top_k": 5}).json()
+    every = _saturated_oracle(client.app.state.loaded, QA_COPY, trims_a_core=True)
+    assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
+    np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
 
 
 def test_few_first_stage_candidates_rerank_only_those(make_settings):
