@@ -140,6 +140,37 @@ def markdown(seeds: tuple[int, ...], per_seed: list[dict], pooled: list[dict]) -
     return "\n".join(lines)
 
 
+def plot(per_seed: list[dict], path: Path) -> None:
+    """Fact recall@1 per seed, one line per method (red: the default, blue: ours, grey: BM25)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"default": "#d62728", "ours": "#1f77b4", "baseline": "#7f7f7f"}
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    seeds = sorted({r["seed"] for r in per_seed})
+    methods = list(dict.fromkeys(r["method"] for r in per_seed))
+    for name, marker in zip(methods, "os^vDxP*"):
+        rows = {r["seed"]: r for r in per_seed if r["method"] == name}
+        group = next(iter(rows.values()))["group"]
+        label = name.split(" · ")[-1] if name.startswith("LoGra") else name  # the ranking is what differs
+        ax.plot(seeds, [rows[s]["recall@1"] for s in seeds], marker=marker, color=colors[group],
+                linewidth=2.5 if group == "default" else 1.2, linestyle="--" if "tuned" in name else "-",
+                alpha={"default": 1.0, "ours": 0.5, "baseline": 0.9}[group],
+                label=label + (" (default)" if group == "default" else ""))
+    ax.set_xticks(seeds)
+    ax.set_xlabel("corpus seed (0 = the demo, where the constants were chosen)")
+    ax.set_ylabel("fact recall@1")
+    ax.set_title("fact tracing on held-out generated corpora, each with its own trained model", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     parser = argparse.ArgumentParser(description="fact tracing and backdoor retrieval on held-out generated corpora")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help=f"corpus seeds {list(SEEDS)}; 0 = the demo")
@@ -165,7 +196,8 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
                   f"\"default +/−\" counts the pooled "
                   f"questions only the default / only that row gets right at rank 1, with the exact sign test's p. "
                   f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.\n")
-        write_results_section("heldout", header + "\n" + table)
+        plot(per_seed, ROOT / "benchmarks" / "figures" / "quality_heldout.png")
+        write_results_section("heldout", header + "\n" + table + "\n\n![heldout](figures/quality_heldout.png)")
     logger.info("done in %.0f s", time.perf_counter() - t0)
     return per_seed, pooled
 
