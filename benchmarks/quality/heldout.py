@@ -5,7 +5,8 @@ corpus (seed 0), so their figures there are in-sample. A corpus generated with a
 other subjects, facts and wordings, and a model trained on it from scratch with the demo's
 recipe; nothing was tuned on it. This benchmark scores the default, the other saturated rankings
 (the previous defaults) and both BM25 rows on each seed and pools them, with an exact paired
-sign test of the default against each row over the pooled fact questions.
+sign test of the default against each row over the pooled fact questions. It writes its table to
+``benchmarks/RESULTS.md`` and a plot of recall@1 per seed to ``benchmarks/figures/quality_heldout.png``.
 
     .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 ... 10] [--no-write]
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from tributary_service.app import create_app
 
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
-# copies two runs of the prompt; in the second, " year 1001" has tokens outside the core (weight < half the largest)
+# copies two runs of the prompt; the oracle asserts that one of them has tokens outside its core (weight < half the largest)
 QA_COPY = {**QA, "response": " Alba sold lanterns in year 1001."}
 
 
