@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tributary_indexer.demo import demo_root
-from tributary_indexer.token_ranking import SATURATED_RANKINGS
 
-from .methods import GradientCache, LoGraMethod, logra_scores
+from .methods import GradientCache, LoGraMethod, logra_scores, ranking_variants
 from .metrics import ranks_of_relevant
 from .retrieval import (
     CACHE,
@@ -69,12 +68,10 @@ def seed_pair(seed: int) -> tuple[Path, Path]:
 
 
 def entries(workload: Workload) -> list[Entry]:
-    """The default, the other saturated rankings of the same index, and the two BM25 rows."""
+    """The default, its ranking variants (:func:`~.methods.ranking_variants`), and the two BM25 rows."""
     cache = GradientCache(workload)
     default = LoGraMethod.default()
-    others = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
-    if default.ranking == "span_gated" and default.presence_core:
-        others.insert(0, default.replace(presence_core=0.0))  # the gate with whole-span presence
+    others = ranking_variants(default)
     out = [Entry(default.name, "default", lambda: logra_scores(default, cache, FIRST_STAGE))]
     out += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in others]
     return out + bm25_entries(workload)

@@ -81,6 +81,15 @@ class LoGraMethod:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def ranking_variants(default: LoGraMethod) -> list[LoGraMethod]:
+    """The same index under the other saturated rankings (the previous defaults among them) and,
+    for ``span_gated``, with the presence from every token of a copied span (session 9's gate)."""
+    out = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
+    if default.ranking == "span_gated" and default.presence_core:
+        out.append(default.replace(presence_core=0.0))
+    return out
+
+
 def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("influence", "relatif", "cosine")) -> list[LoGraMethod]:
     """The configurations around ``default`` that the quality benchmarks compare it with.
 
@@ -94,9 +103,7 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     linear = default.replace(ranking="linear")
     grid = [linear]
     if default.ranking in SATURATED_RANKINGS:
-        grid += [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]  # incl. the previous defaults
-        if default.ranking == "span_gated" and default.presence_core:
-            grid += [default.replace(presence_core=0.0)]  # the presence from every token of a copied span
+        grid += ranking_variants(default)
         grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
         grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # the previous default
     grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
