@@ -40,13 +40,3 @@ def test_p_values_keep_a_digit_that_is_not_zero():
     assert _p_value(0.0044) == "p = 0.004"
     assert _p_value(0.33) == "p = 0.33"
 
-
-def test_plot_writes_a_png_and_its_folder(tmp_path):
-    from benchmarks.quality.heldout import plot
-
-    rows = [{"seed": s, "method": m, "group": g, "recall@1": r}
-            for m, g, base in (("LoGra x · span-gated k=30 core=0.5", "default", 0.99), ("BM25", "baseline", 0.98))
-            for s, r in ((0, base), (1, base - 0.01))]
-    path = tmp_path / "figures" / "heldout.png"
-    plot(rows, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
