@@ -24,6 +24,7 @@ import torch
 from tributary_service.settings import ServiceSettings
 
 from . import baselines
+from .gradients import tracked_modules
 from .methods import GradientCache, LoGraMethod, configuration_grid, logra_scores
 from .metrics import backdoor_metrics, fact_tracing_metrics
 from .workload import Workload, load_workload
@@ -43,13 +44,18 @@ class Entry:
     compute: Callable[[], np.ndarray]
 
 
-def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
-    """The default, the configuration grid around it, and the baselines."""
+def logra_entries(workload: Workload, around: Callable[[LoGraMethod], list[LoGraMethod]] | None = None) -> list[Entry]:
+    """The default and the methods ``around(default)`` (none without), ranked as the service ranks, sharing one gradient cache."""
     cache = GradientCache(workload)
     default = LoGraMethod.default()
-    ours = [] if quick else configuration_grid(default)
+    ours = around(default) if around is not None else []
     entries = [Entry(default.name, "default", lambda: logra_scores(default, cache, FIRST_STAGE))]
-    entries += [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in ours]
+    return entries + [Entry(m.name, "ours", (lambda m=m: logra_scores(m, cache, FIRST_STAGE))) for m in ours]
+
+
+def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
+    """The default, the configuration grid around it, and the baselines."""
+    entries = logra_entries(workload, None if quick else configuration_grid)
     queries = workload.queries
     entries.append(Entry("random", "baseline", lambda: baselines.random_scores(len(queries), len(workload.examples))))
     entries += bm25_entries(workload)
@@ -57,10 +63,11 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
                          lambda: baselines.embedding_scores(workload.model, [q.example for q in queries],
                                                             workload.examples, workload.pad_id)))
     if not quick:
+        modules = tracked_modules(workload.model)
         for objective in ("nll", "margin"):
             entries.append(Entry(f"full-gradient dot ({objective}, no projection)", "baseline",
                                  (lambda o=objective: baselines.full_gradient_dot_scores(
-                                     workload.model, cache.modules, [q.example for q in queries],
+                                     workload.model, modules, [q.example for q in queries],
                                      workload.examples, workload.pad_id, objective=o))))
     return entries
 
@@ -130,6 +137,10 @@ def markdown_table(benchmark: str, results: list[dict], seconds: bool = False) -
     return "\n".join(lines)
 
 
+GROUP_COLORS = {"default": "#d62728", "ours": "#1f77b4", "baseline": "#7f7f7f", "peer": "#2ca02c"}
+"""The plots' colour of each :class:`Entry` group."""
+
+
 def plot(benchmark: str, results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -137,11 +148,10 @@ def plot(benchmark: str, results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     metric = PRIMARY[benchmark]
-    colors = {"default": "#d62728", "ours": "#1f77b4", "baseline": "#7f7f7f", "peer": "#2ca02c"}
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(results) + 1.2))
     names = [r["method"] for r in results][::-1]
     values = [r[metric] for r in results][::-1]
-    ax.barh(names, values, color=[colors[r["group"]] for r in results][::-1])
+    ax.barh(names, values, color=[GROUP_COLORS[r["group"]] for r in results][::-1])
     ax.set_xlabel(metric)
     ax.set_title(f"{benchmark.replace('_', ' ')}: {metric} (red: default, blue: ours, grey: baselines, green: peers)",
                  fontsize=9)
