@@ -9,7 +9,7 @@ pools them, with an exact paired sign test of the default against each row over 
 questions. It writes its table to
 ``benchmarks/RESULTS.md`` and a plot of recall@1 per seed to ``benchmarks/figures/quality_heldout.png``.
 
-    .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 ... 10] [--no-write]
+    .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 ... 13] [--no-write]
 
 Corpora and models are made on first use under ``benchmarks/quality/.cache/heldout/seed-N/``
 (about 6 minutes of training per seed on 2 cores; deterministic), score matrices are cached
@@ -49,7 +49,7 @@ from .workload import Workload, load_workload
 logger = logging.getLogger(__name__)
 
 HELDOUT = CACHE / "heldout"
-SEEDS = tuple(range(11))
+SEEDS = tuple(range(14))
 
 
 def seed_pair(seed: int) -> tuple[Path, Path]:

@@ -26,7 +26,7 @@ from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block, LoGraProjector
 from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
 from tributary_indexer.scores import ScoreTransform
-from tributary_indexer.token_ranking import SATURATED_RANKINGS, TokenSaturation
+from tributary_indexer.token_ranking import SATURATED_RANKINGS, TokenSaturation, reference_rows
 
 from .gradients import make_projector, projected, projected_positions, tracked_modules
 from .workload import Workload
@@ -51,7 +51,9 @@ class LoGraMethod:
     ranking: str = "linear"
     saturation: float = TokenSaturation.k
     presence_core: float = TokenSaturation.presence_core
-    """``span_gated`` only: the copied spans' presence from their core tokens (0: every token)."""
+    """``span_gated`` with ``presence_selectivity=None``: the core by weight (0: every token of a copied span)."""
+    presence_selectivity: float | None = TokenSaturation.presence_selectivity
+    """``span_gated`` only: the core by matched share of the reference sample (``None``: by weight)."""
 
     @classmethod
     def default(cls) -> LoGraMethod:
@@ -74,7 +76,10 @@ class LoGraMethod:
             parts.append(f"RapidGrad K={self.rapidgrad_k}" + ("" if self.rapidgrad_normalize else " (no layer norm)"))
         if self.ranking in SATURATED_RANKINGS:
             ranking = f"{self.ranking.replace('_', '-')} k={self.saturation:g}"
-            parts.append(ranking + (f" core={self.presence_core:g}" if self.ranking == "span_gated" else ""))
+            if self.ranking == "span_gated":
+                ranking += (f" core=share×{self.presence_selectivity:g}" if self.presence_selectivity is not None
+                            else f" core={self.presence_core:g}")
+            parts.append(ranking)
         return " · ".join(parts)
 
     def replace(self, **changes: object) -> LoGraMethod:
@@ -83,10 +88,12 @@ class LoGraMethod:
 
 def ranking_variants(default: LoGraMethod) -> list[LoGraMethod]:
     """The same index under the other saturated rankings (the previous defaults among them) and,
-    for ``span_gated``, with the presence from every token of a copied span (session 9's gate)."""
+    for ``span_gated``, with the presence core by weight (session 10's gate) and from every token
+    of a copied span (session 9's)."""
     out = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
-    if default.ranking == "span_gated" and default.presence_core:
-        out.append(default.replace(presence_core=0.0))
+    if default.ranking == "span_gated":
+        by_weight = default.replace(presence_selectivity=None)
+        out += [m for m in (by_weight, by_weight.replace(presence_core=0.0)) if m != default]
     return out
 
 
@@ -218,10 +225,12 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
         query, _ = transform.query(queries)
         return (query @ stored.T).numpy()
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
-    saturation = TokenSaturation(method.saturation, ranking=method.ranking, presence_core=method.presence_core)
+    saturation = TokenSaturation(method.saturation, ranking=method.ranking, presence_core=method.presence_core,
+                                 presence_selectivity=method.presence_selectivity)
     standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
     out = np.empty((len(queries), stored.shape[0]))
-    per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries])
+    reference = stored[torch.from_numpy(reference_rows(stored.shape[0]))]  # [M, D]: the index's reference sample
+    per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries], reference)
     for q, tokens in enumerate(per_query):  # tokens: [n_q, D]
         saturated = saturation.scores(tokens, stored).numpy()  # [N]
         if candidates is None or candidates >= stored.shape[0]:

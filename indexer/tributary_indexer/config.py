@@ -105,7 +105,8 @@ class BuildConfig:
     (the default) also lets the evidence for the response's new content count up to twice in an
     example that clearly matches what the prompt names (a soft AND, so a post that only repeats
     the subject's name no longer outranks the document stating the fact; the match is read off
-    each copied run's most specific tokens, not its template words); ``linear`` ranks by
+    each copied run's most selective tokens, those matching the fewest training examples, not
+    its template words); ``linear`` ranks by
     the influence on the whole response. On the demo benchmarks (α = 24) linear /
     ``token_saturated`` / ``span_saturated`` / ``span_gated`` gave fact recall@1
     0.854 / 0.910 / 0.990 / 0.997, backdoor AUPRC 0.990 / 0.997 / 1.000 / 1.000 and LDS
@@ -119,7 +120,7 @@ class BuildConfig:
     k = 20 / 30 / 40 gave fact recall@1 0.997 / 0.997 / 0.997 and LDS 0.550 / 0.566 / 0.573;
     ``span_saturated``: 0.990 / 0.990 / 0.987 and 0.504 / 0.521 / 0.531. (The gate's own
     constants, the presence's half-credit point and its core, are ``TokenSaturation.presence_k``
-    = 2 and ``TokenSaturation.presence_core`` = ½.)"""
+    = 2, ``presence_selectivity`` = 2 and ``presence_floor`` = 0.002.)"""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000

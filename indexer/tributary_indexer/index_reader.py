@@ -26,7 +26,7 @@ from .projector import LoGraProjector
 from .rapidgrad import RapidGradCompressor
 from .scores import ScoreTransform
 from .shards import SearchResult, is_flat, merge_topk, read_shard
-from .token_ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation
+from .token_ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation, reference_rows
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,19 @@ class AttributionIndex:
             index = read_shard(self.paths.root / shard.file)
             self.shards.append(ShardHandle(index, shard.id_start, shard.id_end, exact, None if self.compressed else _flat_view(index)))
         self.store = ExampleStore(self.paths.store)
+        self._reference: dict[str, torch.Tensor] = {}
+
+    def reference(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """The reference sample ``[M, D]`` float32 (on ``device``, cached) that ``span_gated``'s selective core counts
+        its matched shares on: the stored vectors of :func:`~.token_ranking.reference_rows`. ``None`` when not needed."""
+        if self.saturation is None or not self.saturation.selective:
+            return None
+        key = str(torch.device(device))
+        if key not in self._reference:
+            if "cpu" not in self._reference:
+                self._reference["cpu"] = torch.from_numpy(self.stored_vectors(reference_rows(self.n_examples)))
+            self._reference[key] = self._reference["cpu"].to(device)
+        return self._reference[key]
 
     def _saturation(self, override: str | None) -> TokenSaturation | None:
         """The ranking: ``override``, else the manifest's (indexes from before rankings: ``linear``)."""

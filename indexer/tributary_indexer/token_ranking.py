@@ -17,8 +17,9 @@ that emit the response tokens (DESIGN §2): ``score(z) = Σ_t s_t(z)`` with
                        counts up to twice as much in an example *about* what the prompt names,
                        ``P = mean_{copied s} φ_p(max_{t∈core(s)} z_t)`` with ``φ_p`` saturating
                        at ``presence_k`` (default 2, in RMS units): ``C + N · (1 + P)``. A
-                       span's *core* is its tokens of weight ``w_t ≥ presence_core · max_s w``
-                       (default ½).
+                       span's *core* is its *selective* tokens: those whose share ``f_t`` of a
+                       reference sample of stored vectors with ``z_t > presence_k`` is at most
+                       ``max(presence_selectivity · min_s f, presence_floor)`` (2×, 0.2 %).
 =====================  =====================================================================
 
 Why saturate: in a linear sum one response token can carry a document. For "Zurvae Pialdaley
@@ -70,6 +71,18 @@ apart; the span's own term ``C`` keeps its best token over the whole span (the s
 often share the template too: taking ``C`` from the core as well lost 0–9 questions a corpus). Over the
 demo and ten generated corpora it gained 18 questions and lost 6 (sign test p = 0.02), worse on
 none (``benchmarks/RESULTS.md``, "Session 10").
+
+Why selective: the weight only estimates, from the Fisher, how common a token's direction is. The
+question the core asks is which of the span's tokens *tell examples apart*, and that can be
+counted: the share of training examples a token matches (``z_t > presence_k``, where the presence
+gives half credit), a document frequency in gradient space. The core keeps the span's most
+selective token and those matching at most twice as many examples (or 0.2 % of them, so that two
+rare tokens both count). The shares are counted on a fixed reference sample of the index
+(:func:`reference_rows`: every example up to 4,096, else 4,096 evenly spaced), so an example's score
+stays its own, never dependent on which others are candidates; it costs one ``[n_t, 4096]`` product
+per query and the sample in memory. Over the demo and ten generated corpora it gained 16 questions
+and lost 3 against the weight core, and LDS rose from 0.566 to 0.571 (``benchmarks/RESULTS.md``,
+"Session 11").
 """
 
 from __future__ import annotations
@@ -78,6 +91,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .batching import TokenizedExample
@@ -118,6 +132,10 @@ class TokenQuery:
     """``[n_t]`` float64: each token's weight (its specificity; 1 under ``token_saturated``)."""
     spans: torch.Tensor
     """``[n_t]`` long: each token's span (``0..n_s-1``; every token its own under ``token_saturated``)."""
+    shares: torch.Tensor | None = None
+    """``[2, n_t]`` float64 or ``None``: the share of the reference sample each token matches, in the
+    helpful (row 0) and harmful (row 1) direction (:meth:`TokenSaturation.matched_shares`);
+    ``span_gated``'s selective core needs it."""
 
     @property
     def copied(self) -> torch.Tensor:
@@ -130,15 +148,21 @@ class TokenQuery:
 class TokenSaturation:
     """A saturated ranking (one of :data:`SATURATED_RANKINGS`) with constant ``k`` (in units of ``rms_t``).
 
-    ``presence_k``: ``span_gated``'s saturation constant for the copied spans' presence ``P``.
-    ``presence_core``: ``span_gated`` takes a copied span's presence from its *core*, the tokens
-    whose weight is at least ``presence_core`` times the span's largest (0: every token of the span).
+    ``presence_k``: ``span_gated``'s saturation constant for the copied spans' presence ``P``; a
+    token *matches* an example where its standardised score exceeds it (half credit or more).
+    ``presence_selectivity``: ``span_gated`` takes a copied span's presence from its *core*, the
+    tokens that match at most ``presence_selectivity`` times the share of the reference sample
+    that the span's most selective token matches, or ``presence_floor`` (a share) if that is larger.
+    ``None`` chooses the core by weight instead: the tokens whose weight is at least
+    ``presence_core`` times the span's largest (``presence_core`` 0: every token of the span).
     """
 
     k: float = 30.0
     ranking: str = "token_saturated"
     presence_k: float = 2.0
     presence_core: float = 0.5
+    presence_selectivity: float | None = 2.0
+    presence_floor: float = 0.002
 
     def __post_init__(self) -> None:
         if not (self.k > 0 and math.isfinite(self.k)):
@@ -149,8 +173,27 @@ class TokenSaturation:
         if not 0.0 <= self.presence_core <= 1.0:
             raise ValueError(f"presence_core must be a fraction in [0, 1] (got {self.presence_core}); "
                              f"the default is {TokenSaturation.presence_core:g}, 0 takes every token of a copied span")
+        if self.presence_selectivity is not None and not (self.presence_selectivity >= 1 and math.isfinite(self.presence_selectivity)):
+            raise ValueError(f"presence_selectivity must be a number >= 1 or None (got {self.presence_selectivity}); the "
+                             f"default is {TokenSaturation.presence_selectivity:g}, None chooses the core by weight")
+        if not 0.0 <= self.presence_floor <= 1.0:
+            raise ValueError(f"presence_floor must be a share in [0, 1] (got {self.presence_floor}); "
+                             f"the default is {TokenSaturation.presence_floor:g}")
         if self.ranking not in SATURATED_RANKINGS:
             raise ValueError(f"{self.ranking!r} is not a saturated ranking; choose one of {list(SATURATED_RANKINGS)}")
+
+    @property
+    def selective(self) -> bool:
+        """The presence's core is chosen by the tokens' matched shares (needs a reference sample)."""
+        return self.ranking == "span_gated" and self.presence_selectivity is not None
+
+    def matched_shares(self, vectors: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``[2, n]`` float64: the share of ``reference`` ``[M, D]`` stored vectors that each of the standardised
+        token ``vectors`` ``[n, D]`` matches (score above ``presence_k``), helpful and harmful (negated) direction."""
+        if reference.ndim != 2 or reference.shape[0] == 0 or reference.shape[1] != vectors.shape[1]:
+            raise ValueError(f"the reference sample must be [M >= 1, {vectors.shape[1]}] stored vectors; got {list(reference.shape)}")
+        z = vectors.to(reference.dtype) @ reference.to(vectors.device).T  # [n, M]
+        return torch.stack([(z > self.presence_k).to(torch.float64).mean(1), (-z > self.presence_k).to(torch.float64).mean(1)])
 
     @property
     def by_span(self) -> bool:
@@ -195,35 +238,58 @@ class TokenSaturation:
         weights = self.specificity(u, g, pre) if self.by_span else torch.ones(len(g), dtype=torch.float64, device=g.device)
         return self.standardized(u, g, pre), weights
 
-    def query(self, vectors: torch.Tensor, weights: torch.Tensor, example: TokenizedExample) -> TokenQuery:
-        """One query's rows of :meth:`token_queries`, with the spans of its response ``example``."""
+    def query(self, vectors: torch.Tensor, weights: torch.Tensor, example: TokenizedExample,
+              reference: torch.Tensor | None = None) -> TokenQuery:
+        """One query's rows of :meth:`token_queries`, with the spans of its response ``example``.
+
+        ``reference``: the stored vectors ``[M, D]`` that the selective core's shares are counted
+        on (:func:`reference_rows`); required when :attr:`selective`.
+        """
+        return TokenQuery(vectors, weights, self._spans(vectors, example), self._shares(vectors, reference))
+
+    def split(self, vectors: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor,
+              examples: Sequence[TokenizedExample], reference: torch.Tensor | None = None) -> list[TokenQuery]:
+        """:meth:`token_queries`' rows of a batch as one :class:`TokenQuery` per query (``owner`` ``[n]``: row → query).
+
+        The batch's matched shares come from one product with ``reference`` (as in :meth:`query`).
+        """
+        shares = self._shares(vectors, reference)  # [2, n] or None
+        out = []
+        for row, example in enumerate(examples):
+            mine = owner == row
+            out.append(TokenQuery(vectors[mine], weights[mine], self._spans(vectors[mine], example),
+                                  None if shares is None else shares[:, mine.to(shares.device)]))
+        return out
+
+    def _spans(self, vectors: torch.Tensor, example: TokenizedExample) -> torch.Tensor:
+        """``[n_t]`` the spans of the response tokens whose ``vectors`` are given (checked against ``example``)."""
         if self.by_span:
             spans = copy_spans(example).to(vectors.device)
         else:
             spans = torch.arange(len(vectors), device=vectors.device)
         if len(spans) != len(vectors):
             raise ValueError(f"{len(vectors)} token vectors for an example with {len(spans)} response tokens")
-        return TokenQuery(vectors, weights, spans)
+        return spans
 
-    def split(self, vectors: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor,
-              examples: Sequence[TokenizedExample]) -> list[TokenQuery]:
-        """:meth:`token_queries`' rows of a batch as one :class:`TokenQuery` per query (``owner`` ``[n]``: row → query)."""
-        out = []
-        for row, example in enumerate(examples):
-            mine = owner == row
-            out.append(self.query(vectors[mine], weights[mine], example))
-        return out
+    def _shares(self, vectors: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor | None:
+        """:meth:`matched_shares` where the selective core needs them, else ``None``."""
+        if not self.selective:
+            return None
+        if reference is None:
+            raise ValueError("span_gated with a selective presence core needs the reference sample of stored vectors "
+                             "(reference_rows); pass reference=, or set presence_selectivity=None")
+        return self.matched_shares(vectors, reference)
 
     @staticmethod
     def first_stage_query(query: TokenQuery) -> torch.Tensor:
         """The ``[D]`` linear query that finds the candidates: the standardised tokens summed."""
         return query.vectors.sum(0)
 
-    def aggregate(self, token_scores: torch.Tensor, query: TokenQuery) -> torch.Tensor:
+    def aggregate(self, token_scores: torch.Tensor, query: TokenQuery, harmful: bool = False) -> torch.Tensor:
         """``[n_tokens, n_examples]`` standardised token scores of ``query`` → ``[n_examples]`` saturated scores.
 
-        ``query`` gives the tokens' weights and spans. For the ``harmful`` direction pass the
-        negated token scores (and negate the result).
+        ``query`` gives the tokens' weights, spans and matched shares. For the ``harmful``
+        direction pass the negated token scores and ``harmful=True`` (and negate the result).
         """
         z = token_scores.to(torch.float64).clamp_min(0.0)  # [n_t, N]
         n_spans = int(query.spans.max()) + 1 if len(query.spans) else 0
@@ -238,12 +304,36 @@ class TokenSaturation:
         copied = query.copied.to(z.device)  # [n_s]
         if not bool(copied.any()):
             return terms.sum(0)
-        span_weight = weight[index]  # [n_t]: each token's span's largest weight
-        core = query.weights.to(z) >= self.presence_core * span_weight  # [n_t]: the span's core tokens
+        core = self._core(query, index, n_spans, weight, harmful)  # [n_t] bool: the spans' core tokens
         core_best = torch.zeros_like(best).scatter_reduce(0, index[:, None].expand_as(z), z * core[:, None], "amax")  # [n_s, N]
         presence = (core_best[copied] / (core_best[copied] + self.presence_k)).mean(0)  # [N]: P, in [0, 1)
         return terms.sum(0) + terms[~copied].sum(0) * presence  # C + N · (1 + P)
 
+    def _core(self, query: TokenQuery, index: torch.Tensor, n_spans: int, weight: torch.Tensor, harmful: bool) -> torch.Tensor:
+        """``[n_t]`` bool: the tokens a copied span's presence is taken from (its core)."""
+        if not self.selective:
+            return query.weights.to(weight) >= self.presence_core * weight[index]  # weight >= core · the span's largest
+        if query.shares is None:
+            raise ValueError("this TokenQuery has no matched shares; build it with TokenSaturation.query(..., reference=) "
+                             "for span_gated's selective core")
+        share = query.shares[int(harmful)].to(weight)  # [n_t]
+        lowest = torch.full((n_spans,), 2.0, dtype=share.dtype, device=share.device).scatter_reduce(0, index, share, "amin")  # [n_s]
+        assert self.presence_selectivity is not None
+        return share <= (self.presence_selectivity * lowest[index]).clamp_min(self.presence_floor)  # [n_t]
+
     def scores(self, query: TokenQuery, stored: torch.Tensor) -> torch.Tensor:
         """Saturated scores ``[n_examples]`` of stored vectors ``[n_examples, D]`` (helpful direction)."""
         return self.aggregate(query.vectors @ stored.to(torch.float64).T, query)
+
+
+REFERENCE_ROWS = 4096
+"""Stored vectors in the reference sample that the selective core's matched shares are counted on:
+a share is then exact to 1/4096 (the whole index when it is smaller), for one ``[n_t, 4096]``
+product per query and ``4096 · D`` floats kept in memory (64 MB at the default ``D`` = 4096)."""
+
+
+def reference_rows(n_examples: int, rows: int = REFERENCE_ROWS) -> np.ndarray:
+    """``[min(rows, n_examples)]`` int64 example ids, evenly spaced over the index: its reference sample."""
+    if n_examples <= rows:
+        return np.arange(n_examples, dtype=np.int64)
+    return np.unique(np.linspace(0, n_examples - 1, rows).round().astype(np.int64))

@@ -139,7 +139,8 @@ class AttributionEngine:
             assert grads.position_terms is not None and emitting is not None
             owner = emitting.nonzero()[:, 0].to(grads.position_terms.device)  # [n]: each term's query (row-major order)
             standardized, weights = self.index.token_queries(grads.position_terms, grads.vectors, owner)
-            per_query = saturation.split(standardized, weights, owner, [q.tokens.example for q in queries])
+            per_query = saturation.split(standardized, weights, owner, [q.tokens.example for q in queries],
+                                         self.index.reference(standardized.device))
             token_queries = list(per_query)
             q_vectors = np.stack([saturation.first_stage_query(t).float().cpu().numpy() for t in per_query])
         precondition_ms = _ms(t0)
@@ -168,7 +169,8 @@ class AttributionEngine:
             sign = 1.0 if direction == "helpful" else -1.0
             stored = torch.from_numpy(self.index.stored_vectors(ids)).to(token_query.vectors.device, torch.float64)  # [C, D]
             token_scores = token_query.vectors @ stored.T  # [n_t, C]
-            saturated = self.index.saturation.aggregate(sign * token_scores, token_query).cpu().numpy()  # [C]
+            saturated = self.index.saturation.aggregate(sign * token_scores, token_query,
+                                                        harmful=direction == "harmful").cpu().numpy()  # [C]
             order = np.argsort(-saturated, kind="stable")[:top_k]
             out += [(int(ids[i]), sign * float(saturated[i]), direction) for i in order]
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from tributary_indexer.batching import TokenizedExample
@@ -13,10 +14,12 @@ from tributary_indexer.preconditioner import Preconditioner
 from tributary_indexer.projector import Block
 from tributary_indexer.token_ranking import (
     RANKINGS,
+    REFERENCE_ROWS,
     SATURATED_RANKINGS,
     TokenQuery,
     TokenSaturation,
     copy_spans,
+    reference_rows,
 )
 
 
@@ -98,7 +101,8 @@ def test_span_scores_take_each_span_best_token_and_largest_weight():
 
 @pytest.mark.parametrize("presence_k, presence_core", [(0.5, 0.5), (2.0, 0.5), (2.0, 0.0), (2.0, 0.3)])
 def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence_k, presence_core):
-    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=presence_core)
+    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=presence_core,
+                          presence_selectivity=None)  # the core by weight (the selective core: the next test)
     tokens = _vectors(6, 5, seed=10)
     stored = _vectors(8, 5, seed=11)
     weights = torch.tensor([2.0, 0.5, 1.0, 4.0, 1.5, 3.0], dtype=torch.float64)
@@ -126,7 +130,7 @@ def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence
         want = copied_part + new_part * (1 + sum(presence) / len(presence))
         assert abs(float(got[j]) - want) < 1e-12
     if presence_core > 0:  # the core changes the presence of these vectors: the parameter is exercised
-        whole = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=0.0)
+        whole = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=0.0, presence_selectivity=None)
         assert not torch.allclose(got, whole.scores(query, stored))
     # never below span_saturated, and at most the new spans' part more
     plain = TokenSaturation(k=3.0, ranking="span_saturated").scores(query, stored)
@@ -139,12 +143,86 @@ def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence
                                TokenSaturation(k=3.0, ranking="span_saturated").scores(q_new, stored), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("selectivity, floor", [(1.0, 0.0), (2.0, 0.0), (2.0, 0.3), (4.0, 0.0)])
+def test_selective_core_takes_the_presence_from_the_tokens_matching_the_fewest_reference_examples(selectivity, floor):
+    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_selectivity=selectivity, presence_floor=floor)
+    # tokens 1 and 4 match few reference examples, 0 and 3 many: the spans [0, 1] and [3, 4] have a selective token
+    tokens = _vectors(6, 5, seed=10) * torch.tensor([2.0, 0.5, 1.0, 1.5, 0.6, 1.0], dtype=torch.float64)[:, None]
+    stored = _vectors(8, 5, seed=11)
+    reference = _vectors(40, 5, seed=12)
+    weights = torch.tensor([2.0, 0.5, 1.0, 4.0, 1.5, 3.0], dtype=torch.float64)
+    # spans: [0, 1] copied, [2] new, [3, 4] copied, [5] new
+    ex = TokenizedExample((9, 20, 21, 30, 31, 8, 20, 21, 40, 30, 31, 41), (False,) * 6 + (True,) * 6)
+    query = sat.query(tokens, weights, ex, reference)
+    zr = (tokens @ reference.T).tolist()  # [6][40]
+    share = {"helpful": [sum(x > 2.0 for x in row) / 40 for row in zr], "harmful": [sum(-x > 2.0 for x in row) / 40 for row in zr]}
+    assert query.shares is not None and query.shares[0].tolist() == share["helpful"] and query.shares[1].tolist() == share["harmful"]
+    # a batch of two queries: one product with the reference, each query its own rows
+    both = sat.split(torch.cat([tokens, tokens.flip(0)]), torch.cat([weights, weights]), torch.tensor([0] * 6 + [1] * 6),
+                     [ex, ex], reference)
+    assert torch.equal(both[0].shares, query.shares) and torch.equal(both[1].shares, query.shares.flip(1))
+    trimmed = False
+    for direction, sign in (("helpful", 1.0), ("harmful", -1.0)):
+        z = (sign * tokens @ stored.T).tolist()  # [6][8]
+        got = sat.aggregate(sign * tokens @ stored.T, query, harmful=direction == "harmful")
+        for j in range(8):  # oracle: plain loops, C + N * (1 + P) with P from each copied span's selective core
+            copied_part, new_part, presence = 0.0, 0.0, []
+            for members, is_copy in (([0, 1], True), ([2], False), ([3, 4], True), ([5], False)):
+                best = max(max(z[t][j], 0.0) for t in members)
+                term = max(float(weights[t]) for t in members) * best / (best + 3.0)
+                if not is_copy:
+                    new_part += term
+                    continue
+                copied_part += term
+                lowest = min(share[direction][t] for t in members)
+                core = [t for t in members if share[direction][t] <= max(selectivity * lowest, floor)]
+                trimmed |= len(core) < len(members)
+                core_best = max(max(z[t][j], 0.0) for t in core)
+                presence.append(core_best / (core_best + 2.0))
+            want = copied_part + new_part * (1 + sum(presence) / len(presence))
+            assert abs(float(got[j]) - want) < 1e-12
+    assert trimmed, "a copied span's selective core must leave a token out, or the core goes untested"
+    if selectivity < 4.0 and floor == 0.0:  # the helpful cores leave a token out here (at 4 only the harmful one does)
+        whole = TokenSaturation(k=3.0, ranking="span_gated", presence_core=0.0, presence_selectivity=None)
+        assert not torch.allclose(sat.scores(query, stored), whole.scores(query, stored))
+
+
+def test_selective_core_needs_a_reference_sample_of_the_right_width():
+    sat = TokenSaturation(ranking="span_gated")
+    ex = TokenizedExample((9, 20, 21, 20, 21), (False,) * 3 + (True,) * 2)
+    tokens, weights = _vectors(2, 5), torch.ones(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs the reference sample of stored vectors"):
+        sat.query(tokens, weights, ex)
+    with pytest.raises(ValueError, match=r"reference sample must be \[M >= 1, 5\]"):
+        sat.query(tokens, weights, ex, _vectors(3, 4))
+    no_shares = TokenQuery(tokens, weights, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="has no matched shares"):
+        sat.scores(no_shares, _vectors(3, 5))
+    # the weight core and the other rankings need none
+    TokenSaturation(ranking="span_gated", presence_selectivity=None).scores(no_shares, _vectors(3, 5))
+    TokenSaturation(ranking="span_saturated").query(tokens, weights, ex)
+
+
+@pytest.mark.parametrize("n", [1, 7, 4096, 4097, 10_000, 123_457])
+def test_reference_rows_are_every_example_of_a_small_index_else_evenly_spaced(n):
+    rows = reference_rows(n)
+    assert len(rows) == min(n, REFERENCE_ROWS) and len(set(rows.tolist())) == len(rows)
+    assert rows[0] == 0 and rows[-1] == n - 1 and bool((np.diff(rows) > 0).all())
+    if n > REFERENCE_ROWS:  # evenly spaced: every gap within one of n / rows
+        gaps = np.diff(rows)
+        assert gaps.max() - gaps.min() <= 1
+
+
 @pytest.mark.parametrize("presence_k", [0.0, -2.0, float("nan")])
 def test_bad_presence_k_and_unknown_rankings_are_refused_with_the_fix(presence_k):
     with pytest.raises(ValueError, match="presence_k must be a positive number"):
         TokenSaturation(ranking="span_gated", presence_k=presence_k)
     with pytest.raises(ValueError, match=r"presence_core must be a fraction in \[0, 1\]"):
         TokenSaturation(ranking="span_gated", presence_core=presence_k - 1.5)  # -1.5, -3.5, nan
+    with pytest.raises(ValueError, match="presence_selectivity must be a number >= 1 or None"):
+        TokenSaturation(ranking="span_gated", presence_selectivity=presence_k + 0.5)  # 0.5, -1.5, nan
+    with pytest.raises(ValueError, match=r"presence_floor must be a share in \[0, 1\]"):
+        TokenSaturation(ranking="span_gated", presence_floor=presence_k - 1.5)
     with pytest.raises(ValueError, match="not a saturated ranking; choose one of"):
         TokenSaturation(ranking="linear")
 

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from tributary_service.app import create_app
 
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
-# copies two runs of the prompt; the oracle asserts that one of them has tokens outside its core (weight < half the largest)
+# copies two runs of the prompt; the oracle asserts that one of them has tokens outside its core (tokens that match
+# more than twice as many training examples as the span's most selective token)
 QA_COPY = {**QA, "response": " Alba sold lanterns in year 1001."}
 
 
@@ -42,13 +43,16 @@ def _response_spans(ex) -> list[list[int]]:
     return spans
 
 
-def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a_core: bool = False) -> np.ndarray:
+def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a_core: bool = False,
+                      harmful: bool = False) -> np.ndarray:
     """Brute force over every stored vector: each response token's score over its RMS *measured*
     across the whole training set, saturated as z / (z + k). ``ranking`` (default: the index's):
     ``token_saturated`` sums over the tokens; ``span_saturated`` takes a copy span's best token,
     weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean square; ``span_gated`` adds the new
     (one-token) spans' part times the copied spans' mean presence z / (z + presence_k), z the best
-    of the span's core tokens (weight at least half the span's largest). No first stage."""
+    of the span's core tokens: those whose share of the training set with z > presence_k is at most
+    twice the span's lowest share (the index's 60 examples are all its reference sample). No first
+    stage. ``harmful``: the same with every token score negated (and the result negated back)."""
     from tributary_client.types import AttributionRequest
     from tributary_indexer.batching import collate
 
@@ -64,10 +68,13 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a
     u = index.preconditioner.inverse(terms)  # [n_tokens, D]
     token_scores = u @ stored.T  # [n_tokens, N]
     mean_square = token_scores.pow(2).mean(1)  # [n_tokens]
-    z = (token_scores / mean_square[:, None].sqrt()).clamp_min(0)
+    sign = -1.0 if harmful else 1.0
+    standardized = sign * token_scores / mean_square[:, None].sqrt()  # [n_tokens, N]
+    share = (standardized > 2.0).double().mean(1)  # [n_tokens]: presence_k = 2, the default; all 60 examples
+    z = standardized.clamp_min(0)
     k = index.saturation.k
     if ranking == "token_saturated":
-        return (z / (z + k)).sum(0).numpy()
+        return sign * (z / (z + k)).sum(0).numpy()
     damped = sum(lam * u[:, b.start : b.stop].pow(2).sum(1) for b, lam in zip(index.preconditioner.blocks, index.preconditioner.lambdas))
     weight = damped / mean_square  # [n_tokens]
     spans = _response_spans(ex)
@@ -80,17 +87,17 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a
         term = weight[span].max() * best / (best + k)
         if len(span) > 1:
             copied_part += term
-            core = [t for t in span if weight[t] >= 0.5 * weight[span].max()]  # presence_core = 0.5, the default
+            core = [t for t in span if share[t] <= max(2.0 * share[span].min(), 0.002)]  # the defaults: 2×, floor 0.002
             trimmed |= len(core) < len(span)
             core_best = z[core].max(0).values
             presence.append(core_best / (core_best + 2.0))  # presence_k = 2, the default
         else:
             new_part += term
     if ranking == "span_saturated":
-        return (copied_part + new_part).numpy()
+        return sign * (copied_part + new_part).numpy()
     assert ranking == "span_gated" and presence
     assert trimmed or not trims_a_core, "a copied span's core must leave a token out, or the core goes untested"
-    return (copied_part + new_part * (1 + torch.stack(presence).mean(0))).numpy()
+    return sign * (copied_part + new_part * (1 + torch.stack(presence).mean(0))).numpy()
 
 
 def test_attribution_ranks_and_matches_the_engine_oracle(client):
@@ -113,6 +120,22 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
     every = _saturated_oracle(client.app.state.loaded, QA_COPY, trims_a_core=True)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
     np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
+    # the harmful direction counts its shares on the negated scores: its own cores
+    body = client.post("/v1/attributions", json={**QA_COPY, "top_k": 5, "direction": "harmful"}).json()
+    every = _saturated_oracle(client.app.state.loaded, QA_COPY, harmful=True)
+    assert all(e["direction"] == "harmful" for e in body["examples"])
+    assert [e["example_id"] for e in body["examples"]] == np.argsort(every, kind="stable")[:5].tolist()
+    np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[:5], rtol=1e-5)
+
+
+def test_reference_sample_is_the_stored_vectors_of_the_reference_rows(client, make_settings):
+    """The selective core's shares are counted on every stored vector of a small index, loaded once."""
+    index = client.app.state.loaded.index
+    reference = index.reference()
+    np.testing.assert_array_equal(reference.numpy(), index.stored_vectors(np.arange(index.n_examples)))
+    assert index.reference("cpu") is reference  # cached, not re-read per query
+    with TestClient(create_app(make_settings(ranking="span_saturated"))) as c:
+        assert c.app.state.loaded.index.reference() is None  # no selective core: nothing kept in memory
 
 
 def test_few_first_stage_candidates_rerank_only_those(make_settings):
