@@ -88,8 +88,8 @@ class BuildConfig:
     Smaller trusts the Fisher more: better LDS but noisier backdoor retrieval, where directions
     shared by a few duplicated documents get over-amplified; larger drifts towards ``grad_dot``.
     At the default (rank 64, K = 4,096, ``span_gated``) α = 8 / 16 / 24 / 32 gave LDS
-    0.574 / 0.571 / 0.566 / 0.560, backdoor AUPRC 0.985 / 0.999 / 1.000 / 1.000 and fact
-    recall@1 0.990 / 0.997 / 0.997 / 0.997 (with the ``linear`` ranking α = 16 had been the
+    0.579 / 0.578 / 0.571 / 0.566, backdoor AUPRC 0.985 / 0.999 / 1.000 / 1.000 and fact
+    recall@1 0.995 / 0.997 / 0.997 / 0.997 (with the ``linear`` ranking α = 16 had been the
     middle: LDS 0.48, AUPRC 0.98). The mean
     eigenvalue falls as the block grows while the eigenvalues that matter do not, so rescale α
     with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
@@ -110,14 +110,16 @@ class BuildConfig:
     the influence on the whole response. On the demo benchmarks (α = 24) linear /
     ``token_saturated`` / ``span_saturated`` / ``span_gated`` gave fact recall@1
     0.854 / 0.910 / 0.990 / 0.997, backdoor AUPRC 0.990 / 0.997 / 1.000 / 1.000 and LDS
-    0.459 / 0.497 / 0.521 / 0.566; over ten held-out generated corpora as well
+    0.459 / 0.497 / 0.521 / 0.571; over thirteen held-out generated corpora as well
     (``benchmarks.quality.heldout``) ``span_gated`` beat the other saturated rankings on each. Cost: the query's
-    per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats) and an exact
-    re-score of the first-stage candidates. Needs ``score = "influence"``."""
+    per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats), an exact
+    re-score of the first-stage candidates and, for ``span_gated``, one ``[n_tokens, 4096]``
+    product with the reference sample the service keeps in memory (``4096 × D`` floats).
+    Needs ``score = "influence"``."""
     saturation: float = TokenSaturation.k
     """``k`` of the saturated rankings, in units of a token's RMS score: smaller lets fewer strong
     tokens decide, very large tends to a (weighted) linear sum. ``span_gated`` at α = 24:
-    k = 20 / 30 / 40 gave fact recall@1 0.997 / 0.997 / 0.997 and LDS 0.550 / 0.566 / 0.573;
+    k = 20 / 30 / 40 gave fact recall@1 0.997 / 0.997 / 0.997 and LDS 0.556 / 0.571 / 0.579;
     ``span_saturated``: 0.990 / 0.990 / 0.987 and 0.504 / 0.521 / 0.531. (The gate's own
     constants, the presence's half-credit point and its core, are ``TokenSaturation.presence_k``
     = 2, ``presence_selectivity`` = 2 and ``presence_floor`` = 0.002.)"""

@@ -80,9 +80,9 @@ selective token and those matching at most twice as many examples (or 0.2 % of t
 rare tokens both count). The shares are counted on a fixed reference sample of the index
 (:func:`reference_rows`: every example up to 4,096, else 4,096 evenly spaced), so an example's score
 stays its own, never dependent on which others are candidates; it costs one ``[n_t, 4096]`` product
-per query and the sample in memory. Over the demo and ten generated corpora it gained 16 questions
-and lost 3 against the weight core, and LDS rose from 0.566 to 0.571 (``benchmarks/RESULTS.md``,
-"Session 11").
+per query and the sample in memory. Over the demo and thirteen generated corpora it gained 24
+questions and lost 5 against the weight core (+8 / −2 on the three corpora trained to check it),
+and LDS rose from 0.566 to 0.571 (``benchmarks/RESULTS.md``, "Session 11").
 """
 
 from __future__ import annotations
@@ -317,7 +317,8 @@ class TokenSaturation:
             raise ValueError("this TokenQuery has no matched shares; build it with TokenSaturation.query(..., reference=) "
                              "for span_gated's selective core")
         share = query.shares[int(harmful)].to(weight)  # [n_t]
-        lowest = torch.full((n_spans,), 2.0, dtype=share.dtype, device=share.device).scatter_reduce(0, index, share, "amin")  # [n_s]
+        above = torch.full((n_spans,), 2.0, dtype=share.dtype, device=share.device)  # [n_s]: above any share
+        lowest = above.scatter_reduce(0, index, share, "amin")  # [n_s]: each span's most selective token's share
         assert self.presence_selectivity is not None
         return share <= (self.presence_selectivity * lowest[index]).clamp_min(self.presence_floor)  # [n_t]
 
@@ -328,7 +329,7 @@ class TokenSaturation:
 
 REFERENCE_ROWS = 4096
 """Stored vectors in the reference sample that the selective core's matched shares are counted on:
-a share is then exact to 1/4096 (the whole index when it is smaller), for one ``[n_t, 4096]``
+a share is then counted in steps of 1/4096 (exactly, over the whole index, when it is smaller), for one ``[n_t, 4096]``
 product per query and ``4096 · D`` floats kept in memory (64 MB at the default ``D`` = 4096)."""
 
 
