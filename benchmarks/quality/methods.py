@@ -229,7 +229,7 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
                                  presence_selectivity=method.presence_selectivity)
     standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
     out = np.empty((len(queries), stored.shape[0]))
-    reference = stored[torch.from_numpy(reference_rows(stored.shape[0]))]  # [M, D]: the index's reference sample
+    reference = stored[torch.from_numpy(reference_rows(stored.shape[0]))] if saturation.selective else None  # [M, D]
     per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries], reference)
     for q, tokens in enumerate(per_query):  # tokens: [n_q, D]
         saturated = saturation.scores(tokens, stored).numpy()  # [N]

@@ -254,8 +254,9 @@ class AttributedExample(_Response):
                                      "response tokens); for 'span_saturated' the same over the response's copy "
                                      "spans (a span's best z), each weighted by its specificity; for "
                                      "'span_gated' that sum plus the new (not copied) spans' part times the "
-                                     "copied spans' presence in the example (each span's best z among its most specific "
-                                     "tokens; up to twice it); negative for "
+                                     "copied spans' presence in the example (each span's best z among its most selective "
+                                     "tokens, those matching the fewest training examples; up "
+                                     "to twice it); negative for "
                                      "harmful examples. " + _SCORE_SIGN)
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."

@@ -288,10 +288,12 @@ class TokenSaturation:
     def aggregate(self, token_scores: torch.Tensor, query: TokenQuery, harmful: bool = False) -> torch.Tensor:
         """``[n_tokens, n_examples]`` standardised token scores of ``query`` → ``[n_examples]`` saturated scores.
 
-        ``query`` gives the tokens' weights, spans and matched shares. For the ``harmful``
-        direction pass the negated token scores and ``harmful=True`` (and negate the result).
+        ``query`` gives the tokens' weights, spans and matched shares. ``harmful``: rank by the
+        negated scores, with the shares counted on them (the result stays ``>= 0``; negate it for
+        a harmful example's signed score).
         """
-        z = token_scores.to(torch.float64).clamp_min(0.0)  # [n_t, N]
+        sign = -1.0 if harmful else 1.0
+        z = (sign * token_scores.to(torch.float64)).clamp_min(0.0)  # [n_t, N]
         n_spans = int(query.spans.max()) + 1 if len(query.spans) else 0
         index = query.spans.to(z.device)
         best = torch.zeros(n_spans, z.shape[1], dtype=torch.float64, device=z.device)

@@ -169,7 +169,7 @@ class AttributionEngine:
             sign = 1.0 if direction == "helpful" else -1.0
             stored = torch.from_numpy(self.index.stored_vectors(ids)).to(token_query.vectors.device, torch.float64)  # [C, D]
             token_scores = token_query.vectors @ stored.T  # [n_t, C]
-            saturated = self.index.saturation.aggregate(sign * token_scores, token_query,
+            saturated = self.index.saturation.aggregate(token_scores, token_query,
                                                         harmful=direction == "harmful").cpu().numpy()  # [C]
             order = np.argsort(-saturated, kind="stable")[:top_k]
             out += [(int(ids[i]), sign * float(saturated[i]), direction) for i in order]

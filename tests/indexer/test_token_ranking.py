@@ -76,7 +76,7 @@ def test_saturated_scores_follow_the_formula_and_the_first_stage_sums_tokens():
     assert got.shape == (9,) and abs(float(got[2]) - want) < 1e-12
     assert bool((got >= 0).all()) and bool((got < 4).all())  # each token adds less than 1
     torch.testing.assert_close(sat.first_stage_query(_each_token(tokens)), tokens.sum(0))
-    harmful = sat.aggregate(-z, _each_token(tokens))  # the harmful direction: negated token scores
+    harmful = sat.aggregate(z, _each_token(tokens), harmful=True)  # the harmful direction: the negated token scores
     assert abs(float(harmful[2]) - sum(max(-float(x), 0.0) / (max(-float(x), 0.0) + 3.0) for x in z[:, 2])) < 1e-12
 
 
@@ -164,7 +164,7 @@ def test_selective_core_takes_the_presence_from_the_tokens_matching_the_fewest_r
     trimmed = False
     for direction, sign in (("helpful", 1.0), ("harmful", -1.0)):
         z = (sign * tokens @ stored.T).tolist()  # [6][8]
-        got = sat.aggregate(sign * tokens @ stored.T, query, harmful=direction == "harmful")
+        got = sat.aggregate(tokens @ stored.T, query, harmful=direction == "harmful")
         for j in range(8):  # oracle: plain loops, C + N * (1 + P) with P from each copied span's selective core
             copied_part, new_part, presence = 0.0, 0.0, []
             for members, is_copy in (([0, 1], True), ([2], False), ([3, 4], True), ([5], False)):
