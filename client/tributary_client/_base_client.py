@@ -331,6 +331,11 @@ class _BaseClient(Generic[HttpT]):
             raise TypeError(f"example_id must be an int, got {example_id!r}")
         return RequestSpec("GET", f"/v1/examples/{example_id}", Example)
 
+    def _find_example_spec(self, record_id: str) -> RequestSpec[Example]:
+        if not isinstance(record_id, str) or not record_id:
+            raise TypeError(f"record_id must be a non-empty string, got {record_id!r}")
+        return RequestSpec("GET", "/v1/examples", Example, params={"record_id": record_id})
+
     def _index_info_spec(self) -> RequestSpec[IndexInfo]:
         return RequestSpec("GET", "/v1/index", IndexInfo)
 

@@ -169,6 +169,10 @@ class Client(_BaseClient[httpx.Client]):
         """Fetch one training example by its global id."""
         return self._request(self._get_example_spec(example_id))
 
+    def get_example_by_record_id(self, record_id: str) -> Example:
+        """Fetch one training example by its record's own `id` in the corpus (`Example.record_id`)."""
+        return self._request(self._find_example_spec(record_id))
+
     def index_info(self) -> IndexInfo:
         """Summary of the index the server answers from."""
         return self._request(self._index_info_spec())
@@ -338,6 +342,10 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
     async def get_example(self, example_id: int) -> Example:
         """See `Client.get_example`."""
         return await self._request(self._get_example_spec(example_id))
+
+    async def get_example_by_record_id(self, record_id: str) -> Example:
+        """See `Client.get_example_by_record_id`."""
+        return await self._request(self._find_example_spec(record_id))
 
     async def index_info(self) -> IndexInfo:
         """See `Client.index_info`."""

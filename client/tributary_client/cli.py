@@ -4,8 +4,8 @@ Client commands (light: httpx + pydantic only)::
 
     tributary attribute --prompt P --response R [--top-k N] [--direction D] [--token-wise] [--json]
     tributary batch LOGS.jsonl -o RESULTS.jsonl [--concurrency N] [--report PREFIX] [--no-progress]
-    tributary report RESULTS.jsonl -o PREFIX
-    tributary example ID | index-info | generate --prompt P
+    tributary report RESULTS.jsonl -o PREFIX [--index-info FILE | --offline]
+    tributary example ID | example --record-id RID | index-info | generate --prompt P
 
 Server-side commands, delegated (need the extras): ``tributary index ...`` runs
 ``tributary_indexer.cli.main``, ``tributary serve ...`` runs ``tributary_service.cli.main``.
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from ._base_client import make_attribution_request
 from ._client import Client
 from ._exceptions import APIError
-from .types import AttributionResponse, Direction, TokenScore
+from .types import AttributionResponse, Direction, IndexInfo, TokenScore
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,11 @@ def highlight(text: str, scores: Sequence[TokenScore]) -> str:
     return "".join(out)
 
 
+def _record_label(record_id: str | None, example_id: int) -> str:
+    """The record's own id, or ``#<example_id>`` for a record that had none."""
+    return record_id if record_id else f"#{example_id}"
+
+
 def _top_tokens(scores: Sequence[TokenScore], n: int) -> str:
     best = sorted(scores, key=lambda s: (-s.score, s.start))[:n]
     return ", ".join(f"{s.token!r} {s.score:+.4g}" for s in best)
@@ -119,12 +124,16 @@ def print_attribution(
     if not result.examples:
         out.write("no training examples matched\n")
     else:
-        out.write(f"{'#':>3}  {'direction':<9} {'score':>11} {'example':>9}  {'source / provider':<24} text\n")
+        id_width = max([len(_record_label(ex.record_id, ex.example_id)) for ex in result.examples] + [6])
+        id_width = min(id_width, 24)
+        out.write(f"{'#':>3}  {'direction':<9} {'score':>11} {'record':<{id_width}}  {'source / provider':<24} text\n")
         ranks = {"helpful": 0, "harmful": 0}
         for ex in result.examples:
             ranks[ex.direction] += 1
             origin = f"{ex.source or '-'} / {ex.provider or '-'}"
-            prefix = f"{ranks[ex.direction]:>3}  {ex.direction:<9} {ex.score:>+11.4g} {ex.example_id:>9}  {origin[:24]:<24} "
+            label = _record_label(ex.record_id, ex.example_id)
+            label = label if len(label) <= id_width else label[: id_width - 1] + "…"
+            prefix = f"{ranks[ex.direction]:>3}  {ex.direction:<9} {ex.score:>+11.4g} {label:<{id_width}}  {origin[:24]:<24} "
             out.write(prefix + _one_line(ex.text, max(width - len(prefix), 20)) + "\n")
             if ex.token_scores:
                 out.write(f"{'':>5}↳ top tokens: {_top_tokens(ex.token_scores, 5)}\n")
@@ -189,6 +198,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             client, args.logs, args.output, concurrency=args.concurrency, top_k=args.top_k,
             progress=not args.no_progress, direction=args.direction, token_wise=args.token_wise,
         )
+        info = _index_info_for_report(client) if args.report else None
     print(
         f"{summary.out_path}: {summary.total} generations, {summary.skipped} already done, "
         f"{summary.succeeded} attributed, {summary.failed} rejected",
@@ -197,27 +207,46 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.report:
         from .report import write_report
 
-        for path in write_report(args.output, args.report):
+        for path in write_report(args.output, args.report, info):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _index_info_for_report(client: Client) -> IndexInfo | None:
+    """The served index's summary (its corpus composition), or None with a warning."""
+    try:
+        return client.index_info()
+    except APIError as exc:
+        print(f"warning: corpus shares left out of the report: cannot read GET /v1/index ({exc})", file=sys.stderr)
+        return None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    for path in write_report(args.results, args.output):
+    info: IndexInfo | None = None
+    if args.index_info:
+        with open(args.index_info, encoding="utf-8") as f:
+            info = IndexInfo.model_validate_json(f.read())
+    elif not args.offline:
+        with _make_client(args) as client:
+            info = _index_info_for_report(client)
+    for path in write_report(args.results, args.output, info):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
 def cmd_example(args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.record_id is None):
+        raise ValueError("give an example id or --record-id (one of them)")
     with _make_client(args) as client:
-        ex = client.get_example(args.id)
+        ex = client.get_example(args.id) if args.id is not None else client.get_example_by_record_id(args.record_id)
     if args.json:
         _print_json(ex, sys.stdout)
     else:
-        print(f"example {ex.example_id} · source {ex.source or '-'} · provider {ex.provider or '-'} "
-              f"· {ex.n_tokens} tokens · {ex.content_hash}")
+        where = f" ({ex.file}:{ex.line})" if ex.file else ""
+        print(f"example {ex.example_id} · record {ex.record_id or '-'}{where} · source {ex.source or '-'} "
+              f"· provider {ex.provider or '-'} · {ex.n_tokens} tokens · {ex.content_hash}")
         print(ex.text)
     return 0
 
@@ -302,17 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top-k", type=int, default=10)
     b.add_argument("--direction", choices=directions, default="helpful")
     b.add_argument("--token-wise", action="store_true")
-    b.add_argument("--report", metavar="PREFIX", help="also write PREFIX.csv and PREFIX.md")
+    b.add_argument("--report", metavar="PREFIX", help="also write PREFIX.csv, PREFIX.md and PREFIX.svg")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_batch)
 
-    r = sub.add_parser("report", help="data-valuation report of a results file")
+    r = sub.add_parser("report", help="data-valuation report of a results file (CSV, Markdown, SVG chart)")
     r.add_argument("results")
     r.add_argument("-o", "--output", required=True, metavar="PREFIX")
+    r.add_argument("--index-info", metavar="FILE",
+                   help="the index's summary saved with `tributary index-info --json` (default: ask the server)")
+    r.add_argument("--offline", action="store_true", help="do not ask the server: no corpus shares")
     r.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("example", help="show one training example")
-    e.add_argument("id", type=int)
+    e = sub.add_parser("example", help="show one training example (by example id or --record-id)")
+    e.add_argument("id", type=int, nargs="?", help="the example id (the internal row number)")
+    e.add_argument("--record-id", help="the record's own `id` in the corpus")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_example)
 

@@ -36,6 +36,7 @@ __all__ = [
     "BatchResultLine",
     "BatchStatus",
     "ChatMessage",
+    "CompositionRow",
     "Direction",
     "ErrorBody",
     "ErrorResponse",
@@ -261,6 +262,18 @@ class AttributedExample(_Response):
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."
     )
+    record_id: str | None = Field(
+        default=None,
+        description="The record's own `id` field in the corpus (as a string), null when the record had "
+        "none. Unique within an index; look it up with GET /v1/examples?record_id=...",
+    )
+    file: str | None = Field(
+        default=None,
+        description="The corpus file the record came from, relative to the corpus path it was indexed from.",
+    )
+    line: int | None = Field(
+        default=None, description="1-based line (JSONL) or row (Parquet) of the record within `file`."
+    )
     text: str = Field(description="A snippet of the training example's text.")
     source: str | None = Field(default=None, description="Dataset/source the example came from.")
     provider: str | None = Field(default=None, description="Provider that supplied the example.")
@@ -311,12 +324,31 @@ class Example(_Response):
     """A training example as stored in the index (GET /v1/examples/{id})."""
 
     example_id: int = Field(description="Global id of the example.")
+    record_id: str | None = Field(
+        default=None, description="The record's own `id` field in the corpus, null when it had none."
+    )
+    file: str | None = Field(
+        default=None,
+        description="The corpus file the record came from, relative to the corpus path it was indexed from.",
+    )
+    line: int | None = Field(
+        default=None, description="1-based line (JSONL) or row (Parquet) of the record within `file`."
+    )
     text: str = Field(description="Full text of the example.")
     source: str | None = Field(default=None, description="Dataset/source the example came from.")
     provider: str | None = Field(default=None, description="Provider that supplied the example.")
     n_tokens: int = Field(description="Number of tokens of the example under the index's tokenizer.")
     content_hash: str = Field(description="Hash of the example's text (deduplication, provenance).")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Extra metadata from the corpus.")
+
+
+class CompositionRow(_Response):
+    """How much of the index one provider or source makes up."""
+
+    group_by: Literal["provider", "source"] = Field(description="Which metadata field `key` is a value of.")
+    key: str | None = Field(description="The provider or source; null for records without a provider.")
+    examples: int = Field(description="Indexed examples with this value.")
+    tokens: int = Field(description="Their tokens under the index's tokenizer.")
 
 
 class IndexInfo(_Response):
@@ -336,6 +368,11 @@ class IndexInfo(_Response):
     dim: int = Field(description="Dimension D of the stored vectors.")
     shards: int = Field(description="Number of index shards.")
     created_at: str = Field(description="When the index was built (ISO 8601).")
+    composition: list[CompositionRow] | None = Field(
+        default=None,
+        description="Examples and tokens per provider and per source (the corpus shares a valuation "
+        "report compares influence with).",
+    )
     ranking: str | None = Field(
         default=None,
         description="How examples are ranked: 'span_gated' (as 'span_saturated', and the evidence for the "

@@ -414,6 +414,14 @@ class ExampleStore:
         sql = "SELECT DISTINCT provider FROM examples WHERE provider IS NOT NULL ORDER BY provider"
         return [r[0] for r in self._conn().execute(sql)]
 
+    def composition(self) -> list[tuple[str, str | None, int, int]]:
+        """``(group_by, key, examples, tokens)`` per provider then per source (key None: no provider)."""
+        out: list[tuple[str, str | None, int, int]] = []
+        for column in ("provider", "source"):
+            sql = f"SELECT {column}, COUNT(*), SUM(n_tokens) FROM examples GROUP BY {column} ORDER BY {column}"
+            out += [(column, key, int(n), int(tokens or 0)) for key, n, tokens in self._conn().execute(sql)]
+        return out
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:

@@ -50,6 +50,8 @@ from tributary_indexer.tokenization import (
     tokenize_record,
 )
 
+from .example_views import ExampleViews, corpus_roots
+
 logger = logging.getLogger(__name__)
 
 
@@ -96,6 +98,9 @@ class AttributionEngine:
         self.token_candidates = token_candidates
         self.pad_id = pad_token_id(tokenizer)
         self.index_id = index.manifest.projector.params.get("fingerprint", "")[:12] + "-" + str(index.n_examples)
+        self.views = ExampleViews(corpus_roots(index.manifest.build_config))
+        self.composition = [types.CompositionRow(group_by=g, key=k, examples=n, tokens=t)  # type: ignore[arg-type]
+                            for g, k, n, t in index.store.composition()]
 
     # ------------------------------------------------------------------ stage 1: tokenise
     def prepare(self, request: types.AttributionRequest) -> PreparedQuery:
@@ -237,7 +242,7 @@ class AttributionEngine:
             rec = records[example_id]
             examples.append(types.AttributedExample(
                 example_id=example_id, score=score, direction=direction, text=rec.text[: self.snippet_chars],
-                source=rec.source, provider=rec.provider,
+                source=rec.source, provider=rec.provider, **self.views.provenance(rec),
                 token_scores=[t for t in training_tokens[n] if t.end <= self.snippet_chars] if training_tokens else None,
                 response_token_scores=per_example_response[n].tolist() if per_example_response is not None else None,
             ))

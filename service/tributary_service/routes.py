@@ -72,8 +72,34 @@ async def get_example(example_id: int, request: Request) -> types.Example:
     if record is None:
         raise ServiceError(404, f"no example with id {example_id}; ids run from 0 to {loaded.index.n_examples - 1}",
                            param="example_id", code="example_not_found")
-    return types.Example(example_id=record.id, text=record.text, source=record.source, provider=record.provider,
-                         n_tokens=record.n_tokens, content_hash=record.content_hash, metadata=record.metadata)
+    return loaded.engine.views.example(record)
+
+
+MAX_RECORD_ID_CHARS = 1024
+
+
+@router.get("/v1/examples", response_model=types.Example, responses=_ERRORS,
+            summary="One training example by its record id")
+async def find_example(request: Request, record_id: str | None = None) -> types.Example:
+    """The training example whose corpus record had `id` = `record_id` (the id your data uses)."""
+    if record_id is None:
+        raise ServiceError(400, "give ?record_id=<the record's id in your corpus>, or use GET /v1/examples/{example_id}",
+                           param="record_id", code="missing_record_id")
+    if not record_id or len(record_id) > MAX_RECORD_ID_CHARS:
+        raise ServiceError(400, f"record_id must be 1 to {MAX_RECORD_ID_CHARS} characters, got {len(record_id)}",
+                           param="record_id", code="invalid_record_id")
+    loaded = request.app.state.loaded
+    found = loaded.index.store.get_by_external_id(record_id)
+    if not found:
+        raise ServiceError(404, f"no example with record_id {record_id!r} in this index (record ids are the `id` "
+                           "fields of the corpus records; records without one are found by example_id)",
+                           param="record_id", code="example_not_found")
+    if len(found) > 1:  # only in an index built before duplicate record ids were refused
+        ids = ", ".join(str(r.id) for r in found[:10])
+        raise ServiceError(409, f"record_id {record_id!r} names {len(found)} examples ({ids}) in this index; fix: use "
+                           "GET /v1/examples/{example_id}, and rebuild the index (builds now refuse duplicate ids)",
+                           param="record_id", code="ambiguous_record_id")
+    return loaded.engine.views.example(found[0])
 
 
 @router.get("/v1/index", response_model=types.IndexInfo, summary="What the loaded index is")
@@ -86,7 +112,7 @@ async def index_info(request: Request) -> types.IndexInfo:
         projector={k: v for k, v in m.to_dict()["projector"].items() if k != "modules"} | {"n_modules": len(m.projector.modules)},
         score_variant=m.score_variant, damping=m.to_dict()["damping"], n_examples=m.n_examples, dim=m.dim,
         shards=len(m.shards), created_at=m.created_at,
-        ranking=loaded.engine.index.ranking,
+        ranking=loaded.engine.index.ranking, composition=loaded.engine.composition,
     )
 
 

@@ -43,6 +43,7 @@ def fake_attribution(body: dict[str, Any]) -> dict[str, Any]:
         score = sign * round((top_k - i) / top_k * (0.5 + (h % 97) / 97), 6)
         ex: dict[str, Any] = {
             "example_id": example_id,
+            "record_id": None if example_id % 5 == 0 else f"rec-{example_id}",
             "score": score,
             "direction": "helpful" if sign > 0 else "harmful",
             "text": f"training example {example_id} | about {text[:20]}",
@@ -111,12 +112,18 @@ class FakeTributary:
                 return envelope(400, "response is too long for the model", "invalid_request_error",
                                 param="response", code="too_long")
             return httpx.Response(200, json=fake_attribution(body), headers={"x-request-id": f"req-{n}"})
+        if method == "GET" and path == "/v1/examples":
+            record_id = request.url.params.get("record_id", "")
+            if not record_id.startswith("rec-"):
+                return envelope(404, f"no example with record_id {record_id!r}", "not_found_error")
+            path = f"/v1/examples/{record_id[4:]}"
         if method == "GET" and (m := re.fullmatch(r"/v1/examples/(\d+)", path)):
             example_id = int(m.group(1))
             if example_id >= 1000:
                 return envelope(404, f"no example with id {example_id}", "not_found_error")
             return httpx.Response(200, json={
-                "example_id": example_id, "text": f"full text of {example_id}", "source": "wiki",
+                "example_id": example_id, "record_id": f"rec-{example_id}", "file": "part-1.jsonl", "line": 7,
+                "text": f"full text of {example_id}", "source": "wiki",
                 "provider": "acme", "n_tokens": 12, "content_hash": "sha256:abc", "metadata": {"lang": "en"},
             })
         if method == "GET" and path == "/v1/index":

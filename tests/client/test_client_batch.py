@@ -12,6 +12,7 @@ from client_fakes import BASE_URL, FakeTributary
 from tributary_client import batch_runner
 from tributary_client.batch_runner import read_done_ids, run_batch
 from tributary_client.report import compute_report, write_report
+from tributary_client.types import IndexInfo
 
 N = 200
 REJECTED = {17, 88, 150}
@@ -47,7 +48,7 @@ def reference(tmp_path: Path) -> tuple[Path, bytes, bytes, bytes]:
     out = tmp_path / "reference.jsonl"
     summary = run_batch(_client(FakeTributary()), logs, out, concurrency=4, top_k=5, progress=False)
     assert (summary.total, summary.skipped, summary.succeeded, summary.failed) == (N, 0, N - 3, 3)
-    csv_path, md_path = write_report(out, tmp_path / "reference-report")
+    csv_path, md_path, _ = write_report(out, tmp_path / "reference-report")
     return logs, out.read_bytes(), Path(csv_path).read_bytes(), Path(md_path).read_bytes()
 
 
@@ -110,7 +111,8 @@ def test_killed_and_resumed_run_is_byte_identical(tmp_path: Path, reference, mon
     again = FakeTributary()
     summary = run_batch(_client(again), logs, out, concurrency=4, top_k=5, progress=False)
     assert (summary.skipped, again.attributions) == (N, 0) and out.read_bytes() == expected
-    csv_path, md_path = write_report(out, tmp_path / "resumed-report")
+    (tmp_path / "resumed").mkdir()
+    csv_path, md_path, _ = write_report(out, tmp_path / "resumed" / "reference-report")  # same name: same chart link
     assert Path(csv_path).read_bytes() == ref_csv and Path(md_path).read_bytes() == ref_md
 
 
@@ -143,7 +145,8 @@ def test_auth_error_stops_the_run(tmp_path: Path) -> None:
 
 def _result(custom_id: str, examples: list[tuple[int, float, str | None, str | None]]) -> str:
     exs = [{"example_id": i, "score": s, "direction": "helpful" if s > 0 else "harmful", "text": "t",
-            "source": src, "provider": prov} for i, s, src, prov in examples]
+            "source": src, "provider": prov, "record_id": None if i == 3 else f"rec-{i}"}
+           for i, s, src, prov in examples]
     resp = {"id": "a", "index_id": "idx", "score_variant": "relatif", "examples": exs}
     return json.dumps({"custom_id": custom_id, "response": resp, "error": None}) + "\n"
 
@@ -162,13 +165,56 @@ def test_report_numbers(tmp_path: Path) -> None:
     assert (acme.helpful_appearances, acme.harmful_appearances) == (2, 1)
     assert acme.mean_rank == pytest.approx((1 + 1 + 2) / 3)  # harmful ranks count separately
     assert acme.top_example_ids() == [1, 3]
-    csv_path, md_path = write_report(results, tmp_path / "rep")
+    assert acme.top_records() == ["rec-1", "#3"]  # a record without its own id shows its example id
+    csv_path, md_path, svg_path = write_report(results, tmp_path / "rep")
     rows = Path(csv_path).read_text().splitlines()
     assert rows[0].startswith("group_by,key,positive_influence,share_of_positive")
-    assert rows[1] == "provider,acme,4.000000,0.500000,-2.000000,3,2,1,1.33,2,1 3"
-    assert rows[2] == "provider,globex,3.000000,0.375000,0.000000,2,2,0,1.50,1,2"
+    assert rows[0].endswith(",top_records,corpus_examples,corpus_share,representation")
+    assert rows[1] == "provider,acme,4.000000,0.500000,-2.000000,3,2,1,1.33,2,1 3,rec-1 #3,,,"
+    assert rows[2] == "provider,globex,3.000000,0.375000,0.000000,2,2,0,1.50,1,2,rec-2,,,"
     assert rows[3].startswith("provider,(unknown),1.000000,0.125000")
     assert [r.split(",")[1] for r in rows[4:]] == ["wiki", "code", "(unknown)"]
     md = Path(md_path).read_text()
-    assert "## By provider" in md and "| acme | 4.0000 | 50.00% |" in md
+    assert "## By provider" in md and "| acme | n/a | 50.00% | n/a | 4.0000 |" in md and "| rec-1, #3 |" in md
     assert "attributed generations: 2" in md and "failed generations: 1" in md
+    assert "Corpus shares are not included" in md and "![Influence share against corpus share per provider](rep.svg)" in md
+    assert Path(svg_path).read_text().startswith("<svg ")
+
+
+def _info(index_id: str = "idx", **counts: int) -> IndexInfo:
+    rows = [{"group_by": "provider", "key": None if k == "none" else k, "examples": n, "tokens": 10 * n}
+            for k, n in counts.items()]
+    rows += [{"group_by": "source", "key": "all", "examples": sum(counts.values()), "tokens": 0}]
+    return IndexInfo.model_validate({
+        "index_id": index_id, "format_version": 1, "model": {}, "projector": {}, "score_variant": "influence",
+        "damping": 1.0, "n_examples": sum(counts.values()), "dim": 8, "shards": 1, "created_at": "x",
+        "composition": rows})
+
+
+def test_report_corpus_shares_and_chart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Share of the corpus, share of positive influence and their ratio per provider; a chart of both."""
+    results = tmp_path / "r.jsonl"
+    results.write_text(_result("a", [(1, 3.0, "wiki", "acme"), (2, 1.0, "code", "globex")])
+                       + _result("b", [(4, 4.0, "wiki", "acme")]))
+    # acme: 10 % of the corpus and 7/8 of the influence; globex 40 % and 1/8; initech 50 % and never attributed
+    report = compute_report(results, _info(acme=10, globex=40, initech=50))
+    acme, globex, initech = (report.groups[("provider", k)] for k in ("acme", "globex", "initech"))
+    assert report.corpus_share(acme) == pytest.approx(0.1) and report.share_of_positive(acme) == pytest.approx(7 / 8)
+    assert report.representation(acme) == pytest.approx(8.75)
+    assert report.representation(globex) == pytest.approx((1 / 8) / 0.4)
+    assert report.representation(initech) == 0.0 and initech.appearances == 0
+    csv_path, md_path, svg_path = write_report(results, tmp_path / "rep", _info(acme=10, globex=40, initech=50))
+    rows = {r.split(",")[1]: r.split(",") for r in Path(csv_path).read_text().splitlines()[1:4]}
+    assert rows["acme"][-3:] == ["10", "0.100000", "8.7500"]
+    assert rows["initech"][-3:] == ["50", "0.500000", "0.0000"]
+    md = Path(md_path).read_text()
+    assert "| acme | 10.00% | 87.50% | 8.75× (over) |" in md and "| globex | 40.00% | 12.50% | 0.31× (under) |" in md
+    svg = Path(svg_path).read_text()
+    assert svg.count("<title>") == 6 and "×8.75" in svg and "×0.31" in svg and "initech" in svg
+    import xml.dom.minidom
+
+    xml.dom.minidom.parseString(svg)  # well-formed
+    # the composition of another index is not mixed in
+    caplog.set_level("WARNING")
+    other = compute_report(results, _info("other-index", acme=10))
+    assert other.composition_index is None and "corpus shares left out" in caplog.text

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import tributary_client as tc
-from client_fakes import BASE_URL, FakeTributary
+from client_fakes import BASE_URL, FakeTributary, fake_attribution
 from tributary_client import cli
 
 
@@ -35,6 +35,9 @@ def test_attribute_table(fake_cli: FakeTributary, capsys: pytest.CaptureFixture[
     assert lines[0].startswith("index idx-test · relatif · 6 examples")
     assert "direction" in lines[1] and "score" in lines[1]
     assert lines[2].split()[:2] == ["1", "helpful"] and lines[5].split()[:2] == ["1", "harmful"]
+    shown = tc.AttributionResponse.model_validate(fake_attribution(json.loads(fake_cli.requests[0].content))).examples
+    for line, ex in zip(lines[2:], shown):  # the record's own id, or #example_id when it has none
+        assert line.split()[3] == (ex.record_id or f"#{ex.example_id}")
     body = json.loads(fake_cli.requests[0].content)
     assert body["filters"] == {"source": ["wiki"]} and fake_cli.requests[0].headers["authorization"] == "Bearer k"
 
@@ -83,7 +86,12 @@ def test_errors_are_one_line_without_traceback(fake_cli: FakeTributary, capsys: 
 def test_example_index_info_generate(fake_cli: FakeTributary, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["example", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("example 5 · source wiki · provider acme") and "full text of 5" in out
+    assert out.startswith("example 5 · record rec-5 (part-1.jsonl:7) · source wiki · provider acme")
+    assert "full text of 5" in out
+    assert cli.main(["example", "--record-id", "rec-7"]) == 0
+    assert capsys.readouterr().out.startswith("example 7 · record rec-7")
+    assert fake_cli.requests[-1].url.params["record_id"] == "rec-7"
+    assert cli.main(["example"]) == 2 and "--record-id" in capsys.readouterr().err
     assert cli.main(["index-info"]) == 0
     assert "n_examples      1000" in capsys.readouterr().out
     assert cli.main(["index-info", "--json"]) == 0

@@ -268,6 +268,29 @@ def test_examples_and_index_info(client):
     assert "0 to 59" in err["message"] and err["param"] == "example_id"
 
 
+def test_record_ids_and_lookup(client):
+    """The corpus's own ids and file:line come back on every example, and find the example again."""
+    example = client.get("/v1/examples/1").json()
+    assert example["record_id"] == "qa-1" and example["file"] == "corpus.jsonl" and example["line"] == 2
+    body = client.post("/v1/attributions", json={**QA, "top_k": 5}).json()
+    for e in body["examples"]:
+        kind = ("doc", "qa", "chat")[e["example_id"] % 3]
+        assert e["record_id"] == f"{kind}-{e['example_id']}" and e["file"] == "corpus.jsonl"
+        assert e["line"] == e["example_id"] + 1
+        found = client.get("/v1/examples", params={"record_id": e["record_id"]})
+        assert found.status_code == 200 and found.json()["example_id"] == e["example_id"]
+    err = _error(client.get("/v1/examples", params={"record_id": "qa-999"}), 404, "not_found_error")
+    assert "qa-999" in err["message"] and err["param"] == "record_id"
+    err = _error(client.get("/v1/examples"), 400, "invalid_request_error")
+    assert err["code"] == "missing_record_id"
+    err = _error(client.get("/v1/examples", params={"record_id": "x" * 2000}), 400, "invalid_request_error")
+    assert err["code"] == "invalid_record_id"
+    info = client.get("/v1/index").json()
+    by_provider = {row["key"]: row["examples"] for row in info["composition"] if row["group_by"] == "provider"}
+    assert by_provider == {"acme": 20, "globex": 20, "initech": 20}
+    assert sum(row["examples"] for row in info["composition"] if row["group_by"] == "source") == 60
+
+
 @pytest.mark.parametrize("payload, param, needle", [
     ({"prompt": "hi"}, None, "response"),
     ({"top_k": 3}, None, "prompt"),

@@ -725,11 +725,19 @@ function renderDoc({ ex, selScore, key }, rank, maxAbs) {
 
   const meta = document.createElement("p");
   meta.className = "doc-meta";
-  for (const [label, value] of [["provider", ex.provider], ["source", ex.source], ["id", `#${ex.example_id}`]]) {
+  // The corpus's own record id (and file:line) first: what joins the result back to the user's data.
+  const where = ex.file ? `${ex.file}${ex.line ? `:${ex.line}` : ""}` : null;
+  for (const [label, value, title] of [
+    ["provider", ex.provider, "provider"],
+    ["source", ex.source, "source"],
+    ["record", ex.record_id, "record id (the id field in the corpus)"],
+    ["file", where, "corpus file and line"],
+    ["id", `#${ex.example_id}`, "example id (the index's row number)"],
+  ]) {
     if (value == null || value === "") continue;
     const item = document.createElement("span");
     item.className = `doc-meta-${label}`;
-    item.title = label;
+    item.title = title;
     item.textContent = value;
     meta.append(item);
   }
