@@ -23,6 +23,7 @@ from ._exceptions import (
     InternalServerError,
     NotFoundError,
     RateLimitError,
+    RequestValidationError,
     TributaryError,
     UnavailableError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "NotFoundError",
     "RateLimitError",
     "RequestSpec",
+    "RequestValidationError",
     "TokenScore",
     "TributaryError",
     "UnavailableError",

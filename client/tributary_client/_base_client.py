@@ -28,11 +28,11 @@ from ._exceptions import (
     APIError,
     APIResponseValidationError,
     APITimeoutError,
+    RequestValidationError,
     make_status_error,
 )
 from ._version import __version__
 from .types import (
-    AttributionFilters,
     AttributionRequest,
     AttributionResponse,
     Batch,
@@ -134,11 +134,12 @@ def make_attribution_request(
 ) -> AttributionRequest:
     """Build (and validate) the `AttributionRequest` that `Client.attribute` sends.
 
-    Raises pydantic's ValidationError with a message that says what to fix."""
+    Raises `RequestValidationError` with a message that says what to fix."""
     filters = None
     if source is not None or provider is not None:
-        filters = AttributionFilters(source=_as_list(source), provider=_as_list(provider))
-    return AttributionRequest.model_validate(
+        filters = {"source": _as_list(source), "provider": _as_list(provider)}
+    return _validated(
+        AttributionRequest,
         {
             "prompt": prompt,
             "response": response,
@@ -147,8 +148,16 @@ def make_attribution_request(
             "direction": direction,
             "token_wise": token_wise,
             "filters": filters,
-        }
+        },
     )
+
+
+def _validated(model: type[ModelT], data: Any) -> ModelT:
+    """``model.model_validate(data)``, refusals raised as the SDK's `RequestValidationError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError.from_pydantic(exc) from None
 
 
 class _BaseClient(Generic[HttpT]):
@@ -175,7 +184,7 @@ class _BaseClient(Generic[HttpT]):
         """Configuration only; subclasses set up `_http` (using `http_client` if given)."""
         url = base_url or os.environ.get("TRIBUTARY_BASE_URL") or DEFAULT_BASE_URL
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+            raise RequestValidationError(f"base_url must start with http:// or https://, got {url!r}", param="base_url")
         self.base_url = url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("TRIBUTARY_API_KEY")
         if timeout is None:
@@ -185,7 +194,7 @@ class _BaseClient(Generic[HttpT]):
         else:
             self.timeout = httpx.Timeout(float(timeout), connect=min(5.0, float(timeout)))
         if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+            raise RequestValidationError("max_retries must be >= 0", param="max_retries")
         self.max_retries = max_retries
         self.max_retry_after = max_retry_after
         self.default_headers = dict(default_headers or {})
@@ -297,17 +306,19 @@ class _BaseClient(Generic[HttpT]):
         except (ValueError, UnicodeDecodeError) as exc:
             raise self._invalid_body(spec, response, f"body is not JSON ({exc})") from exc
         try:
-            return spec.cast_to.model_validate(data)
+            parsed = spec.cast_to.model_validate(data)
         except ValidationError as exc:
             raise self._invalid_body(spec, response, _summarize(exc)) from exc
+        return _with_request_id(parsed, response)
 
     def _parse_line(
         self, spec: RequestSpec[ModelT], response: httpx.Response, line: str, line_no: int
     ) -> ModelT:
         try:
-            return spec.cast_to.model_validate_json(line)
+            parsed = spec.cast_to.model_validate_json(line)
         except ValidationError as exc:
             raise self._invalid_body(spec, response, f"line {line_no}: {_summarize(exc)}") from exc
+        return _with_request_id(parsed, response)
 
     def _invalid_body(self, spec: RequestSpec[Any], response: httpx.Response, why: str) -> APIError:
         return APIResponseValidationError(
@@ -328,7 +339,7 @@ class _BaseClient(Generic[HttpT]):
 
     def _get_example_spec(self, example_id: int) -> RequestSpec[Example]:
         if isinstance(example_id, bool) or not isinstance(example_id, int):
-            raise TypeError(f"example_id must be an int, got {example_id!r}")
+            raise RequestValidationError(f"example_id must be an int, got {example_id!r}", param="example_id")
         return RequestSpec("GET", f"/v1/examples/{example_id}", Example)
 
     def _find_example_spec(self, record_id: str) -> RequestSpec[Example]:
@@ -346,28 +357,27 @@ class _BaseClient(Generic[HttpT]):
         max_new_tokens: int,
         temperature: float,
     ) -> RequestSpec[GenerateResponse]:
-        body = GenerateRequest.model_validate(
+        body = _validated(
+            GenerateRequest,
             {
                 "prompt": prompt,
                 "messages": _messages(messages),
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature,
-            }
+            },
         )
         return RequestSpec("POST", "/v1/generate", GenerateResponse, json=_dump(body))
 
     def _create_batch_spec(
         self, requests: BatchRequestsArg, metadata: Mapping[str, Any] | None
     ) -> RequestSpec[Batch]:
-        lines: list[BatchRequestLine] = []
+        lines: list[Any] = []
         for item in requests:
-            if isinstance(item, BatchRequestLine):
-                lines.append(item)
-            elif isinstance(item, tuple):
-                lines.append(BatchRequestLine(custom_id=item[0], body=item[1]))
+            if isinstance(item, tuple):
+                lines.append({"custom_id": item[0], "body": item[1]})
             else:
-                lines.append(BatchRequestLine.model_validate(item))
-        body = BatchCreateRequest(requests=lines, metadata=dict(metadata) if metadata else None)
+                lines.append(item)
+        body = _validated(BatchCreateRequest, {"requests": lines, "metadata": dict(metadata) if metadata else None})
         return RequestSpec("POST", "/v1/batches", Batch, json=_dump(body))
 
     def _get_batch_spec(self, batch_id: str) -> RequestSpec[Batch]:
@@ -407,8 +417,16 @@ def _messages(messages: MessagesArg | None) -> list[Any] | None:
 def _path_id(value: str) -> str:
     text = str(value)
     if not text:
-        raise ValueError("id must not be empty")
+        raise RequestValidationError("id must not be empty", param="batch_id")
     return quote(text, safe="")
+
+
+def _with_request_id(parsed: ModelT, response: httpx.Response) -> ModelT:
+    """Attach the response's ``x-request-id`` to the parsed object (its ``request_id``)."""
+    request_id = response.headers.get("x-request-id")
+    if request_id is not None and hasattr(parsed, "_request_id"):
+        parsed._request_id = request_id
+    return parsed
 
 
 def _summarize(exc: ValidationError) -> str:

@@ -3,6 +3,7 @@
 Hierarchy::
 
     TributaryError
+    ├── RequestValidationError         the input was refused before anything was sent
     └── APIError                       anything that went wrong talking to the API
         ├── APIConnectionError         no HTTP response (DNS, refused, reset, ...)
         │   └── APITimeoutError
@@ -38,6 +39,7 @@ __all__ = [
     "InternalServerError",
     "NotFoundError",
     "RateLimitError",
+    "RequestValidationError",
     "TributaryError",
     "UnavailableError",
     "make_status_error",
@@ -46,6 +48,39 @@ __all__ = [
 
 class TributaryError(Exception):
     """Base class of every exception raised by this package."""
+
+
+class RequestValidationError(TributaryError, ValueError):
+    """The SDK refused an argument before sending anything; the message says what to fix.
+
+    `errors` lists each problem as ``{"param": "top_k", "message": "..."}`` (``param`` is the
+    request field at fault, dotted for nested fields, or None); `param` is the first one's.
+    Also a `ValueError`, so code written against the plain Python convention catches it.
+    """
+
+    message: str
+    param: str | None
+    errors: list[dict[str, Any]]
+
+    def __init__(self, message: str, *, param: str | None = None, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.errors = errors if errors is not None else [{"param": param, "message": message}]
+
+    @classmethod
+    def from_pydantic(cls, exc: Any, *, prefix: str = "invalid request") -> RequestValidationError:
+        """Wrap a pydantic ``ValidationError`` (its problems, each with the field at fault)."""
+        errors: list[dict[str, Any]] = []
+        texts: list[str] = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            errors.append({"param": loc or None, "message": msg})
+            texts.append(f"{loc}: {msg}" if loc else msg)
+        text = "; ".join(texts)
+        return cls(f"{prefix}: {text}" if prefix else text, param=errors[0]["param"] if errors else None,
+                   errors=errors)
 
 
 class APIError(TributaryError):

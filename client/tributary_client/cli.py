@@ -3,7 +3,7 @@
 Client commands (light: httpx + pydantic only)::
 
     tributary attribute --prompt P --response R [--top-k N] [--direction D] [--token-wise] [--json]
-    tributary batch LOGS.jsonl -o RESULTS.jsonl [--concurrency N] [--report PREFIX] [--no-progress]
+    tributary batch LOGS.jsonl -o RESULTS.jsonl [--concurrency N] [--report PREFIX] [--retry-failed] [--no-progress]
     tributary report RESULTS.jsonl -o PREFIX [--index-info FILE | --offline]
     tributary example ID | example --record-id RID | index-info | generate --prompt P
 
@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ._base_client import make_attribution_request
 from ._client import Client
-from ._exceptions import APIError
+from ._exceptions import APIError, RequestValidationError
 from .types import AttributionResponse, Direction, IndexInfo, TokenScore
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,34 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+BATCH_EXIT_CODES = {
+    0: "every generation of the logs is attributed",
+    1: "the run stopped on an error that concerns every line (server unreachable, "
+       "authentication, rate limit or 5xx after the retries, a file error): fix it and rerun, "
+       "it resumes where it stopped",
+    2: "usage error, or the results file is not a results file of these logs",
+    3: "the run finished but some lines failed (recorded in the output with the reason, "
+       "listed in the summary): fix them and rerun with --retry-failed",
+    130: "interrupted (Ctrl-C): rerun the same command to resume",
+}
+EXIT_LINES_FAILED = 3
+
+
+def _print_batch_summary(summary: Any, out: TextIO) -> None:
+    out.write(
+        f"{summary.out_path}: {summary.total} generations, {summary.skipped} already done, "
+        f"{summary.succeeded} attributed, {summary.failed} failed in this run"
+        + (f" ({summary.retried} failed lines retried)" if summary.retried else "")
+        + "\n"
+    )
+    if not summary.failures:
+        return
+    out.write(f"{summary.failed_total} line(s) of {summary.out_path} failed:\n")
+    for reason, n, example in summary.failure_reasons():
+        out.write(f"  {n:>6} {reason}: e.g. {_one_line(example, 160)}\n")
+    out.write("fix them (the logs line, or the server) and rerun with --retry-failed to re-attempt them\n")
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch_runner import run_batch
 
@@ -197,19 +225,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
         summary = run_batch(
             client, args.logs, args.output, concurrency=args.concurrency, top_k=args.top_k,
             progress=not args.no_progress, direction=args.direction, token_wise=args.token_wise,
+            retry_failed=args.retry_failed,
         )
         info = _index_info_for_report(client) if args.report else None
-    print(
-        f"{summary.out_path}: {summary.total} generations, {summary.skipped} already done, "
-        f"{summary.succeeded} attributed, {summary.failed} rejected",
-        file=sys.stderr,
-    )
+    _print_batch_summary(summary, sys.stderr)
     if args.report:
         from .report import write_report
 
         for path in write_report(args.output, args.report, info):
             print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return EXIT_LINES_FAILED if summary.failures else 0
 
 
 def _index_info_for_report(client: Client) -> IndexInfo | None:
@@ -300,18 +325,35 @@ def _exit_code(exc: SystemExit) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_connection_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """--base-url, --api-key, --timeout, --max-retries, -v: before or after the command.
+
+    After the command they default to "not given" (SUPPRESS), so they never overwrite a value
+    given before it."""
+
+    def default(value: Any) -> Any:
+        return value if top_level else argparse.SUPPRESS
+
+    parser.add_argument("--base-url", default=default(None),
+                        help="API base URL (default $TRIBUTARY_BASE_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=default(None), help="bearer API key (default $TRIBUTARY_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=default(None), help="read timeout in seconds (default 60)")
+    parser.add_argument("--max-retries", type=int, default=default(2), help="retries on transient errors (default 2)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                        help="log retries and progress details")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``tributary`` command."""
     p = argparse.ArgumentParser(prog="tributary", description="Which training examples made the model say this?")
-    p.add_argument("--base-url", help="API base URL (default $TRIBUTARY_BASE_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", help="bearer API key (default $TRIBUTARY_API_KEY)")
-    p.add_argument("--timeout", type=float, default=None, help="read timeout in seconds (default 60)")
-    p.add_argument("--max-retries", type=int, default=2, help="retries on transient errors (default 2)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log retries and progress details")
+    _add_connection_options(p, top_level=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     directions = list(get_args(Direction))
+    # the connection options are accepted after the command too (`tributary attribute --base-url ...`)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(common, top_level=False)
 
-    a = sub.add_parser("attribute", help="attribute one generation")
+    a = sub.add_parser("attribute", help="attribute one generation", parents=[common])
     a.add_argument("--prompt", help="the prompt the model was given")
     a.add_argument("--response", help="the model's generation to explain")
     a.add_argument("--messages-json", metavar="FILE", help="chat messages (JSON list; '-' = stdin), last one the assistant's reply")
@@ -324,7 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     a.set_defaults(func=cmd_attribute)
 
-    b = sub.add_parser("batch", help="attribute a JSONL file of logged generations (resumable)")
+    b = sub.add_parser(
+        "batch", help="attribute a JSONL file of logged generations (resumable)", parents=[common],
+        description="Attribute every logged generation of a JSONL file into a results file, in input order. "
+        "Resumable: rerun the same command after a kill. A line that cannot be attributed (not JSON, "
+        "an unknown shape, an empty reply, a request the server refuses) is recorded as a failed line "
+        "with the reason and the run goes on.",
+        epilog="exit status: " + "; ".join(f"{code} = {text}" for code, text in BATCH_EXIT_CODES.items()),
+    )
     b.add_argument("logs", help="JSONL logs: {prompt, response}, {messages} or chat-completion logs")
     b.add_argument("-o", "--output", required=True, help="results JSONL (appended to; rerun to resume)")
     b.add_argument("--concurrency", type=int, default=4)
@@ -332,10 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--direction", choices=directions, default="helpful")
     b.add_argument("--token-wise", action="store_true")
     b.add_argument("--report", metavar="PREFIX", help="also write PREFIX.csv, PREFIX.md and PREFIX.svg")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="re-attempt the lines recorded as failed in the results file (each new result "
+                        "takes the failed line's place)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_batch)
 
-    r = sub.add_parser("report", help="data-valuation report of a results file (CSV, Markdown, SVG chart)")
+    r = sub.add_parser("report", help="data-valuation report of a results file (CSV, Markdown, SVG chart)",
+                       parents=[common])
     r.add_argument("results")
     r.add_argument("-o", "--output", required=True, metavar="PREFIX")
     r.add_argument("--index-info", metavar="FILE",
@@ -343,17 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", action="store_true", help="do not ask the server: no corpus shares")
     r.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("example", help="show one training example (by example id or --record-id)")
+    e = sub.add_parser("example", help="show one training example (by example id or --record-id)", parents=[common])
     e.add_argument("id", type=int, nargs="?", help="the example id (the internal row number)")
     e.add_argument("--record-id", help="the record's own `id` in the corpus")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_example)
 
-    i = sub.add_parser("index-info", help="summary of the served index")
+    i = sub.add_parser("index-info", help="summary of the served index", parents=[common])
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_index_info)
 
-    g = sub.add_parser("generate", help="let the indexed model answer a prompt")
+    g = sub.add_parser("generate", help="let the indexed model answer a prompt", parents=[common])
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
@@ -415,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except APIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RequestValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         print(f"error: invalid request: {_validation_message(exc)}", file=sys.stderr)
         return 2

@@ -10,8 +10,12 @@ One JSON object per line, in any of these shapes:
   "choices": [{"text": ...}]}`` too.
 
 The id of a line is its ``custom_id``, else its ``id`` (top level, or the nested response's
-``id``), else ``line-<n>`` (1-based line number). Ids must be unique within a file. A line
-that cannot be read raises `LogFormatError` naming the file and the line.
+``id``), else ``line-<n>`` (1-based line number). Ids must be unique within a file.
+
+`iter_log_lines` reads every line and reports an unusable one (not JSON, an unknown shape, an
+empty reply, a duplicate id) as a `LogLine` with a `problem` instead of stopping: what
+``tributary batch`` records as a failed line. `iter_logged_generations` is the strict form: it
+raises `LogFormatError`, naming the file and the line, at the first unusable line.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,7 +33,7 @@ from .types import AttributionFilters, AttributionRequest, Direction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LogFormatError", "iter_logged_generations", "parse_log_record"]
+__all__ = ["LogFormatError", "LogLine", "iter_log_lines", "iter_logged_generations", "parse_log_record"]
 
 _ROLE_ALIASES = {"developer": "system", "human": "user", "ai": "assistant", "bot": "assistant"}
 
@@ -161,6 +166,76 @@ def parse_log_record(
     return _record_id(record), request
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One non-blank line of a logs file: its request, or why it cannot be attributed."""
+
+    custom_id: str
+    line_no: int
+    request: AttributionRequest | None = None
+    problem: LogFormatError | None = None
+    code: str | None = None
+    """Why the line is unusable: ``invalid_json``, ``invalid_log_line`` or ``duplicate_id``."""
+
+
+def _unused_id(preferred: str, seen: Mapping[str, int]) -> str:
+    """`preferred`, or ``preferred#2``, ``#3``... when another line already holds it."""
+    candidate, n = preferred, 1
+    while candidate in seen:
+        n += 1
+        candidate = f"{preferred}#{n}"
+    return candidate
+
+
+def iter_log_lines(
+    path: str | os.PathLike[str],
+    *,
+    top_k: int = 10,
+    direction: Direction = "helpful",
+    token_wise: bool = False,
+    filters: AttributionFilters | None = None,
+) -> Iterator[LogLine]:
+    """Yield a `LogLine` for each non-blank line of a JSONL file, usable or not.
+
+    An unusable line keeps its own id when it has one (``line-<n>`` when it has none, or when
+    its id repeats an earlier line's), so its failure can be recorded and retried under it.
+    Ids are a function of the file alone: the same file gives the same ids on every read.
+    """
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problem = LogFormatError(path, line_no, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                custom_id = _unused_id(f"line-{line_no}", seen)
+                seen[custom_id] = line_no
+                yield LogLine(custom_id, line_no, problem=problem, code="invalid_json")
+                continue
+            own_id = _record_id(record) if isinstance(record, Mapping) else None
+            if own_id is not None and own_id in seen:
+                problem = LogFormatError(
+                    path, line_no, f"duplicate id {own_id!r} (first seen on line {seen[own_id]})"
+                )
+                custom_id = _unused_id(f"line-{line_no}", seen)
+                seen[custom_id] = line_no
+                yield LogLine(custom_id, line_no, problem=problem, code="duplicate_id")
+                continue
+            custom_id = own_id if own_id is not None else _unused_id(f"line-{line_no}", seen)
+            seen[custom_id] = line_no
+            try:
+                _, request = parse_log_record(
+                    record, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters
+                )
+            except ValueError as exc:
+                yield LogLine(custom_id, line_no, problem=LogFormatError(path, line_no, str(exc)),
+                              code="invalid_log_line")
+                continue
+            yield LogLine(custom_id, line_no, request=request)
+
+
 def iter_logged_generations(
     path: str | os.PathLike[str],
     *,
@@ -174,26 +249,8 @@ def iter_logged_generations(
     Raises `LogFormatError` (file and line number in the message) on a malformed line or a
     duplicate id.
     """
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LogFormatError(path, line_no, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
-            try:
-                custom_id, request = parse_log_record(
-                    record, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters
-                )
-            except ValueError as exc:
-                raise LogFormatError(path, line_no, str(exc)) from exc
-            if custom_id is None:
-                custom_id = f"line-{line_no}"
-            if custom_id in seen:
-                raise LogFormatError(
-                    path, line_no, f"duplicate id {custom_id!r} (first seen on line {seen[custom_id]})"
-                )
-            seen[custom_id] = line_no
-            yield custom_id, request
+    for item in iter_log_lines(path, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters):
+        if item.problem is not None:
+            raise item.problem
+        assert item.request is not None
+        yield item.custom_id, item.request

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,13 @@ class _Response(BaseModel):
     """Base of the models a server returns: unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
+    _request_id: str | None = PrivateAttr(default=None)
+
+    @property
+    def request_id(self) -> str | None:
+        """The ``x-request-id`` of the HTTP response this object was read from (quote it when
+        reporting a problem); None for an object built or loaded from a file."""
+        return self._request_id
 
 
 # --------------------------------------------------------------------------- attribution

@@ -24,6 +24,20 @@ def quiet_blas_spin_waits() -> None:
     os.environ.setdefault(OPENBLAS_SPIN_VARIABLE, "4")  # 2^4 cycles: the smallest OpenBLAS accepts
 
 
+def _settings_problem(exc: Exception) -> str:
+    """One line per wrong setting, named as its flag and its environment variable."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors():
+        name = ".".join(str(p) for p in err.get("loc", ()))
+        flag = "--" + name.replace("_", "-")
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{flag} (TRIBUTARY_{name.upper()}): {msg}" if name else msg)
+    return "invalid settings: " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tributary serve", description="Serve attributions over an index (FastAPI + uvicorn). "
                                      "Every option can also be set as TRIBUTARY_<NAME>.")
@@ -42,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its failed CPU-variant probes are not errors
+    if args.index is None and not os.environ.get("TRIBUTARY_INDEX"):
+        print("tributary serve: no index to serve; pass --index DIR (a directory written by "
+              "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
     try:
         settings = ServiceSettings(**overrides)
     except Exception as exc:  # pydantic ValidationError: say which setting is missing or wrong
-        print(f"tributary serve: {exc}", file=sys.stderr)
+        print(f"tributary serve: {_settings_problem(exc)}", file=sys.stderr)
         return 2
     quiet_blas_spin_waits()
     import uvicorn

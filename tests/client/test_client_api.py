@@ -41,11 +41,30 @@ def test_attribute_messages_and_token_wise(client: tc.Client, fake: FakeTributar
 
 
 def test_attribute_validates_before_sending(client: tc.Client, fake: FakeTributary) -> None:
-    with pytest.raises(ValueError, match="missing `response`"):
+    with pytest.raises(tc.RequestValidationError, match="missing `response`"):
         client.attribute("only a prompt")
-    with pytest.raises(ValueError, match="greater than or equal to 1"):
+    with pytest.raises(tc.RequestValidationError, match="greater than or equal to 1") as info:
         client.attribute("p", "r", top_k=0)
+    assert info.value.param == "top_k" and isinstance(info.value, tc.TributaryError)
+    assert isinstance(info.value, ValueError)  # the plain Python convention still catches it
+    with pytest.raises(tc.RequestValidationError, match="filters.source"):
+        client.attribute("p", "r", source=[3])  # type: ignore[list-item]
+    with pytest.raises(tc.RequestValidationError, match="messages.0.role"):
+        client.attribute(messages=[{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}])
+    with pytest.raises(tc.RequestValidationError, match="max_new_tokens"):
+        client.generate("p", max_new_tokens=0)
+    with pytest.raises(tc.RequestValidationError, match="custom_id"):
+        client.create_batch([{"custom_id": "", "body": {"prompt": "p", "response": "r"}}])
+    with pytest.raises(tc.RequestValidationError, match="base_url"):
+        tc.Client("localhost:8000")
     assert fake.requests == []
+
+
+def test_successful_responses_carry_their_request_id(client: tc.Client, fake: FakeTributary) -> None:
+    result = client.attribute("p", "r", top_k=1)
+    assert result.request_id == "req-1"
+    assert fake.requests[0].headers.get("x-request-id") is None  # the server chose it
+    assert tc.AttributionResponse.model_validate(result.model_dump()).request_id is None  # not a response
 
 
 def test_examples_index_generate(client: tc.Client, fake: FakeTributary) -> None:
@@ -57,7 +76,7 @@ def test_examples_index_generate(client: tc.Client, fake: FakeTributary) -> None
     gen = client.generate("2+2=", max_new_tokens=3)
     assert gen.response == " four"
     assert _body(fake.requests[-1]) == {"prompt": "2+2=", "max_new_tokens": 3, "temperature": 0.0}
-    with pytest.raises(TypeError):
+    with pytest.raises(tc.RequestValidationError, match="example_id must be an int"):
         client.get_example("7")  # type: ignore[arg-type]
 
 
@@ -70,7 +89,7 @@ def test_batches(client: tc.Client, fake: FakeTributary, delays: list[float]) ->
     )
     assert batch.status == "validating" and batch.request_counts.total == 3
     assert [r["custom_id"] for r in _body(fake.requests[0])["requests"]] == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="duplicate custom_id 'a'"):
+    with pytest.raises(tc.RequestValidationError, match="duplicate custom_id 'a'"):
         client.create_batch([("a", req), ("a", req)])
 
     done = client.wait_for_batch("batch/1", poll_interval=0.5)

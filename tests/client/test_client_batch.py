@@ -218,3 +218,84 @@ def test_report_corpus_shares_and_chart(tmp_path: Path, caplog: pytest.LogCaptur
     caplog.set_level("WARNING")
     other = compute_report(results, _info("other-index", acme=10))
     assert other.composition_index is None and "corpus shares left out" in caplog.text
+
+
+def _messy_logs(path: Path, fixed: bool = False) -> Path:
+    """Real-log trouble: an empty reply, a line that is not JSON, a repeated id, a refused request."""
+    lines = [json.dumps({"custom_id": f"ok-{i}", "prompt": f"q{i}", "response": f"a{i}"}) for i in range(6)]
+    lines.insert(1, json.dumps({"id": "chatcmpl-empty", "request": {"messages": [{"role": "user", "content": "hi"}]},
+                                "response": {"choices": [{"message": {"role": "assistant",
+                                                                      "content": "hello" if fixed else ""}}]}}))
+    lines.insert(3, '{"prompt": "q", "response": "truncated' + ('"}' if fixed else ""))
+    lines.insert(5, json.dumps({"custom_id": "ok-0", "prompt": "again", "response": "dup"}))
+    lines.insert(7, json.dumps({"custom_id": "refused", "prompt": "q", "response": "fine" if fixed else "REJECT-ME"}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_lines_are_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    logs, out = _messy_logs(tmp_path / "logs.jsonl"), tmp_path / "out.jsonl"
+    fake = FakeTributary()
+    summary = run_batch(_client(fake), logs, out, progress=False)
+    assert (summary.total, summary.succeeded, summary.failed, summary.failed_total) == (10, 6, 4, 4)
+    assert fake.attributions == 7  # the three unusable lines never reach the server
+    results = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["custom_id"] for r in results] == [
+        "ok-0", "chatcmpl-empty", "ok-1", "line-4", "ok-2", "line-6", "ok-3", "refused", "ok-4", "ok-5"]
+    errors = {r["custom_id"]: r["error"] for r in results if r["error"]}
+    assert errors["chatcmpl-empty"]["code"] == "invalid_log_line"
+    assert errors["chatcmpl-empty"]["message"] == f"{logs}:2: the last (assistant) message is empty: nothing to attribute"
+    assert errors["line-4"]["code"] == "invalid_json" and errors["line-4"]["message"].startswith(f"{logs}:4: not valid JSON")
+    assert errors["line-6"]["code"] == "duplicate_id" and "first seen on line 1" in errors["line-6"]["message"]
+    assert errors["refused"] == {"message": "response is too long for the model", "type": "invalid_request_error",
+                                 "param": "response", "code": "too_long"}
+    assert [(r, n) for r, n, _ in summary.failure_reasons()] == [
+        ("duplicate_id", 1), ("invalid_json", 1), ("invalid_log_line", 1), ("too_long", 1)]
+
+    # a plain rerun keeps the recorded failures (and still reports them); nothing is sent
+    again = FakeTributary()
+    summary = run_batch(_client(again), logs, out, progress=False)
+    assert (summary.skipped, summary.succeeded, summary.failed, summary.failed_total, again.attributions) == (10, 0, 0, 4, 0)
+
+
+def test_retry_failed_puts_new_results_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logs, out = _messy_logs(tmp_path / "logs.jsonl"), tmp_path / "out.jsonl"
+    run_batch(_client(FakeTributary()), logs, out, progress=False)
+    _messy_logs(logs, fixed=True)  # the user fixes the three fixable lines in place
+    reference = tmp_path / "reference.jsonl"
+    run_batch(_client(FakeTributary()), logs, reference, progress=False)  # what a fresh run gives now
+
+    # a retry that dies after one retried result: the .retry file holds it, nothing is torn
+    real_write = batch_runner._write_line
+    writes = {"n": 0}
+
+    def dying_write(f, line):  # type: ignore[no-untyped-def]
+        writes["n"] += 1
+        if writes["n"] == 2:
+            raise KeyboardInterrupt
+        real_write(f, line)
+
+    monkeypatch.setattr(batch_runner, "_write_line", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(_client(FakeTributary()), logs, out, progress=False, retry_failed=True)
+    monkeypatch.setattr(batch_runner, "_write_line", real_write)
+    assert (tmp_path / "out.jsonl.retry").exists()
+
+    fake = FakeTributary()
+    summary = run_batch(_client(fake), logs, out, progress=False, retry_failed=True)
+    assert not (tmp_path / "out.jsonl.retry").exists()
+    assert out.read_bytes() == reference.read_bytes()  # same order and content as a fresh run
+    assert summary.retried == 3  # the first retried line was merged before this run
+    assert (summary.succeeded, summary.failed, summary.failed_total) == (2, 1, 1)  # the repeated id stays failed
+    assert fake.attributions == 2
+    assert [r for r, _, _ in summary.failure_reasons()] == ["duplicate_id"]
+
+
+def test_route_not_found_stops_the_run(tmp_path: Path) -> None:
+    """A 404 concerns every line (wrong --base-url): stop rather than record 10 failures."""
+    fake = FakeTributary()
+    fake.on_request = lambda r: httpx.Response(404, json={"error": {"message": "no route", "type": "not_found_error"}})
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(tc.NotFoundError):
+        run_batch(_client(fake), _messy_logs(tmp_path / "logs.jsonl"), out, progress=False)
+    assert [json.loads(x)["custom_id"] for x in out.read_text().splitlines()] == []

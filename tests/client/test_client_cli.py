@@ -108,14 +108,39 @@ def test_batch_and_report_commands(fake_cli: FakeTributary, tmp_path: Path, caps
                    "--report", str(tmp_path / "rep"), "--no-progress"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "5 generations, 0 already done, 5 attributed, 0 rejected" in err
+    assert "5 generations, 0 already done, 5 attributed, 0 failed in this run" in err and "--retry-failed" not in err
     assert len(out.read_text().splitlines()) == 5
     assert (tmp_path / "rep.csv").exists() and (tmp_path / "rep.md").exists()
     assert cli.main(["report", str(out), "-o", str(tmp_path / "rep2")]) == 0
     assert (tmp_path / "rep2.csv").read_bytes() == (tmp_path / "rep.csv").read_bytes()
     logs.write_text('{"prompt": "p"}\n')
-    assert cli.main(["batch", str(logs), "-o", str(tmp_path / "x.jsonl"), "--no-progress"]) == 2
-    assert f"{logs}:1: has 'prompt' but no 'response'" in capsys.readouterr().err
+    assert cli.main(["batch", str(logs), "-o", str(tmp_path / "x.jsonl"), "--no-progress"]) == cli.EXIT_LINES_FAILED
+    err = capsys.readouterr().err
+    assert "1 line(s) of" in err and f"1 invalid_log_line: e.g. {logs}:1: has 'prompt' but no 'response'" in err
+    assert "rerun with --retry-failed" in err
+    out.write_text('{"custom_id": "someone-else"}\n')
+    assert cli.main(["batch", str(logs), "-o", str(out), "--no-progress"]) == 2  # not this logs file's output
+    assert "is it the output of another logs file?" in capsys.readouterr().err
+
+
+def test_connection_options_after_the_command(fake_cli: FakeTributary, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tributary attribute --base-url ... --api-key ...`, as the deployment guide writes it."""
+    rc = cli.main(["attribute", "--base-url", "http://elsewhere.test", "--api-key", "k2", "--max-retries", "0",
+                   "--prompt", "p", "--response", "r", "--top-k", "1"])
+    assert rc == 0
+    request = fake_cli.requests[-1]
+    assert request.url.host == "elsewhere.test" and request.headers["authorization"] == "Bearer k2"
+    # before the command still works, and an option given before is not reset by the subparser
+    assert cli.main(["--api-key", "k1", "index-info", "--json"]) == 0
+    assert fake_cli.requests[-1].headers["authorization"] == "Bearer k1"
+    assert cli.main(["--api-key", "k1", "example", "5", "--api-key", "k3"]) == 0
+    assert fake_cli.requests[-1].headers["authorization"] == "Bearer k3"  # the later one wins
+    capsys.readouterr()
+    assert cli.main(["batch", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--base-url" in help_text and "--retry-failed" in help_text
+    for code in (0, 1, 2, 3, 130):
+        assert f"{code} = " in help_text
 
 
 def test_delegation_to_indexer_and_service(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,3 +34,28 @@ def test_the_service_offers_exactly_the_indexer_rankings():
     from tributary_service.settings import Ranking
 
     assert get_args(Ranking) == RANKINGS
+
+
+def _serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY_")}
+    return subprocess.run([sys.executable, "-m", "tributary_service.cli", *args], capture_output=True, text=True,
+                          env={**environ, **env}, timeout=120)
+
+
+def test_serve_without_an_index_says_what_to_pass():
+    out = _serve()
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("tributary serve: no index to serve; pass --index DIR (a directory written by "
+                                  "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR")
+    out = _serve("--index", "somewhere", TRIBUTARY_MAX_TOP_K="lots")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--max-top-k (TRIBUTARY_MAX_TOP_K):" in out.stderr
+
+
+def test_faiss_cpu_probing_is_not_logged_at_start_up(tmp_path):
+    """faiss probes AVX512/AVX2 builds and logs each ModuleNotFoundError at INFO: not at start-up."""
+    code = ("import logging, sys; from tributary_service import cli; "
+            "sys.argv = ['x']; logging.basicConfig(level=logging.INFO); "
+            "cli.main(['--index', sys.argv[0] + '-missing', '--log-level', 'info']); import faiss")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ModuleNotFoundError" not in out.stderr and "faiss.loader" not in out.stderr, out.stderr
