@@ -344,7 +344,7 @@ class _BaseClient(Generic[HttpT]):
 
     def _find_example_spec(self, record_id: str) -> RequestSpec[Example]:
         if not isinstance(record_id, str) or not record_id:
-            raise TypeError(f"record_id must be a non-empty string, got {record_id!r}")
+            raise RequestValidationError(f"record_id must be a non-empty string, got {record_id!r}", param="record_id")
         return RequestSpec("GET", "/v1/examples", Example, params={"record_id": record_id})
 
     def _index_info_spec(self) -> RequestSpec[IndexInfo]:

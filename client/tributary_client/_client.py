@@ -154,7 +154,7 @@ class Client(_BaseClient[httpx.Client]):
         provider: str | Sequence[str] | None = None,
     ) -> AttributionResponse:
         """Rank the training examples that made the model produce `response` (or the last,
-        assistant, message of `messages`). Raises pydantic's ValidationError on bad input."""
+        assistant, message of `messages`). Raises `RequestValidationError` on bad input."""
         request = self._build_attribution_request(
             prompt, response, messages=messages, top_k=top_k, direction=direction,
             token_wise=token_wise, source=source, provider=provider,

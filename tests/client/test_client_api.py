@@ -55,6 +55,8 @@ def test_attribute_validates_before_sending(client: tc.Client, fake: FakeTributa
         client.generate("p", max_new_tokens=0)
     with pytest.raises(tc.RequestValidationError, match="custom_id"):
         client.create_batch([{"custom_id": "", "body": {"prompt": "p", "response": "r"}}])
+    with pytest.raises(tc.RequestValidationError, match="record_id must be a non-empty string"):
+        client.get_example_by_record_id("")
     with pytest.raises(tc.RequestValidationError, match="base_url"):
         tc.Client("localhost:8000")
     assert fake.requests == []
