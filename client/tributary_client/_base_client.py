@@ -356,6 +356,7 @@ class _BaseClient(Generic[HttpT]):
         messages: MessagesArg | None,
         max_new_tokens: int,
         temperature: float,
+        stop: Sequence[str] | None = None,
     ) -> RequestSpec[GenerateResponse]:
         body = _validated(
             GenerateRequest,
@@ -364,6 +365,7 @@ class _BaseClient(Generic[HttpT]):
                 "messages": _messages(messages),
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature,
+                "stop": None if stop is None else list(stop),
             },
         )
         return RequestSpec("POST", "/v1/generate", GenerateResponse, json=_dump(body))

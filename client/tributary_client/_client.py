@@ -184,9 +184,13 @@ class Client(_BaseClient[httpx.Client]):
         messages: MessagesArg | None = None,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
     ) -> GenerateResponse:
-        """Let the indexed model answer `prompt`/`messages` (then attribute the answer)."""
-        return self._request(self._generate_spec(prompt, messages, max_new_tokens, temperature))
+        """Let the indexed model answer `prompt`/`messages` (then attribute the answer).
+
+        `stop`: strings that end the reply (`index_info().prompting.stop` for the trained format).
+        """
+        return self._request(self._generate_spec(prompt, messages, max_new_tokens, temperature, stop))
 
     def create_batch(
         self, requests: BatchRequestsArg, metadata: Mapping[str, Any] | None = None
@@ -358,10 +362,11 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         messages: MessagesArg | None = None,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
     ) -> GenerateResponse:
         """See `Client.generate`."""
         return await self._request(
-            self._generate_spec(prompt, messages, max_new_tokens, temperature)
+            self._generate_spec(prompt, messages, max_new_tokens, temperature, stop)
         )
 
     async def create_batch(

@@ -15,7 +15,7 @@ Compatibility rules:
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -45,6 +45,7 @@ __all__ = [
     "GenerateRequest",
     "GenerateResponse",
     "IndexInfo",
+    "PromptingInfo",
     "Role",
     "ScoreVariant",
     "StageTimings",
@@ -358,6 +359,32 @@ class CompositionRow(_Response):
     tokens: int = Field(description="Their tokens under the index's tokenizer.")
 
 
+class PromptingInfo(_Response):
+    """How to prompt the served model so that it answers as it was trained to (the chat page uses it)."""
+
+    mode: Literal["format", "chat", "plain"] = Field(
+        description="The form a new prompt should take: 'format' = `prompt_format` with the question put in; "
+        "'chat' = `messages` rendered with the model's chat template; 'plain' = the text as typed."
+    )
+    chat_template: bool = Field(description="Whether the model's tokenizer has a chat template (`messages` work).")
+    prompt_format: str | None = Field(
+        default=None,
+        description="The prompt format of the training data's prompt/response records, with `{question}` where "
+        "the question goes (e.g. 'Question: {question}\nAnswer:'); null when they share none.",
+    )
+    format_source: Literal["configured", "corpus"] | None = Field(
+        default=None, description="Where `prompt_format` comes from: the server's setting or the indexed corpus."
+    )
+    example_question: str | None = Field(
+        default=None, description="A question from the training data to try first (null when none is known)."
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Stop strings for `prompt_format` prompts: the training responses never contain them "
+        "(a newline when every response is one line).",
+    )
+
+
 class IndexInfo(_Response):
     """Summary of the index manifest (GET /v1/index)."""
 
@@ -375,6 +402,9 @@ class IndexInfo(_Response):
     dim: int = Field(description="Dimension D of the stored vectors.")
     shards: int = Field(description="Number of index shards.")
     created_at: str = Field(description="When the index was built (ISO 8601).")
+    prompting: PromptingInfo | None = Field(
+        default=None, description="How to prompt the served model (prompt format, chat template, an example)."
+    )
     composition: list[CompositionRow] | None = Field(
         default=None,
         description="Examples and tokens per provider and per source (the corpus shares a valuation "
@@ -487,6 +517,11 @@ class GenerateRequest(_Request):
     )
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation length limit.")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
+        default=None, max_length=4,
+        description="Up to 4 strings that end the generation (not included in `response`); the model's "
+        "end-of-text and end-of-turn tokens always end it.",
+    )
 
     @model_validator(mode="after")
     def _one_input_form(self) -> GenerateRequest:
@@ -500,3 +535,8 @@ class GenerateResponse(_Response):
     prompt: str = Field(description="The prompt as fed to the model (chat template applied).")
     response: str = Field(description="The generated text.")
     n_tokens: int = Field(description="Number of generated tokens.")
+    finish_reason: Literal["stop", "length"] = Field(
+        default="stop",
+        description="'stop' = an end-of-text/end-of-turn token or a stop string ended it; 'length' = "
+        "`max_new_tokens` (or the model's context) did.",
+    )

@@ -414,6 +414,10 @@ class ExampleStore:
         sql = "SELECT DISTINCT provider FROM examples WHERE provider IS NOT NULL ORDER BY provider"
         return [r[0] for r in self._conn().execute(sql)]
 
+    def first_of_kind(self, kind: RecordKind, limit: int) -> list[StoredExample]:
+        """Up to ``limit`` examples of one record kind, lowest ids first."""
+        return self._select("kind = ? ORDER BY id LIMIT ?", (kind, int(limit)))
+
     def composition(self) -> list[tuple[str, str | None, int, int]]:
         """``(group_by, key, examples, tokens)`` per provider then per source (key None: no provider)."""
         out: list[tuple[str, str | None, int, int]] = []

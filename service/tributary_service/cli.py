@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", dest="api_keys", action="append", help="accepted bearer key (repeatable)")
     parser.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed browser origin (repeatable)")
     parser.add_argument("--enable-generate", action="store_true", default=None, help="serve POST /v1/generate")
+    parser.add_argument("--prompt-format", help="the prompt format the model was trained on, with {question} "
+                        "(default: inferred from the index; TRIBUTARY_PROMPT_FORMAT)")
     parser.add_argument("--no-verify-checksums", dest="verify_checksums", action="store_false", default=None)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

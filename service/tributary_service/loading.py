@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tributary_client import types
 from tributary_indexer.errors import ConfigMismatchError
 from tributary_indexer.gradient_computer import GradientComputer
 from tributary_indexer.index_reader import AttributionIndex
@@ -23,6 +24,7 @@ from tributary_indexer.module_selection import select_modules
 
 from .cli import OPENBLAS_SPIN_VARIABLE
 from .engine import AttributionEngine
+from .prompt_format import infer_prompting
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class LoadedService:
     tokenizer: Any
     engine: AttributionEngine
     model_dir: Path
+    prompting: types.PromptingInfo | None = None
 
 
 def check_model_matches(index: AttributionIndex, model_dir: Path, tokenizer: Any) -> None:
@@ -93,4 +96,5 @@ def load_service(settings: ServiceSettings) -> LoadedService:
                                snippet_chars=settings.snippet_chars, token_candidates=settings.token_candidates)
     logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,
                 index.dim, index.manifest.score_variant, model_dir, device)
-    return LoadedService(index, model, tokenizer, engine, model_dir)
+    prompting = infer_prompting(index.store, tokenizer, settings.prompt_format)
+    return LoadedService(index, model, tokenizer, engine, model_dir, prompting)

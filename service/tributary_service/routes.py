@@ -112,7 +112,7 @@ async def index_info(request: Request) -> types.IndexInfo:
         projector={k: v for k, v in m.to_dict()["projector"].items() if k != "modules"} | {"n_modules": len(m.projector.modules)},
         score_variant=m.score_variant, damping=m.to_dict()["damping"], n_examples=m.n_examples, dim=m.dim,
         shards=len(m.shards), created_at=m.created_at,
-        ranking=loaded.engine.index.ranking, composition=loaded.engine.composition,
+        ranking=loaded.engine.index.ranking, composition=loaded.engine.composition, prompting=loaded.prompting,
     )
 
 
@@ -125,7 +125,9 @@ async def generate(body: types.GenerateRequest, request: Request) -> types.Gener
                            "(TRIBUTARY_ENABLE_GENERATE=true)", code="generate_disabled")
     from .generation import generate_text
 
-    return await state.batcher.run_in_model_thread(lambda: generate_text(state.loaded, body, state.settings.max_new_tokens))  # type: ignore[return-value]
+    settings = state.settings
+    return await state.batcher.run_in_model_thread(  # type: ignore[return-value]
+        lambda: generate_text(state.loaded, body, settings.max_new_tokens, settings.max_request_tokens))
 
 
 def _parse_batch_body(raw: bytes, content_type: str) -> types.BatchCreateRequest:

@@ -43,11 +43,24 @@ class ServiceSettings(BaseSettings):
     verify_checksums: bool = Field(default=True, description="sha256 every index file at startup (slow for huge indexes).")
     enable_generate: bool = Field(default=False, description="Serve POST /v1/generate with the model (the demo page uses it).")
     max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate.")
+    prompt_format: str | None = Field(
+        default=None, description="The prompt format the model was trained on, with {question} where the question goes "
+        "(e.g. 'Question: {question}\\nAnswer:'); the chat page wraps questions in it. Default: inferred from the "
+        "index's prompt/response records.")
     state_dir: Path | None = Field(default=None, description="Where batch jobs persist (SQLite); default <index>/../<index-name>.service")
     serve_page: bool = Field(default=True, description="Serve the chat page at /.")
     num_threads: int | None = Field(default=None, description="torch CPU threads of the model thread; default: the cores this "
                                     "process may run on. (`tributary serve` also lets OpenBLAS threads sleep after each scan; "
                                     "their spin-waits had doubled the model's time on 2 cores.)")
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _one_question(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.replace("\\n", "\n")  # a shell's 'Question: {question}\nAnswer:' means a newline
+        if value is not None and value.count("{question}") != 1:
+            raise ValueError("prompt_format must hold {question} exactly once, e.g. 'Question: {question}\\nAnswer:'")
+        return value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -190,6 +190,13 @@ def test_chat_page_end_to_end(scenario: Scenario, browser, artifacts: Path, sele
              "the index summary never loaded")
     assert_no_alerts(driver)
 
+    # The walk below types whole prompts and compares with prompt/response API calls: plain prompts,
+    # or the trained format (whose prompts the page sends as typed when they are already in it).
+    # (Set without focusing it, so the keyboard walk still starts at the top of the page.)
+    prompting = httpx.get(scenario.base + "/v1/index").json()["prompting"]
+    driver.execute_script("const s = document.getElementById('prompt-mode'); s.value = arguments[0];"
+                          "s.dispatchEvent(new Event('change'));", "format" if prompting["prompt_format"] else "plain")
+
     # Keyboard: the first Tab stop is the skip link, which lands in the prompt box.
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
     assert driver.switch_to.active_element.get_attribute("class") == "skip-link"
@@ -211,7 +218,8 @@ def test_chat_page_end_to_end(scenario: Scenario, browser, artifacts: Path, sele
     assert driver.find_element(By.ID, "prompt-view").text == scenario.prompt.strip()
     response = driver.execute_script("return document.getElementById('reply').textContent")
     assert response.strip(), "the model's reply is empty"
-    expected = httpx.post(scenario.base + "/v1/generate", json={"prompt": scenario.prompt, "max_new_tokens": 48},
+    stop = {"stop": prompting["stop"]} if prompting["prompt_format"] and prompting["stop"] else {}
+    expected = httpx.post(scenario.base + "/v1/generate", json={"prompt": scenario.prompt, "max_new_tokens": 48, **stop},
                           timeout=60).json()["response"]
     assert response == expected
     if scenario.expected_answer:
@@ -344,6 +352,52 @@ def test_chat_page_end_to_end(scenario: Scenario, browser, artifacts: Path, sele
     full_page_screenshot(driver, artifacts / "chat-page-narrow.png", 420)
 
 
+
+
+def test_first_question(scenario: Scenario, browser, artifacts: Path):
+    """A newcomer's first minute: the placeholder shows how the model was trained to be asked, the
+    example button fills in a question, and the first reply is non-empty and ends at the end of its turn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    prompting = httpx.get(scenario.base + "/v1/index").json()["prompting"]
+    driver = browser(1100, 900)
+    driver.get(scenario.base + "/")
+    wait_for(driver, lambda d: "training documents" in d.find_element(By.ID, "index-info").text or alerts(d),
+             "the index summary never loaded")
+    assert_no_alerts(driver)
+    box = driver.find_element(By.ID, "prompt")
+    example = driver.find_element(By.ID, "example-button")
+    mode = driver.find_element(By.ID, "prompt-mode").get_attribute("value")
+    assert mode == prompting["mode"]
+    if scenario.expected_answer:  # the demo: its Q/A vendor's format, learned from the corpus
+        assert mode == "format" and prompting["prompt_format"] == "Question: {question}\nAnswer:"
+        assert box.get_attribute("placeholder").startswith("e.g. Question: ")
+        assert "Question: …" in driver.find_element(By.ID, "format-help").text
+    assert example.is_displayed(), "no example question is offered"
+    example.click()
+    typed = box.get_attribute("value")
+    assert typed and prompting["example_question"] in typed
+    assert driver.switch_to.active_element == box
+    box.send_keys(Keys.ENTER)
+    show = driver.find_element(By.ID, "show-sources")
+    wait_for(driver, lambda d: show.is_displayed() and show.is_enabled() or alerts(d), "the model never answered")
+    assert_no_alerts(driver)
+    reply = driver.execute_script("return document.getElementById('reply').textContent")
+    if mode == "chat":
+        body = {"messages": [{"role": "user", "content": typed}], "max_new_tokens": 48}
+    else:
+        body = {"prompt": typed, "max_new_tokens": 48, **({"stop": prompting["stop"]} if mode == "format" and prompting["stop"] else {})}
+    out = httpx.post(scenario.base + "/v1/generate", json=body, timeout=60).json()
+    assert reply == out["response"]
+    if scenario.expected_answer:
+        assert reply.strip(), "the demo's first question got an empty reply"
+        assert out["finish_reason"] == "stop" and out["n_tokens"] < 48, out  # ended at the end of its turn
+        assert "\n" not in reply
+    show.click()
+    listed = wait_for_docs(driver)
+    assert listed and all(d["text"].strip() for d in listed)
+    _save(driver, artifacts / "chat-page-first-question.png")
 
 
 def test_typed_response_api_key_and_server_gone(e2e_index: E2EIndex, browser, artifacts: Path, tmp_path):

@@ -2,6 +2,8 @@
 //
 // Plain ES module, no build step, no third-party code. It talks to the service's own REST API
 // (same origin): POST /v1/generate, POST /v1/attributions, GET /v1/index, GET /v1/examples/{id}.
+// GET /v1/index also says how the model was trained to be asked (`prompting`): the page offers
+// that prompt format, the chat template or plain text, with an example question to start from.
 // Every failure is shown in the #alerts region (role=alert), never swallowed.
 
 const KEY_STORAGE = "tributary.apiKey";
@@ -38,6 +40,9 @@ const el = {
   direction: $("direction"),
   composer: $("composer"),
   prompt: $("prompt"),
+  promptMode: $("prompt-mode"),
+  exampleButton: $("example-button"),
+  formatHelp: $("format-help"),
   manualBox: $("manual-response"),
   manualNote: $("manual-note"),
   responseInput: $("response-input"),
@@ -56,6 +61,9 @@ const el = {
 const state = {
   prompt: "",
   response: "",
+  messages: null, // chat mode: the conversation so far (the user's turn), attributed as messages
+  prompting: null, // GET /v1/index's `prompting`: how the model was trained to be asked
+  chosenMode: null, // the prompt format the user picked, if any
   exchangeId: 0, // bumped for every new prompt/response: late answers for an old one are dropped
   generateDisabled: false,
   busy: false,
@@ -301,11 +309,89 @@ async function loadIndexInfo() {
     if (info.ranking) parts.push(`${info.ranking.replace("_", "-")} ranking`);
     el.indexInfo.textContent = parts.join(" · ");
     el.indexInfo.title = `index ${info.index_id}, created ${info.created_at}`;
+    setPrompting(info.prompting);
     clearAlerts("index");
   } catch (err) {
     el.indexInfo.textContent = "index unavailable";
     showError(err, "index", err.status === 401 ? "The server wants an API key: enter it in Settings" : "Could not read the index");
   }
+}
+
+// ---------------------------------------------------------------------------- prompt format
+
+const MODE_LABELS = {
+  format: "Trained prompt format",
+  chat: "Chat template",
+  plain: "Plain text",
+};
+
+/** Offer the forms this model can be asked in; the server says which it was trained on. */
+function setPrompting(prompting) {
+  state.prompting = prompting || { mode: "plain", chat_template: false, prompt_format: null, example_question: null, stop: [] };
+  const p = state.prompting;
+  const modes = [];
+  if (p.prompt_format) modes.push("format");
+  if (p.chat_template) modes.push("chat");
+  modes.push("plain");
+  const chosen = state.chosenMode; // the user's own pick survives a reload of the index summary
+  el.promptMode.replaceChildren(...modes.map((mode) => {
+    const option = document.createElement("option");
+    option.value = mode;
+    option.textContent = MODE_LABELS[mode];
+    return option;
+  }));
+  el.promptMode.value = modes.includes(chosen) ? chosen : p.mode;
+  updatePromptMode();
+}
+
+function promptMode() {
+  return el.promptMode.value || "plain";
+}
+
+function formatParts() {
+  const template = state.prompting?.prompt_format || "{question}";
+  const at = template.indexOf("{question}");
+  return [template.slice(0, at), template.slice(at + "{question}".length)];
+}
+
+/** The prompt text sent for `text` in format mode: wrapped in the format unless it already is. */
+function formatted(text) {
+  const [prefix, suffix] = formatParts();
+  const marks = [prefix.trim(), suffix.trim()].filter(Boolean);
+  if (marks.some((m) => text.includes(m))) return text;
+  return prefix + text.trim() + suffix;
+}
+
+function exampleText() {
+  const q = state.prompting?.example_question;
+  if (!q) return null;
+  return promptMode() === "format" ? formatted(q) : q;
+}
+
+function updatePromptMode() {
+  const mode = promptMode();
+  const example = exampleText();
+  el.prompt.placeholder = example ? `e.g. ${example}` : "Ask the model something…";
+  el.exampleButton.hidden = !example;
+  el.formatHelp.replaceChildren();
+  if (mode === "format") {
+    const code = document.createElement("code");
+    code.textContent = state.prompting.prompt_format.replace("{question}", "…");
+    const where = state.prompting.format_source === "configured" ? "this server's setting" : "its training data";
+    el.formatHelp.append("Questions are sent in the format the model learned from " + where + ": ", code);
+  } else if (mode === "chat") {
+    el.formatHelp.textContent = "Your text is sent as a user turn through the model's chat template.";
+  } else {
+    el.formatHelp.textContent = "Your text is sent to the model exactly as typed.";
+  }
+}
+
+function fillExample() {
+  const example = exampleText();
+  if (!example) return;
+  el.prompt.value = example;
+  el.prompt.focus();
+  announce("An example question is in the prompt box: press Enter to send it.");
 }
 
 // ----------------------------------------------------------------------------- conversation
@@ -337,10 +423,11 @@ function updateManualMode() {
   }
 }
 
-function setExchange(prompt, response) {
+function setExchange(prompt, response, messages = null) {
   state.exchangeId += 1;
   state.prompt = prompt;
   state.response = response;
+  state.messages = messages;
   state.result = null;
   el.emptyChat.hidden = true;
   el.exchange.hidden = false;
@@ -359,12 +446,15 @@ async function submitPrompt(event) {
   event.preventDefault();
   if (state.busy) return;
   clearAlerts("input");
-  const prompt = el.prompt.value;
-  if (!prompt.trim()) {
+  const typed = el.prompt.value;
+  if (!typed.trim()) {
     showError(new Error("Type a prompt first."), "input", "Nothing to send");
     el.prompt.focus();
     return;
   }
+  const mode = promptMode();
+  const prompt = mode === "format" ? formatted(typed) : typed;
+  const messages = mode === "chat" ? [{ role: "user", content: typed }] : null;
   if (manualMode()) {
     const response = el.responseInput.value;
     if (!response.trim()) {
@@ -372,7 +462,7 @@ async function submitPrompt(event) {
       el.responseInput.focus();
       return;
     }
-    setExchange(prompt, response);
+    setExchange(prompt, response, messages);
     announce("Reply ready: press Show sources.");
     el.showSources.focus();
     return;
@@ -387,8 +477,10 @@ async function submitPrompt(event) {
   clearAlerts("generate");
   setBusy(true, "generate");
   try {
-    const out = await api("/v1/generate", { method: "POST", body: { prompt, max_new_tokens: maxNew } });
-    setExchange(prompt, out.response);
+    const body = messages ? { messages, max_new_tokens: maxNew } : { prompt, max_new_tokens: maxNew };
+    if (mode === "format" && state.prompting?.stop?.length) body.stop = state.prompting.stop;
+    const out = await api("/v1/generate", { method: "POST", body });
+    setExchange(prompt, out.response, messages);
     el.prompt.value = "";
     announce(`The model replied (${out.n_tokens} tokens). Press Show sources to see where it came from.`);
     setBusy(false);
@@ -429,7 +521,10 @@ async function showSources() {
     return;
   }
   const exchange = state.exchangeId;
-  const body = { prompt: state.prompt, response: state.response, top_k: topK, direction: currentDirection(), token_wise: true };
+  const input = state.messages
+    ? { messages: [...state.messages, { role: "assistant", content: state.response }] }
+    : { prompt: state.prompt, response: state.response };
+  const body = { ...input, top_k: topK, direction: currentDirection(), token_wise: true };
   setBusy(true, "sources");
   el.sourcesSummary.textContent = "Finding sources…";
   const t0 = performance.now();
@@ -863,6 +958,11 @@ function init() {
   el.prompt.addEventListener("keydown", submitOnEnter);
   el.responseInput.addEventListener("keydown", submitOnEnter);
   el.manualToggle.addEventListener("change", updateManualMode);
+  el.promptMode.addEventListener("change", () => {
+    state.chosenMode = el.promptMode.value;
+    updatePromptMode();
+  });
+  el.exampleButton.addEventListener("click", fillExample);
   el.showSources.addEventListener("click", showSources);
   el.direction.addEventListener("change", () => {
     if (!state.result) return;
