@@ -45,6 +45,7 @@ __all__ = [
     "GenerateRequest",
     "GenerateResponse",
     "IndexInfo",
+    "IndexReload",
     "PromptingInfo",
     "Role",
     "ScoreVariant",
@@ -419,6 +420,17 @@ class IndexInfo(_Response):
                     "specificity), 'token_saturated' (each response token's standardised influence, saturated "
                     "and summed) or 'linear' (the influence on the whole response).",
     )
+
+
+class IndexReload(_Response):
+    """Result of POST /v1/admin/reload: whether the served index changed, and from what to what."""
+
+    reloaded: bool = Field(description="True when a changed index was loaded; false when it was unchanged.")
+    index_id: str = Field(description="The index now served.")
+    previous_index_id: str = Field(description="The index served before the call.")
+    n_examples: int = Field(description="Examples now served.")
+    previous_n_examples: int = Field(description="Examples served before the call.")
+    shards: int = Field(description="Shards now served.")
 
 
 # --------------------------------------------------------------------------- errors

@@ -14,6 +14,7 @@ from tributary_indexer.errors import TributaryIndexError
 from . import __version__
 from .batch_jobs import BatchRunner, BatchStore
 from .errors import envelope, install_error_handlers
+from .index_reload import IndexReloader
 from .loading import load_service
 from .metrics import ServiceMetrics
 from .micro_batcher import MicroBatcher
@@ -67,16 +68,21 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         runner = BatchRunner(store, lambda request: answer_one(app, request))
         runner.start()
         app.state.batch_runner = runner
+        reloader = IndexReloader(app)
+        if settings.watch_index_s > 0:
+            reloader.start_watch(settings.watch_index_s)
+        app.state.reloader = reloader
         app.state.ready = True
         logger.info("Tributary is ready: http://%s:%d/ (chat page; API docs at /docs)", settings.host, settings.port)
         try:
             yield
         finally:
             app.state.ready = False
+            await reloader.stop()
             await runner.stop()
             await batcher.stop()
             store.close()
-            loaded.index.close()
+            app.state.loaded.index.close()  # the one served last (a reload may have replaced `loaded`)
 
     app = FastAPI(title="Tributary", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings

@@ -14,12 +14,13 @@ from tributary_client import types
 from .engine import RequestError
 from .errors import ServiceError
 from .micro_batcher import QueueFullError
+from .security import check_admin_key
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": types.ErrorResponse}, 401: {"model": types.ErrorResponse}, 404: {"model": types.ErrorResponse},
-           429: {"model": types.ErrorResponse}}
+           409: {"model": types.ErrorResponse}, 429: {"model": types.ErrorResponse}}
 
 
 def _check_limits(app_state: object, request: types.AttributionRequest, param_prefix: str = "") -> None:
@@ -114,6 +115,19 @@ async def index_info(request: Request) -> types.IndexInfo:
         shards=len(m.shards), created_at=m.created_at,
         ranking=loaded.engine.index.ranking, composition=loaded.engine.composition, prompting=loaded.prompting,
     )
+
+
+@router.post("/v1/admin/reload", response_model=types.IndexReload, responses=_ERRORS,
+             summary="Serve the index as it is on disk now (after `tributary index add`)")
+async def reload_index(request: Request) -> types.IndexReload:
+    """Load the index again if its manifest changed, swapping it in between micro-batches. Needs an admin key
+    (TRIBUTARY_ADMIN_KEYS); 409 when the index on disk was rebuilt rather than extended."""
+    state = request.app.state
+    check_admin_key(request, state.settings.admin_keys)
+    if not state.ready:
+        raise ServiceError(503, "the index and model are still loading; retry shortly",
+                           headers={"Retry-After": str(state.settings.retry_after_s)})
+    return await state.reloader.reload()  # type: ignore[no-any-return]
 
 
 @router.post("/v1/generate", response_model=types.GenerateResponse, responses=_ERRORS, summary="Generate with the model")

@@ -11,10 +11,27 @@ from .errors import ServiceError
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json", "/favicon.ico"})
 
 
+ADMIN_PREFIX = "/v1/admin/"
+"""Admin routes take admin keys (:func:`check_admin_key`), never the API keys."""
+
+
 def check_api_key(request: Request, keys: list[str]) -> None:
     """Raise a 401 unless the request carries one of ``keys`` (no-op when ``keys`` is empty)."""
-    if not keys or request.url.path in OPEN_PATHS or request.url.path.startswith("/static/"):
+    path = request.url.path
+    if not keys or path in OPEN_PATHS or path.startswith("/static/") or path.startswith(ADMIN_PREFIX):
         return
+    _check_bearer(request, keys)
+
+
+def check_admin_key(request: Request, admin_keys: list[str]) -> None:
+    """Admin routes: a 403 when no admin key is configured, a 401 unless the request carries one."""
+    if not admin_keys:
+        raise ServiceError(403, "admin routes are disabled on this server; fix: start it with TRIBUTARY_ADMIN_KEYS=<key> "
+                           "(or restart it to load a changed index)", code="admin_disabled")
+    _check_bearer(request, admin_keys)
+
+
+def _check_bearer(request: Request, keys: list[str]) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:

@@ -23,6 +23,12 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Bearer keys; empty = no auth. Env: comma-separated.")
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Bearer keys of the admin routes (POST /v1/admin/reload); empty = they are "
+        "disabled. Env: comma-separated.")
+    watch_index_s: float = Field(
+        default=0.0, ge=0.0, description="Check the index's manifest every this many seconds and load a changed index "
+        "(after `tributary index add`) between micro-batches; 0 = never (use POST /v1/admin/reload or restart).")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed browser origins; env: comma-separated.")
     max_request_tokens: int = Field(default=1024, ge=8, description="Tokens (prompt + response) per attribution request.")
     max_top_k: int = Field(default=100, ge=1, description="Largest top_k a request may ask for.")
@@ -62,7 +68,7 @@ class ServiceSettings(BaseSettings):
             raise ValueError("prompt_format must hold {question} exactly once, e.g. 'Question: {question}\\nAnswer:'")
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         """Environment variables give comma-separated lists."""
