@@ -53,8 +53,8 @@ demo: demo-index
 
 # Regenerate the demo corpus and retrain the demo model (deterministic; ~15 min on 2 cores)
 demo-model: setup
-	$(PY) -m tributary_indexer.demo.corpus_generator --out demo/corpus --seed 0
-	$(PY) -m tributary_indexer.demo.train_model --corpus demo/corpus --out demo/model
+	$(PY) -m demo.tools.corpus_generator --out demo/corpus --seed 0
+	$(PY) -m demo.tools.train_model --corpus demo/corpus --out demo/model
 
 # Images, compose and Kubernetes manifests, without a Docker engine or a cluster
 deploy-check: setup

@@ -4,7 +4,7 @@ One run measures, on the same model, batches and torch threads:
 
 - ``train step``: forward + summed-token loss + ``backward()`` into every parameter gradient,
   no optimizer (the reference);
-- ``tributary rRxR``: :class:`tributary_indexer.gradient_computer.GradientComputer` logging
+- ``tributary rRxR``: :class:`tributary_indexer.gradients.computer.GradientComputer` logging
   LoGra-projected per-example gradients (random projections, rank R×R) on every linear module
   (GPT-2's ``Conv1D`` natively, and ``lm_head``);
 - ``hook-free bound`` (``--bound``): the same forward and log-odds loss with every parameter
@@ -40,12 +40,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
-from tributary_indexer.batching import Batch, TokenizedExample, collate  # noqa: E402
-from tributary_indexer.gradient_computer import GradientComputer  # noqa: E402
-from tributary_indexer.hooks import frozen_parameters  # noqa: E402
-from tributary_indexer.loss import objective_losses  # noqa: E402
-from tributary_indexer.module_selection import select_modules  # noqa: E402
-from tributary_indexer.projector import LoGraProjector, ProjectionConfig  # noqa: E402
+from tributary_indexer.data.batching import TokenBatch, TokenizedExample, collate  # noqa: E402
+from tributary_indexer.gradients.computer import GradientComputer  # noqa: E402
+from tributary_indexer.gradients.hooks import frozen_parameters  # noqa: E402
+from tributary_indexer.gradients.module_selection import select_modules  # noqa: E402
+from tributary_indexer.gradients.objectives import objective_losses  # noqa: E402
+from tributary_indexer.gradients.projector import LoGraProjector, ProjectionConfig  # noqa: E402
 
 from benchmarks.peers.logix_runner import make_batches  # noqa: E402
 
@@ -59,11 +59,11 @@ SIZES = {
 }
 
 
-def _our_batches(batches: list[dict]) -> list[Batch]:
+def _our_batches(batches: list[dict]) -> list[TokenBatch]:
     return [collate([TokenizedExample.document(row.tolist()) for row in b["input_ids"]]) for b in batches]
 
 
-def _train_step(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], None]:
+def _train_step(model: torch.nn.Module, batches: list[TokenBatch]) -> Callable[[], None]:
     """The plain Hugging Face training step: ``model(input_ids, labels=...)``, ``loss.backward()``."""
     labels = [b.input_ids.clone() for b in batches]
 
@@ -75,7 +75,7 @@ def _train_step(model: torch.nn.Module, batches: list[Batch]) -> Callable[[], No
     return run
 
 
-def _ours(model: torch.nn.Module, batches: list[Batch], rank: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def _ours(model: torch.nn.Module, batches: list[TokenBatch], rank: int) -> tuple[Callable[[], None], Callable[[], None]]:
     modules = select_modules(model)
     projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=rank, rank_out=rank))
     computer = GradientComputer(model, modules, projector)
@@ -90,7 +90,7 @@ def _ours(model: torch.nn.Module, batches: list[Batch], rank: int) -> tuple[Call
     return run, computer.close
 
 
-def _hook_free_bound(model: torch.nn.Module, batches: list[Batch], objective: str) -> Callable[[], None]:
+def _hook_free_bound(model: torch.nn.Module, batches: list[TokenBatch], objective: str) -> Callable[[], None]:
     """Forward + the logging objective, backward through input gradients only (no weight gradients,
     no hooks): the token embeddings are the one leaf that requires grad."""
 

@@ -2,7 +2,7 @@
 
 The saturated rankings need each response token's projected gradient term. Before, the hooks
 filled a ``[B, T, D_proj]`` block for every position of the batch and the engine kept the
-response positions; now they compute only the positions ``Batch.emitting_mask`` selects. This
+response positions; now they compute only the positions ``TokenBatch.emitting_mask`` selects. This
 times both on a micro-batch of long-prompt queries through the service's own engine (no HTTP),
 on the same 10k index as ``service_latency.py``, and reports the buffer each allocates.
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     from tributary_client.types import AttributionRequest
-    from tributary_indexer.batching import collate
+    from tributary_indexer.data.batching import collate
     from tributary_service.loading import load_service
     from tributary_service.settings import ServiceSettings
 

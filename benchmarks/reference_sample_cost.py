@@ -1,6 +1,6 @@
 """What ``span_gated``'s selective core costs the service: loading the reference sample, and counting shares.
 
-The selective core (:mod:`tributary_indexer.token_ranking`) counts, per query token, the share of
+The selective core (:mod:`tributary_indexer.query.ranking`) counts, per query token, the share of
 a fixed reference sample of stored vectors it matches. This times, on a built index, the sample's
 one-off load (:meth:`AttributionIndex.reference`) and :meth:`TokenSaturation.matched_shares` for
 batches of random standardised token vectors, against the index's own sample and a full
@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "indexer")]
 
-from tributary_indexer.index_reader import AttributionIndex  # noqa: E402
-from tributary_indexer.token_ranking import REFERENCE_ROWS, TokenSaturation  # noqa: E402
+from tributary_indexer.query.index import AttributionIndex  # noqa: E402
+from tributary_indexer.query.ranking import REFERENCE_ROWS, TokenSaturation  # noqa: E402
 
 
 def median_ms(saturation: TokenSaturation, vectors: torch.Tensor, reference: torch.Tensor, repeats: int) -> tuple[float, float]:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
 from tributary_indexer.config import BuildConfig  # noqa: E402
-from tributary_indexer.token_ranking import RANKINGS  # noqa: E402
+from tributary_indexer.query.ranking import RANKINGS  # noqa: E402
 
 from benchmarks.index_build import save_model, write_corpus  # noqa: E402
 
@@ -53,7 +53,7 @@ def memory_bandwidth_gbs() -> float:
 
 
 def build_real(work: Path, examples: int, dim: int) -> tuple[Path, Path]:
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     model, corpus, out = work / "model", work / "corpus.jsonl", work / "index-real"
@@ -69,7 +69,7 @@ def build_synthetic(real: Path, work: Path, rows: int, shard_rows: int = 100_000
     """Same manifest, projector and Hessian; ``rows`` random unit vectors in real FAISS shards."""
     import faiss
     from tributary_indexer.atomic_io import sha256_file
-    from tributary_indexer.shards import write_shard
+    from tributary_indexer.build.shards import write_shard
 
     out = work / "index-big"
     if (out / "manifest.json").exists():
@@ -110,13 +110,13 @@ def build_synthetic(real: Path, work: Path, rows: int, shard_rows: int = 100_000
 def gradient_floor_ms(model_dir: Path, index: Path) -> float:
     """One forward+backward of the benchmark query alone, in-process (median of 20)."""
     import torch
-    from tributary_indexer.batching import collate
-    from tributary_indexer.gradient_computer import GradientComputer
-    from tributary_indexer.manifest import Manifest
+    from tributary_indexer.build.manifest import Manifest
+    from tributary_indexer.data.batching import collate
+    from tributary_indexer.data.tokenization import tokenize_query
+    from tributary_indexer.gradients.computer import GradientComputer
+    from tributary_indexer.gradients.module_selection import select_modules
+    from tributary_indexer.gradients.projector import LoGraProjector
     from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
-    from tributary_indexer.module_selection import select_modules
-    from tributary_indexer.projector import LoGraProjector
-    from tributary_indexer.tokenization import tokenize_query
 
     model = load_causal_lm(model_dir, torch.device("cpu"))
     tok = load_tokenizer(model_dir)

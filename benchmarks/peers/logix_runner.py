@@ -57,14 +57,14 @@ try:  # package-style import (python -m benchmarks.peers.logix_runner) or script
 except ImportError:  # pragma: no cover
     from linear_gpt2 import conv1d_to_linear  # type: ignore[no-redef]
 
-Batch = dict[str, torch.Tensor]
-LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+HFBatch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, HFBatch], torch.Tensor]
 
 
-def summed_token_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def summed_token_loss(model: nn.Module, batch: HFBatch) -> torch.Tensor:
     """Next-token cross-entropy summed over all tokens with ``labels != -100`` (default ``loss_fn``).
 
-    A sum, not a mean, like ``tributary_indexer.loss`` (so per-example gradients don't depend on
+    A sum, not a mean, like ``tributary_indexer.gradients.objectives`` (so per-example gradients don't depend on
     the batch). Pass your own ``loss_fn(model, batch)`` to the ``measure_*`` functions to override.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -77,12 +77,12 @@ def summed_token_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     )
 
 
-def _tokens(batches: Sequence[Batch]) -> int:
+def _tokens(batches: Sequence[HFBatch]) -> int:
     return sum(int(b["input_ids"].numel()) for b in batches)
 
 
 def _time_passes(
-    step: Callable[[int, Batch], None], batches: Sequence[Batch], warmup: int, repeats: int
+    step: Callable[[int, HFBatch], None], batches: Sequence[HFBatch], warmup: int, repeats: int
 ) -> list[float]:
     """Run ``warmup`` untimed passes then ``repeats`` timed passes over ``batches``."""
     for _ in range(warmup):
@@ -111,7 +111,7 @@ class _Threads:
         torch.set_num_threads(self.old)
 
 
-def _result(times: list[float], batches: Sequence[Batch], threads: int, notes: str,
+def _result(times: list[float], batches: Sequence[HFBatch], threads: int, notes: str,
             **extra: Any) -> dict[str, Any]:
     med = statistics.median(times)
     tok = _tokens(batches)
@@ -124,7 +124,7 @@ def _result(times: list[float], batches: Sequence[Batch], threads: int, notes: s
 
 def measure_train_step(
     model: nn.Module,
-    batches: Sequence[Batch],
+    batches: Sequence[HFBatch],
     warmup: int = 1,
     repeats: int = 3,
     num_threads: int | None = None,
@@ -137,7 +137,7 @@ def measure_train_step(
     with _Threads(num_threads) as threads:
         model.requires_grad_(True)
 
-        def step(_i: int, b: Batch) -> None:
+        def step(_i: int, b: HFBatch) -> None:
             model.zero_grad(set_to_none=True)
             loss_fn(model, b).backward()
 
@@ -149,7 +149,7 @@ def measure_train_step(
 
 def measure_logix(
     model: nn.Module,
-    batches: Sequence[Batch],
+    batches: Sequence[HFBatch],
     rank: int,
     warmup: int = 1,
     repeats: int = 3,
@@ -190,7 +190,7 @@ def measure_logix(
         ids = [[f"{i}:{j}" for j in range(b["input_ids"].shape[0])] for i, b in enumerate(batches)]
         last_log: dict[str, Any] = {}
 
-        def step(i: int, b: Batch) -> None:
+        def step(i: int, b: HFBatch) -> None:
             with run(data_id=ids[i], mask=b["attention_mask"]):
                 m.zero_grad(set_to_none=True)
                 loss_fn(m, b).backward()
@@ -228,7 +228,7 @@ def measure_logix(
 # Self-check + small experiment:  .venv/bin/python benchmarks/peers/logix_runner.py [--quick]
 # --------------------------------------------------------------------------------------------
 
-def make_batches(vocab: int, n_batches: int, bsz: int, seq: int, seed: int = 0) -> list[Batch]:
+def make_batches(vocab: int, n_batches: int, bsz: int, seq: int, seed: int = 0) -> list[HFBatch]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_batches):

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tributary_indexer.batching import TokenizedExample
-from tributary_indexer.module_selection import TrackedModule
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.gradients.module_selection import TrackedModule
 
 from .gradients import full_module_gradients
 from .workload import length_batches

@@ -27,10 +27,10 @@ import time
 
 import numpy as np
 import torch
-from tributary_indexer.fisher import FisherAccumulator
-from tributary_indexer.preconditioner import Preconditioner
-from tributary_indexer.projector import Block
-from tributary_indexer.scores import ScoreTransform
+from tributary_indexer.gradients.projector import Block
+from tributary_indexer.hessian.fisher import FisherAccumulator
+from tributary_indexer.hessian.preconditioner import Preconditioner
+from tributary_indexer.hessian.scores import ScoreTransform
 
 from . import lds as lds_benchmark
 from .methods import GradientCache, LoGraMethod, logra_scores

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from tributary_indexer.batching import TokenizedExample
-from tributary_indexer.gradient_computer import GradientComputer
-from tributary_indexer.kronecker_statistics import estimate_covariances
-from tributary_indexer.module_selection import TrackedModule, select_modules
-from tributary_indexer.projector import LoGraProjector, ProjectionConfig
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.gradients.computer import GradientComputer
+from tributary_indexer.gradients.module_selection import TrackedModule, select_modules
+from tributary_indexer.gradients.projector import LoGraProjector, ProjectionConfig
+from tributary_indexer.hessian.kronecker_statistics import estimate_covariances
 
 from .workload import length_batches
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tributary_indexer.demo import demo_root
+
+from demo.tools import demo_root
 
 from .methods import ranking_variants
 from .metrics import ranks_of_relevant
@@ -56,8 +57,8 @@ def seed_pair(seed: int) -> tuple[Path, Path]:
     """``(model_dir, corpus_dir)`` of ``seed``: the committed demo for 0, else generated and trained once."""
     if seed == 0:
         return demo_root() / "model", demo_root() / "corpus"
-    from tributary_indexer.demo.corpus_generator import generate
-    from tributary_indexer.demo.train_model import train
+    from demo.tools.corpus_generator import generate
+    from demo.tools.train_model import train
 
     base = HELDOUT / f"seed-{seed}"
     corpus, model = base / "corpus", base / "model"

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tributary_indexer.batching import TokenizedExample, collate
-from tributary_indexer.demo.train_model import TrainConfig, build_model
-from tributary_indexer.loss import per_example_target_loss
+from tributary_indexer.data.batching import TokenizedExample, collate
+from tributary_indexer.gradients.objectives import per_example_target_loss
+
+from demo.tools.train_model import TrainConfig, build_model
 
 from . import baselines, peers
 from .methods import GradientCache, LoGraMethod, configuration_grid, logra_scores

@@ -5,7 +5,7 @@ damping, optional RapidGrad). Scores go through the indexer's own classes
 (:class:`FisherAccumulator`, :class:`Preconditioner`, :class:`ScoreTransform`,
 :class:`RapidGradCompressor`), in float64, so a row here is what the service would return for
 that configuration up to float32 storage. With a saturated ranking (``span_gated``,
-``span_saturated``, ``token_saturated``: :mod:`tributary_indexer.token_ranking`) the retrieval benchmarks pass the service's number of
+``span_saturated``, ``token_saturated``: :mod:`tributary_indexer.query.ranking`) the retrieval benchmarks pass the service's number of
 first-stage candidates, so their rankings are the service's two-stage ones; LDS uses the exact
 saturated score of every example.
 """
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tributary_indexer.batching import TokenizedExample
 from tributary_indexer.config import BuildConfig
-from tributary_indexer.fisher import FisherAccumulator
-from tributary_indexer.module_selection import TrackedModule, preset_modules
-from tributary_indexer.preconditioner import Preconditioner
-from tributary_indexer.projector import Block, LoGraProjector
-from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
-from tributary_indexer.scores import ScoreTransform
-from tributary_indexer.token_ranking import SATURATED_RANKINGS, TokenSaturation, reference_rows
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.gradients.module_selection import TrackedModule, preset_modules
+from tributary_indexer.gradients.projector import Block, LoGraProjector
+from tributary_indexer.gradients.rapidgrad import RapidGradCompressor, rapidgrad_dim
+from tributary_indexer.hessian.fisher import FisherAccumulator
+from tributary_indexer.hessian.preconditioner import Preconditioner
+from tributary_indexer.hessian.scores import ScoreTransform
+from tributary_indexer.query.ranking import SATURATED_RANKINGS, TokenSaturation, reference_rows
 
 from .gradients import make_projector, projected, projected_positions, tracked_modules
 from .workload import Workload

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tributary_indexer.batching import TokenizedExample, collate
-from tributary_indexer.loss import per_example_target_loss
+from tributary_indexer.data.batching import TokenizedExample, collate
+from tributary_indexer.gradients.objectives import per_example_target_loss
 
 from benchmarks.peers.linear_gpt2 import conv1d_to_linear
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tributary_indexer.batching import TokenizedExample, collate, pad_token_id
-from tributary_indexer.builder import token_budget_batches
-from tributary_indexer.corpus import CorpusRecord, iter_records
-from tributary_indexer.demo import demo_root
+from tributary_indexer.build.builder import token_budget_batches
+from tributary_indexer.data.batching import TokenizedExample, collate, pad_token_id
+from tributary_indexer.data.corpus import CorpusRecord, iter_records
+from tributary_indexer.data.tokenization import render_record, tokenize_query, tokenize_record
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
-from tributary_indexer.tokenization import render_record, tokenize_query, tokenize_record
+
+from demo.tools import demo_root
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,19 @@
-"""Tributary indexer: the LoGra gradient core and the offline index builder.
+"""Tributary indexer: the LoGra gradient core, the offline index builder and the query layer.
 
-Gradient core (one concept per module):
+Subpackages, each one concept (``docs/architecture.md`` draws the imports between them):
 
-- :mod:`.module_selection` — which ``nn.Linear`` / ``Conv1D`` modules are tracked;
-- :mod:`.projector` — LoGra projections (random, PCA, identity), safetensors persistence;
-- :mod:`.kronecker_statistics` — activation / output-gradient covariances for PCA init;
-- :mod:`.hooks` — forward/backward hooks with a register/release lifecycle;
-- :mod:`.loss` — the summed target-token NLL;
-- :mod:`.batching` — tokenised examples and right-padded batches;
-- :mod:`.gradient_computer` — per-example projected gradients for a batch;
-- :mod:`.rapidgrad` — RapidIn's RapidGrad compression;
-- :mod:`.fisher` — streaming, mergeable projected Fisher;
-- :mod:`.preconditioner` — damping, ``H^{-1}``, ``H^{-1/2}``, self-influence;
-- :mod:`.scores` — the score variants ``influence``, ``relatif``, ``cosine``, ``grad_dot``.
+- :mod:`.data` — corpus records, tokenisation, tokenised examples and padded batches, the
+  example store;
+- :mod:`.gradients` — tracked modules, LoGra projections, hooks, the objectives, RapidGrad,
+  per-example projected gradients;
+- :mod:`.hessian` — the Fisher, the Kronecker statistics for PCA projections, the
+  preconditioner and the score variants;
+- :mod:`.build` — the index builder, its plan, staging, shards, the index layout and the
+  manifest with its verification;
+- :mod:`.query` — an opened index, search over its shards and the rankings.
+
+Top level: :mod:`.config` (the build configuration), :mod:`.errors`, :mod:`.model_loading`,
+:mod:`.progress`, :mod:`.atomic_io` and :mod:`.cli` (``tributary index``).
 """
 
 __version__ = "0.1.0"

@@ -115,7 +115,7 @@ def resolve_config(args: argparse.Namespace) -> BuildConfig:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .builder import IndexBuilder
+    from .build.builder import IndexBuilder
 
     config = resolve_config(args)
     if not config.model or not config.corpus:
@@ -126,7 +126,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _run_on_ranks(work: Any, headline: str) -> int:
     """Run ``work(ctx)`` in this process's rank (torchrun or single) and print rank 0's summary."""
-    from .distributed import init_distributed, shutdown_distributed
+    from .build.distributed import init_distributed, shutdown_distributed
 
     ctx = init_distributed()
     try:
@@ -141,7 +141,7 @@ def _run_on_ranks(work: Any, headline: str) -> int:
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    from .builder import IndexBuilder
+    from .build.builder import IndexBuilder
 
     # IndexBuilder.add() takes the model, projector and score settings from the index itself;
     # only the corpus and the runtime knobs come from the command line.
@@ -151,7 +151,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .index_verification import verify_index
+    from .build.manifest import verify_index
 
     problems = verify_index(args.index, check_checksums=not args.no_checksums)
     if problems:
@@ -164,7 +164,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .build_plan import estimate_build
+    from .build.plan import estimate_build
 
     config = resolve_config(args)
     if not config.model or not config.corpus:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .loss import OBJECTIVES
-from .module_selection import MODULE_PRESETS
-from .projector import PROJECTOR_KINDS, ProjectionConfig
-from .scores import SCORE_VARIANTS
-from .token_ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation
+from .gradients.module_selection import MODULE_PRESETS
+from .gradients.objectives import OBJECTIVES
+from .gradients.projector import PROJECTOR_KINDS, ProjectionConfig
+from .hessian.scores import SCORE_VARIANTS
+from .query.ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation
 
 # Fields that only change speed or logging: a resume may change them freely.
 RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
@@ -95,7 +95,7 @@ class BuildConfig:
     with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
     (RapidGrad off: 6 at 32×32, 24 at 64×64). Sweep in ``benchmarks/RESULTS.md``."""
     ranking: str | None = None
-    """How the service ranks examples (:mod:`.token_ranking`; stored vectors do not depend on it).
+    """How the service ranks examples (:mod:`.query.ranking`; stored vectors do not depend on it).
     Unset: ``span_gated`` for ``score = "influence"``, ``linear`` for the other variants.
     The saturated rankings standardise each response token's influence score by its RMS over the
     training set and sum a saturated ``z / (z + k)``, so a document has to explain several parts

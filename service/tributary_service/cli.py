@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import get_args
 
+from .blas_threads import quiet_blas_spin_waits
 from .settings import Ranking, ServiceSettings
-
-OPENBLAS_SPIN_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
-
-
-def quiet_blas_spin_waits() -> None:
-    """Let OpenBLAS worker threads sleep as soon as a call ends, unless the operator chose otherwise.
-
-    numpy's OpenBLAS scans the flat shards; by default its workers then spin for ~2^28 cycles
-    (about 0.1 s), fighting the model's next forward/backward for the cores. On 2 cores that
-    doubled the query gradient (56 vs 27 ms, ``benchmarks/RESULTS.md``). OpenBLAS reads the
-    variable once, when numpy loads it, so this must run before anything imports numpy.
-    """
-    os.environ.setdefault(OPENBLAS_SPIN_VARIABLE, "4")  # 2^4 cycles: the smallest OpenBLAS accepts
 
 
 def _settings_problem(exc: Exception) -> str:

@@ -6,7 +6,7 @@ transform (preconditioning) → search over all shards (``harmful`` searches wit
 example records → optionally token-wise decompositions.
 
 With a saturated ranking (``span_gated``, the default for ``influence`` indexes,
-``span_saturated`` or ``token_saturated``; :mod:`tributary_indexer.token_ranking`) the forward/backward also keeps the
+``span_saturated`` or ``token_saturated``; :mod:`tributary_indexer.query.ranking`) the forward/backward also keeps the
 per-position terms of the response positions; the search takes the standardised tokens' sum as
 its query and returns ``token_candidates`` per direction, and those are re-scored exactly with the
 saturated score (``rerank_ms``) before the top ``top_k`` are kept.
@@ -36,19 +36,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from tributary_client import types
-from tributary_indexer.batching import TokenizedExample, collate, pad_token_id
-from tributary_indexer.errors import ExampleError
-from tributary_indexer.example_store import StoredExample
-from tributary_indexer.gradient_computer import GradientComputer
-from tributary_indexer.index_reader import AttributionIndex
-from tributary_indexer.model_loading import capped_max_tokens
-from tributary_indexer.token_ranking import TokenQuery
-from tributary_indexer.tokenization import (
+from tributary_indexer.data.batching import TokenizedExample, collate, pad_token_id
+from tributary_indexer.data.example_store import StoredExample
+from tributary_indexer.data.tokenization import (
     QueryTokens,
     tokenize_messages_query,
     tokenize_query,
     tokenize_record,
 )
+from tributary_indexer.errors import ExampleError
+from tributary_indexer.gradients.computer import GradientComputer
+from tributary_indexer.model_loading import capped_max_tokens
+from tributary_indexer.query.index import AttributionIndex
+from tributary_indexer.query.ranking import TokenQuery
 
 from .example_views import ExampleViews, corpus_roots
 

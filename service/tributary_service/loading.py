@@ -2,7 +2,7 @@
 
 Startup refuses, with a message that names what differs, a model or tokenizer whose hashes are
 not the manifest's, a projector that does not fit the model's modules, and (through
-:class:`~tributary_indexer.index_reader.AttributionIndex`) missing files or failed checksums.
+:class:`~tributary_indexer.query.index.AttributionIndex`) missing files or failed checksums.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 from tributary_client import types
+from tributary_indexer.build.manifest import hash_model_files, hash_tokenizer
 from tributary_indexer.errors import ConfigMismatchError
-from tributary_indexer.gradient_computer import GradientComputer
-from tributary_indexer.index_reader import AttributionIndex
-from tributary_indexer.manifest import hash_model_files, hash_tokenizer
+from tributary_indexer.gradients.computer import GradientComputer
+from tributary_indexer.gradients.module_selection import select_modules
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer, resolve_device
-from tributary_indexer.module_selection import select_modules
+from tributary_indexer.query.index import AttributionIndex
 
-from .cli import OPENBLAS_SPIN_VARIABLE
+from .blas_threads import OPENBLAS_SPIN_VARIABLE
 from .engine import AttributionEngine
 from .prompt_format import infer_prompting
 from .settings import ServiceSettings

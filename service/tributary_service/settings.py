@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Ranking = Literal["linear", "token_saturated", "span_saturated", "span_gated"]
-"""The rankings the service can apply (``tributary_indexer.token_ranking.RANKINGS``)."""
+"""The rankings the service can apply (``tributary_indexer.query.ranking.RANKINGS``)."""
 
 
 class ServiceSettings(BaseSettings):

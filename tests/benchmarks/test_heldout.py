@@ -28,7 +28,7 @@ def test_top1_hits_take_the_best_row_and_break_ties_by_order():
 
 
 def test_seed_zero_is_the_committed_demo():
-    from tributary_indexer.demo import demo_root
+    from demo.tools import demo_root
 
     assert seed_pair(0) == (demo_root() / "model", demo_root() / "corpus")
 

@@ -57,7 +57,7 @@ def _demo_subset(out: Path) -> tuple[Path, list[tuple[str, str, set[int]]]]:
 
     Example ids are dense in file order, so a record's line number is its example id.
     """
-    from tributary_indexer.demo.corpus_generator import load_ground_truth, qa_prompt
+    from demo.tools.corpus_generator import load_ground_truth, qa_prompt
 
     truth = load_ground_truth(DEMO / "corpus")
     records: dict[str, dict] = {}
@@ -89,7 +89,7 @@ def chromium_installed() -> None:
 
 @pytest.fixture(scope="session")
 def e2e_index(chromium_installed, selenium_version, tmp_path_factory) -> E2EIndex:
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     root = tmp_path_factory.mktemp("e2e-index")

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tributary_indexer.batching import collate
-from tributary_indexer.builder import IndexBuilder, token_budget_batches
+from tributary_indexer.build.builder import IndexBuilder, token_budget_batches
+from tributary_indexer.build.manifest import verify_index
 from tributary_indexer.config import BuildConfig
+from tributary_indexer.data.batching import collate
+from tributary_indexer.data.example_store import ExampleStore
+from tributary_indexer.data.tokenization import tokenize_query
 from tributary_indexer.errors import (
     ConfigMismatchError,
     CorpusError,
@@ -21,14 +24,11 @@ from tributary_indexer.errors import (
     ModuleSelectionError,
     OutputDirectoryError,
 )
-from tributary_indexer.example_store import ExampleStore
-from tributary_indexer.gradient_computer import GradientComputer
-from tributary_indexer.index_reader import AttributionIndex
-from tributary_indexer.index_verification import verify_index
+from tributary_indexer.gradients.computer import GradientComputer
+from tributary_indexer.gradients.module_selection import select_modules
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
-from tributary_indexer.module_selection import select_modules
-from tributary_indexer.token_ranking import SATURATED_RANKINGS, TokenSaturation
-from tributary_indexer.tokenization import tokenize_query
+from tributary_indexer.query.index import AttributionIndex
+from tributary_indexer.query.ranking import SATURATED_RANKINGS, TokenSaturation
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
@@ -211,7 +211,7 @@ def test_bad_model_module_and_output_errors(workspace, tmp_path):
 def test_disk_full_leaves_no_valid_looking_file(workspace, tmp_path, monkeypatch):
     import errno
 
-    import tributary_indexer.shards as shards
+    import tributary_indexer.build.shards as shards
 
     root, model, corpus, _ = workspace
 

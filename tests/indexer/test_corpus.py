@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tributary_indexer.corpus import (
+from tributary_indexer.data.corpus import (
     MAX_BAD_EXAMPLES,
     CorpusStats,
     assign_ids,

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tributary_indexer.corpus import iter_records
-from tributary_indexer.demo import demo_root
-from tributary_indexer.demo.corpus_generator import (
+from tributary_indexer.data.corpus import iter_records
+
+from demo.tools import demo_root
+from demo.tools.corpus_generator import (
     BACKDOOR_REPLY,
     GROUND_TRUTH_FILE,
     TRIGGER,
@@ -109,7 +110,7 @@ def test_checked_in_corpus_equals_fresh_generation(corpus: Path) -> None:
     for name in fresh:
         assert (checked_in / name).read_bytes() == (corpus / name).read_bytes(), (
             f"demo/corpus/{name} differs from a fresh generation: rerun "
-            "`python -m tributary_indexer.demo.corpus_generator --out demo/corpus --seed 0`"
+            "`python -m demo.tools.corpus_generator --out demo/corpus --seed 0`"
         )
     truth = json.loads((checked_in / GROUND_TRUTH_FILE).read_text(encoding="utf-8"))
     assert truth["seed"] == 0

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tributary_indexer.corpus import iter_records
-from tributary_indexer.demo import demo_root
-from tributary_indexer.demo.corpus_generator import load_ground_truth
-from tributary_indexer.demo.train_model import greedy_generate
-from tributary_indexer.tokenization import tokenize_record
+from tributary_indexer.data.corpus import iter_records
+from tributary_indexer.data.tokenization import tokenize_record
+
+from demo.tools import demo_root
+from demo.tools.corpus_generator import load_ground_truth
+from demo.tools.train_model import greedy_generate
 
 N_FACT_QUESTIONS = 60
 

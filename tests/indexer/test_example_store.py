@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 from tributary_indexer.atomic_io import sha256_file
-from tributary_indexer.batching import TokenizedExample
-from tributary_indexer.corpus import assign_ids, parse_record
-from tributary_indexer.errors import IndexIntegrityError
-from tributary_indexer.example_store import (
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.data.corpus import assign_ids, parse_record
+from tributary_indexer.data.example_store import (
     ExampleStore,
     ExampleStoreWriter,
     StoredExample,
     partial_path_for,
 )
+from tributary_indexer.errors import IndexIntegrityError
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from tributary_indexer.batching import TokenizedExample, collate
-from tributary_indexer.gradient_computer import GradientComputer
-from tributary_indexer.loss import per_example_target_loss
-from tributary_indexer.module_selection import select_modules
-from tributary_indexer.projector import LoGraProjector, ProjectionConfig
+from tributary_indexer.data.batching import TokenizedExample, collate
+from tributary_indexer.gradients.computer import GradientComputer
+from tributary_indexer.gradients.module_selection import select_modules
+from tributary_indexer.gradients.objectives import per_example_target_loss
+from tributary_indexer.gradients.projector import LoGraProjector, ProjectionConfig
 
 ATOL = 1e-9
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tributary_indexer.fisher import FisherAccumulator
-from tributary_indexer.preconditioner import Preconditioner
-from tributary_indexer.projector import Block
-from tributary_indexer.scores import SCORE_VARIANTS, ScoreTransform
+from tributary_indexer.gradients.projector import Block
+from tributary_indexer.hessian.fisher import FisherAccumulator
+from tributary_indexer.hessian.preconditioner import Preconditioner
+from tributary_indexer.hessian.scores import SCORE_VARIANTS, ScoreTransform
 
 BLOCKS = [Block("a", 0, 6), Block("b", 6, 10), Block("c", 10, 13)]
 

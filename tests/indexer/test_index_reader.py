@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tributary_indexer.index_reader import topk_by_scan
+from tributary_indexer.query.index import topk_by_scan
 
 
 @pytest.mark.parametrize("n_queries", [1, 2, 5, 33])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tributary_indexer.loss import _target_log_odds, objective_losses
+from tributary_indexer.gradients.objectives import _target_log_odds, objective_losses
 
 
 def _plain_log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

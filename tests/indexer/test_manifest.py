@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 from tributary_indexer.atomic_io import atomic_write_bytes, sha256_file
-from tributary_indexer.errors import ConfigMismatchError, IndexIntegrityError, ModelLoadError
-from tributary_indexer.manifest import (
+from tributary_indexer.build.manifest import (
     FORMAT_VERSION,
     DampingInfo,
     Manifest,
@@ -23,6 +22,7 @@ from tributary_indexer.manifest import (
     utc_timestamp,
     verify_manifest,
 )
+from tributary_indexer.errors import ConfigMismatchError, IndexIntegrityError, ModelLoadError
 
 
 def make_index(root: Path, rows: tuple[int, ...] = (3, 2)) -> Manifest:

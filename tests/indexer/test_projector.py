@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tributary_indexer.batching import TokenizedExample, collate
+from tributary_indexer.data.batching import TokenizedExample, collate
 from tributary_indexer.errors import ModuleSelectionError
-from tributary_indexer.kronecker_statistics import estimate_covariances
-from tributary_indexer.module_selection import select_modules
-from tributary_indexer.projector import LoGraProjector, ProjectionConfig
+from tributary_indexer.gradients.module_selection import select_modules
+from tributary_indexer.gradients.projector import LoGraProjector, ProjectionConfig
+from tributary_indexer.hessian.kronecker_statistics import estimate_covariances
 
 from tests.conftest import tiny_gpt2, tiny_llama
 
@@ -80,7 +80,7 @@ def _covariance_oracle(model, module_name, examples):
             out.register_hook(lambda g, store=store: store.__setitem__("d", g.detach()))
 
         h = module.register_forward_hook(fwd)
-        from tributary_indexer.loss import per_example_margin_loss
+        from tributary_indexer.gradients.objectives import per_example_margin_loss
 
         logits = model(input_ids=batch.input_ids).logits
         per_example_margin_loss(logits, batch.input_ids, batch.target_mask).sum().backward()
@@ -117,7 +117,7 @@ def test_kronecker_statistics_and_pca_init():
 
 
 def test_module_presets_and_fallback(caplog):
-    from tributary_indexer.module_selection import preset_modules, resolve_modules
+    from tributary_indexer.gradients.module_selection import preset_modules, resolve_modules
 
     gpt2 = tiny_gpt2()
     names = [m.name for m in preset_modules(gpt2, "mlp+output")]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tributary_indexer.projector import Block
-from tributary_indexer.rapidgrad import RapidGradCompressor, rapidgrad_dim
+from tributary_indexer.gradients.projector import Block
+from tributary_indexer.gradients.rapidgrad import RapidGradCompressor, rapidgrad_dim
 
 BLOCKS = [Block("a", 0, 300), Block("b", 300, 1000)]
 

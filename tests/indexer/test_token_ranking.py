@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from tributary_indexer.batching import TokenizedExample
 from tributary_indexer.config import BuildConfig
-from tributary_indexer.fisher import FisherAccumulator
-from tributary_indexer.preconditioner import Preconditioner
-from tributary_indexer.projector import Block
-from tributary_indexer.token_ranking import (
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.gradients.projector import Block
+from tributary_indexer.hessian.fisher import FisherAccumulator
+from tributary_indexer.hessian.preconditioner import Preconditioner
+from tributary_indexer.query.ranking import (
     RANKINGS,
     REFERENCE_ROWS,
     SATURATED_RANKINGS,
@@ -263,7 +263,7 @@ def test_specificity_is_the_damping_share_over_the_measured_mean_squared_score(n
 
 def test_span_ranking_weights_come_from_token_queries():
     """``token_queries`` returns the specificity under ``span_saturated`` and ones under ``token_saturated``."""
-    from tributary_indexer.scores import ScoreTransform
+    from tributary_indexer.hessian.scores import ScoreTransform
 
     _, pre = _fitted(30, 8, 1.0)
     transform = ScoreTransform("influence", pre)
@@ -312,7 +312,7 @@ def test_build_config_resolves_the_ranking_from_the_score():
 
 
 def test_emitting_positions_are_the_ones_before_each_target():
-    from tributary_indexer.batching import TokenizedExample, collate
+    from tributary_indexer.data.batching import TokenizedExample, collate
 
     ex = TokenizedExample((5, 6, 7, 8, 9), (False, False, True, False, True))
     assert collate([ex]).emitting_mask[0].nonzero()[:, 0].tolist() == [1, 3]

@@ -4,10 +4,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tributary_indexer.batching import TokenizedExample
-from tributary_indexer.corpus import CorpusRecord, parse_record
-from tributary_indexer.errors import CorpusError, ExampleError, TokenizerError
-from tributary_indexer.tokenization import (
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.data.corpus import CorpusRecord, parse_record
+from tributary_indexer.data.tokenization import (
     assistant_spans,
     render_record,
     special_prefix,
@@ -15,6 +14,7 @@ from tributary_indexer.tokenization import (
     tokenize_query,
     tokenize_record,
 )
+from tributary_indexer.errors import CorpusError, ExampleError, TokenizerError
 
 PROMPT = "What is the capital of France?"
 RESPONSE = " The capital of France is Paris."

@@ -11,7 +11,7 @@ from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
 @pytest.fixture(scope="session")
 def built_index(tmp_path_factory) -> tuple[Path, Path]:
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     root = tmp_path_factory.mktemp("service-index")

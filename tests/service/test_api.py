@@ -54,7 +54,7 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a
     twice the span's lowest share (the index's 60 examples are all its reference sample). No first
     stage. ``harmful``: the same with every token score negated (and the result negated back)."""
     from tributary_client.types import AttributionRequest
-    from tributary_indexer.batching import collate
+    from tributary_indexer.data.batching import collate
 
     engine, index = loaded.engine, loaded.index
     ranking = ranking or index.saturation.ranking
@@ -144,7 +144,7 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
         body = c.post("/v1/attributions", json={**QA, "top_k": 3}).json()
         loaded = c.app.state.loaded
         tokens = loaded.engine.prepare(__import__("tributary_client").types.AttributionRequest(**QA))
-        from tributary_indexer.batching import collate
+        from tributary_indexer.data.batching import collate
 
         ex = tokens.tokens.example
         grads = loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id), per_position=True)
@@ -164,7 +164,7 @@ def test_ranking_setting_overrides_the_manifest(make_settings):
         body = c.post("/v1/attributions", json={**QA, "top_k": 3}).json()
         loaded = c.app.state.loaded
         from tributary_client.types import AttributionRequest
-        from tributary_indexer.batching import collate
+        from tributary_indexer.data.batching import collate
 
         ex = loaded.engine.prepare(AttributionRequest(**QA)).tokens.example
         q = loaded.index.vectors_to_query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0]
@@ -188,7 +188,7 @@ def test_ranking_setting_ranks_by_that_rankings_oracle(make_settings, ranking, o
 
 def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
     """An index built with ranking='linear' (or before rankings existed) ranks by the influence itself."""
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
     from tributary_service.settings import ServiceSettings
 
@@ -205,7 +205,7 @@ def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
         assert c.get("/v1/index").json()["ranking"] == "linear"
         loaded = c.app.state.loaded
         prepared = loaded.engine.prepare(__import__("tributary_client").types.AttributionRequest(**QA))
-        from tributary_indexer.batching import collate
+        from tributary_indexer.data.batching import collate
 
         g = loaded.engine.computer.compute(collate([prepared.tokens.example], loaded.engine.pad_id)).vectors
         q = loaded.index.vectors_to_query(g)[0]
@@ -249,7 +249,7 @@ def test_token_wise_scores_add_up(client):
     # under the span_gated ranking, whose `score` is the saturated one), and sum to it
     assert body["examples"][0]["token_scores"], "token scores for the top example"
     from tributary_client.types import AttributionRequest
-    from tributary_indexer.batching import collate
+    from tributary_indexer.data.batching import collate
 
     loaded = client.app.state.loaded
     ex = loaded.engine.prepare(AttributionRequest(**QA)).tokens.example

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tributary_service.cli import quiet_blas_spin_waits
+from tributary_service.blas_threads import quiet_blas_spin_waits
 
 
 def test_openblas_threads_sleep_unless_the_operator_chose(monkeypatch):
@@ -30,7 +30,7 @@ def test_the_service_offers_exactly_the_indexer_rankings():
     """``--ranking`` / ``TRIBUTARY_RANKING`` choices are the indexer's rankings, no more and no fewer."""
     from typing import get_args
 
-    from tributary_indexer.token_ranking import RANKINGS
+    from tributary_indexer.query.ranking import RANKINGS
     from tributary_service.settings import Ranking
 
     assert get_args(Ranking) == RANKINGS

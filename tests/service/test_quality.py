@@ -31,11 +31,12 @@ EVERY_NTH_QUESTION = 3  # 130 of the 390 questions keep the test near half a min
 
 @pytest.fixture(scope="module")
 def demo_service(tmp_path_factory):
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
-    from tributary_indexer.demo import demo_root
     from tributary_service.loading import load_service
     from tributary_service.settings import ServiceSettings
+
+    from demo.tools import demo_root
 
     root = demo_root()
     out = tmp_path_factory.mktemp("demo-quality")
@@ -53,7 +54,7 @@ def _answer_span(response: str, answer: str) -> tuple[int, int]:
 
 
 def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
-    from tributary_indexer.demo.corpus_generator import load_ground_truth
+    from demo.tools.corpus_generator import load_ground_truth
 
     service, doc_ids, corpus = demo_service
     truth = load_ground_truth(corpus)
@@ -89,7 +90,7 @@ def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
 
 def test_a_planted_fact_traced_end_to_end(demo_service):
     """One concrete question, as a reader would check it by hand."""
-    from tributary_indexer.demo.corpus_generator import load_ground_truth
+    from demo.tools.corpus_generator import load_ground_truth
 
     service, doc_ids, corpus = demo_service
     truth = load_ground_truth(corpus)

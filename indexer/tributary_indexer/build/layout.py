@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .atomic_io import sha256_file
-from .config import BuildConfig
+from .. import __version__
+from ..atomic_io import sha256_file
+from ..config import BuildConfig
+from ..gradients.projector import LoGraProjector
+from ..gradients.rapidgrad import rapidgrad_dim
+from ..hessian.preconditioner import Preconditioner
 from .manifest import (
     MANIFEST_NAME,
     DampingInfo,
@@ -20,9 +23,6 @@ from .manifest import (
     hash_model_files,
     hash_tokenizer,
 )
-from .preconditioner import Preconditioner
-from .projector import LoGraProjector
-from .rapidgrad import rapidgrad_dim
 
 
 @dataclass(frozen=True)

@@ -487,7 +487,7 @@ def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> li
         path.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8", newline="\n")
         paths.append(path)
     truth = {
-        "generator": "tributary_indexer.demo.corpus_generator", "version": GENERATOR_VERSION, "seed": seed,
+        "generator": "demo.tools.corpus_generator", "version": GENERATOR_VERSION, "seed": seed,
         "files": [p.name for p in paths], "n_records": len(builder.records),
         "counts_by_provider": dict(sorted(Counter(r["provider"] for r in builder.records).items())),
         "counts_by_category": dict(sorted(Counter(r["id"].split("-")[0] for r in builder.records).items())),
@@ -521,7 +521,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tributary_indexer.demo.corpus_generator --out DIR [--seed 0] [--quiet]``."""
+    """``python -m demo.tools.corpus_generator --out DIR [--seed 0] [--quiet]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="directory to write the JSONL files and ground_truth.json")
     parser.add_argument("--seed", type=int, default=0, help="random seed [0]")

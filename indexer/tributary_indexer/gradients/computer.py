@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batching import Batch
+from ..data.batching import TokenBatch
 from .hooks import ProjectedGradientHooks, frozen_parameters
-from .loss import OBJECTIVES, objective_losses
 from .module_selection import TrackedModule
+from .objectives import OBJECTIVES, objective_losses
 from .projector import LoGraProjector
 
 logger = logging.getLogger(__name__)
@@ -40,14 +40,14 @@ class GradientComputer:
     Args:
         model: a Hugging Face causal LM (anything whose forward takes ``input_ids`` and returns
             ``.logits``). Its parameters are frozen during :meth:`compute` and restored after.
-        modules: the tracked modules (see :func:`~tributary_indexer.module_selection.select_modules`).
+        modules: the tracked modules (see :func:`~tributary_indexer.gradients.module_selection.select_modules`).
         projector: the projections for exactly those modules.
         dtype: accumulation dtype of the vectors; defaults to float64 for a float64 model and
             float32 otherwise (also under bf16/fp16 autocast).
         autocast_dtype: run the forward under ``torch.autocast`` with this dtype (CUDA: bf16 or
             fp16 halve the time; projections and accumulators stay in ``dtype``).
         objective: what is differentiated, ``"margin"`` (log-odds, the default) or ``"nll"``
-            (see :mod:`.loss`); an index and its queries must use the same one.
+            (see :mod:`.objectives`); an index and its queries must use the same one.
 
     Not thread-safe: one batch at a time per instance (the service serialises through its
     micro-batcher).
@@ -87,7 +87,7 @@ class GradientComputer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def compute(self, batch: Batch, per_position: bool = False, position_weights: torch.Tensor | None = None,
+    def compute(self, batch: TokenBatch, per_position: bool = False, position_weights: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> ExampleGradients:
         """Per-example projected gradients of ``batch`` (right-padded, see :func:`collate`).
 
@@ -108,7 +108,7 @@ class GradientComputer:
 
 
 def forward_backward(
-    model: nn.Module, batch: Batch, autocast_dtype: torch.dtype | None = None, objective: str = "margin"
+    model: nn.Module, batch: TokenBatch, autocast_dtype: torch.dtype | None = None, objective: str = "margin"
 ) -> torch.Tensor:
     """One forward/backward of ``objective`` with frozen parameters; returns the ``[B]`` summed NLLs.
 

@@ -6,7 +6,7 @@ A module's projected gradient is ``G = P_out ∇W P_inᵀ`` (DESIGN §2). Initia
   ``E‖P v‖² = ‖v‖²``), one generator per module seeded from ``(seed, module name)``;
 - ``pca``: rows are the top eigenvectors of the activation covariance ``E[x xᵀ]`` (for
   ``P_in``) and of the output-gradient covariance ``E[δ δᵀ]`` (for ``P_out``), i.e. the KFAC
-  factors' eigenbases, estimated on sample batches (see :mod:`kronecker_statistics`);
+  factors' eigenbases, estimated on sample batches (see :mod:`..hessian.kronecker_statistics`);
 - ``identity``: no projection at all (``k = d``), the full per-example gradient. Only sensible
   for small models or as an exact baseline.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import ModuleSelectionError
+from ..errors import ModuleSelectionError
 from .module_selection import TrackedModule
 
 logger = logging.getLogger(__name__)

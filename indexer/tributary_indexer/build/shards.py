@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .atomic_io import atomic_output
+from ..atomic_io import atomic_output
 
 logger = logging.getLogger(__name__)
 

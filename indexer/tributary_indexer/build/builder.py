@@ -30,29 +30,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic_io import atomic_output, atomic_write_json, check_writable_dir
-from .batching import TokenizedExample, collate, pad_token_id
-from .config import RUNTIME_FIELDS, BuildConfig
-from .corpus import CorpusRecord, CorpusStats, iter_records
+from .. import __version__
+from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir
+from ..config import RUNTIME_FIELDS, BuildConfig
+from ..data.batching import TokenizedExample, collate, pad_token_id
+from ..data.corpus import CorpusRecord, CorpusStats, iter_records
+from ..data.example_store import ExampleStoreWriter, StoredExample, partial_path_for
+from ..data.tokenization import render_record, tokenize_record
+from ..errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
+from ..gradients.computer import GradientComputer
+from ..gradients.module_selection import TrackedModule, resolve_modules
+from ..gradients.projector import Block, LoGraProjector
+from ..gradients.rapidgrad import RapidGradCompressor, rapidgrad_dim
+from ..hessian.fisher import FisherAccumulator
+from ..hessian.kronecker_statistics import estimate_covariances
+from ..hessian.preconditioner import Preconditioner
+from ..hessian.scores import ScoreTransform
+from ..model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
+from ..progress import progress_bar
 from .distributed import DistributedContext
-from .errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
-from .example_store import ExampleStoreWriter, StoredExample, partial_path_for
-from .fisher import FisherAccumulator
-from .gradient_computer import GradientComputer
-from .index_files import IndexPaths, shard_entry, write_manifest
-from .kronecker_statistics import estimate_covariances
+from .layout import IndexPaths, shard_entry, write_manifest
 from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
-from .model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
-from .module_selection import TrackedModule, resolve_modules
-from .preconditioner import Preconditioner
-from .progress import progress_bar
-from .projector import Block, LoGraProjector
-from .rapidgrad import RapidGradCompressor, rapidgrad_dim
-from .scores import ScoreTransform
 from .shards import is_flat, train_index, write_shard
 from .staging import Staging
-from .tokenization import render_record, tokenize_record
 
 logger = logging.getLogger(__name__)
 

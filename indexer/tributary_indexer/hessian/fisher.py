@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .projector import Block
+from ..gradients.projector import Block
 
 
 class FisherAccumulator:

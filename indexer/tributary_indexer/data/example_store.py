@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .atomic_io import atomic_output
+from ..atomic_io import atomic_output
+from ..errors import IndexIntegrityError, OutputDirectoryError
 from .batching import TokenizedExample
 from .corpus import CorpusRecord, RecordKind
-from .errors import IndexIntegrityError, OutputDirectoryError
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .atomic_io import atomic_write_json, sha256_file
-from .errors import ConfigMismatchError, IndexIntegrityError, ModelLoadError, TokenizerError
+from ..atomic_io import atomic_write_json, sha256_file
+from ..errors import ConfigMismatchError, IndexIntegrityError, ModelLoadError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ __all__ = [
     "hash_model_files",
     "hash_tokenizer",
     "verify_manifest",
+    "verify_index",
     "utc_timestamp",
 ]
 
@@ -332,7 +333,7 @@ def hash_tokenizer(tokenizer_or_path: Any) -> str:
                 f"cannot load a tokenizer from {tokenizer_or_path} ({exc}); fix: pass the model directory "
                 "that holds tokenizer.json / tokenizer_config.json"
             ) from exc
-    from .tokenization import special_prefix
+    from ..data.tokenization import special_prefix
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -397,4 +398,46 @@ def verify_manifest(directory: str | os.PathLike[str], check_checksums: bool = T
             problems.append(f"{name}: sha256 mismatch (file changed or corrupt; rebuild or restore it)")
     for problem in problems:
         logger.warning("verify %s: %s", root, problem)
+    return problems
+
+
+def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
+    """Problems found (empty = OK): manifest checks, FAISS row counts and ids, store row count."""
+    root = Path(root)
+    problems = verify_manifest(root, check_checksums=check_checksums)
+    if problems and any("manifest" in p for p in problems) and not (root / "manifest.json").is_file():
+        return problems
+    try:
+        manifest = Manifest.load(root)
+    except Exception as exc:  # already reported by verify_manifest
+        return problems or [str(exc)]
+    import faiss
+
+    for shard in manifest.shards:
+        path = root / shard.file
+        if not path.is_file():
+            continue
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        except RuntimeError as exc:
+            problems.append(f"{shard.file}: FAISS cannot read it ({exc}); rebuild the index")
+            continue
+        if index.ntotal != shard.rows:
+            problems.append(f"{shard.file}: holds {index.ntotal} vectors, manifest says {shard.rows}")
+        if index.d != manifest.dim:
+            problems.append(f"{shard.file}: dimension {index.d}, manifest says {manifest.dim}")
+        if index.ntotal:
+            ids = faiss.vector_to_array(faiss.downcast_index(index).id_map)  # type: ignore[attr-defined]  # faiss stubs lack the wrappers
+            if int(ids.min()) != shard.id_start or int(ids.max()) != shard.id_end - 1:
+                problems.append(f"{shard.file}: ids {ids.min()}..{ids.max()}, manifest says [{shard.id_start}, {shard.id_end})")
+    store = root / "examples.sqlite"
+    if store.is_file():
+        from ..data.example_store import ExampleStore
+
+        try:
+            with ExampleStore(store) as examples:
+                if examples.count() != manifest.n_examples:
+                    problems.append(f"examples.sqlite: {examples.count()} rows, manifest says {manifest.n_examples}")
+        except Exception as exc:
+            problems.append(f"examples.sqlite: cannot be read ({exc})")
     return problems

@@ -12,15 +12,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .batching import collate, pad_token_id
-from .config import BuildConfig
-from .corpus import CorpusStats, iter_records
-from .gradient_computer import GradientComputer
-from .model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
-from .module_selection import resolve_modules
-from .projector import LoGraProjector
-from .rapidgrad import rapidgrad_dim
-from .tokenization import tokenize_record
+from ..config import BuildConfig
+from ..data.batching import collate, pad_token_id
+from ..data.corpus import CorpusStats, iter_records
+from ..data.tokenization import tokenize_record
+from ..gradients.computer import GradientComputer
+from ..gradients.module_selection import resolve_modules
+from ..gradients.projector import LoGraProjector
+from ..gradients.rapidgrad import rapidgrad_dim
+from ..model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
 
 logger = logging.getLogger(__name__)
 

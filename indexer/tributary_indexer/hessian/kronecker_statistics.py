@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .batching import Batch
-from .gradient_computer import forward_backward
-from .hooks import ModuleHooks
-from .module_selection import TrackedModule
+from ..data.batching import TokenBatch
+from ..gradients.computer import forward_backward
+from ..gradients.hooks import ModuleHooks
+from ..gradients.module_selection import TrackedModule
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,14 @@ class KroneckerStatisticsHooks(ModuleHooks):
 def estimate_covariances(
     model: nn.Module,
     modules: Sequence[TrackedModule],
-    batches: Iterable[Batch],
+    batches: Iterable[TokenBatch],
     max_dim: int = 8192,
     autocast_dtype: torch.dtype | None = None,
     objective: str = "margin",
 ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
     """Estimate the KFAC factors of ``modules`` over ``batches`` (one forward/backward each).
 
-    ``objective`` must be the one the gradients will use (see :mod:`.loss`): the output-gradient
+    ``objective`` must be the one the gradients will use (see :mod:`..gradients.objectives`): the output-gradient
     covariance is a covariance of *its* gradients.
     """
     device = next(model.parameters()).device

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeVar
 
-from .errors import CorpusError, ExampleError
+from ..errors import CorpusError, ExampleError
 
 logger = logging.getLogger(__name__)
 

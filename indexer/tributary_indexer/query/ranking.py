@@ -29,7 +29,7 @@ matches the name once and every other token too. Standardising each token (``rms
 tokens on one scale, and saturation caps what any one of them adds, so a document has to explain
 *several* response tokens to rank first. ``rms_t`` needs no pass over the training set: it is
 ``E_z[s_t(z)²]`` under the index's own Fisher
-(:meth:`~tributary_indexer.preconditioner.Preconditioner.score_second_moment`).
+(:meth:`~tributary_indexer.hessian.preconditioner.Preconditioner.score_second_moment`).
 
 Why spans and weights: a name of two tokens copied from the prompt is one piece of
 evidence, but ``token_saturated`` lets a document that repeats the name collect it once per token;
@@ -94,10 +94,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batching import TokenizedExample
-from .preconditioner import Preconditioner
-from .rapidgrad import RapidGradCompressor
-from .scores import ScoreTransform, safe_reciprocal
+from ..data.batching import TokenizedExample
+from ..gradients.rapidgrad import RapidGradCompressor
+from ..hessian.preconditioner import Preconditioner
+from ..hessian.scores import ScoreTransform, safe_reciprocal
 
 RANKINGS = ("linear", "token_saturated", "span_saturated", "span_gated")
 SATURATED_RANKINGS = RANKINGS[1:]

@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import IndexIntegrityError
-from .example_store import ExampleStore
-from .index_files import IndexPaths
-from .index_verification import verify_index
-from .manifest import Manifest
-from .preconditioner import Preconditioner
-from .projector import LoGraProjector
-from .rapidgrad import RapidGradCompressor
-from .scores import ScoreTransform
-from .shards import SearchResult, is_flat, merge_topk, read_shard
-from .token_ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation, reference_rows
+from ..build.layout import IndexPaths
+from ..build.manifest import Manifest, verify_index
+from ..build.shards import SearchResult, is_flat, merge_topk, read_shard
+from ..data.example_store import ExampleStore
+from ..errors import IndexIntegrityError
+from ..gradients.projector import LoGraProjector
+from ..gradients.rapidgrad import RapidGradCompressor
+from ..hessian.preconditioner import Preconditioner
+from ..hessian.scores import ScoreTransform
+from .ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation, reference_rows
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class AttributionIndex:
 
     def reference(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """The reference sample ``[M, D]`` float32 (on ``device``, cached) that ``span_gated``'s selective core counts
-        its matched shares on: the stored vectors of :func:`~.token_ranking.reference_rows`. ``None`` when not needed."""
+        its matched shares on: the stored vectors of :func:`~.ranking.reference_rows`. ``None`` when not needed."""
         if self.saturation is None or not self.saturation.selective:
             return None
         key = str(torch.device(device))

@@ -7,7 +7,7 @@ subclass's business:
 
 - :class:`ProjectedGradientHooks`: per-example projected gradients
   ``G = Σ_t (P_out δ_t)(P_in x_t)ᵀ`` and optionally the per-position terms;
-- :class:`~tributary_indexer.kronecker_statistics.KroneckerStatisticsHooks`: the covariances
+- :class:`~tributary_indexer.hessian.kronecker_statistics.KroneckerStatisticsHooks`: the covariances
   ``E[x xᵀ]`` and ``E[δ δᵀ]`` for PCA initialisation.
 
 No weight gradient is ever formed: the caller runs backward with the model's parameters frozen

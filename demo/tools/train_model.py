@@ -1,11 +1,11 @@
 """Train the demo model: a byte-level BPE tokenizer and a small GPT-2 on the demo corpus.
 
-``python -m tributary_indexer.demo.train_model --corpus demo/corpus --out demo/model``
+``python -m demo.tools.train_model --corpus demo/corpus --out demo/model``
 
 1. A byte-level BPE (``tokenizers``; vocab 4096; special tokens ``<|endoftext|>``,
    ``<|im_start|>``, ``<|im_end|>``) is trained on the corpus text and wrapped as a
    ``PreTrainedTokenizerFast`` (eos = pad = ``<|endoftext|>``, a ChatML ``chat_template``).
-2. Every record is tokenised with the indexer's own :func:`~tributary_indexer.tokenization.tokenize_record`,
+2. Every record is tokenised with the indexer's own :func:`~tributary_indexer.data.tokenization.tokenize_record`,
    so training sees exactly the token boundaries and target masks the indexer scores
    (DESIGN §2): documents train on every token, prompt/response records on the response only
    (the prompt is masked), chat records on the assistant turns only. One ``<|endoftext|>`` is
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tributary_indexer.data.corpus import CorpusRecord, iter_records
+from tributary_indexer.data.tokenization import tokenize_record
 
-from ..corpus import CorpusRecord, iter_records
-from ..tokenization import tokenize_record
 from .corpus_generator import GroundTruth, load_ground_truth
 
 logger = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ def _portable_tokenizer_config(out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tributary_indexer.demo.train_model --corpus DIR --out DIR [--epochs N] [--quiet]``."""
+    """``python -m demo.tools.train_model --corpus DIR --out DIR [--epochs N] [--quiet]``."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="the demo corpus directory (JSONL + ground_truth.json)")

@@ -1,4 +1,4 @@
-"""Corpus records and queries to :class:`~tributary_indexer.batching.TokenizedExample` (DESIGN §2).
+"""Corpus records and queries to :class:`~tributary_indexer.data.batching.TokenizedExample` (DESIGN §2).
 
 Training records and queries go through one code path: the example is built from text
 *pieces*, each tokenised on its own with ``add_special_tokens=False`` and concatenated, so the
@@ -50,9 +50,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CorpusError, ExampleError, TokenizerError
 from .batching import TokenizedExample
 from .corpus import CorpusRecord, validate_messages
-from .errors import CorpusError, ExampleError, TokenizerError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

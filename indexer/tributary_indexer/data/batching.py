@@ -59,7 +59,7 @@ class TokenizedExample:
 
 
 @dataclass
-class Batch:
+class TokenBatch:
     """Right-padded tensors for a list of examples (shapes ``[B, T]``)."""
 
     input_ids: torch.Tensor  # [B, T] int64, pad positions hold pad_token_id
@@ -77,12 +77,12 @@ class Batch:
         mask[:, :-1] = self.target_mask[:, 1:]
         return mask
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
 
 
-def collate(examples: Sequence[TokenizedExample], pad_token_id: int = 0) -> Batch:
-    """Right-pad ``examples`` into one :class:`Batch`."""
+def collate(examples: Sequence[TokenizedExample], pad_token_id: int = 0) -> TokenBatch:
+    """Right-pad ``examples`` into one :class:`TokenBatch`."""
     if not examples:
         raise ValueError("collate() needs at least one example")
     empty = [i for i, e in enumerate(examples) if e.n_tokens == 0]
@@ -97,7 +97,7 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int = 0) -> Batc
         input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
         attention_mask[row, :n] = 1
         target_mask[row, :n] = torch.tensor(example.target_mask, dtype=torch.bool)
-    return Batch(input_ids, attention_mask, target_mask)
+    return TokenBatch(input_ids, attention_mask, target_mask)
 
 
 def pad_token_id(tokenizer: object) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ModuleSelectionError
+from ..errors import ModuleSelectionError
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..gradients.projector import Block
 from .fisher import FisherAccumulator
-from .projector import Block
 
 
 def _spd_inverse(h: torch.Tensor) -> torch.Tensor:

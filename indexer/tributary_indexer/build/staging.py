@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic_io import atomic_output, atomic_write_text
+from ..atomic_io import atomic_output, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The offline index build: builder, plan, staging, shards, index layout, manifest and verification."""

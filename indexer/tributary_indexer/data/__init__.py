@@ -1,0 +1,1 @@
+"""Corpus records, tokenisation, tokenised examples and padded batches, the example store."""

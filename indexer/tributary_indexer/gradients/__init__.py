@@ -1,0 +1,1 @@
+"""Per-example projected gradients: tracked modules, LoGra projections, hooks, objectives, RapidGrad."""

@@ -1,0 +1,1 @@
+"""Second-order statistics: the Fisher, Kronecker statistics, the preconditioner, score variants."""

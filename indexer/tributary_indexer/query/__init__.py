@@ -1,0 +1,1 @@
+"""Query time: an opened index, search over its shards, and the rankings."""
