@@ -15,7 +15,7 @@ from pathlib import PurePath
 from typing import Any
 
 from tributary_client import types
-from tributary_indexer.example_store import StoredExample
+from tributary_indexer.data.example_store import StoredExample
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ EXIT_LINES_FAILED = 3
 def template_free_index(tmp_path_factory) -> tuple[Path, Path]:
     """A built index over a model whose tokenizer has no chat template."""
     from transformers import AutoTokenizer
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     root = tmp_path_factory.mktemp("batch-live")

@@ -23,7 +23,7 @@ def _own_id(n: int) -> str:
 
 @pytest.fixture(scope="module")
 def string_id_index(tmp_path_factory) -> tuple[Path, Path, dict[str, dict]]:
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     root = tmp_path_factory.mktemp("record-ids")
