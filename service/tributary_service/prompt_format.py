@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from tributary_client import types
-from tributary_indexer.example_store import ExampleStore, StoredExample
+from tributary_indexer.data.example_store import ExampleStore, StoredExample
 
 logger = logging.getLogger(__name__)
 

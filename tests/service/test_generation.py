@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tributary_indexer.batching import TokenizedExample
-from tributary_indexer.corpus import assign_ids, parse_record
-from tributary_indexer.example_store import ExampleStore, ExampleStoreWriter, StoredExample
+from tributary_indexer.data.batching import TokenizedExample
+from tributary_indexer.data.corpus import assign_ids, parse_record
+from tributary_indexer.data.example_store import ExampleStore, ExampleStoreWriter, StoredExample
 from tributary_service.app import create_app
 from tributary_service.generation import stop_token_ids
 from tributary_service.prompt_format import infer_prompting
