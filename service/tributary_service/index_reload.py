@@ -19,7 +19,7 @@ from typing import Any
 
 from tributary_client import types
 from tributary_indexer.errors import TributaryIndexError
-from tributary_indexer.index_reader import AttributionIndex
+from tributary_indexer.query.index import AttributionIndex
 
 from .engine import AttributionEngine
 from .errors import ServiceError

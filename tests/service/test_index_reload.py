@@ -19,7 +19,7 @@ QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lant
 
 
 def _build(root: Path) -> tuple[Path, Path, Path]:
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     model = build_model_dir(root / "model", "gpt2")
@@ -33,7 +33,7 @@ def _build(root: Path) -> tuple[Path, Path, Path]:
 
 
 def _add(index: Path, corpus: Path) -> None:
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     IndexBuilder(BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), index).add()
@@ -85,7 +85,7 @@ def test_reload_refuses_a_rebuilt_index_and_keeps_serving(tmp_path: Path):
             err = httpx.post(open_base + "/v1/admin/reload").json()["error"]
             assert err["code"] == "admin_disabled" and "TRIBUTARY_ADMIN_KEYS" in err["message"]
         # rebuild another index (another projector seed) in the served directory
-        from tributary_indexer.builder import IndexBuilder
+        from tributary_indexer.build.builder import IndexBuilder
         from tributary_indexer.config import BuildConfig
 
         other = tmp_path / "other"
