@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ __all__ = [
     "AttributionResponse",
     "Batch",
     "BatchCreateRequest",
+    "BatchDeleted",
     "BatchRequestCounts",
     "BatchRequestLine",
     "BatchResultLine",
@@ -89,6 +90,19 @@ _SCORE_VARIANT_DOC = (
     "similarity in the preconditioned metric; 'grad_dot' = plain gradient dot product "
     "(TracIn at one checkpoint, identity Hessian)."
 )
+
+
+def _integral(value: Any) -> Any:
+    """JSON integers as JSON Schema counts them: ``10`` and ``10.0``, never ``"10"`` or ``true``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral), Field(strict=True)]
+"""A strict integer field of a request: no strings, no booleans, integral floats allowed."""
+Number = Annotated[float, Field(strict=True)]
+"""A strict number field of a request: no strings, no booleans."""
 
 
 class _Request(BaseModel):
@@ -168,13 +182,30 @@ def _check_prompt_or_messages(
         raise ValueError("missing input: give `prompt` or `messages`")
 
 
+def _present(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema: ``name`` is given and not null (null counts as absent)."""
+    return {"required": [name], "properties": {name: schema}}
+
+
+_STRING = {"type": "string"}
+_MESSAGES = {"type": "array", "minItems": 1}
+
+
 class AttributionRequest(_Request):
     """Which training examples made the model produce `response` for `prompt`?"""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"allOf": [_present("prompt", _STRING), _present("response", {"type": "string", "pattern": "\\S"})],
+         "not": _present("messages", {"type": "array"})},
+        {"allOf": [_present("messages", _MESSAGES)],
+         "not": {"anyOf": [_present("prompt", _STRING), _present("response", _STRING)]}},
+    ]})
 
     prompt: str | None = Field(
         default=None,
         description="The prompt the model was given (plain text, no chat template). "
-        "Use together with `response`; mutually exclusive with `messages`. May be empty.",
+        "Use together with `response`; mutually exclusive with `messages`. May be empty; then the "
+        "response needs at least two tokens (its first has nothing before it to be predicted from).",
     )
     response: str | None = Field(
         default=None,
@@ -187,7 +218,7 @@ class AttributionRequest(_Request):
         "message must have role 'assistant' and is the response to explain, the earlier "
         "messages are the prompt. Mutually exclusive with `prompt`/`response`.",
     )
-    top_k: int = Field(
+    top_k: Integer = Field(
         default=10,
         ge=1,
         le=1000,
@@ -202,6 +233,7 @@ class AttributionRequest(_Request):
     )
     token_wise: bool = Field(
         default=False,
+        strict=True,
         description="Also return per-token score decompositions: for the response tokens "
         "(`response_token_scores`) and for the tokens of each returned example "
         "(`token_scores`). Slower: the top-k examples are recomputed.",
@@ -484,6 +516,13 @@ class Batch(_Response):
         return self.status in TERMINAL_BATCH_STATUSES
 
 
+class BatchDeleted(_Response):
+    """Result of DELETE /v1/batches/{id}."""
+
+    id: str = Field(description="Id of the deleted batch job.")
+    deleted: bool = Field(description="True: the job and its results are gone.")
+
+
 class BatchRequestLine(_Request):
     """One request of a batch."""
 
@@ -523,12 +562,20 @@ class BatchResultLine(_Response):
 class GenerateRequest(_Request):
     """Body of POST /v1/generate: let the indexed model answer, then attribute that."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"allOf": [_present("prompt", {"type": "string", "minLength": 1})], "not": _present("messages", {"type": "array"})},
+        {"allOf": [_present("messages", _MESSAGES)], "not": _present("prompt", _STRING)},
+    ]})
+
     prompt: str | None = Field(default=None, description="Plain-text prompt; exclusive with `messages`.")
     messages: list[ChatMessage] | None = Field(
         default=None, description="Chat conversation to continue; exclusive with `prompt`."
     )
-    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Generation length limit.")
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    max_new_tokens: Integer = Field(default=64, ge=1, le=4096,
+                                description="Generation length limit; the server caps it at its own maximum, and "
+                                "the prompt plus it must fit the model's context.")
+    temperature: Number = Field(default=0.0, ge=0.0, le=5.0,
+                               description="0 = greedy decoding; below 0.01 decodes greedily too.")
     stop: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
         default=None, max_length=4,
         description="Up to 4 strings that end the generation (not included in `response`); the model's "

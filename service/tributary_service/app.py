@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from tributary_indexer.errors import TributaryIndexError
+from tributary_indexer.model_loading import context_length
 
 from . import __version__
 from .batch_jobs import BatchRunner, BatchStore
@@ -18,9 +20,11 @@ from .index_reload import IndexReloader
 from .loading import load_service
 from .metrics import ServiceMetrics
 from .micro_batcher import MicroBatcher
+from .openapi_schema import complete_openapi
 from .request_context import RequestContext
 from .routes import answer_one, router
 from .settings import ServiceSettings
+from .text_bounds import max_text_chars
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             logger.error("cannot start: %s", exc)
             raise
         app.state.loaded = loaded
+        app.state.max_request_chars = max_text_chars(loaded.tokenizer, loaded.engine.max_tokens)
+        context = context_length(loaded.model)
+        app.state.max_prompt_tokens = min(settings.max_request_tokens, context) if context else settings.max_request_tokens
+        app.state.max_prompt_chars = max_text_chars(loaded.tokenizer, app.state.max_prompt_tokens)
         metrics: ServiceMetrics = app.state.metrics
         metrics.index_examples.set(loaded.index.n_examples)
         metrics.index_dim.set(loaded.index.dim)
@@ -63,9 +71,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                num_threads=settings.resolved_num_threads())
         await batcher.start()
         app.state.batcher = batcher
-        store = BatchStore(settings.resolved_state_dir() / "batches.sqlite")
+        store = await asyncio.to_thread(BatchStore, settings.resolved_state_dir() / "batches.sqlite")
         app.state.batch_store = store
-        runner = BatchRunner(store, lambda request: answer_one(app, request))
+        runner = BatchRunner(store, lambda request: answer_one(app, request),
+                             retention_s=settings.batch_retention_days * 86400.0)
         runner.start()
         app.state.batch_runner = runner
         reloader = IndexReloader(app)
@@ -96,6 +105,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                            expose_headers=["X-Request-Id", "Retry-After"])
 
     app.include_router(router)
+    app.openapi = lambda: complete_openapi(app, settings)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

@@ -11,6 +11,8 @@ from typing import get_args
 from .blas_threads import quiet_blas_spin_waits
 from .settings import Ranking, ServiceSettings
 
+logger = logging.getLogger(__name__)
+
 
 def _settings_problem(exc: Exception) -> str:
     """One line per wrong setting, named as its flag and its environment variable."""
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--ranking", choices=list(get_args(Ranking)),
                         help="rank examples this way instead of as the index's manifest says (TRIBUTARY_RANKING)")
-    parser.add_argument("--api-key", dest="api_keys", action="append", help="accepted bearer key (repeatable)")
+    parser.add_argument("--api-key", dest="api_keys", action="append",
+                        help="accepted bearer key (repeatable); visible to every user of this machine in `ps`: "
+                        "prefer TRIBUTARY_API_KEYS (comma-separated)")
     parser.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed browser origin (repeatable)")
     parser.add_argument("--enable-generate", action="store_true", default=None, help="serve POST /v1/generate")
     parser.add_argument("--prompt-format", help="the prompt format the model was trained on, with {question} "
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         print("tributary serve: no index to serve; pass --index DIR (a directory written by "
               "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR", file=sys.stderr)
         return 2
+    if args.api_keys:
+        logger.warning(
+            "--api-key puts the key on the command line, where any user of this machine can read it (ps, /proc); "
+            "set TRIBUTARY_API_KEYS in the environment instead")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
     try:
         settings = ServiceSettings(**overrides)
@@ -61,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .connection_limits import uvicorn_options
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
-                access_log=False)
+                access_log=False, **uvicorn_options(settings))
     return 0
 
 

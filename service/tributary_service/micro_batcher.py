@@ -9,15 +9,22 @@ padded batch stays within ``max_batch_tokens``, and runs the engine in a dedicat
 The window is only waited when there is company to wait for: another request already queued,
 or a previous batch that held more than one. A lone client (concurrency 1) never pays it; under
 load, requests arriving while a batch runs queue up and the window gathers the stragglers.
+
+Generations (``POST /v1/generate``) run on the same model thread and wait in the same bounded
+queue (``queue_size`` counts both, so a flood of either gets 429s). The worker alternates: after
+a generation, waiting attributions get the next turn, so a generation flood delays an
+attribution by at most one generation, not by the whole flood.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tributary_client import types
@@ -37,6 +44,12 @@ class _Item:
     future: asyncio.Future[types.AttributionResponse]
 
 
+@dataclass
+class _Job:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
 class MicroBatcher:
     """Collects prepared queries into padded batches for :meth:`AttributionEngine.attribute`."""
 
@@ -48,6 +61,8 @@ class MicroBatcher:
         self.queue_size = queue_size
         self.on_batch = on_batch  # (n_requests, padded_tokens) -> None, for metrics
         self._queue: asyncio.Queue[_Item] | None = None
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._work: asyncio.Event | None = None
         self._carry: _Item | None = None
         self._last_batch_size = 0
         self._task: asyncio.Task[None] | None = None
@@ -57,10 +72,11 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        return (self._queue.qsize() if self._queue else 0) + (1 if self._carry else 0)
+        return (self._queue.qsize() if self._queue else 0) + (1 if self._carry else 0) + len(self._jobs)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._work = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="tributary-micro-batcher")
 
     async def stop(self) -> None:
@@ -76,14 +92,26 @@ class MicroBatcher:
         """Queue one query and wait for its answer; :class:`QueueFullError` when saturated."""
         assert self._queue is not None, "MicroBatcher.start() was not awaited"
         future: asyncio.Future[types.AttributionResponse] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Item(query, future))
-        except asyncio.QueueFull:
-            raise QueueFullError(f"{self.queue_size} requests are already waiting") from None
+        if self.depth >= self.queue_size:
+            raise QueueFullError(f"{self.queue_size} requests are already waiting")
+        self._queue.put_nowait(_Item(query, future))
+        assert self._work is not None
+        self._work.set()
+        return await future
+
+    async def submit_job(self, fn: Callable[[], Any]) -> Any:
+        """Queue other model work (a generation) in the same bounded queue; it runs on the model
+        thread, taking turns with attribution batches. :class:`QueueFullError` when saturated."""
+        if self.depth >= self.queue_size:
+            raise QueueFullError(f"{self.queue_size} requests are already waiting")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(fn, future))
+        assert self._work is not None
+        self._work.set()
         return await future
 
     async def run_in_model_thread(self, fn: Callable[[], object]) -> object:
-        """Run other model work (generation) on the same thread, between batches."""
+        """Run ``fn`` on the model thread now, outside the queue (for setup and tests)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     def _fits(self, batch: list[_Item], item: _Item) -> bool:
@@ -118,23 +146,49 @@ class MicroBatcher:
         return [i for i in batch if not i.future.done()]
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        assert self._queue is not None and self._work is not None
+        job_turn = False  # whose turn it is when both kinds wait
         while True:
-            batch = await self._next_batch()
-            self._last_batch_size = len(batch)
-            if not batch:
-                continue
-            queries = [i.query for i in batch]
-            if self.on_batch:
-                self.on_batch(len(batch), max(q.n_tokens for q in queries) * len(batch))
-            try:
-                results = await loop.run_in_executor(self.executor, self.engine.attribute, queries)
-            except Exception as exc:  # one bad batch must not kill the worker
-                logger.exception("attribution batch of %d failed", len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            for item, result in zip(batch, results):
+            attributions_waiting = self._carry is not None or not self._queue.empty()
+            if self._jobs and (job_turn or not attributions_waiting):
+                await self._run_job(self._jobs.popleft())
+                job_turn = False
+            elif attributions_waiting:
+                await self._run_batch()
+                job_turn = True
+            else:
+                self._work.clear()
+                await self._work.wait()
+
+    async def _run_job(self, job: _Job) -> None:
+        if job.future.done():  # the client went away
+            return
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, job.fn)
+        except Exception as exc:  # a 4xx raised by the job, or a failure: the caller's to report
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
+
+    async def _run_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch = await self._next_batch()
+        self._last_batch_size = len(batch)
+        if not batch:
+            return
+        queries = [i.query for i in batch]
+        if self.on_batch:
+            self.on_batch(len(batch), max(q.n_tokens for q in queries) * len(batch))
+        try:
+            results = await loop.run_in_executor(self.executor, self.engine.attribute, queries)
+        except Exception as exc:  # one bad batch must not kill the worker
+            logger.exception("attribution batch of %d failed", len(batch))
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(result)
+                    item.future.set_exception(exc)
+            return
+        for item, result in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(result)

@@ -1,26 +1,63 @@
-"""The REST routes (DESIGN §4): thin; the work is in :mod:`.engine` and :mod:`.batch_jobs`."""
+"""The REST routes: thin; the work is in :mod:`.engine`, :mod:`.generation` and :mod:`.batch_jobs`.
+
+Tokenising, batch parsing and database writes run in worker threads, so the event loop (and
+with it ``/healthz``) stays responsive while a large request or batch is processed.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from tributary_client import types
 
+from .batch_jobs import IdempotencyConflict, TooManyOpenBatches
 from .engine import RequestError
-from .errors import ServiceError
+from .errors import ServiceError, describe_errors
 from .micro_batcher import QueueFullError
 from .security import check_admin_key
+from .text_bounds import check_text_chars
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": types.ErrorResponse}, 401: {"model": types.ErrorResponse}, 404: {"model": types.ErrorResponse},
-           409: {"model": types.ErrorResponse}, 429: {"model": types.ErrorResponse}}
+
+
+def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "The request is invalid; the message says what to fix.",
+        401: "Missing or invalid API key (when the server has API keys).",
+        403: "Admin routes are disabled on this server.",
+        404: "No such resource (for batch jobs: none that this API key created).",
+        408: "The request body stalled.",
+        413: "The request body is over the server's limit.",
+        415: "Unsupported Content-Type.",
+        409: "The Idempotency-Key was used before with a different body (not retryable).",
+        429: "The server is busy (see Retry-After).",
+        431: "The request headers are over the server's limit.",
+        503: "The index and model are still loading (see Retry-After).",
+    }
+    return {s: {"model": types.ErrorResponse, "description": descriptions[s]} for s in (401, 408, 413, 431, *statuses)}
+
+
+BATCH_MEDIA_TYPES = ("application/json", "application/jsonl", "application/x-ndjson")
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+MAX_ID = 2**63 - 1
+
+
+def _busy(state: Any, reason: str) -> ServiceError:
+    return ServiceError(429, f"the server is busy ({reason}); fix: retry after the Retry-After delay",
+                        code="queue_full", headers={"Retry-After": str(state.settings.retry_after_s)})
+
+
+def _check_ready(state: Any) -> None:
+    if not state.ready:
+        raise ServiceError(503, "the index and model are still loading; retry shortly",
+                           headers={"Retry-After": str(state.settings.retry_after_s)})
 
 
 def _check_limits(app_state: object, request: types.AttributionRequest, param_prefix: str = "") -> None:
@@ -31,27 +68,28 @@ def _check_limits(app_state: object, request: types.AttributionRequest, param_pr
 
 
 async def answer_one(app: object, request: types.AttributionRequest) -> types.AttributionResponse:
-    """Validate, tokenise and queue one request; the shared path of the API and batch jobs."""
+    """Validate, tokenise (in a worker thread) and queue one request; the shared path of the API and batch jobs."""
     state = app.state  # type: ignore[attr-defined]
-    if not state.ready:
-        raise ServiceError(503, "the index and model are still loading; retry shortly",
-                           headers={"Retry-After": str(state.settings.retry_after_s)})
+    _check_ready(state)
     _check_limits(state, request)
+    engine = state.loaded.engine
+    texts = [m.content for m in request.messages] if request.messages is not None else [request.prompt, request.response]
+    check_text_chars(texts, state.max_request_chars, f"this server's limit of {engine.max_tokens}",
+                     "messages" if request.messages else "prompt", "request")
     try:
-        prepared = state.loaded.engine.prepare(request)
+        prepared = await asyncio.to_thread(engine.prepare, request)
     except RequestError as exc:
         raise ServiceError(400, str(exc), param=exc.param, code=exc.code) from exc
     try:
         response = await state.batcher.submit(prepared)
     except QueueFullError as exc:
-        raise ServiceError(429, f"the server is busy ({exc}); fix: retry after the Retry-After delay",
-                           code="queue_full", headers={"Retry-After": str(state.settings.retry_after_s)}) from exc
+        raise _busy(state, str(exc)) from exc
     state.metrics.observe_timings(response.timings.model_dump())
     state.metrics.tokens.inc(prepared.n_tokens)
     return response
 
 
-@router.post("/v1/attributions", response_model=types.AttributionResponse, responses=_ERRORS,
+@router.post("/v1/attributions", response_model=types.AttributionResponse, responses=_documented(400, 429, 503),
              summary="Attribute a generation to training examples")
 async def create_attribution(body: types.AttributionRequest, request: Request) -> Response:
     """Rank the training examples that most influenced the response (see the scoring notes above)."""
@@ -65,9 +103,12 @@ async def create_attribution(body: types.AttributionRequest, request: Request) -
     return Response(response.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/examples/{example_id}", response_model=types.Example, responses=_ERRORS, summary="One training example")
-async def get_example(example_id: int, request: Request) -> types.Example:
+@router.get("/v1/examples/{example_id}", response_model=types.Example, responses=_documented(400, 404, 503),
+            summary="One training example")
+async def get_example(example_id: Annotated[int, Path(ge=0, le=MAX_ID, description="Global id of the example.")],
+                      request: Request) -> types.Example:
     """The full text and metadata of a training example by its global id."""
+    _check_ready(request.app.state)
     loaded = request.app.state.loaded
     record = loaded.index.store.get(example_id)
     if record is None:
@@ -79,7 +120,7 @@ async def get_example(example_id: int, request: Request) -> types.Example:
 MAX_RECORD_ID_CHARS = 1024
 
 
-@router.get("/v1/examples", response_model=types.Example, responses=_ERRORS,
+@router.get("/v1/examples", response_model=types.Example, responses=_documented(400, 404, 409, 503),
             summary="One training example by its record id")
 async def find_example(request: Request, record_id: str | None = None) -> types.Example:
     """The training example whose corpus record had `id` = `record_id` (the id your data uses)."""
@@ -89,6 +130,7 @@ async def find_example(request: Request, record_id: str | None = None) -> types.
     if not record_id or len(record_id) > MAX_RECORD_ID_CHARS:
         raise ServiceError(400, f"record_id must be 1 to {MAX_RECORD_ID_CHARS} characters, got {len(record_id)}",
                            param="record_id", code="invalid_record_id")
+    _check_ready(request.app.state)
     loaded = request.app.state.loaded
     found = loaded.index.store.get_by_external_id(record_id)
     if not found:
@@ -103,9 +145,10 @@ async def find_example(request: Request, record_id: str | None = None) -> types.
     return loaded.engine.views.example(found[0])
 
 
-@router.get("/v1/index", response_model=types.IndexInfo, summary="What the loaded index is")
+@router.get("/v1/index", response_model=types.IndexInfo, responses=_documented(503), summary="What the loaded index is")
 async def index_info(request: Request) -> types.IndexInfo:
     """Manifest summary: model hashes, projector, score variant, damping, size."""
+    _check_ready(request.app.state)
     loaded = request.app.state.loaded
     m = loaded.index.manifest
     return types.IndexInfo(
@@ -117,7 +160,7 @@ async def index_info(request: Request) -> types.IndexInfo:
     )
 
 
-@router.post("/v1/admin/reload", response_model=types.IndexReload, responses=_ERRORS,
+@router.post("/v1/admin/reload", response_model=types.IndexReload, responses=_documented(401, 403, 409, 503),
              summary="Serve the index as it is on disk now (after `tributary index add`)")
 async def reload_index(request: Request) -> types.IndexReload:
     """Load the index again if its manifest changed, swapping it in between micro-batches. Needs an admin key
@@ -130,80 +173,176 @@ async def reload_index(request: Request) -> types.IndexReload:
     return await state.reloader.reload()  # type: ignore[no-any-return]
 
 
-@router.post("/v1/generate", response_model=types.GenerateResponse, responses=_ERRORS, summary="Generate with the model")
+@router.post("/v1/generate", response_model=types.GenerateResponse, responses=_documented(400, 404, 429, 503),
+             summary="Generate with the model")
 async def generate(body: types.GenerateRequest, request: Request) -> types.GenerateResponse:
-    """Let the served model answer a prompt (enabled by TRIBUTARY_ENABLE_GENERATE, on in the demo)."""
+    """Let the served model answer a prompt (enabled by TRIBUTARY_ENABLE_GENERATE, on in the demo).
+
+    The prompt plus `max_new_tokens` must fit the model's context (400 otherwise, naming it);
+    `max_new_tokens` is capped at the server's TRIBUTARY_MAX_NEW_TOKENS; a temperature under 0.01
+    decodes greedily. Generations share the attribution queue (429 + Retry-After when it is full)
+    and take turns with attributions on the model.
+    """
     state = request.app.state
     if not state.settings.enable_generate:
         raise ServiceError(404, "generation is disabled on this server; fix: start it with --enable-generate "
                            "(TRIBUTARY_ENABLE_GENERATE=true)", code="generate_disabled")
-    from .generation import generate_text
+    _check_ready(state)
+    from .generation import prepare_generation, run_generation
 
-    settings = state.settings
-    return await state.batcher.run_in_model_thread(  # type: ignore[return-value]
-        lambda: generate_text(state.loaded, body, settings.max_new_tokens, settings.max_request_tokens))
+    texts = [m.content for m in body.messages] if body.messages is not None else [body.prompt]
+    check_text_chars(texts, state.max_prompt_chars, f"the limit of {state.max_prompt_tokens}",
+                     "messages" if body.messages else "prompt", "prompt")
+    prepared = await asyncio.to_thread(prepare_generation, state.loaded, body, state.settings.max_new_tokens,
+                                       state.settings.max_request_tokens)
+    try:
+        return await state.batcher.submit_job(lambda: run_generation(state.loaded, prepared))  # type: ignore[no-any-return]
+    except QueueFullError as exc:
+        raise _busy(state, str(exc)) from exc
 
 
-def _parse_batch_body(raw: bytes, content_type: str) -> types.BatchCreateRequest:
-    if "json" in content_type and "jsonl" not in content_type and "ndjson" not in content_type:
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _parse_batch_body(raw: bytes, media_type: str, max_lines: int) -> types.BatchCreateRequest:
+    """Parse and validate a batch body (JSON or JSONL); a 400 that names the line or field at fault."""
+    if media_type == "application/json":
         try:
-            return types.BatchCreateRequest.model_validate_json(raw)
+            body = types.BatchCreateRequest.model_validate_json(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ServiceError(400, f"{where}: {err['msg']}; fix the batch body", param=where, code="invalid_batch") from exc
-    lines = []
-    for n, text in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not text.strip():
+            message, where = describe_errors(exc.errors())
+            raise ServiceError(400, f"{message}; fix the batch body", param=where, code="invalid_batch") from exc
+        if len(body.requests) > max_lines:
+            raise ServiceError(400, f"the batch has {len(body.requests)} requests, over this server's limit of {max_lines}; "
+                               "fix: split it into several batches", param="requests", code="too_many_requests")
+        return body
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ServiceError(400, f"line {line} of the JSONL body is not valid UTF-8 (byte {exc.start}); fix: send UTF-8 text",
+                           param=f"line {line}", code="invalid_batch_line") from None
+    lines: list[types.BatchRequestLine] = []
+    seen: dict[str, int] = {}
+    for n, line_text in enumerate(text.splitlines(), start=1):
+        if not line_text.strip():
             continue
+        if len(lines) == max_lines:
+            raise ServiceError(400, f"the batch has more than {max_lines} request lines, this server's limit; "
+                               "fix: split it into several batches", code="too_many_requests")
         try:
-            lines.append(types.BatchRequestLine.model_validate(json.loads(text)))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise ServiceError(400, f"line {n} of the JSONL body is not a request line {{custom_id, body}}: {exc}",
-                               param=f"line {n}", code="invalid_batch_line") from exc
+            line = types.BatchRequestLine.model_validate_json(line_text)
+        except ValidationError as exc:
+            message, where = describe_errors(exc.errors())
+            raise ServiceError(400, f"line {n} of the JSONL body is not a request line {{custom_id, body}}: {message}",
+                               param=f"line {n}", code="invalid_batch_line") from None
+        if line.custom_id in seen:
+            raise ServiceError(400, f"line {n}: custom_id {line.custom_id!r} is also on line {seen[line.custom_id]}; "
+                               "fix: make custom_ids unique", param=f"line {n}", code="duplicate_custom_id")
+        seen[line.custom_id] = n
+        lines.append(line)
     if not lines:
         raise ServiceError(400, "the batch has no request lines; fix: send JSONL lines {custom_id, body}", code="empty_batch")
     return types.BatchCreateRequest(requests=lines)
 
 
-@router.post("/v1/batches", response_model=types.Batch, responses=_ERRORS, summary="Create a batch job")
-async def create_batch(request: Request) -> types.Batch:
-    """JSON `{requests: [{custom_id, body}], metadata}` or a JSONL body of `{custom_id, body}` lines."""
-    body = _parse_batch_body(await request.body(), request.headers.get("content-type", "application/json"))
-    seen: set[str] = set()
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON `{requests: [{custom_id, body}], metadata}`, or JSONL (`application/jsonl` or "
+                       "`application/x-ndjson`): one `{custom_id, body}` object per line. custom_ids must be unique; "
+                       "at most TRIBUTARY_MAX_BATCH_LINES requests and TRIBUTARY_MAX_BATCH_BODY_BYTES bytes.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/BatchCreateRequest"}},
+            "application/jsonl": {"schema": {"type": "string", "description": "One BatchRequestLine per line."}},
+            "application/x-ndjson": {"schema": {"type": "string", "description": "One BatchRequestLine per line."}},
+        },
+    }
+}
+
+
+@router.post("/v1/batches", response_model=types.Batch, responses=_documented(400, 409, 415, 429, 503),
+             summary="Create a batch job", openapi_extra=_BATCH_BODY)
+async def create_batch(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
+                                                  description="Retrying with the same key and body returns the same job; "
+                                                  "keys are per API key, and one used with another body is a 409.")] = None,
+) -> types.Batch:
+    """Create a job that attributes every request line in the background; it belongs to the API key that created it."""
+    state = request.app.state
+    _check_ready(state)
+    media_type = _media_type(request.headers.get("content-type"))
+    if media_type not in BATCH_MEDIA_TYPES:
+        raise ServiceError(415, f"Content-Type {media_type or '(none)'!r} is not accepted here; fix: send "
+                           + " or ".join(BATCH_MEDIA_TYPES), param="Content-Type", code="unsupported_media_type")
+    raw = bytearray()
+    async for chunk in request.stream():  # the middleware counts the bytes against the limit as they arrive
+        raw += chunk
+    body = await asyncio.to_thread(_parse_batch_body, bytes(raw), media_type, state.settings.max_batch_lines)
+    del raw
     for i, line in enumerate(body.requests):
-        if line.custom_id in seen:
-            raise ServiceError(400, f"custom_id {line.custom_id!r} appears twice; fix: make custom_ids unique",
-                               param=f"requests.{i}.custom_id", code="duplicate_custom_id")
-        seen.add(line.custom_id)
-        _check_limits(request.app.state, line.body, param_prefix=f"requests.{i}.body.")
-    batch = request.app.state.batch_store.create(body.requests, body.metadata, request.headers.get("idempotency-key"))
-    request.app.state.batch_runner.notify()
-    return batch
+        _check_limits(state, line.body, param_prefix=f"requests.{i}.body.")
+    try:
+        batch = await asyncio.to_thread(state.batch_store.create, request.state.tenant, body.requests, body.metadata,
+                                        idempotency_key, state.settings.max_open_batches)
+    except IdempotencyConflict:
+        raise ServiceError(409, "this Idempotency-Key was used before with a different body; fix: use a new key for a new "
+                           "batch", param="Idempotency-Key", code="idempotency_key_reused",
+                           headers={"x-should-retry": "false"}) from None
+    except TooManyOpenBatches:
+        raise ServiceError(429, f"this API key already has {state.settings.max_open_batches} unfinished batch jobs, the "
+                           "server's limit; fix: wait for one to finish or cancel one", code="too_many_open_batches",
+                           headers={"Retry-After": str(max(state.settings.retry_after_s, 30))}) from None
+    state.batch_runner.notify()
+    return batch  # type: ignore[no-any-return]
 
 
-def _batch_or_404(request: Request, batch_id: str) -> types.Batch:
-    batch = request.app.state.batch_store.get(batch_id)
+BatchId = Annotated[str, Path(max_length=128, description="Id of the batch job.")]
+
+
+async def _batch_or_404(request: Request, batch_id: str) -> types.Batch:
+    _check_ready(request.app.state)
+    batch = await asyncio.to_thread(request.app.state.batch_store.get, batch_id, request.state.tenant)
     if batch is None:
         raise ServiceError(404, f"no batch {batch_id!r}", param="batch_id", code="batch_not_found")
-    return batch
+    return batch  # type: ignore[no-any-return]
 
 
-@router.get("/v1/batches/{batch_id}", response_model=types.Batch, responses=_ERRORS, summary="A batch job's status")
-async def get_batch(batch_id: str, request: Request) -> types.Batch:
-    return _batch_or_404(request, batch_id)
+@router.get("/v1/batches/{batch_id}", response_model=types.Batch, responses=_documented(400, 404, 503),
+            summary="A batch job's status")
+async def get_batch(batch_id: BatchId, request: Request) -> types.Batch:
+    return await _batch_or_404(request, batch_id)
 
 
-@router.post("/v1/batches/{batch_id}/cancel", response_model=types.Batch, responses=_ERRORS, summary="Cancel a batch job")
-async def cancel_batch(batch_id: str, request: Request) -> types.Batch:
-    _batch_or_404(request, batch_id)
-    batch = request.app.state.batch_store.request_cancel(batch_id)
+@router.post("/v1/batches/{batch_id}/cancel", response_model=types.Batch, responses=_documented(400, 404, 503),
+             summary="Cancel a batch job")
+async def cancel_batch(batch_id: BatchId, request: Request) -> types.Batch:
+    await _batch_or_404(request, batch_id)
+    batch = await asyncio.to_thread(request.app.state.batch_store.request_cancel, batch_id, request.state.tenant)
+    if batch is None:  # deleted meanwhile
+        raise ServiceError(404, f"no batch {batch_id!r}", param="batch_id", code="batch_not_found")
     request.app.state.batch_runner.notify()
-    return batch
+    return batch  # type: ignore[no-any-return]
 
 
-@router.get("/v1/batches/{batch_id}/results", responses=_ERRORS, summary="A batch job's results (JSONL)")
-async def batch_results(batch_id: str, request: Request) -> StreamingResponse:
-    """One `{custom_id, response, error}` line per finished request, in input order."""
-    _batch_or_404(request, batch_id)
+@router.delete("/v1/batches/{batch_id}", response_model=types.BatchDeleted, responses=_documented(400, 404, 503),
+               summary="Delete a batch job and its results")
+async def delete_batch(batch_id: BatchId, request: Request) -> types.BatchDeleted:
+    """Delete the job (cancelling it if it still runs) and its results. Finished jobs are also deleted
+    by themselves TRIBUTARY_BATCH_RETENTION_DAYS after they finish."""
+    await _batch_or_404(request, batch_id)
+    if not await asyncio.to_thread(request.app.state.batch_store.delete, batch_id, request.state.tenant):
+        raise ServiceError(404, f"no batch {batch_id!r}", param="batch_id", code="batch_not_found")
+    return types.BatchDeleted(id=batch_id, deleted=True)
+
+
+@router.get("/v1/batches/{batch_id}/results", responses=_documented(400, 404, 503) | {
+    200: {"description": "One `BatchResultLine` per finished request, in input order (JSONL).",
+          "content": {"application/jsonl": {"schema": {"type": "string"}}}}},
+    summary="A batch job's results (JSONL)")
+async def batch_results(batch_id: BatchId, request: Request) -> StreamingResponse:
+    """One `{custom_id, response, error}` line per finished request, in input order, streamed from the database."""
+    await _batch_or_404(request, batch_id)
     return StreamingResponse(request.app.state.batch_store.result_lines(batch_id), media_type="application/jsonl")

@@ -22,7 +22,9 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Bearer keys; empty = no auth. Env: comma-separated.")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Bearer keys; empty = no auth. Env: "
+                                                     "comma-separated. Each key is a tenant: batch jobs and idempotency "
+                                                     "keys belong to the key that created them.")
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys of the admin routes (POST /v1/admin/reload); empty = they are "
         "disabled. Env: comma-separated.")
@@ -48,7 +50,20 @@ class ServiceSettings(BaseSettings):
         description="Saturated rankings: first-stage candidates re-scored per query direction (at least top_k).")
     verify_checksums: bool = Field(default=True, description="sha256 every index file at startup (slow for huge indexes).")
     enable_generate: bool = Field(default=False, description="Serve POST /v1/generate with the model (the demo page uses it).")
-    max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate.")
+    max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate: a request asking for more gets this many.")
+    max_header_bytes: int = Field(default=16_384, ge=1024, description="Largest request head (request line and headers) in "
+                                  "bytes; past it: 431 and the connection is closed.")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="Seconds a connection may take to send a request's "
+                                    "headers before it is closed.")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="Seconds a request body may pause between two chunks "
+                                  "before the request is refused (408).")
+    keep_alive_s: int = Field(default=5, ge=1, description="Seconds an idle keep-alive connection stays open.")
+    max_connections: int = Field(default=1000, ge=8, description="Open connections; a new one past it closes the oldest "
+                                 "connection still waiting for its headers (or, when none is, gets a 503).")
+    max_batch_lines: int = Field(default=50_000, ge=1, description="Requests per batch job.")
+    max_open_batches: int = Field(default=16, ge=1, description="Unfinished batch jobs per API key; past it: 429.")
+    batch_retention_days: float = Field(default=7.0, gt=0, description="Finished batch jobs (and their results) are "
+                                        "deleted this many days after they finish.")
     prompt_format: str | None = Field(
         default=None, description="The prompt format the model was trained on, with {question} where the question goes "
         "(e.g. 'Question: {question}\\nAnswer:'); the chat page wraps questions in it. Default: inferred from the "
