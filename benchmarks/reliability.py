@@ -121,7 +121,7 @@ def serve(index: Path, model: Path, state_dir: Path, keys: tuple[str, ...] = (),
 
 def build_fixture_index(root: Path) -> tuple[Path, Path]:
     """The service tests' index: a tiny random GPT-2 (256 positions) over 60 generated records."""
-    from tributary_indexer.builder import IndexBuilder
+    from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
 
     from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
@@ -210,8 +210,8 @@ PROBES: list[Probe] = [
     # generation
     Probe("generate: empty prompt", "POST", "/v1/generate", (400,), json={"prompt": ""}),
     Probe("generate: prompt past the context", "POST", "/v1/generate", (400,), json={"prompt": "word " * 300}),
-    Probe("generate: prompt + max_new_tokens past the context", "POST", "/v1/generate", (400,),
-          json={"prompt": "word " * 200, "max_new_tokens": 100}),
+    Probe("generate: prompt + max_new_tokens past the context (capped)", "POST", "/v1/generate", (200,),
+          json={"prompt": "word " * 60, "max_new_tokens": 4096}),
     Probe("generate: tiny temperature", "POST", "/v1/generate", (200,),
           json={"prompt": "Alba sold", "max_new_tokens": 3, "temperature": 1e-30}),
     Probe("generate: temperature as a string", "POST", "/v1/generate", (400,), json={"prompt": "a", "temperature": "1"}),
