@@ -145,7 +145,8 @@ class BuildConfig:
     progress: bool = True
     """Show a progress bar."""
     skip_bad: bool = False
-    """Skip malformed records (counted, first ones reported) instead of stopping at the first."""
+    """Skip malformed records and later uses of a repeated id instead of stopping at the first; each
+    skipped record's file, line and reason are written to skipped_records.jsonl in the index."""
 
     def __post_init__(self) -> None:
         problems = []

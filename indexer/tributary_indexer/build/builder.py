@@ -17,6 +17,7 @@ ids dense and identical everywhere) but computes gradients only for the shards i
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -31,11 +32,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir
+from ..atomic_io import atomic_output, atomic_write_json, atomic_write_text, check_writable_dir
 from ..config import RUNTIME_FIELDS, BuildConfig
 from ..data.batching import TokenizedExample, collate, pad_token_id
 from ..data.corpus import CorpusRecord, CorpusStats, iter_records
-from ..data.example_store import ExampleStoreWriter, StoredExample, partial_path_for
+from ..data.corpus_check import CorpusCheck, UniqueIds, check_corpus
+from ..data.example_store import ExampleStore, ExampleStoreWriter, StoredExample, partial_path_for
+from ..data.known_records import KnownRecords
 from ..data.tokenization import render_record, tokenize_record
 from ..errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
 from ..gradients.computer import GradientComputer
@@ -77,6 +80,12 @@ class BuildSummary:
     truncated: int = 0
     no_targets: int = 0
     skipped_bad: int = 0
+    skipped_present: int = 0
+    """``index add``: records already in the index (by record id, else content) that were not added again."""
+    changed_present: int = 0
+    """Of those, records whose id is in the index with other content."""
+    skip_report: str | None = None
+    """The file (in the index directory) listing each skipped bad record's file, line and reason."""
     shards: int = 0
     dim: int = 0
     bytes_per_example: float = 0.0
@@ -84,7 +93,14 @@ class BuildSummary:
     gradient_tokens_per_s: float = 0.0
 
     def lines(self) -> list[str]:
-        return [
+        extra = []
+        if self.skip_report:
+            extra.append(f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}")
+        if self.skipped_present:
+            extra.append(f"already in the index, not added again: {self.skipped_present} (by record id, else content)"
+                         + (f"; {self.changed_present} of them have an indexed id with other content: remove the old "
+                            "record first to replace it" if self.changed_present else ""))
+        return extra + [
             f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
             f"{self.skipped_bad} bad records skipped)",
             f"tokens: {self.tokens} ({self.target_tokens} targets)",
@@ -126,20 +142,27 @@ class IndexBuilder:
         self.summary = BuildSummary()
         self.max_tokens = config.max_tokens
         """Tokens per example: ``config.max_tokens``, capped at the model's context once it is loaded."""
+        self.corpus_check: CorpusCheck | None = None
+        self.known: KnownRecords | None = None
+        """``add``: the records the index already holds (skipped)."""
+        self._corpus_stats: CorpusStats | None = None
 
     # ------------------------------------------------------------------ entry points
     def build(self) -> BuildSummary:
         """Build the index, or resume a killed build of the same configuration."""
         t0 = time.perf_counter()
         cfg = self.config
-        check_writable_dir(self.paths.root)
         existing = self.paths.load_manifest()
         if existing is not None:
             self._check_identity(existing.get("build_config", {}), "the finished index in this directory")
             logger.info("%s already holds a complete index with this configuration; nothing to do", self.paths.root)
             return BuildSummary(**existing["build_config"].get("summary", {}))
-        state = self._pin_state()
+        # the corpus and the model are checked before anything is written: a build that fails on
+        # either leaves no state behind, so the rerun after the fix starts clean
+        self.corpus_check = check_corpus(cfg.corpus, skip_bad=cfg.skip_bad)
+        check_writable_dir(self.paths.root)
         model, tokenizer, modules = self._load_model()
+        state = self._pin_state()
         projector = self._projector(model, tokenizer, modules)
         compressor = self._compressor(projector)
         blocks = compressor.out_blocks if compressor else projector.blocks
@@ -170,6 +193,18 @@ class IndexBuilder:
         for key in RUNTIME_FIELDS:
             stored[key] = getattr(self.config, key)
         self.config = BuildConfig.from_dict(stored)
+        self.corpus_check = check_corpus(self.config.corpus, skip_bad=self.config.skip_bad)
+        with ExampleStore(self.paths.store) as store:
+            self.known = KnownRecords.of_store(store, int(manifest["n_examples"]))
+        probe = self.known.fresh()
+        if probe.count_new(self._unique_records(CorpusStats())) == 0:
+            logger.info("every record of %s is already in %s; nothing added", self.config.corpus, self.paths.root)
+            before = manifest["build_config"].get("summary", {})
+            known = {k: v for k, v in before.items() if k in BuildSummary.__dataclass_fields__}
+            summary = BuildSummary(**{**known, "skipped_present": probe.skipped, "changed_present": probe.changed,
+                                      "skip_report": None})
+            summary.wall_s = time.perf_counter() - t0
+            return summary
         model, tokenizer, modules = self._load_model()
         projector = LoGraProjector.load(self.paths.projector)
         projector.check_modules(modules)
@@ -214,6 +249,8 @@ class IndexBuilder:
         # every rank reads the state before any rank writes it, so all take the same branch
         state = self.staging.read_state()
         self.ctx.barrier()
+        if state is not None and self._started_over(state):
+            state = None
         if state is not None:
             self._check_identity(state["build_config"], "an unfinished build")
             logger.info("resuming the build in %s", self.paths.root)
@@ -230,6 +267,23 @@ class IndexBuilder:
             self.staging.write_state(state)
         self.ctx.barrier()
         return self.staging.read_state() or state
+
+    def _started_over(self, state: dict[str, Any]) -> bool:
+        """An unfinished build of another configuration that never finished a chunk is cleared (True):
+        nothing of value is lost, and the rerun after fixing a setting is not refused."""
+        mine = self.config.identity()
+        if all(state["build_config"].get(k) == v for k, v in mine.items()):
+            return False
+        if any(p.name != self.staging.state_path.name for p in self.staging.root.iterdir()):
+            return False  # chunks (or one in progress) exist: refuse, as _check_identity explains
+        self.ctx.barrier()  # every rank decided before rank 0 clears
+        if self.ctx.is_main:
+            logger.warning("the unfinished build in %s had not finished any work; starting over with this configuration",
+                           self.paths.root)
+            for path in (self.paths.projector, self.paths.hessian, self.staging.state_path):
+                path.unlink(missing_ok=True)
+        self.ctx.barrier()
+        return True
 
     def _load_model(self) -> tuple[torch.nn.Module, Any, list[TrackedModule]]:
         cfg = self.config
@@ -277,9 +331,23 @@ class IndexBuilder:
             logger.info("RapidGrad K=%d is above the projected dimension %d: keeping all %d dims", cfg.rapidgrad_k, projector.dim, k)
         return RapidGradCompressor(projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize)
 
-    def _tokenized(self, tokenizer: Any, stats: CorpusStats) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
+    def _unique_records(self, stats: CorpusStats) -> Iterator[CorpusRecord]:
+        """The corpus's valid records without the later uses of a repeated id (those are bad records)."""
         cfg = self.config
+        unique = UniqueIds(self.corpus_check.duplicate_ids if self.corpus_check else frozenset())
         for record in iter_records(cfg.corpus, skip_bad=cfg.skip_bad, stats=stats):
+            error = unique.error(record)
+            if error is not None:  # only with skip_bad: the corpus check raised otherwise
+                stats.record_bad(error)
+                continue
+            yield record
+
+    def _tokenized(self, tokenizer: Any, stats: CorpusStats,
+                   known: KnownRecords | None = None) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
+        cfg = self.config
+        for record in self._unique_records(stats):
+            if known is not None and known.seen(record):
+                continue
             try:
                 example = tokenize_record(record, tokenizer, self.max_tokens)
             except CorpusError as err:
@@ -297,7 +365,8 @@ class IndexBuilder:
         cfg = self.config
         self.staging.ensure()
         stats = CorpusStats()
-        stream = self._tokenized(tokenizer, stats)
+        known = self.known.fresh() if self.known is not None else None
+        stream = self._tokenized(tokenizer, stats, known)
         computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast], objective=cfg.objective)
         dim = compressor.k if compressor else projector.dim
         pad = pad_token_id(tokenizer)
@@ -336,6 +405,9 @@ class IndexBuilder:
             bar.close()
             computer.close()
         self.summary.skipped_bad = stats.bad
+        self._corpus_stats = stats
+        if known is not None:
+            self.summary.skipped_present, self.summary.changed_present = known.skipped, known.changed
         self.summary.gradient_tokens_per_s = tokens_done / grad_seconds if grad_seconds else 0.0
         if n_examples == 0:
             raise CorpusError(None, None, "the corpus has no usable example", "check the --corpus files (and what --skip-bad reported)", code="empty_corpus")
@@ -441,6 +513,7 @@ class IndexBuilder:
                 if self.staging.rows_path(chunk).is_file():
                     writer.add_many(StoredExample(**row) for row in self.staging.read_rows(chunk))
             writer.finalize(expected_count=n_examples)
+        self._write_skip_report(len(additions))
         crash_point("before_manifest")
         shards = [shard_entry(self.paths, c, self.paths.shard(c)) for c in chunks]
         if sum(s["rows"] for s in shards) != n_examples:
@@ -462,6 +535,20 @@ class IndexBuilder:
         )
         if not self.keep_staging:
             self.staging.remove()
+
+
+    def _write_skip_report(self, addition: int) -> None:
+        """``skipped_records.jsonl`` (``.add-N`` for the N-th addition): one line per skipped bad record."""
+        stats = self._corpus_stats
+        if stats is None or not stats.bad:
+            return
+        name = "skipped_records.jsonl" if addition == 0 else f"skipped_records.add-{addition}.jsonl"
+        lines = "".join(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in stats.skipped)
+        if stats.bad > len(stats.skipped):
+            lines += json.dumps({"truncated": True, "listed": len(stats.skipped), "skipped": stats.bad}) + "\n"
+        atomic_write_text(self.paths.root / name, lines)
+        self.summary.skip_report = str(self.paths.root / name)
+        logger.warning("%d bad records skipped; each is listed in %s", stats.bad, self.paths.root / name)
 
 
 def _store_row(example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any) -> dict[str, Any]:

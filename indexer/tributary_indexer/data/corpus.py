@@ -58,6 +58,9 @@ __all__ = [
 RecordKind = Literal["text", "prompt_response", "messages"]
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 MAX_BAD_EXAMPLES = 20
+MAX_SKIP_LOG = 100_000
+"""Skipped records listed one by one in the skip report (the count is always exact)."""
+_GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_BATCH_ROWS = 1024
 _ACCEPTED = (
     'accepted forms are {"text": ...}, {"prompt": ..., "response": ...} (or "completion") and '
@@ -119,6 +122,12 @@ class CorpusStats:
     bad_examples: list[tuple[str, int | None, str]] = field(default_factory=list)
     """The first :data:`MAX_BAD_EXAMPLES` bad records as ``(file, line, reason)``."""
     bad_by_code: Counter[str] = field(default_factory=Counter)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    """Every skipped record (up to :data:`MAX_SKIP_LOG`) as ``{file, line, code, reason}``: the skip report."""
+    skipped_files: list[str] = field(default_factory=list)
+    """Files inside directory inputs that are not corpus files (not read)."""
+    empty_files: list[str] = field(default_factory=list)
+    """Corpus files that hold no record at all."""
 
     def record_bad(self, error: CorpusError) -> None:
         """Count one skipped record (also used by the builder for tokenisation failures)."""
@@ -126,6 +135,8 @@ class CorpusStats:
         self.bad_by_code[error.code] += 1
         if len(self.bad_examples) < MAX_BAD_EXAMPLES:
             self.bad_examples.append((error.path or "", error.line, str(error)))
+        if len(self.skipped) < MAX_SKIP_LOG:
+            self.skipped.append({"file": error.path, "line": error.line, "code": error.code, "reason": error.reason})
 
     def summary(self) -> str:
         """One line for logs: counts and the most common reasons."""
@@ -148,19 +159,33 @@ def _stem(path: Path) -> str:
     return path.name[: -len(suffix)] if suffix else path.stem
 
 
-def expand_corpus_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Resolve the corpus inputs to files: directories expand to their corpus files (sorted)."""
+def expand_corpus_paths(
+    paths: Iterable[str | os.PathLike[str]], skipped: list[str] | None = None
+) -> list[Path]:
+    """Resolve the corpus inputs to files: directories expand to their corpus files (sorted).
+
+    Other files inside a directory are not read: they are logged by name and, when ``skipped``
+    is given, appended to it (hidden files such as ``.DS_Store`` are left out of both).
+    """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                (p for p in path.rglob("*") if p.is_file() and _suffix_of(p)),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
+            every = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+            found = [p for p in every if _suffix_of(p)]
+            others = [p for p in every if not _suffix_of(p) and not any(
+                part.startswith(".") for part in p.relative_to(path).parts)]
+            if others:
+                names = [p.relative_to(path).as_posix() for p in others]
+                logger.warning("corpus directory %s: not reading %d file(s) that are not %s: %s%s", path, len(others),
+                               "/".join(SUPPORTED_SUFFIXES), ", ".join(names[:10]),
+                               f" and {len(names) - 10} more" if len(names) > 10 else "")
+                if skipped is not None:
+                    skipped.extend(str(p) for p in others)
             if not found:
+                listed = f" (it holds {', '.join(p.name for p in others[:5])})" if others else ""
                 raise CorpusError(
-                    str(path), None, "directory holds no corpus files",
+                    str(path), None, f"directory holds no corpus files{listed}",
                     f"put {', '.join(SUPPORTED_SUFFIXES)} files in it or pass the files directly",
                     code="no_files",
                 )
@@ -194,10 +219,12 @@ def iter_records(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     stats = stats if stats is not None else CorpusStats()
-    for path in expand_corpus_paths(paths):
+    for path in expand_corpus_paths(paths, stats.skipped_files):
         stats.files += 1
         rows = _iter_parquet_rows(path) if _suffix_of(path) == ".parquet" else _iter_jsonl_rows(path)
+        seen_rows = 0
         for line, row in rows:
+            seen_rows += 1
             try:
                 if isinstance(row, CorpusError):
                     raise row
@@ -209,13 +236,21 @@ def iter_records(
                 continue
             stats.records += 1
             yield record
+        if seen_rows == 0:
+            logger.warning("corpus file %s is empty: it holds no record", path)
+            stats.empty_files.append(str(path))
     if stats.bad:
         logger.warning("corpus: %s", stats.summary())
 
 
 def _open_binary(path: Path) -> BinaryIO:
-    if path.name.lower().endswith(".gz"):
+    """The file's bytes, gunzipped when it is gzip (by its first two bytes, whatever its name)."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == _GZIP_MAGIC
+    if gzipped:
         return gzip.open(path, "rb")  # type: ignore[return-value]
+    if path.name.lower().endswith(".gz"):
+        logger.warning("%s is named .gz but is not gzip-compressed: reading it as plain text", path)
     return open(path, "rb")
 
 

@@ -414,6 +414,11 @@ class ExampleStore:
         sql = "SELECT DISTINCT provider FROM examples WHERE provider IS NOT NULL ORDER BY provider"
         return [r[0] for r in self._conn().execute(sql)]
 
+    def iter_identities(self, below: int) -> Iterator[tuple[str | None, str]]:
+        """``(external_id, content_hash)`` of every example with id < ``below``, in id order."""
+        sql = "SELECT external_id, content_hash FROM examples WHERE id < ? ORDER BY id"
+        yield from self._conn().execute(sql, (int(below),))
+
     def first_of_kind(self, kind: RecordKind, limit: int) -> list[StoredExample]:
         """Up to ``limit`` examples of one record kind, lowest ids first."""
         return self._select("kind = ? ORDER BY id LIMIT ?", (kind, int(limit)))
