@@ -17,14 +17,12 @@ ids dense and identical everywhere) but computes gradients only for the shards i
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +30,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..atomic_io import atomic_output, atomic_write_json, atomic_write_text, check_writable_dir
+from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir
 from ..config import RUNTIME_FIELDS, BuildConfig
 from ..data.batching import TokenizedExample, collate, pad_token_id
 from ..data.corpus import CorpusRecord, CorpusStats, iter_records
-from ..data.corpus_check import CorpusCheck, UniqueIds, check_corpus
+from ..data.corpus_check import CorpusCheck, UniqueIds, check_corpus, write_skip_report
 from ..data.example_store import ExampleStore, ExampleStoreWriter, StoredExample, partial_path_for
 from ..data.known_records import KnownRecords
 from ..data.tokenization import render_record, tokenize_record
@@ -56,6 +54,7 @@ from .layout import IndexPaths, shard_entry, write_manifest
 from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
 from .shards import is_flat, train_index, write_shard
 from .staging import Staging
+from .summary import BuildSummary
 
 logger = logging.getLogger(__name__)
 
@@ -68,45 +67,6 @@ def crash_point(name: str) -> None:
     if os.environ.get("TRIBUTARY_CRASH_AT") == name:
         logger.warning("TRIBUTARY_CRASH_AT=%s: killing this process", name)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass
-class BuildSummary:
-    """What a build did; printed at the end and stored in the manifest."""
-
-    examples: int = 0
-    tokens: int = 0
-    target_tokens: int = 0
-    truncated: int = 0
-    no_targets: int = 0
-    skipped_bad: int = 0
-    skipped_present: int = 0
-    """``index add``: records already in the index (by record id, else content) that were not added again."""
-    changed_present: int = 0
-    """Of those, records whose id is in the index with other content."""
-    skip_report: str | None = None
-    """The file (in the index directory) listing each skipped bad record's file, line and reason."""
-    shards: int = 0
-    dim: int = 0
-    bytes_per_example: float = 0.0
-    wall_s: float = 0.0
-    gradient_tokens_per_s: float = 0.0
-
-    def lines(self) -> list[str]:
-        extra = []
-        if self.skip_report:
-            extra.append(f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}")
-        if self.skipped_present:
-            extra.append(f"already in the index, not added again: {self.skipped_present} (by record id, else content)"
-                         + (f"; {self.changed_present} of them have an indexed id with other content: remove the old "
-                            "record first to replace it" if self.changed_present else ""))
-        return extra + [
-            f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
-            f"{self.skipped_bad} bad records skipped)",
-            f"tokens: {self.tokens} ({self.target_tokens} targets)",
-            f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
-            f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
-        ]
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -539,16 +499,11 @@ class IndexBuilder:
 
     def _write_skip_report(self, addition: int) -> None:
         """``skipped_records.jsonl`` (``.add-N`` for the N-th addition): one line per skipped bad record."""
-        stats = self._corpus_stats
-        if stats is None or not stats.bad:
+        if self._corpus_stats is None or not self._corpus_stats.bad:
             return
         name = "skipped_records.jsonl" if addition == 0 else f"skipped_records.add-{addition}.jsonl"
-        lines = "".join(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in stats.skipped)
-        if stats.bad > len(stats.skipped):
-            lines += json.dumps({"truncated": True, "listed": len(stats.skipped), "skipped": stats.bad}) + "\n"
-        atomic_write_text(self.paths.root / name, lines)
+        write_skip_report(self._corpus_stats, self.paths.root / name)
         self.summary.skip_report = str(self.paths.root / name)
-        logger.warning("%d bad records skipped; each is listed in %s", stats.bad, self.paths.root / name)
 
 
 def _store_row(example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any) -> dict[str, Any]:

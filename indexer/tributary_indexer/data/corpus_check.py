@@ -12,20 +12,23 @@ later record is skipped instead (and listed in the skip report). Detection keeps
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ..atomic_io import atomic_write_text
 from ..errors import CorpusError
 from .corpus import CorpusRecord, CorpusStats, iter_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CorpusCheck", "UniqueIds", "check_corpus", "id_hash"]
+__all__ = ["CorpusCheck", "UniqueIds", "check_corpus", "id_hash", "write_skip_report"]
 
 
 def id_hash(text: str) -> int:
@@ -112,3 +115,12 @@ class UniqueIds:
             return _duplicate_error(record, self._first[record.id])
         self._first[record.id] = f"{record.file}:{record.line}"
         return None
+
+
+def write_skip_report(stats: CorpusStats, path: Path) -> None:
+    """One JSON line ``{file, line, code, reason}`` per skipped record (and a last line when the list was cut)."""
+    lines = "".join(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in stats.skipped)
+    if stats.bad > len(stats.skipped):
+        lines += json.dumps({"truncated": True, "listed": len(stats.skipped), "skipped": stats.bad}) + "\n"
+    atomic_write_text(path, lines)
+    logger.warning("%d bad records skipped; each is listed in %s", stats.bad, path)

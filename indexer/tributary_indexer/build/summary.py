@@ -1,0 +1,49 @@
+"""What a build (or an addition) did: printed at the end and stored in the manifest."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BuildSummary"]
+
+
+@dataclass
+class BuildSummary:
+    """What a build did; printed at the end and stored in the manifest."""
+
+    examples: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    truncated: int = 0
+    no_targets: int = 0
+    skipped_bad: int = 0
+    skipped_present: int = 0
+    """``index add``: records already in the index (by record id, else content) that were not added again."""
+    changed_present: int = 0
+    """Of those, records whose id is in the index with other content."""
+    skip_report: str | None = None
+    """The file (in the index directory) listing each skipped bad record's file, line and reason."""
+    shards: int = 0
+    dim: int = 0
+    bytes_per_example: float = 0.0
+    wall_s: float = 0.0
+    gradient_tokens_per_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        extra = []
+        if self.skip_report:
+            extra.append(f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}")
+        if self.skipped_present:
+            extra.append(f"already in the index, not added again: {self.skipped_present} (by record id, else content)"
+                         + (f"; {self.changed_present} of them have an indexed id with other content: remove the old "
+                            "record first to replace it" if self.changed_present else ""))
+        return extra + [
+            f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
+            f"{self.skipped_bad} bad records skipped)",
+            f"tokens: {self.tokens} ({self.target_tokens} targets)",
+            f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
+            f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
+        ]
