@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tributary_client import types
@@ -130,7 +130,7 @@ def run_generation(loaded: object, prepared: PreparedGeneration) -> types.Genera
     ended = bool(new) and new[-1] in stops
     text = tokenizer.decode(new, skip_special_tokens=True)
     text, stopped = _cut_at_stop(text, prepared.stop)
-    finish = "stop" if ended or stopped else "length"
+    finish: Literal["stop", "length"] = "stop" if ended or stopped else "length"
     return types.GenerateResponse(prompt=prepared.prompt, response=text, n_tokens=len(new), finish_reason=finish)
 
 
