@@ -14,6 +14,7 @@ import inspect
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                          f"index written to {args.out}")
 
 
-def _run_on_ranks(work: Any, headline: str) -> int:
+def _run_on_ranks(work: Any, headline: str | Callable[[Any], str]) -> int:
     """Run ``work(ctx)`` in this process's rank (torchrun or single) and print rank 0's summary."""
     from .build.distributed import init_distributed, shutdown_distributed
 
@@ -134,7 +135,7 @@ def _run_on_ranks(work: Any, headline: str) -> int:
     finally:
         shutdown_distributed(ctx)
     if ctx.is_main:
-        print(headline)
+        print(headline(summary) if callable(headline) else headline)
         for line in summary.lines():
             print("  " + line)
     return 0
@@ -147,7 +148,12 @@ def _cmd_add(args: argparse.Namespace) -> int:
     # only the corpus and the runtime knobs come from the command line.
     runtime = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BuildConfig)}}
     config = BuildConfig(**{**runtime, "corpus": [str(Path(c).resolve()) for c in args.corpus]})
-    return _run_on_ranks(lambda ctx: IndexBuilder(config, args.index, ctx=ctx).add(), f"added {args.corpus} to {args.index}")
+    def headline(summary: Any) -> str:
+        if summary.added == 0:
+            return f"nothing added to {args.index}: every record of {args.corpus} is already in it"
+        return f"added {summary.added} examples from {args.corpus} to {args.index}"
+
+    return _run_on_ranks(lambda ctx: IndexBuilder(config, args.index, ctx=ctx).add(), headline)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -49,6 +49,21 @@ def test_a_typo_in_the_corpus_or_model_path_writes_nothing_and_the_fix_builds(in
     assert verify_index(out) == [] and len(_ids(out)) == 24
 
 
+def test_the_summary_names_unread_and_empty_files(inputs, tmp_path, caplog):
+    root, model, corpus = inputs
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "part.jsonl").write_bytes(corpus.read_bytes())
+    (folder / "README.md").write_text("about")
+    (folder / "empty.jsonl").write_text("")
+    caplog.set_level("WARNING")
+    summary = IndexBuilder(_config(model, [folder]), tmp_path / "index").build()
+    lines = summary.lines()
+    assert any("not corpus files, not read: 1 (README.md)" in line for line in lines)
+    assert any("empty corpus files: " in line and "empty.jsonl" in line for line in lines)
+    assert caplog.text.count("README.md") == 1, "warned once, by the corpus check"
+
+
 def test_an_unfinished_build_without_finished_work_is_started_over(inputs, tmp_path):
     root, model, corpus = inputs
     out = tmp_path / "index"
@@ -89,7 +104,7 @@ def test_add_skips_what_the_index_holds(inputs, tmp_path):
 
     # the same file again: nothing added, nothing written
     again = IndexBuilder(BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), out).add()
-    assert again.skipped_present == 24 and (out / "manifest.json").read_bytes() == manifest
+    assert again.skipped_present == 24 and again.added == 0 and (out / "manifest.json").read_bytes() == manifest
     assert any("not added again: 24" in line for line in again.lines())
 
     # half old, half new; one old id with new content; a repeated id-less document
@@ -99,7 +114,7 @@ def test_add_skips_what_the_index_holds(inputs, tmp_path):
     no_id = {"text": "A document without an id."}
     mixed = write_jsonl(tmp_path / "mixed.jsonl", old[1:12] + [changed] + new + [no_id, no_id])
     summary = IndexBuilder(BuildConfig(corpus=[str(mixed)], progress=False, num_threads=1), out).add()
-    assert (summary.skipped_present, summary.changed_present) == (13, 1)
+    assert (summary.skipped_present, summary.changed_present, summary.added) == (13, 1, 7)
     ids = _ids(out)
     assert len(ids) == 24 + 6 + 1 and ids[24:] == [r["id"] for r in new] + [None]
     assert verify_index(out) == []

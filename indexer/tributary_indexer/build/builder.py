@@ -120,6 +120,7 @@ class IndexBuilder:
         # the corpus and the model are checked before anything is written: a build that fails on
         # either leaves no state behind, so the rerun after the fix starts clean
         self.corpus_check = check_corpus(cfg.corpus, skip_bad=cfg.skip_bad)
+        self.summary.corpus_notes = self.corpus_check.lines()
         check_writable_dir(self.paths.root)
         model, tokenizer, modules = self._load_model()
         state = self._pin_state()
@@ -154,6 +155,7 @@ class IndexBuilder:
             stored[key] = getattr(self.config, key)
         self.config = BuildConfig.from_dict(stored)
         self.corpus_check = check_corpus(self.config.corpus, skip_bad=self.config.skip_bad)
+        self.summary.corpus_notes = self.corpus_check.lines()
         with ExampleStore(self.paths.store) as store:
             self.known = KnownRecords.of_store(store, int(manifest["n_examples"]))
         probe = self.known.fresh()
@@ -162,7 +164,7 @@ class IndexBuilder:
             before = manifest["build_config"].get("summary", {})
             known = {k: v for k, v in before.items() if k in BuildSummary.__dataclass_fields__}
             summary = BuildSummary(**{**known, "skipped_present": probe.skipped, "changed_present": probe.changed,
-                                      "skip_report": None})
+                                      "skip_report": None, "added": 0, "corpus_notes": self.summary.corpus_notes})
             summary.wall_s = time.perf_counter() - t0
             return summary
         model, tokenizer, modules = self._load_model()
@@ -173,6 +175,7 @@ class IndexBuilder:
         first_chunk = len(manifest["shards"])
         id_offset = int(manifest["n_examples"])
         n_new, n_examples = self._gradient_pass(model, tokenizer, modules, projector, compressor, id_offset=id_offset, first_chunk=first_chunk)
+        self.summary.added = n_examples
         chunks = range(first_chunk, first_chunk + n_new)
         trained = None
         if not is_flat(self.config.index_factory):  # every shard carries the trained quantizer
@@ -295,7 +298,7 @@ class IndexBuilder:
         """The corpus's valid records without the later uses of a repeated id (those are bad records)."""
         cfg = self.config
         unique = UniqueIds(self.corpus_check.duplicate_ids if self.corpus_check else frozenset())
-        for record in iter_records(cfg.corpus, skip_bad=cfg.skip_bad, stats=stats):
+        for record in iter_records(cfg.corpus, skip_bad=cfg.skip_bad, stats=stats, warn=False):  # checked: warned
             error = unique.error(record)
             if error is not None:  # only with skip_bad: the corpus check raised otherwise
                 stats.record_bad(error)

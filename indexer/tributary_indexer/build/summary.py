@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ class BuildSummary:
     """Of those, records whose id is in the index with other content."""
     skip_report: str | None = None
     """The file (in the index directory) listing each skipped bad record's file, line and reason."""
+    added: int | None = None
+    """``index add``: examples this addition appended (0 when every record was already indexed)."""
+    corpus_notes: list[str] = field(default_factory=list)
+    """Files of the corpus inputs that were not read, and empty files."""
     shards: int = 0
     dim: int = 0
     bytes_per_example: float = 0.0
@@ -33,7 +37,7 @@ class BuildSummary:
     gradient_tokens_per_s: float = 0.0
 
     def lines(self) -> list[str]:
-        extra = []
+        extra = list(self.corpus_notes)
         if self.skip_report:
             extra.append(f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}")
         if self.skipped_present:

@@ -160,7 +160,7 @@ def _stem(path: Path) -> str:
 
 
 def expand_corpus_paths(
-    paths: Iterable[str | os.PathLike[str]], skipped: list[str] | None = None
+    paths: Iterable[str | os.PathLike[str]], skipped: list[str] | None = None, *, warn: bool = True
 ) -> list[Path]:
     """Resolve the corpus inputs to files: directories expand to their corpus files (sorted).
 
@@ -175,13 +175,13 @@ def expand_corpus_paths(
             found = [p for p in every if _suffix_of(p)]
             others = [p for p in every if not _suffix_of(p) and not any(
                 part.startswith(".") for part in p.relative_to(path).parts)]
-            if others:
+            if others and warn:
                 names = [p.relative_to(path).as_posix() for p in others]
                 logger.warning("corpus directory %s: not reading %d file(s) that are not %s: %s%s", path, len(others),
                                "/".join(SUPPORTED_SUFFIXES), ", ".join(names[:10]),
                                f" and {len(names) - 10} more" if len(names) > 10 else "")
-                if skipped is not None:
-                    skipped.extend(str(p) for p in others)
+            if others and skipped is not None:
+                skipped.extend(str(p) for p in others)
             if not found:
                 listed = f" (it holds {', '.join(p.name for p in others[:5])})" if others else ""
                 raise CorpusError(
@@ -208,8 +208,12 @@ def iter_records(
     *,
     skip_bad: bool = False,
     stats: CorpusStats | None = None,
+    warn: bool = True,
 ) -> Iterator[CorpusRecord]:
     """Yield the validated records of ``paths`` in deterministic order.
+
+    ``warn=False`` leaves out the warnings about unread and empty files (a later pass over a
+    corpus already checked); ``stats`` records them either way.
 
     A bad record raises :class:`CorpusError` naming its file and line, unless ``skip_bad`` is
     true: then it is skipped and counted in ``stats`` (pass a :class:`CorpusStats` to read the
@@ -219,7 +223,7 @@ def iter_records(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     stats = stats if stats is not None else CorpusStats()
-    for path in expand_corpus_paths(paths, stats.skipped_files):
+    for path in expand_corpus_paths(paths, stats.skipped_files, warn=warn):
         stats.files += 1
         rows = _iter_parquet_rows(path) if _suffix_of(path) == ".parquet" else _iter_jsonl_rows(path)
         seen_rows = 0
@@ -237,9 +241,10 @@ def iter_records(
             stats.records += 1
             yield record
         if seen_rows == 0:
-            logger.warning("corpus file %s is empty: it holds no record", path)
+            if warn:
+                logger.warning("corpus file %s is empty: it holds no record", path)
             stats.empty_files.append(str(path))
-    if stats.bad:
+    if stats.bad and warn:
         logger.warning("corpus: %s", stats.summary())
 
 
