@@ -45,6 +45,8 @@ from .types import (
     GenerateRequest,
     GenerateResponse,
     IndexInfo,
+    RemovalRequest,
+    RemovalResponse,
 )
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ def make_attribution_request(
     token_wise: bool = False,
     source: str | Sequence[str] | None = None,
     provider: str | Sequence[str] | None = None,
+    verbatim: bool = True,
+    evidence: bool = False,
 ) -> AttributionRequest:
     """Build (and validate) the `AttributionRequest` that `Client.attribute` sends.
 
@@ -138,18 +142,18 @@ def make_attribution_request(
     filters = None
     if source is not None or provider is not None:
         filters = {"source": _as_list(source), "provider": _as_list(provider)}
-    return _validated(
-        AttributionRequest,
-        {
-            "prompt": prompt,
-            "response": response,
-            "messages": _messages(messages),
-            "top_k": top_k,
-            "direction": direction,
-            "token_wise": token_wise,
-            "filters": filters,
-        },
-    )
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "response": response,
+        "messages": _messages(messages),
+        "top_k": top_k,
+        "direction": direction,
+        "token_wise": token_wise,
+        "filters": filters,
+    }
+    # sent only when they differ from the defaults, so a server from before these options accepts the request
+    body.update({"verbatim": None if verbatim else False, "evidence": True if evidence else None})
+    return _validated(AttributionRequest, body)
 
 
 def _validated(model: type[ModelT], data: Any) -> ModelT:
@@ -346,6 +350,15 @@ class _BaseClient(Generic[HttpT]):
         if not isinstance(record_id, str) or not record_id:
             raise RequestValidationError(f"record_id must be a non-empty string, got {record_id!r}", param="record_id")
         return RequestSpec("GET", "/v1/examples", Example, params={"record_id": record_id})
+
+    def _removal_spec(
+        self, record_ids: Sequence[str] | None, provider: str | None, source: str | None, reason: str | None
+    ) -> RequestSpec[RemovalResponse]:
+        body = _validated(RemovalRequest, {
+            "record_ids": list(record_ids) if record_ids is not None else None, "provider": provider,
+            "source": source, "reason": reason,
+        })
+        return RequestSpec("POST", "/v1/admin/removals", RemovalResponse, json=_dump(body))
 
     def _index_info_spec(self) -> RequestSpec[IndexInfo]:
         return RequestSpec("GET", "/v1/index", IndexInfo)

@@ -33,6 +33,7 @@ from .types import (
     Example,
     GenerateResponse,
     IndexInfo,
+    RemovalResponse,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,12 +153,14 @@ class Client(_BaseClient[httpx.Client]):
         token_wise: bool = False,
         source: str | Sequence[str] | None = None,
         provider: str | Sequence[str] | None = None,
+        verbatim: bool = True,
+        evidence: bool = False,
     ) -> AttributionResponse:
         """Rank the training examples that made the model produce `response` (or the last,
         assistant, message of `messages`). Raises `RequestValidationError` on bad input."""
         request = self._build_attribution_request(
             prompt, response, messages=messages, top_k=top_k, direction=direction,
-            token_wise=token_wise, source=source, provider=provider,
+            token_wise=token_wise, source=source, provider=provider, verbatim=verbatim, evidence=evidence,
         )
         return self.attribute_request(request)
 
@@ -176,6 +179,17 @@ class Client(_BaseClient[httpx.Client]):
     def index_info(self) -> IndexInfo:
         """Summary of the index the server answers from."""
         return self._request(self._index_info_spec())
+
+    def remove_examples(
+        self,
+        *,
+        record_ids: Sequence[str] | None = None,
+        provider: str | None = None,
+        source: str | None = None,
+        reason: str | None = None,
+    ) -> RemovalResponse:
+        """Take examples out of every answer (exactly one selector; needs an admin key as `api_key`)."""
+        return self._request(self._removal_spec(record_ids, provider, source, reason))
 
     def generate(
         self,
@@ -331,11 +345,13 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         token_wise: bool = False,
         source: str | Sequence[str] | None = None,
         provider: str | Sequence[str] | None = None,
+        verbatim: bool = True,
+        evidence: bool = False,
     ) -> AttributionResponse:
         """See `Client.attribute`."""
         request = self._build_attribution_request(
             prompt, response, messages=messages, top_k=top_k, direction=direction,
-            token_wise=token_wise, source=source, provider=provider,
+            token_wise=token_wise, source=source, provider=provider, verbatim=verbatim, evidence=evidence,
         )
         return await self.attribute_request(request)
 
@@ -354,6 +370,17 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
     async def index_info(self) -> IndexInfo:
         """See `Client.index_info`."""
         return await self._request(self._index_info_spec())
+
+    async def remove_examples(
+        self,
+        *,
+        record_ids: Sequence[str] | None = None,
+        provider: str | None = None,
+        source: str | None = None,
+        reason: str | None = None,
+    ) -> RemovalResponse:
+        """See `Client.remove_examples`."""
+        return await self._request(self._removal_spec(record_ids, provider, source, reason))
 
     async def generate(
         self,

@@ -38,6 +38,11 @@ __all__ = [
     "BatchStatus",
     "ChatMessage",
     "CompositionRow",
+    "Evidence",
+    "RemovalRequest",
+    "RemovalResponse",
+    "VerbatimEvidence",
+    "VerbatimSpan",
     "Direction",
     "ErrorBody",
     "ErrorResponse",
@@ -241,6 +246,18 @@ class AttributionRequest(_Request):
     filters: AttributionFilters | None = Field(
         default=None, description="Optional metadata restrictions on the searched examples."
     )
+    verbatim: bool | None = Field(
+        default=None,
+        description="Return, for each example, the longest spans its text shares character for "
+        "character with the response and with the prompt (`verbatim`); absent or null means true, "
+        "false turns it off. Cheap: only the returned examples are compared.",
+    )
+    evidence: bool | None = Field(
+        default=None,
+        description="Return an `evidence` block per example: its influence on the whole response, the "
+        "share of the response it holds verbatim and (with token_wise) its peak token share, so "
+        "copying and teaching can be told apart and sorted by either.",
+    )
 
     @model_validator(mode="after")
     def _one_input_form(self) -> AttributionRequest:
@@ -283,6 +300,43 @@ class TokenScore(_Response):
     )
     end: int = Field(description="End character offset (exclusive), same text as `start`.")
     score: float = Field(description="This token's additive contribution. " + _SCORE_SIGN)
+
+
+class VerbatimSpan(_Response):
+    """A span shared character for character: ``query[start:end] == example_text[example_start:example_end]``."""
+
+    start: int = Field(description="Start offset in the query text (the response text, or the prompt).")
+    end: int = Field(description="End offset (exclusive) in the query text.")
+    example_start: int = Field(description="Start offset in the example's full text (GET /v1/examples/{id}); "
+                                           "the returned `text` snippet holds it when below its length.")
+    example_end: int = Field(description="End offset (exclusive) in the example's full text.")
+
+
+class VerbatimEvidence(_Response):
+    """What an example's text shares verbatim with the query (runs of at least 12 characters)."""
+
+    response_spans: list[VerbatimSpan] = Field(
+        description="The longest shared spans of the response text, longest first, not overlapping.")
+    prompt_spans: list[VerbatimSpan] = Field(
+        description="The same for the prompt (for messages: the turns before the last, joined by blank lines).")
+    response_coverage: float = Field(
+        description="Share (0-1) of the response's non-space characters inside a shared run.")
+    prompt_coverage: float = Field(description="The same share of the prompt.")
+    longest_response_span: int = Field(description="Characters of the longest shared run of the response.")
+
+
+class Evidence(_Response):
+    """Influence and overlap side by side, to sort by either."""
+
+    influence: float = Field(
+        description="The example's influence on the whole response (the linear score, whatever the ranking). "
+        + _SCORE_SIGN)
+    verbatim_share: float = Field(description="Share (0-1) of the response the example holds verbatim.")
+    longest_verbatim_chars: int = Field(description="Characters of the longest span shared with the response.")
+    token_peak: float | None = Field(
+        default=None, description="With token_wise: the largest share of the score on one response token.")
+    token_peak_index: int | None = Field(
+        default=None, description="With token_wise: that token's index in `response_token_scores`.")
 
 
 class AttributedExample(_Response):
@@ -328,6 +382,10 @@ class AttributedExample(_Response):
         description="With token_wise: this example's score split over the response tokens, aligned with "
         "AttributionResponse.response_token_scores (click a token to re-rank by it). " + _SCORE_SIGN,
     )
+    verbatim: VerbatimEvidence | None = Field(
+        default=None, description="With verbatim=true (the default): the spans this example shares verbatim "
+        "with the response and the prompt.")
+    evidence: Evidence | None = Field(default=None, description="With evidence=true: influence and overlap side by side.")
 
 
 class StageTimings(_Response):
@@ -340,6 +398,7 @@ class StageTimings(_Response):
     rerank_ms: float = Field(default=0.0, description="Exact re-scoring of candidates (stage two).")
     fetch_ms: float = Field(default=0.0, description="Fetching example texts and metadata.")
     token_wise_ms: float = Field(default=0.0, description="Per-token decompositions.")
+    verbatim_ms: float = Field(default=0.0, description="Finding the verbatim spans of the returned examples.")
     total_ms: float = Field(default=0.0, description="End to end, server side.")
 
 
@@ -438,6 +497,9 @@ class IndexInfo(_Response):
     prompting: PromptingInfo | None = Field(
         default=None, description="How to prompt the served model (prompt format, chat template, an example)."
     )
+    removed_examples: int | None = Field(
+        default=None, description="Examples removed from every answer (tombstoned) and not yet compacted away; "
+        "`n_examples` still counts them.")
     composition: list[CompositionRow] | None = Field(
         default=None,
         description="Examples and tokens per provider and per source (the corpus shares a valuation "
@@ -599,3 +661,37 @@ class GenerateResponse(_Response):
         description="'stop' = an end-of-text/end-of-turn token or a stop string ended it; 'length' = "
         "`max_new_tokens` (or the model's context) did.",
     )
+
+
+# --------------------------------------------------------------------------- removals (admin)
+
+MAX_REMOVAL_RECORD_IDS = 10_000
+"""Record ids one removal request may name (send several requests for more)."""
+
+
+class RemovalRequest(_Request):
+    """POST /v1/admin/removals: take examples out of every answer (exactly one selector)."""
+
+    record_ids: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_REMOVAL_RECORD_IDS,
+        description=f"The corpus records' own ids (at most {MAX_REMOVAL_RECORD_IDS:,} a request).")
+    provider: str | None = Field(default=None, min_length=1, max_length=1024, description="Every example of this provider.")
+    source: str | None = Field(default=None, min_length=1, max_length=1024, description="Every example of this source.")
+    reason: str | None = Field(default=None, max_length=1000, description="Why (kept in the removal log).")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> RemovalRequest:
+        given = [n for n in ("record_ids", "provider", "source") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of record_ids, provider or source (got {given or 'none'})")
+        return self
+
+
+class RemovalResponse(_Response):
+    """What a removal did."""
+
+    removed: int = Field(description="Examples newly removed by this request.")
+    already_removed: int = Field(description="Examples the selector matched that were removed before.")
+    total_removed: int = Field(description="Examples removed from this index in all (until compaction).")
+    generation: int = Field(description="The removal log's generation after this request.")
+    not_found: list[str] = Field(default_factory=list, description="Record ids asked for that the index does not hold.")

@@ -1,4 +1,4 @@
-"""``tributary index build|plan|add|verify`` — the indexer's command line.
+"""``tributary index build|plan|add|remove|compact|verify`` — the indexer's command line.
 
 Every :class:`~tributary_indexer.config.BuildConfig` field is a flag (``--rank-in 32``,
 ``--no-progress``); ``--config FILE`` (JSON or YAML) sets many at once and flags override it.
@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=argparse.SUPPRESS)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
     p.add_argument("--skip-bad", dest="skip_bad", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+    p = sub.add_parser("remove", help="remove examples from every answer (tombstones; `compact` drops them from disk)",
+                       description="Tombstone the examples a selector matches: no answer, lookup or report returns them "
+                       "again, from the next request on (running servers included). Exactly one selector.")
+    p.add_argument("--index", required=True, type=Path)
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--record-id", dest="record_ids", nargs="+", metavar="ID", help="the corpus records' own ids")
+    chosen.add_argument("--provider", help="every example of this provider")
+    chosen.add_argument("--source", help="every example of this source")
+    chosen.add_argument("--ids-file", type=Path, help="a file of record ids, one a line ('#' comments and blank lines skipped)")
+    p.add_argument("--reason", help="why (kept in the tombstone log and, after compaction, in the manifest)")
+    p = sub.add_parser("compact", help="rewrite shards and example store without the removed examples (crash-safe, resumable)")
+    p.add_argument("--index", required=True, type=Path)
     p = sub.add_parser("verify", help="check checksums, counts and manifest consistency")
     p.add_argument("index", type=Path)
     p.add_argument("--no-checksums", action="store_true", help="skip sha256 of every file (fast)")
@@ -156,6 +168,49 @@ def _cmd_add(args: argparse.Namespace) -> int:
     return _run_on_ranks(lambda ctx: IndexBuilder(config, args.index, ctx=ctx).add(), headline)
 
 
+def _record_ids_file(path: Path) -> list[str]:
+    """Record ids from ``--ids-file``: one a line, blank lines and ``#`` comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read --ids-file {path} ({exc}); fix: pass a UTF-8 text file of record ids") from exc
+    ids = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not ids:
+        raise ValueError(f"--ids-file {path} holds no record ids; fix: one record id a line")
+    return ids
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from .build.layout import IndexPaths
+    from .build.manifest import Manifest, utc_timestamp
+    from .data.example_store import ExampleStore
+    from .data.tombstones import add_removal, id_space_of, select_examples
+
+    manifest = Manifest.load(args.index)
+    record_ids = _record_ids_file(args.ids_file) if args.ids_file else args.record_ids
+    with ExampleStore(IndexPaths(args.index).store) as store:
+        selection = select_examples(store, record_ids=record_ids, provider=args.provider, source=args.source)
+    for missing in selection.not_found[:20]:
+        print(f"not in the index: record id {missing!r}")
+    if not len(selection.ids):
+        print(f"tributary index remove: nothing in {args.index} matches {selection.selector}; nothing removed", file=sys.stderr)
+        return 1
+    state, added = add_removal(args.index, id_space_of(manifest), selection.ids, selection.selector, utc_timestamp(),
+                               reason=args.reason)
+    print(f"removed {added} examples ({len(selection.ids) - added} were already removed); {len(state)} removed in all, "
+          f"generation {state.generation}. Run `tributary index compact --index {args.index}` to drop them from disk.")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from .build.compaction import compact_index
+
+    summary = compact_index(args.index)
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .build.manifest import verify_index
 
@@ -187,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    commands = {"build": _cmd_build, "add": _cmd_add, "verify": _cmd_verify, "plan": _cmd_plan}
+    commands = {"build": _cmd_build, "add": _cmd_add, "verify": _cmd_verify, "plan": _cmd_plan, "remove": _cmd_remove,
+                "compact": _cmd_compact}
     t0 = time.perf_counter()
     try:
         return commands[args.command](args)

@@ -14,6 +14,7 @@ from tributary_indexer.errors import TributaryIndexError
 from tributary_indexer.model_loading import context_length
 
 from . import __version__
+from .admin import router as admin_router
 from .batch_jobs import BatchRunner, BatchStore
 from .errors import envelope, install_error_handlers
 from .index_reload import IndexReloader
@@ -105,6 +106,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                            expose_headers=["X-Request-Id", "Retry-After"])
 
     app.include_router(router)
+    app.include_router(admin_router)
     app.openapi = lambda: complete_openapi(app, settings)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", dest="api_keys", action="append",
                         help="accepted bearer key (repeatable); visible to every user of this machine in `ps`: "
                         "prefer TRIBUTARY_API_KEYS (comma-separated)")
+    parser.add_argument("--admin-key", dest="admin_keys", action="append",
+                        help="bearer key of the admin routes: reload, removals (repeatable; none = admin routes off); "
+                        "visible in `ps` like --api-key: prefer TRIBUTARY_ADMIN_KEYS")
     parser.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed browser origin (repeatable)")
     parser.add_argument("--enable-generate", action="store_true", default=None, help="serve POST /v1/generate")
     parser.add_argument("--prompt-format", help="the prompt format the model was trained on, with {question} "

@@ -50,6 +50,7 @@ from tributary_indexer.model_loading import capped_max_tokens
 from tributary_indexer.query.index import AttributionIndex
 from tributary_indexer.query.ranking import TokenQuery
 
+from .evidence import evidence_block, prompt_text, verbatim_evidence
 from .example_views import ExampleViews, corpus_roots
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,17 @@ class AttributionEngine:
         self.pad_id = pad_token_id(tokenizer)
         self.index_id = index.manifest.projector.params.get("fingerprint", "")[:12] + "-" + str(index.n_examples)
         self.views = ExampleViews(corpus_roots(index.manifest.build_config))
-        self.composition = [types.CompositionRow(group_by=g, key=k, examples=n, tokens=t)  # type: ignore[arg-type]
-                            for g, k, n, t in index.store.composition()]
+        self._composition: tuple[int, list[types.CompositionRow]] | None = None
+
+    @property
+    def composition(self) -> list[types.CompositionRow]:
+        """Examples and tokens per provider and source, not counting removed examples (cached per removal)."""
+        removed = self.index.removed()
+        if self._composition is None or self._composition[0] != removed.generation:
+            rows = [types.CompositionRow(group_by=g, key=k, examples=n, tokens=t)  # type: ignore[arg-type]
+                    for g, k, n, t in self.index.store.composition(exclude=removed.ids)]
+            self._composition = (removed.generation, rows)
+        return self._composition[1]
 
     # ------------------------------------------------------------------ stage 1: tokenise
     def prepare(self, request: types.AttributionRequest) -> PreparedQuery:
@@ -226,7 +236,8 @@ class AttributionEngine:
         timings["rerank_ms"] = _ms(t0)
         t0 = time.perf_counter()
         records = self.index.store.get_many([h[0] for h in hits])
-        hits = [h for h in hits if h[0] in records]
+        removed = self.index.removed()  # the search dropped them already; a removal that landed since is honoured too
+        hits = [h for h in hits if h[0] in records and h[0] not in removed]
         timings["fetch_ms"] = _ms(t0)
         t0 = time.perf_counter()
         response_scores: list[types.TokenScore] | None = None
@@ -237,6 +248,19 @@ class AttributionEngine:
             response_scores, per_example_response = self._response_token_scores(query.tokens, g, self.index.stored_vectors(ids))
             training_tokens = self._training_token_scores([records[i] for i in ids.tolist()], influence)
         timings["token_wise_ms"] = _ms(t0)
+        t0 = time.perf_counter()
+        verbatim: list[types.VerbatimEvidence | None] = [None] * len(hits)
+        want_spans = request.verbatim is not False
+        if want_spans or request.evidence:
+            prompt = prompt_text(request)
+            verbatim = [verbatim_evidence(records[h[0]].text, query.tokens.response_text, prompt) for h in hits]
+        blocks: list[types.Evidence | None] = [None] * len(hits)
+        if request.evidence and hits:
+            ids = np.array([h[0] for h in hits], dtype=np.int64)
+            linear = self.index.stored_vectors(ids).astype(np.float64) @ influence.astype(np.float64)  # [n]
+            blocks = [evidence_block(float(linear[n]), v, per_example_response[n] if per_example_response is not None else None)
+                      for n, v in enumerate(verbatim) if v is not None]
+        timings["verbatim_ms"] = _ms(t0)
         examples = []
         for n, (example_id, score, direction) in enumerate(hits):
             rec = records[example_id]
@@ -245,6 +269,7 @@ class AttributionEngine:
                 source=rec.source, provider=rec.provider, **self.views.provenance(rec),
                 token_scores=[t for t in training_tokens[n] if t.end <= self.snippet_chars] if training_tokens else None,
                 response_token_scores=per_example_response[n].tolist() if per_example_response is not None else None,
+                verbatim=verbatim[n] if want_spans else None, evidence=blocks[n],
             ))
         timings["total_ms"] = _ms(query.received)
         return types.AttributionResponse(

@@ -7,13 +7,17 @@ with it ``/healthz``) stays responsive while a large request or batch is process
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from tributary_client import types
+from tributary_indexer.data.tombstones import Tombstones
+from tributary_indexer.query.index import IndexChangedError
 
 from .batch_jobs import IdempotencyConflict, TooManyOpenBatches
 from .engine import RequestError
@@ -67,11 +71,24 @@ def _check_limits(app_state: object, request: types.AttributionRequest, param_pr
                            param=param_prefix + "top_k", code="top_k_too_large")
 
 
+def _index_changed(exc: Exception) -> ServiceError:
+    return ServiceError(503, str(exc), code="index_changed")
+
+
+def _check_index_current(state: object) -> Tombstones:
+    """The removed examples now; a 503 when the index on disk was compacted under this server."""
+    try:
+        return state.loaded.index.removed()  # type: ignore[attr-defined,no-any-return]
+    except IndexChangedError as exc:
+        raise _index_changed(exc) from exc
+
+
 async def answer_one(app: object, request: types.AttributionRequest) -> types.AttributionResponse:
     """Validate, tokenise (in a worker thread) and queue one request; the shared path of the API and batch jobs."""
     state = app.state  # type: ignore[attr-defined]
     _check_ready(state)
     _check_limits(state, request)
+    _check_index_current(state)
     engine = state.loaded.engine
     texts = [m.content for m in request.messages] if request.messages is not None else [request.prompt, request.response]
     check_text_chars(texts, state.max_request_chars, f"this server's limit of {engine.max_tokens}",
@@ -82,6 +99,8 @@ async def answer_one(app: object, request: types.AttributionRequest) -> types.At
         raise ServiceError(400, str(exc), param=exc.param, code=exc.code) from exc
     try:
         response = await state.batcher.submit(prepared)
+    except IndexChangedError as exc:
+        raise _index_changed(exc) from exc
     except QueueFullError as exc:
         raise _busy(state, str(exc)) from exc
     state.metrics.observe_timings(response.timings.model_dump())
@@ -111,6 +130,9 @@ async def get_example(example_id: Annotated[int, Path(ge=0, le=MAX_ID, descripti
     _check_ready(request.app.state)
     loaded = request.app.state.loaded
     record = loaded.index.store.get(example_id)
+    if record is not None and record.id in _check_index_current(request.app.state):
+        raise ServiceError(404, f"example {example_id} was removed from this index", param="example_id",
+                           code="example_removed")
     if record is None:
         raise ServiceError(404, f"no example with id {example_id}; ids run from 0 to {loaded.index.n_examples - 1}",
                            param="example_id", code="example_not_found")
@@ -132,7 +154,8 @@ async def find_example(request: Request, record_id: str | None = None) -> types.
                            param="record_id", code="invalid_record_id")
     _check_ready(request.app.state)
     loaded = request.app.state.loaded
-    found = loaded.index.store.get_by_external_id(record_id)
+    removed = _check_index_current(request.app.state)
+    found = [r for r in loaded.index.store.get_by_external_id(record_id) if r.id not in removed]
     if not found:
         raise ServiceError(404, f"no example with record_id {record_id!r} in this index (record ids are the `id` "
                            "fields of the corpus records; records without one are found by example_id)",
@@ -157,6 +180,7 @@ async def index_info(request: Request) -> types.IndexInfo:
         score_variant=m.score_variant, damping=m.to_dict()["damping"], n_examples=m.n_examples, dim=m.dim,
         shards=len(m.shards), created_at=m.created_at,
         ranking=loaded.engine.index.ranking, composition=loaded.engine.composition, prompting=loaded.prompting,
+        removed_examples=len(_check_index_current(request.app.state)),
     )
 
 
@@ -345,4 +369,17 @@ async def delete_batch(batch_id: BatchId, request: Request) -> types.BatchDelete
 async def batch_results(batch_id: BatchId, request: Request) -> StreamingResponse:
     """One `{custom_id, response, error}` line per finished request, in input order, streamed from the database."""
     await _batch_or_404(request, batch_id)
-    return StreamingResponse(request.app.state.batch_store.result_lines(batch_id), media_type="application/jsonl")
+    removed = _check_index_current(request.app.state)
+    lines = request.app.state.batch_store.result_lines(batch_id)
+    return StreamingResponse(_without_removed(lines, removed) if len(removed) else lines, media_type="application/jsonl")
+
+
+def _without_removed(lines: Iterator[str], removed: Tombstones) -> Iterator[str]:
+    """Result lines with the examples removed since they were computed taken out."""
+    for line in lines:
+        data = json.loads(line)
+        response = data.get("response")
+        if response and any(e["example_id"] in removed for e in response.get("examples", [])):
+            response["examples"] = [e for e in response["examples"] if e["example_id"] not in removed]
+            line = json.dumps(data) + "\n"
+        yield line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from tributary_indexer.verbatim import (
+from tributary_indexer.query.verbatim import (
     SuffixAutomaton,
     find_shared_spans,
     longest_common_substring,

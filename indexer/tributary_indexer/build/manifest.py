@@ -440,4 +440,9 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
                     problems.append(f"examples.sqlite: {examples.count()} rows, manifest says {manifest.n_examples}")
         except Exception as exc:
             problems.append(f"examples.sqlite: cannot be read ({exc})")
+    from ..data.tombstones import id_space_of, verify_tombstones
+
+    problems += verify_tombstones(root, id_space_of(manifest), manifest.n_examples)
+    if (root / "compaction").is_dir():
+        problems.append("compaction/: an unfinished compaction; fix: rerun `tributary index compact` to finish it")
     return problems

@@ -379,6 +379,18 @@ class ExampleStore:
         """Examples whose record ``id`` field was ``external_id`` (usually one)."""
         return self._select("external_id = ? ORDER BY id", (external_id,))
 
+    def ids_of_record_ids(self, record_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Sorted int64 ids of the examples whose record ``id`` is in ``record_ids``, and the record ids not found."""
+        wanted = sorted(set(record_ids))
+        found: dict[str, list[int]] = {}
+        for start in range(0, len(wanted), _MAX_VARS):
+            chunk = wanted[start : start + _MAX_VARS]
+            sql = f"SELECT id, external_id FROM examples WHERE external_id IN ({', '.join('?' * len(chunk))})"
+            for example_id, external_id in self._conn().execute(sql, chunk).fetchall():
+                found.setdefault(external_id, []).append(int(example_id))
+        ids = np.array(sorted(i for group in found.values() for i in group), dtype=np.int64)
+        return ids, [r for r in wanted if r not in found]
+
     def count(self) -> int:
         """Number of examples."""
         return int(self._conn().execute("SELECT COUNT(*) FROM examples").fetchone()[0])
@@ -423,12 +435,28 @@ class ExampleStore:
         """Up to ``limit`` examples of one record kind, lowest ids first."""
         return self._select("kind = ? ORDER BY id LIMIT ?", (kind, int(limit)))
 
-    def composition(self) -> list[tuple[str, str | None, int, int]]:
-        """``(group_by, key, examples, tokens)`` per provider then per source (key None: no provider)."""
+    def composition(self, exclude: np.ndarray | None = None) -> list[tuple[str, str | None, int, int]]:
+        """``(group_by, key, examples, tokens)`` per provider then per source (key None: no provider).
+
+        ``exclude`` (ids, e.g. removed examples) are not counted; a group left empty is dropped.
+        """
+        gone: dict[tuple[str, str | None], list[int]] = {}
+        wanted = [int(i) for i in exclude] if exclude is not None else []
+        for start in range(0, len(wanted), _MAX_VARS):
+            chunk = wanted[start : start + _MAX_VARS]
+            sql = f"SELECT provider, source, n_tokens FROM examples WHERE id IN ({', '.join('?' * len(chunk))})"
+            for provider, source, n_tokens in self._conn().execute(sql, chunk).fetchall():
+                for key in (("provider", provider), ("source", source)):
+                    counts = gone.setdefault(key, [0, 0])
+                    counts[0] += 1
+                    counts[1] += int(n_tokens)
         out: list[tuple[str, str | None, int, int]] = []
         for column in ("provider", "source"):
             sql = f"SELECT {column}, COUNT(*), SUM(n_tokens) FROM examples GROUP BY {column} ORDER BY {column}"
-            out += [(column, key, int(n), int(tokens or 0)) for key, n, tokens in self._conn().execute(sql)]
+            for key, n, tokens in self._conn().execute(sql):
+                minus = gone.get((column, key), [0, 0])
+                if int(n) - minus[0] > 0:
+                    out.append((column, key, int(n) - minus[0], int(tokens or 0) - minus[1]))
         return out
 
     def close(self) -> None:

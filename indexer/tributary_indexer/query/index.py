@@ -8,6 +8,7 @@ vectors when the shards are compressed) for query vectors already transformed wi
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ..build.layout import IndexPaths
 from ..build.manifest import Manifest, verify_index
 from ..build.shards import SearchResult, is_flat, merge_topk, read_shard
 from ..data.example_store import ExampleStore
+from ..data.tombstones import COMPACTION_DIR, SWAP_MARKER, Tombstones, TombstoneWatcher, id_space_of
 from ..errors import IndexIntegrityError
 from ..gradients.projector import LoGraProjector
 from ..gradients.rapidgrad import RapidGradCompressor
@@ -30,6 +32,11 @@ from .ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation, reference_ro
 logger = logging.getLogger(__name__)
 
 _EXACT_SUBSET = 20_000  # filtered searches over at most this many examples are scored directly
+_OVERFETCH_MAX = 4_096  # up to this many tombstones a search asks for k + their number; past it, FAISS skips them
+
+
+class IndexChangedError(IndexIntegrityError):
+    """The index files on disk were replaced (compacted, extended) after this process loaded them."""
 
 
 @dataclass
@@ -109,6 +116,45 @@ class AttributionIndex:
             self.shards.append(ShardHandle(index, shard.id_start, shard.id_end, exact, None if self.compressed else _flat_view(index)))
         self.store = ExampleStore(self.paths.store)
         self._reference: dict[str, torch.Tensor] = {}
+        self._tombstones = TombstoneWatcher(self.paths.root, id_space_of(self.manifest))
+        self._id_space = id_space_of(self.manifest)
+        self._manifest_key = self._manifest_stat()
+
+    def _manifest_stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.paths.manifest.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _check_id_space(self) -> None:
+        """Raise :class:`IndexChangedError` when a compaction renumbered (or is renumbering) the ids on disk.
+
+        Two ``stat`` calls a request; the manifest is re-read only when it changed (``index add``
+        changes it too, but keeps every id, so that is no reason to refuse)."""
+        if (self.paths.root / COMPACTION_DIR / SWAP_MARKER).exists():
+            raise IndexChangedError(f"a compaction is replacing the files of {self.paths.root}; fix: retry when it has "
+                                    "finished, then reload the server (POST /v1/admin/reload) or restart it")
+        key = self._manifest_stat()
+        if key == self._manifest_key:
+            return
+        try:
+            space = id_space_of(json.loads(self.paths.manifest.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            space = None
+        if space != self._id_space:
+            raise IndexChangedError(f"the index in {self.paths.root} was compacted after this process loaded it, so its "
+                                    "example ids changed; fix: reload the server (POST /v1/admin/reload) or restart it")
+        self._manifest_key = key
+
+    def removed(self) -> Tombstones:
+        """The examples removed from this index now (re-read when ``tombstones.json`` changed).
+
+        Raises :class:`IndexChangedError` when the index on disk was compacted since it was
+        loaded: its ids were renumbered, so nothing more can be answered from this copy.
+        """
+        self._check_id_space()
+        return self._tombstones.refresh()
 
     def reference(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """The reference sample ``[M, D]`` float32 (on ``device``, cached) that ``span_gated``'s selective core counts
@@ -215,17 +261,38 @@ class AttributionIndex:
 
         ``allowed_ids`` (sorted int64) restricts the search to those examples (source/provider
         filters): a small set is scored exactly from its stored vectors, a large one goes
-        through FAISS with an id selector.
+        through FAISS with an id selector. Removed (tombstoned) examples are never returned:
+        the search asks for ``k`` plus their number and drops them (past ``_OVERFETCH_MAX`` of
+        them, a FAISS selector skips them), so top-``k`` stays full while enough examples remain.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        removed = self.removed().ids
+        if allowed_ids is not None and len(removed):
+            allowed_ids = np.setdiff1d(allowed_ids, removed)
         if allowed_ids is not None and len(allowed_ids) <= _EXACT_SUBSET:
             return self._search_subset(q, k, allowed_ids)
-        fetch = k * self.rerank_factor if self.compressed else k
-        params = None
-        if allowed_ids is not None:
+        if allowed_ids is None and 0 < len(removed) <= _OVERFETCH_MAX:
+            # at most len(removed) of the top k + len(removed) are dropped, so top-k stays full
+            found = self._search_shards(q, k + len(removed), None)
+            gone = np.isin(found.ids, removed)
+            return merge_topk([(np.where(gone, -np.inf, found.scores), np.where(gone, -1, found.ids))], k)
+        selector = None
+        if allowed_ids is not None or len(removed):
             import faiss
 
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            if allowed_ids is not None:
+                selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            else:
+                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(removed, dtype=np.int64)))
+        return self._search_shards(q, k, selector)
+
+    def _search_shards(self, q: np.ndarray, k: int, selector: object | None) -> SearchResult:
+        """Top-``k`` over every shard, optionally through a FAISS id selector."""
+        fetch = k * self.rerank_factor if self.compressed else k
+        params = None
+        if selector is not None:
+            import faiss
+
             params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # faiss stubs lack the wrappers
         parts = []
         for shard in self.shards:

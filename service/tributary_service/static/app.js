@@ -55,6 +55,7 @@ const el = {
   selectionText: $("selection-text"),
   clearSelection: $("clear-selection"),
   docLists: $("doc-lists"),
+  sortBy: $("sort-by"),
   timings: $("timings"),
 };
 
@@ -76,6 +77,8 @@ const state = {
   focusSeg: 0, // the reply segment that holds the roving tab stop
   refreshPending: false, // the direction changed while a request was in flight
   dragSelected: false, // a mouse drag just selected words: ignore the click that follows it
+  sortBy: "influence", // or "verbatim": the documents' order in the list
+  verbatimOf: null, // the example whose verbatim spans the reply shows (null: every listed example's)
 };
 
 // ------------------------------------------------------------------------------------ API
@@ -524,7 +527,7 @@ async function showSources() {
   const input = state.messages
     ? { messages: [...state.messages, { role: "assistant", content: state.response }] }
     : { prompt: state.prompt, response: state.response };
-  const body = { ...input, top_k: topK, direction: currentDirection(), token_wise: true };
+  const body = { ...input, top_k: topK, direction: currentDirection(), token_wise: true, evidence: true };
   setBusy(true, "sources");
   el.sourcesSummary.textContent = "Finding sources…";
   const t0 = performance.now();
@@ -588,6 +591,7 @@ function renderReply() {
     span.title = `score ${fmtScore(score)}`;
     return span;
   });
+  paintVerbatim();
   // The first rendered token holds the tab stop (segments made of whitespace are not rendered).
   if (!el.reply.querySelector('.tok[tabindex="0"]')) {
     const first = el.reply.querySelector(".tok");
@@ -597,6 +601,25 @@ function renderReply() {
     }
   }
   paintSelection();
+}
+
+/** The response characters [start, end) (UTF-16) that `examples` share verbatim with the reply. */
+function verbatimRanges(examples) {
+  const toU = codePointToUtf16(state.response);
+  return examples.flatMap((ex) => (ex.verbatim?.response_spans ?? []).map((s) => [toU(s.start), toU(s.end)]));
+}
+
+/** Underline the reply's words that the listed documents (or the one pointed at) hold verbatim. */
+function paintVerbatim() {
+  const examples = state.result?.examples ?? [];
+  const shown = state.verbatimOf === null ? examples : examples.filter((ex) => ex.example_id === state.verbatimOf);
+  const ranges = verbatimRanges(shown);
+  for (const span of tokenSpans()) {
+    const seg = state.segments[Number(span.dataset.seg)];
+    const copied = ranges.some(([a, b]) => seg.start < b && a < seg.end);
+    span.classList.toggle("verb", copied);
+  }
+  el.reply.classList.toggle("verb-focus", state.verbatimOf !== null);
 }
 
 function tokenSpans() {
@@ -731,6 +754,12 @@ function rankedGroups() {
     if (!groups.has(ex.direction)) groups.set(ex.direction, []);
     groups.get(ex.direction).push(item);
   });
+  if (!selected.length && state.sortBy === "verbatim") {
+    for (const items of groups.values()) {
+      const share = (it) => it.ex.verbatim?.response_coverage ?? 0;
+      items.sort((a, b) => share(b) - share(a) || a.serverRank - b.serverRank);
+    }
+  }
   if (selected.length) {
     for (const [direction, items] of groups) {
       // Helpful: the largest contribution first; harmful: the most negative first.
@@ -761,7 +790,8 @@ function renderSources() {
     .trim();
   el.sourcesSummary.textContent = n === 0
     ? "No training documents matched."
-    : `${n} document${n === 1 ? "" : "s"} · ranked by ${state.selected.size ? "the selection" : "the whole reply"}`;
+    : `${n} document${n === 1 ? "" : "s"} · ranked by ${state.selected.size ? "the selection"
+      : state.sortBy === "verbatim" ? "verbatim overlap with the reply" : "influence on the whole reply"}`;
   if (state.selected.size) {
     el.selectionBar.hidden = false;
     el.selectionText.textContent = `“${selectedText.length > 60 ? `${selectedText.slice(0, 57)}…` : selectedText}”`;
@@ -810,7 +840,7 @@ function renderDoc({ ex, selScore, key }, rank, maxAbs) {
   const fill = document.createElement("span");
   fill.style.width = `${maxAbs ? Math.max(2, (100 * Math.abs(key)) / maxAbs) : 0}%`;
   bar.append(fill);
-  head.append(rankEl, score, bar);
+  head.append(rankEl, score, bar, verbatimBadge(ex));
   if (selScore !== null) {
     const overall = document.createElement("span");
     overall.className = "doc-overall";
@@ -840,7 +870,7 @@ function renderDoc({ ex, selScore, key }, rank, maxAbs) {
   const text = document.createElement("p");
   text.className = "doc-text";
   text.id = `doc-text-${ex.direction}-${ex.example_id}`;
-  renderDocText(text, ex.text, ex.token_scores);
+  renderDocText(text, ex.text, ex.token_scores, ex.verbatim?.response_spans);
 
   const more = document.createElement("button");
   more.type = "button";
@@ -852,34 +882,71 @@ function renderDoc({ ex, selScore, key }, rank, maxAbs) {
   meta.append(more);
 
   li.append(head, meta, text);
+  // pointing at a document shows its own verbatim spans in the reply
+  const focusOn = () => { state.verbatimOf = ex.example_id; paintVerbatim(); };
+  const focusOff = () => { state.verbatimOf = null; paintVerbatim(); };
+  li.addEventListener("mouseenter", focusOn);
+  li.addEventListener("mouseleave", focusOff);
+  li.addEventListener("focusin", focusOn);
+  li.addEventListener("focusout", focusOff);
   return li;
 }
 
-function renderDocText(container, text, tokenScores) {
+/** "copies 64% of the reply" or "no shared wording": copying and teaching told apart at a glance. */
+function verbatimBadge(ex) {
+  const badge = document.createElement("span");
+  const v = ex.verbatim;
+  if (!v) return badge;
+  const share = v.response_coverage;
+  badge.className = `verb-badge ${share > 0 ? "copied" : "none"}`;
+  badge.textContent = share > 0 ? `verbatim ${Math.round(100 * share)}%` : "no shared wording";
+  badge.title = share > 0
+    ? `holds ${Math.round(100 * share)}% of the reply word for word (longest run ${v.longest_response_span} characters; `
+      + `${Math.round(100 * v.prompt_coverage)}% of the prompt)`
+    : "shares no run of 12 or more characters with the reply: its influence is not copying";
+  return badge;
+}
+
+function renderDocText(container, text, tokenScores, verbatimSpans) {
   container.replaceChildren();
-  if (!Array.isArray(tokenScores) || !tokenScores.length) {
-    container.textContent = text;
-    return;
+  const toU = codePointToUtf16(text);
+  const marks = []; // the influential tokens: {start, end, score, a}
+  if (Array.isArray(tokenScores) && tokenScores.length) {
+    const segments = segmentText(text, tokenScores);
+    const scores = segments.map((seg) => seg.indices.reduce((s, i) => s + tokenScores[i].score, 0));
+    const maxAbs = Math.max(0, ...scores.map(Math.abs));
+    segments.forEach((seg, pos) => {
+      const a = heat(scores[pos], maxAbs);
+      if (a >= 0.3) marks.push({ start: seg.start, end: seg.end, score: scores[pos], a }); // only the influential ones
+    });
   }
-  const segments = segmentText(text, tokenScores);
-  const scores = segments.map((seg) => seg.indices.reduce((s, i) => s + tokenScores[i].score, 0));
-  const maxAbs = Math.max(0, ...scores.map(Math.abs));
-  renderSegments(container, text, segments, (seg, piece, pos) => {
-    const a = heat(scores[pos], maxAbs);
-    if (a < 0.3) return document.createTextNode(piece); // only the influential tokens are marked
-    const mark = document.createElement("mark");
-    mark.className = `ttok ${signClass(scores[pos])}`;
-    mark.style.setProperty("--a", a.toFixed(3));
-    mark.title = `token score ${fmtScore(scores[pos])}`;
-    mark.textContent = piece;
-    return mark;
-  });
+  const verb = (verbatimSpans ?? [])
+    .map((s) => [Math.min(toU(s.example_start), text.length), Math.min(toU(s.example_end), text.length)])
+    .filter(([a, b]) => a < b);
+  const cuts = [...new Set([0, text.length, ...marks.flatMap((m) => [m.start, m.end]), ...verb.flat()])].sort((a, b) => a - b);
+  for (let n = 0; n + 1 < cuts.length; n++) {
+    const [x, y] = [cuts[n], cuts[n + 1]];
+    const piece = text.slice(x, y);
+    const mark = marks.find((m) => m.start <= x && y <= m.end);
+    const copied = verb.some(([a, b]) => a <= x && y <= b);
+    if (!mark && !copied) {
+      container.append(piece);
+      continue;
+    }
+    const node = document.createElement("mark");
+    node.className = [mark ? `ttok ${signClass(mark.score)}` : "", copied ? "vspan" : ""].join(" ").trim();
+    if (mark) node.style.setProperty("--a", mark.a.toFixed(3));
+    node.title = [mark ? `token score ${fmtScore(mark.score)}` : "", copied ? "also in the reply, word for word" : ""]
+      .filter(Boolean).join(" · ");
+    node.textContent = piece;
+    container.append(node);
+  }
 }
 
 async function toggleFullText(button, container, ex) {
   const expanded = button.getAttribute("aria-expanded") === "true";
   if (expanded) {
-    renderDocText(container, ex.text, ex.token_scores);
+    renderDocText(container, ex.text, ex.token_scores, ex.verbatim?.response_spans);
     button.setAttribute("aria-expanded", "false");
     button.textContent = "Full text";
     return;
@@ -887,7 +954,7 @@ async function toggleFullText(button, container, ex) {
   button.disabled = true;
   try {
     const full = await api(`/v1/examples/${encodeURIComponent(ex.example_id)}`);
-    renderDocText(container, full.text, ex.token_scores); // snippet offsets are a prefix of the full text
+    renderDocText(container, full.text, ex.token_scores, ex.verbatim?.response_spans); // offsets index the full text
     button.setAttribute("aria-expanded", "true");
     button.textContent = "Less";
   } catch (err) {
@@ -980,6 +1047,10 @@ function init() {
   });
   el.reply.addEventListener("mouseup", onReplyMouseUp);
   el.reply.addEventListener("keydown", onReplyKeyDown);
+  el.sortBy.addEventListener("change", () => {
+    state.sortBy = el.sortBy.querySelector("input:checked")?.value ?? "influence";
+    if (state.result) renderSources();
+  });
   updateManualMode();
   setBusy(false);
   loadIndexInfo();
