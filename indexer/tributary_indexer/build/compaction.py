@@ -80,6 +80,7 @@ def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
     with tombstone_lock(paths.root, blocking=False):
         state = _read_state(work)
         if state is None:
+            shutil.rmtree(work, ignore_errors=True)  # nothing pinned: leftovers of a finished run, or of none
             manifest = Manifest.load(paths.root)
             tombstones = read_tombstones(paths.root, id_space_of(manifest))
             if not len(tombstones):
@@ -90,7 +91,6 @@ def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
                                           + "; fix: restore the damaged files first (`tributary index verify` lists them)")
             state = {"phase": "write", "source_manifest_sha256": sha256_file(paths.manifest), "compacted_at": utc_timestamp(),
                      "tombstones": tombstones.to_dict()}
-            shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
             atomic_write_json(work / "state.json", state)
         removed = np.asarray(state["tombstones"]["ids"], dtype=np.int64)
@@ -109,6 +109,9 @@ def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
         new_manifest = Manifest.from_dict(state["manifest"], source=str(work / "state.json"))
         old_space = f"{state['manifest']['created_at']}#{len(new_manifest.build_config['compactions']) - 1}"
         _swap(paths, work / "new", new_manifest, removed, int(state["tombstones"]["generation"]), old_space)
+        (work / "state.json").unlink()  # done: a run killed while removing the rest only cleans up
+        _fsync_dir(work)
+        crash_point("compact_before_cleanup")
         shutil.rmtree(work)
         entry = new_manifest.build_config["compactions"][-1]
         return CompactionSummary(entry["examples_before"], entry["examples_after"], entry["removed"], len(new_manifest.shards))

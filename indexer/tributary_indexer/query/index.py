@@ -130,8 +130,9 @@ class AttributionIndex:
     def _check_id_space(self) -> None:
         """Raise :class:`IndexChangedError` when a compaction renumbered (or is renumbering) the ids on disk.
 
-        Two ``stat`` calls a request; the manifest is re-read only when it changed (``index add``
-        changes it too, but keeps every id, so that is no reason to refuse)."""
+        Two ``stat`` calls a request; the manifest is re-read only when it changed. ``index add``
+        changes it too but keeps every id, and a different index rebuilt into the directory is
+        the reload's business (it refuses to swap it in): neither is a reason to refuse here."""
         if (self.paths.root / COMPACTION_DIR / SWAP_MARKER).exists():
             raise IndexChangedError(f"a compaction is replacing the files of {self.paths.root}; fix: retry when it has "
                                     "finished, then reload the server (POST /v1/admin/reload) or restart it")
@@ -142,7 +143,8 @@ class AttributionIndex:
             space = id_space_of(json.loads(self.paths.manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             space = None
-        if space != self._id_space:
+        created = self._id_space.rsplit("#", 1)[0]
+        if space is not None and space != self._id_space and space.rsplit("#", 1)[0] == created:
             raise IndexChangedError(f"the index in {self.paths.root} was compacted after this process loaded it, so its "
                                     "example ids changed; fix: reload the server (POST /v1/admin/reload) or restart it")
         self._manifest_key = key
@@ -276,7 +278,7 @@ class AttributionIndex:
             found = self._search_shards(q, k + len(removed), None)
             gone = np.isin(found.ids, removed)
             return merge_topk([(np.where(gone, -np.inf, found.scores), np.where(gone, -1, found.ids))], k)
-        selector = None
+        selector: object | None = None
         if allowed_ids is not None or len(removed):
             import faiss
 
