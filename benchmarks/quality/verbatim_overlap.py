@@ -82,7 +82,7 @@ def measure(seed: int, top_k: int = 10, batch: int = 16) -> dict:
             key = {(True, False): "differ_influence_right", (False, True): "differ_verbatim_right",
                    (True, True): "differ_both_right", (False, False): "differ_neither"}[(a, b)]
             counts[key] += 1
-            if len(examples_of_disagreement) < 5:
+            if len(examples_of_disagreement) < 5 or not a:  # every one the influence pick gets wrong
                 examples_of_disagreement.append({
                     "response": q["response"], "influence_pick": by_influence.record_id, "verbatim_pick": by_span.record_id,
                     "verbatim_longest": by_span.evidence.longest_verbatim_chars, "verbatim_text": by_span.text[:160],
