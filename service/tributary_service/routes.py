@@ -172,6 +172,7 @@ async def find_example(request: Request, record_id: str | None = None) -> types.
 async def index_info(request: Request) -> types.IndexInfo:
     """Manifest summary: model hashes, projector, score variant, damping, size."""
     _check_ready(request.app.state)
+    removed = _check_index_current(request.app.state)  # the composition below counts without them
     loaded = request.app.state.loaded
     m = loaded.index.manifest
     return types.IndexInfo(
@@ -180,7 +181,7 @@ async def index_info(request: Request) -> types.IndexInfo:
         score_variant=m.score_variant, damping=m.to_dict()["damping"], n_examples=m.n_examples, dim=m.dim,
         shards=len(m.shards), created_at=m.created_at,
         ranking=loaded.engine.index.ranking, composition=loaded.engine.composition, prompting=loaded.prompting,
-        removed_examples=len(_check_index_current(request.app.state)),
+        removed_examples=len(removed),
     )
 
 

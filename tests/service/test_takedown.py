@@ -106,10 +106,12 @@ def test_removed_examples_leave_every_surface_of_a_running_server(takedown_index
 
         # compaction under the running server: it refuses rather than mix id spaces
         assert index_main(["compact", "--index", str(index)]) == 0
-        refused = httpx.post(base + "/v1/attributions", json={"prompt": prompt, "response": response},
-                             headers={"Authorization": f"Bearer {USER}"})
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "index_changed"
-        assert "restart" in refused.json()["error"]["message"]
+        for method, path, body in (("POST", "/v1/attributions", {"prompt": prompt, "response": response}),
+                                   ("GET", "/v1/index", None), ("GET", f"/v1/examples/{removed_example.example_id + 1}", None),
+                                   ("GET", f"/v1/batches/{early.id}/results", None)):
+            refused = httpx.request(method, base + path, json=body, headers={"Authorization": f"Bearer {USER}"})
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "index_changed", (path, refused.text)
+            assert "restart" in refused.json()["error"]["message"]
         # ... until it is told to load the compacted index, without a restart
         reload = httpx.post(base + "/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
         assert reload.status_code == 200 and reload.json()["n_examples"] == 36 - 13, reload.text
