@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from tributary_client import Client, NotFoundError, cli
 from tributary_indexer.cli import main as index_main
+from tributary_indexer.data.tombstones import tombstone_lock
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 from tests.service.live_server import live_server
@@ -152,6 +153,9 @@ def test_admin_route_is_authenticated_and_validated(takedown_index, tmp_path):
             assert r.status_code == 400 and needle in json.dumps(r.json()["error"]), (body, r.json())
         r = c.post(url, json={"provider": "nobody"}, headers=admin)
         assert r.status_code == 404 and r.json()["error"]["code"] == "nothing_matched"
+        with tombstone_lock(index):  # a removal or compaction of another process holds the index
+            r = c.post(url, json={"provider": "acme"}, headers=admin)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "index_busy" and "retry" in r.json()["error"]["message"]
         assert not (index / "tombstones.json").exists()  # refusals wrote nothing
         sources = [row["key"] for row in c.get("/v1/index", headers={"Authorization": f"Bearer {USER}"}).json()["composition"] if row["group_by"] == "source"]
         r = c.post(url, json={"source": sources[0]}, headers=admin)
