@@ -97,15 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("remove", help="remove examples from every answer (tombstones; `compact` drops them from disk)",
                        description="Tombstone the examples a selector matches: no answer, lookup or report returns them "
                        "again, from the next request on (running servers included). Exactly one selector.")
-    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--index", required=True, type=Path, help="the index directory")
     chosen = p.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--record-id", dest="record_ids", nargs="+", metavar="ID", help="the corpus records' own ids")
     chosen.add_argument("--provider", help="every example of this provider")
     chosen.add_argument("--source", help="every example of this source")
     chosen.add_argument("--ids-file", type=Path, help="a file of record ids, one a line ('#' comments and blank lines skipped)")
     p.add_argument("--reason", help="why (kept in the tombstone log and, after compaction, in the manifest)")
-    p = sub.add_parser("compact", help="rewrite shards and example store without the removed examples (crash-safe, resumable)")
-    p.add_argument("--index", required=True, type=Path)
+    p = sub.add_parser("compact", help="rewrite shards and example store without the removed examples (crash-safe, resumable)",
+                       description="Rewrite the shards and the example store without the removed examples, renumbering "
+                       "the rest; the projector, Fisher and damping stay frozen. Kill it and rerun it: it resumes. A "
+                       "running server loads the result on POST /v1/admin/reload (or a restart).")
+    p.add_argument("--index", required=True, type=Path, help="the index directory")
     p = sub.add_parser("verify", help="check checksums, counts and manifest consistency")
     p.add_argument("index", type=Path)
     p.add_argument("--no-checksums", action="store_true", help="skip sha256 of every file (fast)")
