@@ -399,6 +399,13 @@ def test_first_question(scenario: Scenario, browser, artifacts: Path):
     assert listed and all(d["text"].strip() for d in listed)
     _save(driver, artifacts / "chat-page-first-question.png")
 
+    # An over-long prompt is a message that says what to do, not "internal server error".
+    driver.execute_script("document.getElementById('prompt').value = arguments[0];", "lanterns " * 3000)
+    box.send_keys(Keys.END, Keys.ENTER)
+    wait_for(driver, lambda d: alerts(d), "the over-long prompt was not reported")
+    text = alerts(driver)
+    assert "shorten the prompt" in text and "HTTP 400" in text and "internal" not in text.lower(), text
+
 
 def test_typed_response_api_key_and_server_gone(e2e_index: E2EIndex, browser, artifacts: Path, tmp_path):
     """Without --enable-generate the reply is typed by hand; a key is asked for; a dead server is reported."""
