@@ -163,6 +163,11 @@ def test_admin_route_is_authenticated_and_validated(takedown_index, tmp_path):
         r = c.post("/v1/attributions", json={"prompt": "a", "response": " b", "top_k": 5},
                    headers={"Authorization": f"Bearer {USER}"})
         assert r.status_code == 200 and r.json()["examples"] == []  # every example of the one source is gone
+        (index / ".tombstones.lock").unlink()
+        (index / ".tombstones.lock").mkdir()  # the lock cannot be opened, as on a read-only mount (root ignores modes)
+        r = c.post(url, json={"provider": "acme"}, headers=admin)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "index_read_only", r.text
+        assert "tributary index remove" in r.json()["error"]["message"]
 
 
 def test_verbatim_spans_and_evidence(make_settings):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic_io import atomic_write_json
-from ..errors import IndexIntegrityError
+from ..errors import IndexIntegrityError, OutputDirectoryError
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,11 @@ def write_tombstones(root: str | os.PathLike[str], tombstones: Tombstones) -> No
 def tombstone_lock(root: str | os.PathLike[str], blocking: bool = True) -> Iterator[None]:
     """Hold the index's exclusive tombstone lock (``flock``; released by the OS if the holder dies)."""
     path = Path(root) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputDirectoryError(f"cannot open {path} to lock the index for a removal ({exc.strerror}); fix: run it "
+                                   "where the index directory is writable (a read-only mount cannot take removals)") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
