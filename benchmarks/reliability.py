@@ -348,12 +348,15 @@ class LoadRun:
     seconds: float
     rss_before_mib: float
     rss_after_mib: float
+    client_errors: dict[str, int] = field(default_factory=dict)
+    """Transport errors the client saw (status 0), by type."""
 
 
 def run_load(server: Server, key: str | None, requests: int, concurrency: int) -> LoadRun:
     """``requests`` attributions at ``concurrency`` (varied prompts, some token-wise and two-sided)."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
 
     async def run() -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -370,39 +373,60 @@ def run_load(server: Server, key: str | None, requests: int, concurrency: int) -
                     try:
                         response = await client.post("/v1/attributions", json=body)
                         statuses[response.status_code] += 1
-                    except httpx.HTTPError:
+                    except httpx.HTTPError as exc:
                         statuses[0] += 1
+                        errors[type(exc).__name__] += 1
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     before = server.rss_mib()
     t0 = time.perf_counter()
     asyncio.run(run())
-    return LoadRun(requests, concurrency, dict(statuses), time.perf_counter() - t0, before, server.rss_mib())
+    return LoadRun(requests, concurrency, dict(statuses), time.perf_counter() - t0, before, server.rss_mib(), dict(errors))
+
+
+_POLLER = """
+import json, sys, time, http.client
+host, port, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+latencies = []
+while sys.stdin.readline() == "poll\\n":
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.request("GET", "/healthz")
+    conn.getresponse().read()
+    conn.close()
+    latencies.append((time.perf_counter() - t0) * 1000)
+    print(json.dumps(latencies[-1]), flush=True)
+"""
 
 
 def healthz_worst_ms(base: str, flood: Callable[[], None], interval: float = 0.02) -> tuple[float, int]:
-    """Run ``flood`` while polling ``/healthz`` every ``interval`` s on a fresh connection each time;
-    the worst latency (ms) and the number of polls."""
+    """Run ``flood`` while another process polls ``/healthz`` every ``interval`` s on a fresh
+    connection each time (so the flood's own client work cannot delay the poll); the worst
+    latency (ms) and the number of polls."""
+    host, port = base.removeprefix("http://").split(":")
+    poller = subprocess.Popen([sys.executable, "-c", _POLLER, host, port, str(interval)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert poller.stdin is not None and poller.stdout is not None
     latencies: list[float] = []
     done = threading.Event()
 
-    def poll() -> None:
+    def drive() -> None:
         while not done.is_set():
-            t0 = time.perf_counter()
-            try:
-                httpx.get(base + "/healthz", timeout=30)
-            finally:
-                latencies.append((time.perf_counter() - t0) * 1000)
+            poller.stdin.write("poll\n")  # type: ignore[union-attr]
+            poller.stdin.flush()  # type: ignore[union-attr]
+            latencies.append(float(poller.stdout.readline()))  # type: ignore[union-attr]
             time.sleep(interval)
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
     try:
         flood()
     finally:
         done.set()
-        poller.join()
+        driver.join()
+        poller.stdin.close()
+        poller.wait(timeout=60)
     return max(latencies, default=0.0), len(latencies)
 
 
@@ -455,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--floods", type=int, default=40, help="1 MB requests in the large-request flood")
     parser.add_argument("--batch-lines", type=int, default=20_000, help="lines per batch file in the batch flood (4 files)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["probes", "schema", "load", "floods"],
+                        help="parts not to run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
     args = parser.parse_args(argv)
 
@@ -472,21 +498,28 @@ def main(argv: list[str] | None = None) -> int:
             label = "auth on" if keys else "auth off"
             run: dict[str, Any] = {"auth": label}
             with serve(index, model, work / f"state-{len(keys)}", keys) as server:
-                probes = run_probes(server.base, key)
+                probes = run_probes(server.base, key) if "probes" not in args.skip else []
                 run["probes"] = len(probes)
                 run["probe_problems"] = [asdict(p) for p in probes if p.problem]
                 print(f"[{label}] bad-input probes: {len(probes)}, problems: {len(run['probe_problems'])}", flush=True)
-                schema, out = run_schemathesis(server.base, key, args.cases, max_time=args.schema_max_time)
+                if "schema" in args.skip:
+                    schema, out = SchemaRun(bool(keys), 0, {}, 0, 0, 0.0), ""
+                else:
+                    schema, out = run_schemathesis(server.base, key, args.cases, max_time=args.schema_max_time)
                 (work / f"schemathesis-{len(keys)}.txt").write_text(out)
                 run["schemathesis"] = asdict(schema)
                 print(f"[{label}] schemathesis: {schema.cases} cases, failures {schema.failures}, errors {schema.errors} "
                       f"({schema.seconds:.0f} s)", flush=True)
                 if schema.failures or schema.errors:
                     print(out[-6000:], flush=True)
-                load = run_load(server, key, args.load, args.concurrency)
+                load = run_load(server, key, args.load if "load" not in args.skip else 0, args.concurrency)
                 run["load"] = asdict(load)
                 print(f"[{label}] load: {load.requests} requests at {load.concurrency}: {load.statuses} in {load.seconds:.0f} s, "
                       f"RSS {load.rss_before_mib:.0f} -> {load.rss_after_mib:.0f} MiB", flush=True)
+                if "floods" in args.skip:
+                    run["server_5xx"] = server_errors(server.base)
+                    report["runs"].append(run)
+                    continue
                 large: Counter[int] = Counter()
                 worst, polls = healthz_worst_ms(
                     server.base, lambda large=large, key=key: large.update(flood_large_requests(server.base, key, args.floods)))

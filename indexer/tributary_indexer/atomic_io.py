@@ -5,6 +5,14 @@ moment leaves either the old file or the new one, never half of one. The tempora
 ``.<name>.tmp-<pid>`` in the destination's directory (same filesystem, so ``os.replace`` is
 atomic); on any exception it is removed and the destination is left untouched.
 
+Files are created with the mode an ordinary ``open()`` gives (``0666`` less the umask, ``0644``
+by default), whatever the writer used for its temp file (safetensors writes ``0600``), so an index
+written by one uid can be served by another.
+
+Test hook: ``TRIBUTARY_CRASH_AFTER_TEMP=N`` SIGKILLs the process right after its ``N``-th temp file
+is complete, before the rename: the crash window a resumed build must clean up after
+(:func:`stale_temp_files`).
+
 A full disk (``ENOSPC``/``EDQUOT``, or the equivalent messages raised by FAISS and SQLite) is
 turned into :class:`~tributary_indexer.errors.OutputDirectoryError` with a message that says to
 free space and rerun.
@@ -18,6 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +46,16 @@ __all__ = [
     "sha256_bytes",
     "check_writable_dir",
     "temp_path_for",
+    "stale_temp_files",
+    "FILE_MODE",
 ]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+"""The mode of every file written here: what ``open()`` gives a new file under this umask."""
+_TEMP_NAME = re.compile(r"^\..+\.tmp-\d+$")
+_temps_completed = 0
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DISK_FULL_MESSAGES = ("no space left on device", "database or disk is full", "disk quota exceeded")
@@ -46,6 +65,26 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
     """The temporary name used while writing ``path``: ``.<name>.tmp-<pid>`` beside it."""
     target = Path(path)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Temp files (``.<name>.tmp-<pid>``) in ``directory`` and below: what a killed writer left."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob(".*.tmp-*") if p.is_file() and _TEMP_NAME.match(p.name))
+
+
+def _crash_hook(tmp: Path) -> None:
+    """``TRIBUTARY_CRASH_AFTER_TEMP=N``: SIGKILL right after the ``N``-th complete temp file (tests)."""
+    global _temps_completed
+    wanted = os.environ.get("TRIBUTARY_CRASH_AFTER_TEMP")
+    if not wanted:
+        return
+    _temps_completed += 1
+    if _temps_completed == int(wanted):
+        logger.warning("TRIBUTARY_CRASH_AFTER_TEMP=%s: killing this process with %s written", wanted, tmp)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -110,7 +149,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
                 f"nothing was written to the temporary file {tmp} for {target}; fix: write to the "
                 "path yielded by atomic_output() (not to the final name)"
             )
+        os.chmod(tmp, FILE_MODE)
         _fsync_file(tmp)
+        _crash_hook(tmp)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as exc:

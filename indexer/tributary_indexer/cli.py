@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, type=Path, help="the index directory")
     p = sub.add_parser("verify", help="check checksums, counts and manifest consistency")
     p.add_argument("index", type=Path)
-    p.add_argument("--no-checksums", action="store_true", help="skip sha256 of every file (fast)")
+    p.add_argument("--no-checksums", action="store_true", help="skip sha256 of every file (fast); shard headers, "
+                   "sizes and counts are still checked")
+    p.add_argument("--model", type=Path, help="also check that this model directory's config, weights and tokenizer "
+                   "are the ones the index was built from")
     return parser
 
 
@@ -215,9 +218,11 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .build.manifest import verify_index
+    from .build.manifest import verify_index, verify_model
 
     problems = verify_index(args.index, check_checksums=not args.no_checksums)
+    if args.model is not None:
+        problems += verify_model(args.index, args.model)
     if problems:
         print(f"{args.index}: {len(problems)} problem(s)")
         for problem in problems:

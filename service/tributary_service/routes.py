@@ -12,16 +12,16 @@ import logging
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from tributary_client import types
 from tributary_indexer.data.tombstones import Tombstones
 from tributary_indexer.query.index import IndexChangedError
 
+from .batch_input import MEDIA_TYPES, parse_batch_body
 from .batch_jobs import IdempotencyConflict, TooManyOpenBatches
 from .engine import RequestError
-from .errors import ServiceError, describe_errors
+from .errors import ServiceError
 from .micro_batcher import QueueFullError
 from .security import check_admin_key
 from .text_bounds import check_text_chars
@@ -48,7 +48,6 @@ def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": types.ErrorResponse, "description": descriptions[s]} for s in (401, 408, 413, 431, *statuses)}
 
 
-BATCH_MEDIA_TYPES = ("application/json", "application/jsonl", "application/x-ndjson")
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 MAX_ID = 2**63 - 1
 
@@ -142,9 +141,16 @@ async def get_example(example_id: Annotated[int, Path(ge=0, le=MAX_ID, descripti
 MAX_RECORD_ID_CHARS = 1024
 
 
+_RECORD_ID_PARAMETER = {"parameters": [{
+    "name": "record_id", "in": "query", "required": True, "description": "The record's `id` in your corpus.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_RECORD_ID_CHARS}}]}
+
+
 @router.get("/v1/examples", response_model=types.Example, responses=_documented(400, 404, 409, 503),
+            openapi_extra=_RECORD_ID_PARAMETER,
             summary="One training example by its record id")
-async def find_example(request: Request, record_id: str | None = None) -> types.Example:
+async def find_example(request: Request,
+                       record_id: Annotated[str | None, Query(include_in_schema=False)] = None) -> types.Example:
     """The training example whose corpus record had `id` = `record_id` (the id your data uses)."""
     if record_id is None:
         raise ServiceError(400, "give ?record_id=<the record's id in your corpus>, or use GET /v1/examples/{example_id}",
@@ -230,48 +236,6 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def _parse_batch_body(raw: bytes, media_type: str, max_lines: int) -> types.BatchCreateRequest:
-    """Parse and validate a batch body (JSON or JSONL); a 400 that names the line or field at fault."""
-    if media_type == "application/json":
-        try:
-            body = types.BatchCreateRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            message, where = describe_errors(exc.errors())
-            raise ServiceError(400, f"{message}; fix the batch body", param=where, code="invalid_batch") from exc
-        if len(body.requests) > max_lines:
-            raise ServiceError(400, f"the batch has {len(body.requests)} requests, over this server's limit of {max_lines}; "
-                               "fix: split it into several batches", param="requests", code="too_many_requests")
-        return body
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ServiceError(400, f"line {line} of the JSONL body is not valid UTF-8 (byte {exc.start}); fix: send UTF-8 text",
-                           param=f"line {line}", code="invalid_batch_line") from None
-    lines: list[types.BatchRequestLine] = []
-    seen: dict[str, int] = {}
-    for n, line_text in enumerate(text.splitlines(), start=1):
-        if not line_text.strip():
-            continue
-        if len(lines) == max_lines:
-            raise ServiceError(400, f"the batch has more than {max_lines} request lines, this server's limit; "
-                               "fix: split it into several batches", code="too_many_requests")
-        try:
-            line = types.BatchRequestLine.model_validate_json(line_text)
-        except ValidationError as exc:
-            message, where = describe_errors(exc.errors())
-            raise ServiceError(400, f"line {n} of the JSONL body is not a request line {{custom_id, body}}: {message}",
-                               param=f"line {n}", code="invalid_batch_line") from None
-        if line.custom_id in seen:
-            raise ServiceError(400, f"line {n}: custom_id {line.custom_id!r} is also on line {seen[line.custom_id]}; "
-                               "fix: make custom_ids unique", param=f"line {n}", code="duplicate_custom_id")
-        seen[line.custom_id] = n
-        lines.append(line)
-    if not lines:
-        raise ServiceError(400, "the batch has no request lines; fix: send JSONL lines {custom_id, body}", code="empty_batch")
-    return types.BatchCreateRequest(requests=lines)
-
-
 _BATCH_BODY = {
     "requestBody": {
         "required": True,
@@ -299,13 +263,13 @@ async def create_batch(
     state = request.app.state
     _check_ready(state)
     media_type = _media_type(request.headers.get("content-type"))
-    if media_type not in BATCH_MEDIA_TYPES:
+    if media_type not in MEDIA_TYPES:
         raise ServiceError(415, f"Content-Type {media_type or '(none)'!r} is not accepted here; fix: send "
-                           + " or ".join(BATCH_MEDIA_TYPES), param="Content-Type", code="unsupported_media_type")
+                           + " or ".join(MEDIA_TYPES), param="Content-Type", code="unsupported_media_type")
     raw = bytearray()
     async for chunk in request.stream():  # the middleware counts the bytes against the limit as they arrive
         raw += chunk
-    body = await asyncio.to_thread(_parse_batch_body, bytes(raw), media_type, state.settings.max_batch_lines)
+    body = await asyncio.to_thread(parse_batch_body, bytes(raw), media_type, state.settings.max_batch_lines)
     del raw
     for i, line in enumerate(body.requests):
         _check_limits(state, line.body, param_prefix=f"requests.{i}.body.")

@@ -7,17 +7,6 @@ import socket
 import time
 
 import httpx
-import pytest
-
-from benchmarks.reliability import serve
-
-
-@pytest.fixture(scope="module")
-def small_server(built_index, tmp_path_factory):
-    index, model = built_index
-    with serve(index, model, tmp_path_factory.mktemp("slow") / "state", TRIBUTARY_MAX_CONNECTIONS="16",
-               TRIBUTARY_HEADER_TIMEOUT_S="2", TRIBUTARY_BODY_TIMEOUT_S="1") as server:
-        yield server
 
 
 def _connect(server) -> socket.socket:

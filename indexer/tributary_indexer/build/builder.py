@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir
+from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir, stale_temp_files
 from ..config import RUNTIME_FIELDS, BuildConfig
 from ..data.batching import TokenizedExample, collate, pad_token_id
 from ..data.corpus import CorpusRecord, CorpusStats, iter_records
@@ -122,6 +122,7 @@ class IndexBuilder:
         self.corpus_check = check_corpus(cfg.corpus, skip_bad=cfg.skip_bad)
         self.summary.corpus_notes = self.corpus_check.lines()
         check_writable_dir(self.paths.root)
+        self._sweep_temp_files()
         model, tokenizer, modules = self._load_model()
         state = self._pin_state()
         projector = self._projector(model, tokenizer, modules)
@@ -167,6 +168,7 @@ class IndexBuilder:
                                       "skip_report": None, "added": 0, "corpus_notes": self.summary.corpus_notes})
             summary.wall_s = time.perf_counter() - t0
             return summary
+        self._sweep_temp_files()
         model, tokenizer, modules = self._load_model()
         projector = LoGraProjector.load(self.paths.projector)
         projector.check_modules(modules)
@@ -196,6 +198,15 @@ class IndexBuilder:
         return self.summary
 
     # ------------------------------------------------------------------ steps
+    def _sweep_temp_files(self) -> None:
+        """Remove the temp files a killed build left (``.<name>.tmp-<pid>``), before any rank writes."""
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            for stale in stale_temp_files(self.paths.root):
+                logger.info("removing %s, left by a killed build", stale)
+                stale.unlink(missing_ok=True)
+        self.ctx.barrier()
+
     def _check_identity(self, stored: dict[str, Any], where: str) -> None:
         mine = self.config.identity()
         theirs = {k: v for k, v in stored.items() if k in mine}
@@ -483,14 +494,18 @@ class IndexBuilder:
             raise RuntimeError(f"shards hold {sum(s['rows'] for s in shards)} rows but {n_examples} examples were staged")
         self.summary.shards = len(shards)
         self.summary.dim = int(shards[0]["dim"]) if shards else 0
-        disk = sum(p.stat().st_size for p in self.paths.root.rglob("*") if p.is_file() and "staging" not in p.parts)
-        self.summary.bytes_per_example = disk / max(n_examples, 1)
+        atomic_write_json(self.paths.build_config, self.config.to_dict())
+        listed = [self.paths.projector, self.paths.hessian, self.paths.store, self.paths.build_config]
+        if self.paths.vectors_dir.is_dir():
+            listed += sorted(self.paths.vectors_dir.glob("*.npy"))
+        listed += [self.paths.root / s["file"] for s in shards]
+        # the files the manifest lists, nothing else a killed run may have left beside them
+        self.summary.bytes_per_example = sum(p.stat().st_size for p in listed) / max(n_examples, 1)
         summary = {k: v for k, v in self.summary.__dict__.items() if k not in ("wall_s", "gradient_tokens_per_s")}
         if previous is not None:  # `add`: counts cover the whole index
             before = previous["build_config"].get("summary", {})
             for key in ("examples", "tokens", "target_tokens", "truncated", "no_targets", "skipped_bad"):
                 summary[key] = summary.get(key, 0) + before.get(key, 0)
-        atomic_write_json(self.paths.build_config, self.config.to_dict())
         write_manifest(
             self.paths, config=self.config, created_at=state["created_at"], projector=projector,
             preconditioner=preconditioner, shards=shards, n_examples=n_examples, tokenizer=tokenizer,

@@ -83,7 +83,8 @@ def shard_entry(paths: IndexPaths, n: int, path: Path) -> dict[str, Any]:
     ids = faiss.vector_to_array(faiss.downcast_index(index).id_map) if index.ntotal else []  # type: ignore[attr-defined,var-annotated]  # faiss stubs lack the wrappers
     id_start = int(ids[0]) if len(ids) else 0
     return {"file": paths.relative(path), "rows": int(index.ntotal), "id_start": id_start,
-            "id_end": id_start + int(index.ntotal), "sha256": sha256_file(path), "dim": int(index.d), "n": n}
+            "id_end": id_start + int(index.ntotal), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "dim": int(index.d), "n": n}
 
 
 def write_manifest(
@@ -113,7 +114,7 @@ def write_manifest(
         dtype="float32",
         score_variant=config.score,
         damping=DampingInfo(**preconditioner.describe()),
-        shards=[ShardInfo(file=s["file"], rows=s["rows"], id_start=s["id_start"], id_end=s["id_end"], sha256=s["sha256"]) for s in shards],
+        shards=[ShardInfo(file=s["file"], rows=s["rows"], id_start=s["id_start"], id_end=s["id_end"], sha256=s["sha256"], bytes=s.get("bytes")) for s in shards],
         n_examples=n_examples,
         build_config=build_config,
         files=files,

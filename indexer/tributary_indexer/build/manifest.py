@@ -48,6 +48,7 @@ __all__ = [
     "hash_tokenizer",
     "verify_manifest",
     "verify_index",
+    "verify_model",
     "utc_timestamp",
 ]
 
@@ -117,6 +118,12 @@ class ShardInfo:
     id_start: int
     id_end: int
     sha256: str
+    bytes: int | None = None
+    """File size; checked even when checksums are skipped (absent in indexes written before it was recorded)."""
+
+
+SHARD_HEADER = b"IxM2"
+"""The first four bytes of every shard: FAISS's tag of ``IndexIDMap2``, the wrapper of every shard."""
 
 
 LEGACY_BUILD_DEFAULTS = {"objective": "nll", "modules": "all"}
@@ -415,12 +422,29 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
 
     for shard in manifest.shards:
         path = root / shard.file
-        if not path.is_file():
+        if not path.is_file() or not _safe_relative(shard.file):
+            continue
+        # checked before FAISS reads the file, and whether or not checksums are: a wrong header or
+        # size is refused by name instead of being mapped (or silently served with another metric)
+        with open(path, "rb") as f:
+            header = f.read(len(SHARD_HEADER))
+        if header != SHARD_HEADER:
+            problems.append(f"{shard.file}: does not start like a shard (header {header!r}, expected {SHARD_HEADER!r}); "
+                            "rebuild or restore it")
+            continue
+        size = path.stat().st_size
+        if shard.bytes is not None and size != shard.bytes:
+            problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes} (truncated or appended to); "
+                            "rebuild or restore it")
             continue
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
         except RuntimeError as exc:
             problems.append(f"{shard.file}: FAISS cannot read it ({exc}); rebuild the index")
+            continue
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT or not index.is_trained:
+            problems.append(f"{shard.file}: header says metric {index.metric_type}, trained {index.is_trained}; a shard is "
+                            "an inner-product index, trained; rebuild or restore it")
             continue
         if index.ntotal != shard.rows:
             problems.append(f"{shard.file}: holds {index.ntotal} vectors, manifest says {shard.rows}")
@@ -445,4 +469,30 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
     problems += verify_tombstones(root, id_space_of(manifest), manifest.n_examples)
     if (root / "compaction").is_dir():
         problems.append("compaction/: an unfinished compaction; fix: rerun `tributary index compact` to finish it")
+    return problems
+
+
+def verify_model(root: str | Path, model_dir: str | os.PathLike[str]) -> list[str]:
+    """Problems (empty = OK) serving index ``root`` with the model at ``model_dir``: each of the
+    config, weights and tokenizer hashes that differs from the manifest's, by name."""
+    try:
+        manifest = Manifest.load(root)
+    except IndexIntegrityError as exc:
+        return [str(exc)]
+    model_path = Path(model_dir)
+    if not (model_path / "config.json").is_file():
+        return [f"{model_path}: not a model directory (no config.json)"]
+    found = hash_model_files(model_path)
+    expected = manifest.model
+    problems = []
+    for name in ("config_sha256", "weights_sha256"):
+        if getattr(found, name) != getattr(expected, name):
+            problems.append(f"model.{name}: {model_path} has {getattr(found, name)[:12]}, the index was built from "
+                            f"{getattr(expected, name)[:12]} ({expected.path}); serve it with that model or rebuild")
+    tokenizer = hash_tokenizer(model_path)
+    if tokenizer != manifest.tokenizer_sha256:
+        problems.append(f"tokenizer_sha256: {model_path} has {tokenizer[:12]}, the index was built with "
+                        f"{manifest.tokenizer_sha256[:12]}; serve it with that tokenizer or rebuild")
+    for problem in problems:
+        logger.warning("verify %s: %s", root, problem)
     return problems
