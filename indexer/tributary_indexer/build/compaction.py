@@ -70,7 +70,7 @@ class CompactionSummary:
         if not self.removed:
             return [f"nothing to compact: no tombstones ({self.examples_before} examples)"]
         return [f"removed {self.removed} tombstoned examples: {self.examples_before} -> {self.examples_after} examples "
-                f"in {self.shards} shards", "Fisher, projector and damping kept frozen (see the manifest)"]
+                f"in {self.shards} shard" + ("s" if self.shards != 1 else ""), "Fisher, projector and damping kept frozen (see the manifest)"]
 
 
 def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
