@@ -256,3 +256,20 @@ def test_removals_made_between_a_kill_and_the_rerun_survive_compaction(built, tm
     assert index.removed().ids.tolist() == [38] and verify_index(root) == []
     assert main(["compact", "--index", str(root)]) == 0
     assert AttributionIndex(root).n_examples == 80 - 24
+
+
+def test_a_loaded_index_refuses_only_while_ids_are_renumbered(built, tmp_path):
+    root = _copy(built["flat"], tmp_path / "idx")
+    index = AttributionIndex(root)
+    q = np.zeros((1, index.dim), np.float32)
+    manifest = Manifest.load(root)  # `index add` rewrites the manifest but keeps every id: still served
+    manifest.build_config["additions"] = [{"corpus": ["more.jsonl"], "id_start": 80, "id_end": 80, "added_at": "t"}]
+    manifest.save(root)
+    assert index.search(q, 3).ids.shape == (1, 3)
+    (root / "compaction").mkdir()
+    (root / "compaction" / "swapping").touch()  # a compaction is moving its files in
+    with pytest.raises(IndexChangedError, match="retry when it has finished"):
+        index.search(q, 3)
+    (root / "compaction" / "swapping").unlink()
+    assert index.search(q, 3).ids.shape == (1, 3)
+    index.close()
