@@ -121,3 +121,18 @@ def test_add_skips_what_the_index_holds(inputs, tmp_path):
     # the id-less document is known now too
     third = IndexBuilder(BuildConfig(corpus=[str(write_jsonl(tmp_path / "n.jsonl", [no_id]))], progress=False), out).add()
     assert third.skipped_present == 1 and len(_ids(out)) == 31
+
+
+def test_add_brings_back_a_removed_record(inputs, tmp_path):
+    """A taken-down (tombstoned) record is not 'already in the index': adding it again adds it back."""
+    import numpy as np
+    from tributary_indexer.data.tombstones import add_removal, id_space_of
+
+    root, model, corpus = inputs
+    out = tmp_path / "index"
+    IndexBuilder(_config(model, [corpus]), out).build()
+    manifest = json.loads((out / "manifest.json").read_text())
+    add_removal(out, id_space_of(manifest), np.array([3], dtype=np.int64), {"record_id": "doc-3"}, "2026-12-03T00:00:00Z")
+    again = IndexBuilder(BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), out).add()
+    assert (again.added, again.skipped_present) == (1, 23)
+    assert _ids(out)[24] == "doc-3"

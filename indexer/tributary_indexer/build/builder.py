@@ -38,6 +38,7 @@ from ..data.corpus_check import CorpusCheck, UniqueIds, check_corpus, write_skip
 from ..data.example_store import ExampleStore, ExampleStoreWriter, StoredExample, partial_path_for
 from ..data.known_records import KnownRecords
 from ..data.tokenization import render_record, tokenize_record
+from ..data.tombstones import id_space_of, read_tombstones
 from ..errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
 from ..gradients.computer import GradientComputer
 from ..gradients.module_selection import TrackedModule, resolve_modules
@@ -157,8 +158,9 @@ class IndexBuilder:
         self.config = BuildConfig.from_dict(stored)
         self.corpus_check = check_corpus(self.config.corpus, skip_bad=self.config.skip_bad)
         self.summary.corpus_notes = self.corpus_check.lines()
+        removed = read_tombstones(self.paths.root, id_space_of(manifest))
         with ExampleStore(self.paths.store) as store:
-            self.known = KnownRecords.of_store(store, int(manifest["n_examples"]))
+            self.known = KnownRecords.of_store(store, int(manifest["n_examples"]), removed)
         probe = self.known.fresh()
         if probe.count_new(self._unique_records(CorpusStats())) == 0:
             logger.info("every record of %s is already in %s; nothing added", self.config.corpus, self.paths.root)

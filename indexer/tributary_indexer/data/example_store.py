@@ -426,9 +426,9 @@ class ExampleStore:
         sql = "SELECT DISTINCT provider FROM examples WHERE provider IS NOT NULL ORDER BY provider"
         return [r[0] for r in self._conn().execute(sql)]
 
-    def iter_identities(self, below: int) -> Iterator[tuple[str | None, str]]:
-        """``(external_id, content_hash)`` of every example with id < ``below``, in id order."""
-        sql = "SELECT external_id, content_hash FROM examples WHERE id < ? ORDER BY id"
+    def iter_identities(self, below: int) -> Iterator[tuple[int, str | None, str]]:
+        """``(id, external_id, content_hash)`` of every example with id < ``below``, in id order."""
+        sql = "SELECT id, external_id, content_hash FROM examples WHERE id < ? ORDER BY id"
         yield from self._conn().execute(sql, (int(below),))
 
     def first_of_kind(self, kind: RecordKind, limit: int) -> list[StoredExample]:

@@ -7,7 +7,8 @@ twice therefore adds nothing the second time, and says so. An id already indexed
 content is skipped as well and counted apart ("changed"): replacing a record is a removal and an
 add, never a silent second copy.
 
-Membership is kept as 64-bit hashes (about 100 bytes per indexed record in memory); only rows
+Records removed from the index (tombstoned, not yet compacted away) are not known: adding one
+again adds it back. Membership is kept as 64-bit hashes (about 100 bytes per indexed record in memory); only rows
 below the manifest's example count are read, so a resumed ``add`` whose store already holds its
 new rows does not mistake them for old ones.
 """
@@ -15,7 +16,7 @@ new rows does not mistake them for old ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from .corpus import CorpusRecord
 from .corpus_check import id_hash
@@ -38,11 +39,13 @@ class KnownRecords:
         """Of those, records whose id is indexed with other content."""
 
     @classmethod
-    def of_store(cls, store: ExampleStore, n_examples: int) -> KnownRecords:
-        """The first ``n_examples`` rows of ``store`` (the manifest's count)."""
+    def of_store(cls, store: ExampleStore, n_examples: int, removed: Container[int] = ()) -> KnownRecords:
+        """The first ``n_examples`` rows of ``store`` (the manifest's count), but the ``removed`` ids (tombstones)."""
         ids: dict[int, int] = {}
         contents: set[int] = set()
-        for external_id, content_hash in store.iter_identities(n_examples):
+        for example_id, external_id, content_hash in store.iter_identities(n_examples):
+            if example_id in removed:  # taken down: adding the record again adds it back
+                continue
             if external_id is not None:
                 ids[id_hash(external_id)] = id_hash(content_hash)
             else:
