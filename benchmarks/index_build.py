@@ -2,7 +2,7 @@
 
 Builds a real index (CLI in a subprocess, so its peak RSS is measured alone) for a random-init
 GPT-2 of the chosen size over a generated corpus, then times a plain forward+backward training
-step on the same model, batch shape and threads for the reference. The target (issue 3):
+step on the same model, batch shape and threads for the reference. The target:
 build tokens/s ≥ 0.9× the gradient-logging throughput of ``logging_throughput.py``.
 
     .venv/bin/python benchmarks/index_build.py --size gpt2-small --examples 20000

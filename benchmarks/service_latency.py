@@ -30,8 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
-from tributary_indexer.config import BuildConfig  # noqa: E402
-from tributary_indexer.query.ranking import RANKINGS  # noqa: E402
+from tributary_indexer.config import RANKINGS, BuildConfig  # noqa: E402
 
 from benchmarks.index_build import save_model, write_corpus  # noqa: E402
 

@@ -27,7 +27,7 @@ def random_scores(n_queries: int, n_train: int, seed: int = 0) -> np.ndarray:
 
 BM25_TUNED = {"k1": 0.9, "b": 0.75}
 """The best of a 20-setting sweep (k1 ∈ {0.6, 0.9, 1.2, 1.5, 2}, b ∈ {0.3, 0.5, 0.75, 1}) on the
-demo's own fact queries (``benchmarks/RESULTS.md``, session 8): an oracle-tuned BM25, to show how
+demo's own fact queries (``benchmarks/RESULTS.md``): an oracle-tuned BM25, to show how
 much of its fact-tracing lead is its two constants."""
 
 

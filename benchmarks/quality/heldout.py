@@ -4,7 +4,7 @@ The defaults (α, ``k``, the ranking) and the tuned BM25 baseline were chosen on
 corpus (seed 0), so their figures there are in-sample. A corpus generated with another seed has
 other subjects, facts and wordings, and a model trained on it from scratch with the demo's
 recipe; nothing was tuned on it. This benchmark scores the default, its ranking variants (the
-other saturated rankings, the previous defaults among them) and both BM25 rows on each seed and
+ablations of ``benchmarks/quality/ablations.py``) and both BM25 rows on each seed and
 pools them, with an exact paired sign test of the default against each row over the pooled fact
 questions. It writes its table to
 ``benchmarks/RESULTS.md`` and a plot of recall@1 per seed to ``benchmarks/figures/quality_heldout.png``.

@@ -1,4 +1,4 @@
-"""Indexing speed at 100 queries: our whole pipeline against Kronfluence's EK-FAC (issue 7).
+"""Indexing speed at 100 queries: our whole pipeline against Kronfluence's EK-FAC.
 
     .venv/bin/python -m benchmarks.quality.indexing_speed [--queries 100] [--repeats 3] [--no-write]
 

@@ -4,10 +4,12 @@ A :class:`LoGraMethod` is one build configuration (projector, rank, objective, s
 damping, optional RapidGrad). Scores go through the indexer's own classes
 (:class:`FisherAccumulator`, :class:`Preconditioner`, :class:`ScoreTransform`,
 :class:`RapidGradCompressor`), in float64, so a row here is what the service would return for
-that configuration up to float32 storage. With a saturated ranking (``span_gated``,
-``span_saturated``, ``token_saturated``: :mod:`tributary_indexer.query.ranking`) the retrieval benchmarks pass the service's number of
-first-stage candidates, so their rankings are the service's two-stage ones; LDS uses the exact
-saturated score of every example.
+that configuration up to float32 storage. The build side (Fisher, preconditioner, stored
+vectors) is computed here as the builder does; the query side is the service's own code: the
+query vectors, the ranking (:mod:`tributary_indexer.query.ranking`, or one of the benchmark-only
+:mod:`.ablations`) and its re-score. With a two-stage ranking the retrieval benchmarks pass the
+service's number of first-stage candidates, so their rankings are the service's; LDS uses the
+exact ranking score of every example.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tributary_indexer.config import BuildConfig
+from tributary_indexer.config import BuildConfig, RankingConfig
 from tributary_indexer.data.batching import TokenizedExample
 from tributary_indexer.gradients.module_selection import TrackedModule, preset_modules
 from tributary_indexer.gradients.projector import Block, LoGraProjector
@@ -26,10 +28,15 @@ from tributary_indexer.gradients.rapidgrad import RapidGradCompressor, rapidgrad
 from tributary_indexer.hessian.fisher import FisherAccumulator
 from tributary_indexer.hessian.preconditioner import Preconditioner
 from tributary_indexer.hessian.scores import ScoreTransform
-from tributary_indexer.query.ranking import SATURATED_RANKINGS, TokenSaturation, reference_rows
+from tributary_indexer.query.ranking import Ranking, reference_rows
+from tributary_indexer.query.space import QuerySpace
 
+from .ablations import WEIGHT_CORE, benchmark_ranking
 from .gradients import make_projector, projected, projected_positions, tracked_modules
 from .workload import Workload
+
+SATURATED_RANKINGS = ("token_saturated", "span_saturated", "span_gated")
+"""The two-stage rankings the benchmarks compare: the product's ``span_gated`` and its ablations."""
 
 Key = tuple[str, int, str, str]  # (projector, rank, objective, modules): what the gradients depend on
 
@@ -49,10 +56,10 @@ class LoGraMethod:
     modules: str = "all"
     """``all`` tracked modules, or ``mlp+lm_head`` (the ``mlp+output`` preset on GPT-2)."""
     ranking: str = "linear"
-    saturation: float = TokenSaturation.k
-    presence_core: float = TokenSaturation.presence_core
+    saturation: float = RankingConfig.saturation
+    presence_core: float = WEIGHT_CORE
     """``span_gated`` with ``presence_selectivity=None``: the core by weight (0: every token of a copied span)."""
-    presence_selectivity: float | None = TokenSaturation.presence_selectivity
+    presence_selectivity: float | None = RankingConfig.presence_selectivity
     """``span_gated`` only: the core by matched share of the reference sample (``None``: by weight)."""
 
     @classmethod
@@ -82,14 +89,23 @@ class LoGraMethod:
             parts.append(ranking)
         return " · ".join(parts)
 
+    def make_ranking(self) -> Ranking:
+        """The ranking this row scores with: the product's, or an ablation (:mod:`.ablations`)."""
+        if self.ranking == "span_gated" and self.presence_selectivity is not None:
+            config = RankingConfig(saturation=self.saturation, presence_selectivity=self.presence_selectivity)
+            return benchmark_ranking(self.ranking, config)
+        config = RankingConfig(ranking="linear" if self.ranking == "linear" else "span_gated",
+                               saturation=self.saturation)
+        presence_core = self.presence_core if self.ranking == "span_gated" else None
+        return benchmark_ranking(self.ranking, config, presence_core)
+
     def replace(self, **changes: object) -> LoGraMethod:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 def ranking_variants(default: LoGraMethod) -> list[LoGraMethod]:
-    """The same index under the other saturated rankings (the previous defaults among them) and,
-    for ``span_gated``, with the presence core by weight (session 10's gate) and from every token
-    of a copied span (session 9's)."""
+    """The same index under the other two-stage rankings (the ablations) and, for ``span_gated``,
+    with the presence core by weight and from every token of a copied span."""
     out = [default.replace(ranking=r) for r in SATURATED_RANKINGS if r != default.ranking]
     if default.ranking == "span_gated":
         by_weight = default.replace(presence_selectivity=None)
@@ -104,7 +120,7 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     objective, the projector, the module set, RapidGrad's layer-wise normalisation and ``K`` (at
     the same ``α / K``: the mean eigenvalue of the dense ``K × K`` Fisher is its trace over
     ``K``), the LoGra rank under the same ``K``, and per-module Fisher blocks without RapidGrad
-    (at the same ``α / r²``, which includes rank 32 at α = 4, the previous default). Score
+    (at the same ``α / r²``, which includes rank 32 at α = 4 with the linear ranking). Score
     variants other than ``influence`` rank linearly, as a build requires.
     """
     linear = default.replace(ranking="linear")
@@ -112,7 +128,7 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     if default.ranking in SATURATED_RANKINGS:
         grid += ranking_variants(default)
         grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
-        grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # the previous default
+        grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # linear at α = 16
     grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
     grid += [default.replace(damping=a) for a in (1.0, 4.0, 8.0, 16.0, 32.0, 64.0) if a != default.damping]
     grid += [default.replace(objective="nll"), linear.replace(objective="nll", score="relatif", damping=1e-3)]
@@ -128,7 +144,7 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
         per_module = default
     # per-module Fisher at the same α / r² (64×64 at α = 16 is the LoGra paper's 1 at 16×16)
     grid += [per_module.replace(rank=r, damping=per_module.damping * r * r / per_module.rank**2) for r in (16, 32, 64)]
-    grid += [linear.replace(rapidgrad_k=None, rank=32, damping=4.0)]  # the default before RapidGrad
+    grid += [linear.replace(rapidgrad_k=None, rank=32, damping=4.0)]  # per-module, rank 32, linear
     return [m for m in dict.fromkeys(grid) if m != default]
 
 
@@ -203,41 +219,44 @@ class GradientCache:
 def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | None = None) -> np.ndarray:
     """``[Q, N]`` scores of every query against every training example under ``method``.
 
-    Saturated rankings: with ``candidates`` the saturated scores (all ``>= 0``) are given to each
+    Two-stage rankings: with ``candidates`` the ranking's scores (all ``>= 0``) are given to each
     query's first-stage top ``candidates`` only, and the rest keep their first-stage order below
-    them (negative), as the service ranks; without, every example gets its exact saturated score.
+    them (negative), as the service ranks; without, every example gets its exact ranking score.
     """
     train, queries, blocks = cache.get(method)
-    raw_queries = queries
     k = rapidgrad_dim(method.rapidgrad_k, blocks[-1].stop)  # the indexer's rule: K capped at D
     compressor = None
     if k:
         compressor = RapidGradCompressor(blocks, k, seed=0, normalize_layers=method.rapidgrad_normalize)
-        train, queries, blocks = compressor.compress(train), compressor.compress(queries), compressor.out_blocks
+        train, blocks = compressor.compress(train), compressor.out_blocks
     preconditioner = None
     if method.score != "grad_dot":
         fisher = FisherAccumulator(blocks)
         fisher.update(train)
         preconditioner = Preconditioner.from_fisher(fisher, method.damping)
     transform = ScoreTransform(method.score, preconditioner)
-    stored, _ = transform.train(train)
-    if method.ranking == "linear":
-        query, _ = transform.query(queries)
-        return (query @ stored.T).numpy()
+    stored, _ = transform.train(train)  # [N, D]: what the index stores, in float64
+    space = QuerySpace(transform, compressor)
+    ranking = method.make_ranking()
+    examples = [q.example for q in cache.workload.queries]
+    if not ranking.positions:  # one stage: the search's inner products
+        ranked = ranking.queries(space, queries, None, None, examples)
+        return (torch.stack([r.search for r in ranked]) @ stored.T).numpy()
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
-    saturation = TokenSaturation(method.saturation, ranking=method.ranking, presence_core=method.presence_core,
-                                 presence_selectivity=method.presence_selectivity)
-    standardized, weights = saturation.token_queries(positions, raw_queries, owner, transform, compressor)  # as the index does
+    reference = None
+    if ranking.needs_reference:
+        reference = stored[torch.from_numpy(reference_rows(stored.shape[0], ranking.config.reference_rows))]
+    ranked = ranking.queries(space, queries, positions, owner, examples, reference)
     out = np.empty((len(queries), stored.shape[0]))
-    reference = stored[torch.from_numpy(reference_rows(stored.shape[0]))] if saturation.selective else None  # [M, D]
-    per_query = saturation.split(standardized, weights, owner, [q.example for q in cache.workload.queries], reference)
-    for q, tokens in enumerate(per_query):  # tokens: [n_q, D]
-        saturated = saturation.scores(tokens, stored).numpy()  # [N]
+    for q, query in enumerate(ranked):
+        rescored = ranking.rescore(query, stored)
+        assert rescored is not None
+        exact = rescored.numpy()  # [N]
         if candidates is None or candidates >= stored.shape[0]:
-            out[q] = saturated
+            out[q] = exact
             continue
-        first = (saturation.first_stage_query(tokens) @ stored.T).numpy()
+        first = (query.search @ stored.T).numpy()
         order = np.argsort(-first, kind="stable")
         out[q, order] = -1.0 - np.arange(len(order)) / len(order)  # below every candidate, in first-stage order
-        out[q, order[:candidates]] = saturated[order[:candidates]]
+        out[q, order[:candidates]] = exact[order[:candidates]]
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tributary_service.settings import ServiceSettings
+from tributary_indexer.config import RankingConfig
 
 from . import baselines
 from .gradients import tracked_modules
@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(__file__).resolve().parent / ".cache"
-FIRST_STAGE = ServiceSettings.model_fields["token_candidates"].default
-"""First-stage candidates of a saturated ranking: the service's default, so rows rank as it does."""
+FIRST_STAGE = RankingConfig.candidates
+"""First-stage candidates of a two-stage ranking: the service's default, so rows rank as it does."""
 
 
 @dataclass(frozen=True)

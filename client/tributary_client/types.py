@@ -284,7 +284,7 @@ class AttributionRequest(_Request):
 
 
 class TokenScore(_Response):
-    """The share of a score contributed at one token's position (DESIGN §2, per-position terms).
+    """The share of a score contributed at one token's position (per-position terms).
 
     The terms of all positions sum exactly to the score. Positions that are not listed hold the
     rest: the prompt's positions (gradients reach them through attention) for
@@ -345,15 +345,13 @@ class AttributedExample(_Response):
     example_id: int = Field(description="Global id of the training example (GET /v1/examples/{id}).")
     score: float = Field(description="Attribution score, the one the examples are ranked by (see the index's "
                                      "'ranking'): for 'linear' the influence on the whole response; for "
-                                     "'token_saturated' the sum over response tokens of z/(z+k), z = the token's "
-                                     "influence over its RMS across the training set (at most the number of "
-                                     "response tokens); for 'span_saturated' the same over the response's copy "
-                                     "spans (a span's best z), each weighted by its specificity; for "
-                                     "'span_gated' that sum plus the new (not copied) spans' part times the "
-                                     "copied spans' presence in the example (each span's best z among its most selective "
-                                     "tokens, those matching the fewest training examples; up "
-                                     "to twice it); negative for "
-                                     "harmful examples. " + _SCORE_SIGN)
+                                     "'span_gated' the sum over the response's copy spans (runs copied from the "
+                                     "prompt count once) of z/(z+k), z = a span's best token influence over its "
+                                     "RMS across the training set, each weighted by its specificity, plus the new "
+                                     "(not copied) spans' part times the copied spans' presence in the example "
+                                     "(each span's best z among its most selective tokens, those matching the "
+                                     "fewest training examples; up to twice it); negative for harmful examples. "
+                                     + _SCORE_SIGN)
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."
     )
@@ -507,12 +505,11 @@ class IndexInfo(_Response):
     )
     ranking: str | None = Field(
         default=None,
-        description="How examples are ranked: 'span_gated' (as 'span_saturated', and the evidence for the "
-                    "response's new content counts up to twice as much in an example about what the prompt "
-                    "names), 'span_saturated' (each run of response tokens copied from the "
+        description="How examples are ranked: 'span_gated' (each run of response tokens copied from the "
                     "prompt counted once, each part's standardised influence saturated and weighted by its "
-                    "specificity), 'token_saturated' (each response token's standardised influence, saturated "
-                    "and summed) or 'linear' (the influence on the whole response).",
+                    "specificity, and the evidence for the response's new content counting up to twice as "
+                    "much in an example about what the prompt names) or 'linear' (the influence on the whole "
+                    "response).",
     )
 
 

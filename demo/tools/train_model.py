@@ -6,8 +6,8 @@
    ``<|im_start|>``, ``<|im_end|>``) is trained on the corpus text and wrapped as a
    ``PreTrainedTokenizerFast`` (eos = pad = ``<|endoftext|>``, a ChatML ``chat_template``).
 2. Every record is tokenised with the indexer's own :func:`~tributary_indexer.data.tokenization.tokenize_record`,
-   so training sees exactly the token boundaries and target masks the indexer scores
-   (DESIGN §2): documents train on every token, prompt/response records on the response only
+   so training sees exactly the token boundaries and target masks the indexer scores:
+   documents train on every token, prompt/response records on the response only
    (the prompt is masked), chat records on the assistant turns only. One ``<|endoftext|>`` is
    appended as a target to documents and responses so that generation stops; the indexer's
    loss leaves it out, which changes nothing before it (the model is causal).

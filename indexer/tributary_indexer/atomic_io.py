@@ -1,6 +1,6 @@
 """Crash-safe file writes: temp file in the same directory, fsync, rename, fsync the directory.
 
-Every file of an index is written through this module (DESIGN §3), so a build killed at any
+Every file of an index is written through this module, so a build killed at any
 moment leaves either the old file or the new one, never half of one. The temporary name is
 ``.<name>.tmp-<pid>`` in the destination's directory (same filesystem, so ``os.replace`` is
 atomic); on any exception it is removed and the destination is left untouched.

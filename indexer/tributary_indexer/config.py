@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,78 @@ from .gradients.module_selection import MODULE_PRESETS
 from .gradients.objectives import OBJECTIVES
 from .gradients.projector import PROJECTOR_KINDS, ProjectionConfig
 from .hessian.scores import SCORE_VARIANTS
-from .query.ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation
+
+RANKINGS = ("linear", "span_gated")
+"""The rankings an index can be served with (:mod:`.query.ranking`)."""
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """How the service orders the examples it finds (:mod:`.query.ranking`).
+
+    Recorded in the manifest by the build (``ranking`` and ``saturation`` are build options, the
+    rest keep their defaults there); ``tributary serve`` overrides any field
+    (``TRIBUTARY_RANKING``, ``TRIBUTARY_SATURATION``, ...) without a rebuild. The stored vectors
+    do not depend on it. The defaults are the measured choices (``benchmarks/RESULTS.md``).
+    """
+
+    ranking: str = "span_gated"
+    """``span_gated`` (influence indexes; saturated, gated copy spans) or ``linear`` (the
+    influence on the whole response)."""
+    saturation: float = 30.0
+    """``k`` of the saturating curve ``z / (z + k)``, in units of a token's RMS score."""
+    presence_k: float = 2.0
+    """A token matches an example where its standardised score exceeds this; a copied span's
+    presence gets half credit there."""
+    presence_selectivity: float = 2.0
+    """A copied span's core: its tokens matching at most this many times the share of the
+    reference sample that its most selective token matches."""
+    presence_floor: float = 0.002
+    """The smallest share limit of a core, so that two rare tokens of a span both count."""
+    candidates: int = 200
+    """First-stage candidates per query direction that ``span_gated`` re-scores exactly (at
+    least ``top_k``)."""
+    reference_rows: int = 4096
+    """Stored vectors in the reference sample the shares are counted on: every example of a
+    smaller index, else this many evenly spaced (kept in memory by the service)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.ranking not in RANKINGS:
+            problems.append(f"ranking={self.ranking!r} (choose from {list(RANKINGS)})")
+        for name in ("saturation", "presence_k"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                problems.append(f"{name}={value!r} (must be a positive number; default "
+                                f"{getattr(RankingConfig, name):g})")
+        if not (isinstance(self.presence_selectivity, (int, float))
+                and self.presence_selectivity >= 1 and math.isfinite(self.presence_selectivity)):
+            problems.append(f"presence_selectivity={self.presence_selectivity!r} (must be a number "
+                            f">= 1; default {RankingConfig.presence_selectivity:g})")
+        if not (isinstance(self.presence_floor, (int, float)) and 0.0 <= self.presence_floor <= 1.0):
+            problems.append(f"presence_floor={self.presence_floor!r} (must be a share in [0, 1]; "
+                            f"default {RankingConfig.presence_floor:g})")
+        for name in ("candidates", "reference_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name}={value!r} (must be an integer >= 1; default "
+                                f"{getattr(RankingConfig, name)})")
+        if problems:
+            raise ValueError("invalid ranking configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RankingConfig:
+        """The fields of ``data`` that are this class's (a manifest's ``build_config`` holds
+        others); a missing field keeps its default, a missing ``ranking`` is ``linear`` (indexes
+        from before rankings were recorded)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values.setdefault("ranking", "linear")
+        return cls(**values)
+
 
 # Fields that only change speed or logging: a resume may change them freely.
 RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
@@ -95,34 +167,13 @@ class BuildConfig:
     with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
     (RapidGrad off: 6 at 32×32, 24 at 64×64). Sweep in ``benchmarks/RESULTS.md``."""
     ranking: str | None = None
-    """How the service ranks examples (:mod:`.query.ranking`; stored vectors do not depend on it).
-    Unset: ``span_gated`` for ``score = "influence"``, ``linear`` for the other variants.
-    The saturated rankings standardise each response token's influence score by its RMS over the
-    training set and sum a saturated ``z / (z + k)``, so a document has to explain several parts
-    of the response, not one copied name, to rank first; ``span_saturated`` also counts a run of
-    tokens copied from the prompt once and weights each part by its specificity (the damping's
-    share of its self-influence: names and answers high, template words low); ``span_gated``
-    (the default) also lets the evidence for the response's new content count up to twice in an
-    example that clearly matches what the prompt names (a soft AND, so a post that only repeats
-    the subject's name no longer outranks the document stating the fact; the match is read off
-    each copied run's most selective tokens, those matching the fewest training examples, not
-    its template words); ``linear`` ranks by
-    the influence on the whole response. On the demo benchmarks (α = 24) linear /
-    ``token_saturated`` / ``span_saturated`` / ``span_gated`` gave fact recall@1
-    0.854 / 0.910 / 0.990 / 0.997, backdoor AUPRC 0.990 / 0.997 / 1.000 / 1.000 and LDS
-    0.459 / 0.497 / 0.521 / 0.571; over thirteen held-out generated corpora as well
-    (``benchmarks.quality.heldout``) ``span_gated`` beat the other saturated rankings on each. Cost: the query's
-    per-position gradients of the response tokens (``[n_tokens, D_proj]`` floats), an exact
-    re-score of the first-stage candidates and, for ``span_gated``, one ``[n_tokens, 4096]``
-    product with the reference sample the service keeps in memory (``4096 × D`` floats).
-    Needs ``score = "influence"``."""
-    saturation: float = TokenSaturation.k
-    """``k`` of the saturated rankings, in units of a token's RMS score: smaller lets fewer strong
-    tokens decide, very large tends to a (weighted) linear sum. ``span_gated`` at α = 24:
-    k = 20 / 30 / 40 gave fact recall@1 0.997 / 0.997 / 0.997 and LDS 0.556 / 0.571 / 0.579;
-    ``span_saturated``: 0.990 / 0.990 / 0.987 and 0.504 / 0.521 / 0.531. (The gate's own
-    constants, the presence's half-credit point and its core, are ``TokenSaturation.presence_k``
-    = 2, ``presence_selectivity`` = 2 and ``presence_floor`` = 0.002.)"""
+    """How the service ranks examples (:class:`RankingConfig`, :mod:`.query.ranking`; the stored
+    vectors do not depend on it): ``span_gated`` or ``linear``. Unset: ``span_gated`` for
+    ``score = "influence"`` (the only variant it applies to), ``linear`` for the others. Recorded
+    in the manifest; ``tributary serve --ranking`` overrides it."""
+    saturation: float = RankingConfig.saturation
+    """``k`` of ``span_gated``'s saturating curve ``z / (z + k)``, in units of a token's RMS
+    score: smaller lets fewer strong tokens decide, very large tends to a weighted linear sum."""
     max_tokens: int = 512
     """Truncate longer examples (counted and reported)."""
     shard_size: int = 50_000
@@ -164,11 +215,11 @@ class BuildConfig:
             self.ranking = "span_gated" if self.score == "influence" else "linear"
         if self.ranking not in RANKINGS:
             problems.append(f"ranking={self.ranking!r} (choose from {list(RANKINGS)})")
-        elif self.ranking in SATURATED_RANKINGS and self.score != "influence":
+        elif self.ranking != "linear" and self.score != "influence":
             problems.append(f"ranking={self.ranking!r} with score={self.score!r} (it standardises influence "
                             f"scores; use score='influence', or ranking='linear' to keep {self.score!r})")
         if not (self.saturation > 0 and math.isfinite(self.saturation)):
-            problems.append(f"saturation={self.saturation} (must be a positive number; default {TokenSaturation.k:g})")
+            problems.append(f"saturation={self.saturation} (must be a positive number; default {RankingConfig.saturation:g})")
         for name in ("rank_in", "rank_out", "max_tokens", "shard_size", "batch_tokens", "pca_examples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
@@ -192,9 +243,14 @@ class BuildConfig:
         """The fields that determine the stored vectors (everything but runtime and query knobs)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS | QUERY_FIELDS}
 
+    def ranking_config(self) -> RankingConfig:
+        """The :class:`RankingConfig` this build records (its other fields at their defaults)."""
+        assert self.ranking is not None  # resolved in __post_init__
+        return RankingConfig(ranking=self.ranking, saturation=self.saturation)
+
     def query_settings(self) -> dict[str, Any]:
-        """The ranking fields the service reads from the manifest (:data:`QUERY_FIELDS`)."""
-        return {k: v for k, v in self.to_dict().items() if k in QUERY_FIELDS}
+        """What the manifest records of the ranking: every :class:`RankingConfig` field."""
+        return self.ranking_config().to_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:

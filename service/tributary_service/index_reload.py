@@ -90,7 +90,7 @@ class IndexReloader:
         """Open and check the index on disk (a worker thread); the served one is untouched."""
         try:
             index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums,
-                                     rerank_factor=settings.rerank_factor, ranking=settings.ranking)
+                                     rerank_factor=settings.rerank_factor, ranking=settings.ranking_overrides())
         except TributaryIndexError as exc:
             raise ServiceError(409, f"the index on disk cannot be loaded ({exc}); the server keeps serving "
                                f"{old.engine.index_id}", code="index_not_loadable") from exc
@@ -105,8 +105,7 @@ class IndexReloader:
             device = next(old.model.parameters()).device
             index.reference(device)  # span_gated's reference sample, drawn over the grown index, loaded here
             engine = AttributionEngine(index, old.model, old.tokenizer, old.engine.computer,
-                                       max_tokens=settings.max_request_tokens, snippet_chars=settings.snippet_chars,
-                                       token_candidates=settings.token_candidates)
+                                       max_tokens=settings.max_request_tokens, snippet_chars=settings.snippet_chars)
             prompting = infer_prompting(index.store, old.tokenizer, settings.prompt_format)
         except Exception:
             index.close()

@@ -71,7 +71,7 @@ def load_service(settings: ServiceSettings) -> LoadedService:
         logger.warning("%s is not set: numpy's BLAS threads will spin after each scan and slow the model on small machines; "
                        "start with `tributary serve` (which sets it) or set it to 4 before Python starts", OPENBLAS_SPIN_VARIABLE)
     index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor,
-                             ranking=settings.ranking)
+                             ranking=settings.ranking_overrides())
     index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
     tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None
@@ -93,7 +93,7 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast,
                                 objective=index.manifest.objective)
     engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=settings.max_request_tokens,
-                               snippet_chars=settings.snippet_chars, token_candidates=settings.token_candidates)
+                               snippet_chars=settings.snippet_chars)
     logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,
                 index.dim, index.manifest.score_variant, model_dir, device)
     prompting = infer_prompting(index.store, tokenizer, settings.prompt_format)

@@ -186,7 +186,7 @@ async def index_info(request: Request) -> types.IndexInfo:
         projector={k: v for k, v in m.to_dict()["projector"].items() if k != "modules"} | {"n_modules": len(m.projector.modules)},
         score_variant=m.score_variant, damping=m.to_dict()["damping"], n_examples=m.n_examples, dim=m.dim,
         shards=len(m.shards), created_at=m.created_at,
-        ranking=loaded.engine.index.ranking, composition=loaded.engine.composition, prompting=loaded.prompting,
+        ranking=loaded.engine.index.ranking.name, composition=loaded.engine.composition, prompting=loaded.prompting,
         removed_examples=len(removed),
     )
 

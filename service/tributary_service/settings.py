@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Ranking = Literal["linear", "token_saturated", "span_saturated", "span_gated"]
-"""The rankings the service can apply (``tributary_indexer.query.ranking.RANKINGS``)."""
+Ranking = Literal["linear", "span_gated"]
+"""The rankings the service can apply (``tributary_indexer.config.RANKINGS``)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -43,11 +43,27 @@ class ServiceSettings(BaseSettings):
     snippet_chars: int = Field(default=400, ge=16, description="Characters of each example's text returned.")
     nprobe: int = Field(default=32, ge=1, description="IVF lists probed per query on compressed shards (recall vs speed; no effect on flat shards).")
     rerank_factor: int = Field(default=10, ge=1, description="Compressed shards: candidates re-scored exactly per result wanted.")
+    # The ranking (tributary_indexer.config.RankingConfig): unset = what the index's manifest says.
     ranking: Ranking | None = Field(
         default=None, description="How examples are ranked; unset = what the index's manifest says.")
-    token_candidates: int = Field(
-        default=200, ge=1,
-        description="Saturated rankings: first-stage candidates re-scored per query direction (at least top_k).")
+    saturation: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="span_gated: k of the saturating curve z/(z+k), in RMS units; unset = the manifest's.")
+    presence_k: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="span_gated: the score (RMS units) where a token matches an example; unset = the manifest's.")
+    presence_selectivity: float | None = Field(
+        default=None, ge=1, allow_inf_nan=False,
+        description="span_gated: a copied span's core matches at most this many times its rarest token's share.")
+    presence_floor: float | None = Field(
+        default=None, ge=0, le=1, description="span_gated: the smallest share limit of a copied span's core.")
+    token_candidates: int | None = Field(
+        default=None, ge=1,
+        description="span_gated: first-stage candidates re-scored per query direction (at least top_k); "
+                    "unset = the manifest's (200).")
+    reference_rows: int | None = Field(
+        default=None, ge=1,
+        description="span_gated: stored vectors in the reference sample kept in memory; unset = the manifest's (4096).")
     verify_checksums: bool = Field(default=True, description="sha256 every index file at startup (slow for huge indexes).")
     enable_generate: bool = Field(default=False, description="Serve POST /v1/generate with the model (the demo page uses it).")
     max_new_tokens: int = Field(default=128, ge=1, description="Cap for /v1/generate: a request asking for more gets this many.")
@@ -90,6 +106,14 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    def ranking_overrides(self) -> dict[str, Any]:
+        """The :class:`~tributary_indexer.config.RankingConfig` fields set here (the rest: the
+        manifest's)."""
+        values = {"ranking": self.ranking, "saturation": self.saturation, "presence_k": self.presence_k,
+                  "presence_selectivity": self.presence_selectivity, "presence_floor": self.presence_floor,
+                  "candidates": self.token_candidates, "reference_rows": self.reference_rows}
+        return {k: v for k, v in values.items() if v is not None}
 
     def resolved_num_threads(self) -> int:
         import os

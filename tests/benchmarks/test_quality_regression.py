@@ -1,4 +1,4 @@
-"""Quick attribution-quality regression on the demo model (benchmarks/quality, issue 7).
+"""Quick attribution-quality regression on the demo model (benchmarks/quality).
 
 The default configuration (whatever ``BuildConfig()`` says), ranked the way the service ranks it
 (two stages with its default number of candidates), must keep finding the documents that state
@@ -10,8 +10,9 @@ AUPRC 0.997, ranked linearly 0.854 / 0.914 / 0.990, the NLL objective recall@10 
 AUPRC 0.02, PCA init MRR 0.80, random 0.02. Without the gate (span-saturated) recall@1 is 0.990,
 4 questions missed against the default's 1, which the recall@1 threshold (at most 3) catches; the
 held-out corpora (``benchmarks.quality.heldout``) separate the two more clearly. The presence's
-core (session 10) changes nothing on the demo (the whole-span gate also misses 1); the oracle
-tests of ``tests/indexer/test_token_ranking.py`` and ``tests/service/test_api.py`` pin it.
+core changes nothing on the demo (the whole-span gate also misses 1); the oracle tests of
+``tests/indexer/test_ranking.py`` and ``tests/service/test_api.py`` pin it. The scores come from
+the service's own query code (:mod:`tributary_indexer.query`), so this guards the engine.
 """
 
 from __future__ import annotations

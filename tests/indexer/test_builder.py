@@ -12,7 +12,7 @@ import pytest
 import torch
 from tributary_indexer.build.builder import IndexBuilder, token_budget_batches
 from tributary_indexer.build.manifest import verify_index
-from tributary_indexer.config import BuildConfig
+from tributary_indexer.config import BuildConfig, RankingConfig
 from tributary_indexer.data.batching import collate
 from tributary_indexer.data.example_store import ExampleStore
 from tributary_indexer.data.tokenization import tokenize_query
@@ -28,7 +28,7 @@ from tributary_indexer.gradients.computer import GradientComputer
 from tributary_indexer.gradients.module_selection import select_modules
 from tributary_indexer.model_loading import load_causal_lm, load_tokenizer
 from tributary_indexer.query.index import AttributionIndex
-from tributary_indexer.query.ranking import SATURATED_RANKINGS, TokenSaturation
+from tributary_indexer.query.ranking import LinearRanking, SpanGatedRanking
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
@@ -67,7 +67,7 @@ def test_build_then_search_equals_brute_force(workspace, tmp_path, score):
     assert verify_index(out) == []
     index = AttributionIndex(out)
     g = _query_gradient(index, model, "What does Alba sell?", " Alba sells lanterns.")
-    q = index.vectors_to_query(g)
+    q = index.space.query(g).float().numpy()
     got = index.search(q, k=10)
     # brute force: the score transform applied to the staged raw vectors, then a dense scan
     raw = np.concatenate([np.load(p) for p in sorted((out / "staging").glob("chunk-*.npy"))])
@@ -146,7 +146,7 @@ def test_compressed_shards_rerank_with_exact_vectors(workspace, tmp_path):
     a, b = AttributionIndex(flat), AttributionIndex(ivf)
     b.rerank_factor = 100  # probe everything: the re-ranked result must equal the exact one
     b.set_nprobe(2)
-    q = a.vectors_to_query(_query_gradient(a, model, "Where does Cyra live?", " Cyra lives in Mebbe."))
+    q = a.space.query(_query_gradient(a, model, "Where does Cyra live?", " Cyra lives in Mebbe.")).float().numpy()
     exact, reranked = a.search(q, 5), b.search(q, 5)
     assert exact.ids.tolist() == reranked.ids.tolist()
     np.testing.assert_allclose(exact.scores, reranked.scores, rtol=1e-5)
@@ -249,18 +249,27 @@ def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_pa
     IndexBuilder(_config(model, [corpus], score="relatif"), rel).build()
     manifest = json.loads((sat / "manifest.json").read_text())
     assert manifest["build_config"]["ranking"] == "span_gated" and manifest["build_config"]["saturation"] == 30.0
-    assert AttributionIndex(sat).saturation == TokenSaturation(30.0, ranking=BuildConfig(score="influence").ranking)
-    assert AttributionIndex(sat, ranking="token_saturated").saturation == TokenSaturation(30.0)
-    assert AttributionIndex(sat, ranking="linear").saturation is None
-    assert AttributionIndex(rel).saturation is None  # unset ranking + relatif resolved to linear at build time
-    for ranking in SATURATED_RANKINGS:
-        with pytest.raises(IndexIntegrityError, match=f"ranking '{ranking}' needs an index built with score 'influence'.*"
-                                                      "rebuild it with --score influence"):
-            AttributionIndex(rel, ranking=ranking)
-    with pytest.raises(IndexIntegrityError, match="unknown ranking 'best'"):
+    assert manifest["build_config"]["candidates"] == 200  # every RankingConfig field is recorded
+    assert AttributionIndex(sat).ranking == SpanGatedRanking(RankingConfig())
+    assert AttributionIndex(sat, ranking={"saturation": 20.0, "candidates": 8}).ranking_config == RankingConfig(
+        saturation=20.0, candidates=8)
+    assert AttributionIndex(sat, ranking="linear").ranking == LinearRanking(RankingConfig("linear"))
+    assert AttributionIndex(rel).ranking.name == "linear"  # unset ranking + relatif resolved to linear at build time
+    with pytest.raises(IndexIntegrityError, match="ranking 'span_gated' needs an index built with score 'influence'.*"
+                                                  "rebuild it with --score influence"):
+        AttributionIndex(rel, ranking="span_gated")
+    with pytest.raises(IndexIntegrityError, match=r"ranking settings asked for: .*ranking='best' \(choose from"):
         AttributionIndex(sat, ranking="best")
+    with pytest.raises(IndexIntegrityError, match=r"presence_k=-1.0 \(must be a positive number"):
+        AttributionIndex(sat, ranking={"presence_k": -1.0})
     # an index written before rankings existed has neither key: it keeps ranking linearly
-    for key in ("ranking", "saturation"):
+    for key in RankingConfig().to_dict():
         del manifest["build_config"][key]
     (sat / "manifest.json").write_text(json.dumps(manifest))
-    assert AttributionIndex(sat, verify_checksums=False).saturation is None
+    assert AttributionIndex(sat, verify_checksums=False).ranking.name == "linear"
+    # a manifest naming a ranking this version does not offer is refused with the fix
+    manifest["build_config"]["ranking"] = "token_saturated"
+    (sat / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexIntegrityError, match=f"index {sat}: .*ranking='token_saturated'"):
+        AttributionIndex(sat, verify_checksums=False)
+    assert AttributionIndex(sat, verify_checksums=False, ranking="span_gated").ranking.name == "span_gated"

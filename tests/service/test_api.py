@@ -43,12 +43,10 @@ def _response_spans(ex) -> list[list[int]]:
     return spans
 
 
-def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a_core: bool = False,
-                      harmful: bool = False) -> np.ndarray:
-    """Brute force over every stored vector: each response token's score over its RMS *measured*
-    across the whole training set, saturated as z / (z + k). ``ranking`` (default: the index's):
-    ``token_saturated`` sums over the tokens; ``span_saturated`` takes a copy span's best token,
-    weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean square; ``span_gated`` adds the new
+def _saturated_oracle(loaded, request: dict, trims_a_core: bool = False, harmful: bool = False) -> np.ndarray:
+    """``span_gated`` by brute force over every stored vector: each response token's score over its
+    RMS *measured* across the whole training set, saturated as z / (z + k); a copy span's best
+    token, weighted by the span's largest λ‖H⁻¹g_t‖² / measured mean square; plus the new
     (one-token) spans' part times the copied spans' mean presence z / (z + presence_k), z the best
     of the span's core tokens: those whose share of the training set with z > presence_k is at most
     twice the span's lowest share (the index's 60 examples are all its reference sample). No first
@@ -57,7 +55,6 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a
     from tributary_indexer.data.batching import collate
 
     engine, index = loaded.engine, loaded.index
-    ranking = ranking or index.saturation.ranking
     ex = engine.prepare(AttributionRequest(**request)).tokens.example
     grads = engine.computer.compute(collate([ex], engine.pad_id), per_position=True)
     emitting = _emitting(ex)
@@ -72,9 +69,7 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a
     standardized = sign * token_scores / mean_square[:, None].sqrt()  # [n_tokens, N]
     share = (standardized > 2.0).double().mean(1)  # [n_tokens]: presence_k = 2, the default; all 60 examples
     z = standardized.clamp_min(0)
-    k = index.saturation.k
-    if ranking == "token_saturated":
-        return sign * (z / (z + k)).sum(0).numpy()
+    k = index.ranking_config.saturation
     damped = sum(lam * u[:, b.start : b.stop].pow(2).sum(1) for b, lam in zip(index.preconditioner.blocks, index.preconditioner.lambdas))
     weight = damped / mean_square  # [n_tokens]
     spans = _response_spans(ex)
@@ -93,9 +88,7 @@ def _saturated_oracle(loaded, request: dict, ranking: str | None = None, trims_a
             presence.append(core_best / (core_best + 2.0))  # presence_k = 2, the default
         else:
             new_part += term
-    if ranking == "span_saturated":
-        return sign * (copied_part + new_part).numpy()
-    assert ranking == "span_gated" and presence
+    assert index.ranking.name == "span_gated" and presence
     assert trimmed or not trims_a_core, "a copied span's core must leave a token out, or the core goes untested"
     return sign * (copied_part + new_part * (1 + torch.stack(presence).mean(0))).numpy()
 
@@ -134,7 +127,7 @@ def test_reference_sample_is_the_stored_vectors_of_the_reference_rows(client, ma
     reference = index.reference()
     np.testing.assert_array_equal(reference.numpy(), index.stored_vectors(np.arange(index.n_examples)))
     assert index.reference("cpu") is reference  # cached, not re-read per query
-    with TestClient(create_app(make_settings(ranking="span_saturated"))) as c:
+    with TestClient(create_app(make_settings(ranking="linear"))) as c:
         assert c.app.state.loaded.index.reference() is None  # no selective core: nothing kept in memory
 
 
@@ -149,7 +142,9 @@ def test_few_first_stage_candidates_rerank_only_those(make_settings):
         ex = tokens.tokens.example
         grads = loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id), per_position=True)
         emitting = _emitting(ex)
-        std, _ = loaded.index.token_queries(grads.per_position[0, emitting], grads.vectors[0])
+        owner = torch.zeros(len(emitting), dtype=torch.long)
+        std, _ = loaded.index.ranking.token_queries(loaded.index.space, grads.per_position[0, emitting],
+                                                    grads.vectors[:1], owner)
         first = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ std.sum(0).float().numpy()
         candidates = np.argsort(-first, kind="stable")[:8]
         every = _saturated_oracle(loaded, QA)
@@ -167,23 +162,22 @@ def test_ranking_setting_overrides_the_manifest(make_settings):
         from tributary_indexer.data.batching import collate
 
         ex = loaded.engine.prepare(AttributionRequest(**QA)).tokens.example
-        q = loaded.index.vectors_to_query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0]
+        q = loaded.index.space.query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0].float().numpy()
         every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
         assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:3].tolist()
 
 
-@pytest.mark.parametrize("ranking, other", [("token_saturated", "span_saturated"), ("span_saturated", "span_gated")])
-def test_ranking_setting_ranks_by_that_rankings_oracle(make_settings, ranking, other):
-    """TRIBUTARY_RANKING=token_saturated (every response token its own span, weight 1) or
-    span_saturated (the previous default: spans and weights, no presence gate)."""
-    with TestClient(create_app(make_settings(ranking=ranking))) as c:
-        assert c.get("/v1/index").json()["ranking"] == ranking
+def test_ranking_constants_from_the_settings_override_the_manifest(make_settings):
+    """TRIBUTARY_SATURATION=10 ranks by span_gated with k = 10, not the manifest's 30."""
+    with TestClient(create_app(make_settings(saturation=10.0))) as c:
+        assert c.app.state.loaded.index.ranking_config.saturation == 10.0
         body = c.post("/v1/attributions", json={**QA, "top_k": 5}).json()
-        every = _saturated_oracle(c.app.state.loaded, QA, ranking)
+        every = _saturated_oracle(c.app.state.loaded, QA)
         assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
         np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
-        theirs = _saturated_oracle(c.app.state.loaded, QA, other)
-        assert not np.allclose(np.sort(theirs)[::-1][:5], np.sort(every)[::-1][:5]), f"{ranking} and {other} must differ here"
+    with TestClient(create_app(make_settings())) as c:
+        theirs = _saturated_oracle(c.app.state.loaded, QA)
+    assert not np.allclose(np.sort(theirs)[::-1][:5], np.sort(every)[::-1][:5]), "k = 10 and 30 must differ here"
 
 
 def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
@@ -208,7 +202,7 @@ def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
         from tributary_indexer.data.batching import collate
 
         g = loaded.engine.computer.compute(collate([prepared.tokens.example], loaded.engine.pad_id)).vectors
-        q = loaded.index.vectors_to_query(g)[0]
+        q = loaded.index.space.query(g)[0].float().numpy()
         every = loaded.index.stored_vectors(np.arange(loaded.index.n_examples)) @ q
         assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[:5].tolist()
         np.testing.assert_allclose([e["score"] for e in body["examples"]], np.sort(every)[::-1][:5], rtol=1e-5)
@@ -253,7 +247,7 @@ def test_token_wise_scores_add_up(client):
 
     loaded = client.app.state.loaded
     ex = loaded.engine.prepare(AttributionRequest(**QA)).tokens.example
-    q = loaded.index.vectors_to_query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0]
+    q = loaded.index.space.query(loaded.engine.computer.compute(collate([ex], loaded.engine.pad_id)).vectors)[0].float().numpy()
     influence = loaded.index.stored_vectors(np.array([e["example_id"] for e in body["examples"]])) @ q
     np.testing.assert_allclose([sum(t["score"] for t in e["token_scores"]) for e in body["examples"]], influence,
                                rtol=1e-4, atol=1e-6)

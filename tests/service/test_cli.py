@@ -30,7 +30,7 @@ def test_the_service_offers_exactly_the_indexer_rankings():
     """``--ranking`` / ``TRIBUTARY_RANKING`` choices are the indexer's rankings, no more and no fewer."""
     from typing import get_args
 
-    from tributary_indexer.query.ranking import RANKINGS
+    from tributary_indexer.config import RANKINGS
     from tributary_service.settings import Ranking
 
     assert get_args(Ranking) == RANKINGS

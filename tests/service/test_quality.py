@@ -9,7 +9,7 @@ K = 4,096, α = 16): a stating document ranks first for 85% of them (330) and is
 all 390; where it ranks first, the response token with the largest share of its score is an answer
 token for 58% (191); in the question checked by hand below it is the subject's name, which the
 stating document also teaches ("Zurvae" → " Pialdaley"), with the answer next. Per-module Fisher blocks without RapidGrad put the answer first
-more often (73% at rank 64, 72% at rank 32, the previous default) but rank the stating document
+more often (73% at rank 64, 72% at rank 32) but rank the stating document
 first less often (81%, 78%); ``benchmarks/RESULTS.md`` has the trade-off. On the every-third
 subset used here the default gives 106/130 first, 130/130 in the top 10 and 61/106 answer tokens.
 The thresholds sit under those figures; the NLL objective (an earlier default) ranks a stating

@@ -1,4 +1,4 @@
-"""The index build pipeline (DESIGN §3, §5).
+"""The index build pipeline.
 
 ``corpus → tokenise → [PCA statistics pass] → gradient pass (raw vectors to staging, one chunk
 per shard) → Fisher over the staged vectors (all-reduced across ranks) → preconditioner →
@@ -16,6 +16,7 @@ ids dense and identical everywhere) but computes gradients only for the shards i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -31,7 +32,7 @@ import torch
 
 from .. import __version__
 from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir, stale_temp_files
-from ..config import RUNTIME_FIELDS, BuildConfig
+from ..config import QUERY_FIELDS, RUNTIME_FIELDS, BuildConfig, RankingConfig
 from ..data.batching import TokenizedExample, collate, pad_token_id
 from ..data.corpus import CorpusRecord, CorpusStats, iter_records
 from ..data.corpus_check import CorpusCheck, UniqueIds, check_corpus, write_skip_report
@@ -149,7 +150,9 @@ class IndexBuilder:
             raise IndexIntegrityError(
                 f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
             )
-        stored = {k: v for k, v in manifest["build_config"].items() if k not in ("summary", "additions")}
+        ranking_only = {f.name for f in dataclasses.fields(RankingConfig)} - QUERY_FIELDS  # recorded, not build options
+        stored = {k: v for k, v in manifest["build_config"].items()
+                  if k not in ("summary", "additions") and k not in ranking_only}
         for key, value in LEGACY_BUILD_DEFAULTS.items():  # indexes from before these fields existed
             stored.setdefault(key, value)
         stored["corpus"] = self.config.corpus

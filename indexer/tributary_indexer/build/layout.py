@@ -1,4 +1,4 @@
-"""Where the files of an index directory live (DESIGN §3), and the manifest the builder writes."""
+"""Where the files of an index directory live, and the manifest the builder writes."""
 
 from __future__ import annotations
 

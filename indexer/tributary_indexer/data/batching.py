@@ -2,8 +2,8 @@
 
 An example is a token sequence plus a *target mask*: ``target_mask[t]`` is True when token ``t``
 is a loss target, i.e. the model is scored on predicting it from tokens ``< t``. Plain documents
-target every token after the first; prompt/response examples target the response tokens only
-(DESIGN §2). Batches are always right-padded, so a sequence's positions, and therefore its
+target every token after the first; prompt/response examples target the response tokens only.
+Batches are always right-padded, so a sequence's positions, and therefore its
 gradients, do not depend on what it is batched with.
 """
 

@@ -1,6 +1,6 @@
 """The example store ``examples.sqlite``: global id -> text, source, provider, token counts, hash.
 
-Crash safety and resume (DESIGN §3):
+Crash safety and resume:
 
 - :class:`ExampleStoreWriter` writes to ``examples.sqlite.partial`` beside the final path, in
   WAL mode with ``synchronous=FULL``; :meth:`~ExampleStoreWriter.flush` commits buffered rows

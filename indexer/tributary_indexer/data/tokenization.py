@@ -1,4 +1,4 @@
-"""Corpus records and queries to :class:`~tributary_indexer.data.batching.TokenizedExample` (DESIGN §2).
+"""Corpus records and queries to :class:`~tributary_indexer.data.batching.TokenizedExample`.
 
 Training records and queries go through one code path: the example is built from text
 *pieces*, each tokenised on its own with ``add_special_tokens=False`` and concatenated, so the

@@ -140,7 +140,7 @@ class ProjectedGradientHooks(ModuleHooks):
 
     After backward, :attr:`vectors` ``[B, D]`` holds ``g = concat_m vec(G_m)`` per example and,
     when requested, :attr:`per_position` ``[B, T, D]`` the per-position terms ``g^{(t)}`` that sum
-    to it (DESIGN §2). Positions where ``position_mask`` is 0 contribute exactly nothing. With
+    to it. Positions where ``position_mask`` is 0 contribute exactly nothing. With
     ``positions`` (a ``[B, T]`` bool selection) :attr:`position_terms` ``[n, D]`` holds the terms
     of the selected positions only, in row-major order (example, then position): the ``[B, T, D]``
     block is never allocated, which matters when a long prompt precedes a short response.

@@ -1,4 +1,4 @@
-"""The attribution objectives: what is differentiated for each example (DESIGN §2).
+"""The attribution objectives: what is differentiated for each example.
 
 Both are sums over the target tokens ``T(z)`` (not means), so an example's gradient does not
 depend on how many other tokens share its batch, and per-position contributions add up to the

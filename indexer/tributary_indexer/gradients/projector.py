@@ -1,6 +1,6 @@
 """LoGra projections: per tracked module a pair ``P_in ∈ R^{k_in×d_in}``, ``P_out ∈ R^{k_out×d_out}``.
 
-A module's projected gradient is ``G = P_out ∇W P_inᵀ`` (DESIGN §2). Initialisations:
+A module's projected gradient is ``G = P_out ∇W P_inᵀ``. Initialisations:
 
 - ``random``: i.i.d. ``N(0, 1/k)`` entries (Johnson–Lindenstrauss scaling, so
   ``E‖P v‖² = ‖v‖²``), one generator per module seeded from ``(seed, module name)``;

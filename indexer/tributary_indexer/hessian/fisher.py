@@ -1,4 +1,4 @@
-"""Streaming projected empirical Fisher, block-diagonal over modules (DESIGN §2).
+"""Streaming projected empirical Fisher, block-diagonal over modules.
 
 ``F_m = (1/N) Σ_z g_m(z) g_m(z)ᵀ``. Sums are float64 and additive, so partial accumulators from
 different processes, shards or resumed runs merge exactly (:meth:`FisherAccumulator.merge`,

@@ -2,7 +2,7 @@
 
 ``A_m = E[x xᵀ]`` ``[d_in, d_in]`` and ``S_m = E[δ δᵀ]`` ``[d_out, d_out]``, averaged over the real
 (non-padded) token positions of sample batches. Their top eigenvectors initialise the ``pca``
-projector (DESIGN §2). Sides wider than ``max_dim`` are not estimated (a ``d²`` float64 matrix:
+projector. Sides wider than ``max_dim`` are not estimated (a ``d²`` float64 matrix:
 8192 → 512 MiB) and the projector falls back to random projections there; GPT-2's ``lm_head``
 output (the vocabulary) is the usual example.
 """

@@ -1,4 +1,4 @@
-"""Damped inverse-Fisher preconditioning, exact per Fisher block (DESIGN §2).
+"""Damped inverse-Fisher preconditioning, exact per Fisher block.
 
 Per block ``H_m = F_m + λ_m I`` with ``λ_m = α · mean eig(F_m) = α · tr(F_m) / D_m``. The block is
 kept as its explicit inverse ``H^{-1}``, computed through a Cholesky factor ``H = L Lᵀ``: 2.1 s

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch
 from ..build.layout import IndexPaths
 from ..build.manifest import Manifest, verify_index
 from ..build.shards import SearchResult, is_flat, merge_topk, read_shard
+from ..config import RankingConfig
 from ..data.example_store import ExampleStore
 from ..data.tombstones import COMPACTION_DIR, SWAP_MARKER, Tombstones, TombstoneWatcher, id_space_of
 from ..errors import IndexIntegrityError
@@ -27,7 +30,8 @@ from ..gradients.projector import LoGraProjector
 from ..gradients.rapidgrad import RapidGradCompressor
 from ..hessian.preconditioner import Preconditioner
 from ..hessian.scores import ScoreTransform
-from .ranking import RANKINGS, SATURATED_RANKINGS, TokenSaturation, reference_rows
+from .ranking import Ranking, make_ranking, reference_rows
+from .space import QuerySpace
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,9 @@ class AttributionIndex:
     """A read-only, loaded index."""
 
     def __init__(self, root: str | Path, verify_checksums: bool = True, rerank_factor: int = 10,
-                 ranking: str | None = None):
+                 ranking: str | Mapping[str, Any] | None = None):
+        """``ranking``: :class:`~tributary_indexer.config.RankingConfig` fields that override the
+        manifest's (a name alone overrides ``ranking``; ``None`` values are ignored)."""
         self.paths = IndexPaths(Path(root))
         problems = verify_index(self.paths.root, check_checksums=verify_checksums)
         if problems:
@@ -107,7 +113,11 @@ class AttributionIndex:
             if rapid else None
         )
         self.compressed = not is_flat(self.manifest.build_config.get("index_factory", "Flat"))
-        self.saturation = self._saturation(ranking)
+        self.space = QuerySpace(self.transform, self.compressor)
+        """The query side of the index's vector space (compression and transform)."""
+        self.ranking_config = self._ranking_config(ranking)
+        self.ranking: Ranking = make_ranking(self.ranking_config)
+        """The ranking in force: the manifest's, with the overrides."""
         self.rerank_factor = rerank_factor
         self.shards: list[ShardHandle] = []
         for n, shard in enumerate(self.manifest.shards):
@@ -159,36 +169,37 @@ class AttributionIndex:
         return self._tombstones.refresh()
 
     def reference(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
-        """The reference sample ``[M, D]`` float32 (on ``device``, cached) that ``span_gated``'s selective core counts
-        its matched shares on: the stored vectors of :func:`~.ranking.reference_rows`. ``None`` when not needed."""
-        if self.saturation is None or not self.saturation.selective:
+        """The reference sample ``[M, D]`` float32 (on ``device``, cached) that the ranking counts
+        its matched shares on: the stored vectors of :func:`~.ranking.reference_rows`. ``None``
+        when the ranking needs none."""
+        if not self.ranking.needs_reference:
             return None
         key = str(torch.device(device))
         if key not in self._reference:
             if "cpu" not in self._reference:
-                self._reference["cpu"] = torch.from_numpy(self.stored_vectors(reference_rows(self.n_examples)))
+                rows = reference_rows(self.n_examples, self.ranking_config.reference_rows)
+                self._reference["cpu"] = torch.from_numpy(self.stored_vectors(rows))
             self._reference[key] = self._reference["cpu"].to(device)
         return self._reference[key]
 
-    def _saturation(self, override: str | None) -> TokenSaturation | None:
-        """The ranking: ``override``, else the manifest's (indexes from before rankings: ``linear``)."""
-        ranking = override or self.manifest.build_config.get("ranking", "linear")
-        if ranking not in RANKINGS:
-            where = "the ranking asked for" if override else f"index {self.paths.root}"
-            raise IndexIntegrityError(f"{where} names an unknown ranking {ranking!r} (known: {list(RANKINGS)}); "
-                                      "fix: choose a known ranking, or upgrade tributary")
-        if ranking == "linear":
-            return None
-        if self.manifest.score_variant != "influence":
-            raise IndexIntegrityError(f"ranking {ranking!r} needs an index built with score 'influence', but "
-                                      f"{self.paths.root} stores {self.manifest.score_variant!r} vectors; fix: rank it "
-                                      "'linear' or rebuild it with --score influence")
-        return TokenSaturation(float(self.manifest.build_config.get("saturation", TokenSaturation.k)), ranking=ranking)
-
-    @property
-    def ranking(self) -> str:
-        """The ranking in force: ``linear``, or the saturated one's name."""
-        return self.saturation.ranking if self.saturation is not None else "linear"
+    def _ranking_config(self, overrides: str | Mapping[str, Any] | None) -> RankingConfig:
+        """The manifest's ranking configuration with ``overrides`` (indexes from before rankings
+        were recorded: ``linear``)."""
+        if isinstance(overrides, str):
+            overrides = {"ranking": overrides}
+        asked = {k: v for k, v in (overrides or {}).items() if v is not None}
+        try:
+            config = RankingConfig.from_dict({**self.manifest.build_config, **asked})
+        except ValueError as exc:
+            where = "the ranking settings asked for" if asked else f"index {self.paths.root}"
+            raise IndexIntegrityError(f"{where}: {exc}; fix: choose a known ranking and valid "
+                                      "constants (tributary serve --help)") from exc
+        if config.ranking != "linear" and self.manifest.score_variant != "influence":
+            raise IndexIntegrityError(
+                f"ranking {config.ranking!r} needs an index built with score 'influence', but "
+                f"{self.paths.root} stores {self.manifest.score_variant!r} vectors; fix: rank it "
+                "'linear' or rebuild it with --score influence")
+        return config
 
     @property
     def dim(self) -> int:
@@ -209,54 +220,6 @@ class AttributionIndex:
             ivf = faiss.try_extract_index_ivf(shard.index)  # type: ignore[arg-type]  # faiss stubs lack the wrappers
             if ivf is not None:
                 ivf.nprobe = nprobe
-
-    def vectors_to_query(self, gradients: torch.Tensor) -> np.ndarray:
-        """Projected query gradients ``[nq, D_proj]`` → transformed query vectors ``[nq, D]`` float32."""
-        g = gradients.to(torch.float64)
-        if self.compressor is not None:
-            g = self.compressor.compress(g)
-        return self.transform.query(g)[0].float().cpu().numpy()
-
-    def token_queries(self, per_position: torch.Tensor, totals: torch.Tensor, owner: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised query vectors ``[n, D]`` and token weights ``[n]`` (float64) of response positions.
-
-        ``per_position`` ``[n, D_proj]`` are the projected terms ``g^{(t)}`` of the positions that
-        emit the response tokens, of one or several queries; ``totals`` ``[B, D_proj]`` (or
-        ``[D_proj]`` for one query) the queries' whole gradients, whose RapidGrad layer scales
-        apply to their terms; ``owner`` ``[n]`` says which query each row belongs to (all 0 when
-        omitted). One compression, one preconditioning and one second moment for the whole batch;
-        :meth:`TokenSaturation.split` splits the rows per query. Needs a saturated ranking.
-        """
-        if self.saturation is None:
-            raise ValueError("this index ranks linearly (manifest ranking 'linear' or a non-influence score); token "
-                             f"queries need a saturated ranking (one of {list(SATURATED_RANKINGS)}) with score='influence'")
-        totals = totals.reshape(-1, totals.shape[-1])
-        rows = owner if owner is not None else torch.zeros(per_position.shape[0], dtype=torch.long, device=per_position.device)
-        return self.saturation.token_queries(per_position, totals, rows, self.transform, self.compressor)
-
-    # ------------------------------------------------------------------ token-wise (dual form)
-    # A score ⟨T_side(Φ g)^{(t)}, v⟩ = c_side(Φ g) · Σ_m scale_m · ⟨g_m^{(t)}, (Φᵀ M v)_m⟩, where
-    # Φ is RapidGrad (layer scales × R) or the identity. The hooks compute the inner products
-    # per module from :meth:`dual_weights`; :meth:`combine_position_scores` applies the scalars.
-    def dual_weights(self, side: str, v: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``Rᵀ M v`` ``[n, D_proj]`` for final-space vectors ``v`` ``[n, D]``."""
-        w = self.transform.linear(side, torch.as_tensor(np.asarray(v), dtype=torch.float64))
-        return self.compressor.transpose(w) if self.compressor is not None else w
-
-    def combine_position_scores(self, side: str, totals: torch.Tensor, module_scores: torch.Tensor) -> np.ndarray:
-        """``[N, R, T, M]`` per-module position scores → ``[N, R, T]`` scores of positions.
-
-        ``totals`` ``[N, D_proj]`` are the examples' whole gradients (for the scalars).
-        """
-        g = totals.to(torch.float64)
-        scores = module_scores.to(torch.float64)
-        if self.compressor is not None:
-            layer = self.compressor.layer_scales(g)  # [N, M]
-            scores = scores * layer[:, None, None, :]
-            g = self.compressor.compress(g)
-        c = self.transform.scale(side, g)  # [N]
-        return (scores.sum(-1) * c[:, None, None]).cpu().numpy()
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> SearchResult:
         """Exact top-``k`` (largest inner product) over all shards; ``-1`` ids where fewer hits.

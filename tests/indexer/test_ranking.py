@@ -1,4 +1,5 @@
-"""The saturated rankings: RMS and specificity from the Fisher against the training set, copy spans, formulas, config."""
+"""The rankings: RMS and specificity from the Fisher against the training set, copy spans, span_gated's
+formula and selective core, the ranking configuration."""
 
 from __future__ import annotations
 
@@ -7,20 +8,40 @@ import re
 import numpy as np
 import pytest
 import torch
-from tributary_indexer.config import BuildConfig
+from tributary_indexer.config import RANKINGS, BuildConfig, RankingConfig
 from tributary_indexer.data.batching import TokenizedExample
 from tributary_indexer.gradients.projector import Block
 from tributary_indexer.hessian.fisher import FisherAccumulator
 from tributary_indexer.hessian.preconditioner import Preconditioner
+from tributary_indexer.hessian.scores import ScoreTransform
 from tributary_indexer.query.ranking import (
-    RANKINGS,
-    REFERENCE_ROWS,
-    SATURATED_RANKINGS,
+    LinearRanking,
+    RankingQuery,
+    SpanGatedRanking,
     TokenQuery,
-    TokenSaturation,
     copy_spans,
+    make_ranking,
     reference_rows,
 )
+from tributary_indexer.query.space import QuerySpace
+
+REFERENCE_ROWS = RankingConfig.reference_rows
+
+
+def gated(**config: object) -> SpanGatedRanking:
+    ranking = make_ranking(RankingConfig(**config))  # type: ignore[arg-type]
+    assert isinstance(ranking, SpanGatedRanking)
+    return ranking
+
+
+def scores(ranking: SpanGatedRanking, query: TokenQuery, stored: torch.Tensor) -> torch.Tensor:
+    """The helpful scores of ``stored`` ``[N, D]``, as the re-score computes them."""
+    return ranking.aggregate(query.vectors @ stored.T, query)
+
+
+def one_query(ranking: SpanGatedRanking, tokens: torch.Tensor, weights: torch.Tensor, example: TokenizedExample,
+              reference: torch.Tensor | None = None) -> TokenQuery:
+    return ranking.split(tokens, weights, torch.zeros(len(tokens), dtype=torch.long), [example], reference)[0]
 
 
 def _vectors(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -62,90 +83,9 @@ def test_score_second_moment_with_several_blocks_sums_the_blocks():
     torch.testing.assert_close(pre.score_second_moment(v), want, rtol=1e-9, atol=1e-12)
 
 
-def _each_token(vectors: torch.Tensor) -> TokenQuery:
-    return TokenQuery(vectors, torch.ones(len(vectors), dtype=torch.float64), torch.arange(len(vectors)))
-
-
-def test_saturated_scores_follow_the_formula_and_the_first_stage_sums_tokens():
-    sat = TokenSaturation(k=3.0)
-    tokens = _vectors(4, 6, seed=3)
-    stored = _vectors(9, 6, seed=4)
-    z = tokens @ stored.T  # [4, 9]
-    want = sum(max(float(x), 0.0) / (max(float(x), 0.0) + 3.0) for x in z[:, 2])
-    got = sat.scores(_each_token(tokens), stored)
-    assert got.shape == (9,) and abs(float(got[2]) - want) < 1e-12
-    assert bool((got >= 0).all()) and bool((got < 4).all())  # each token adds less than 1
-    torch.testing.assert_close(sat.first_stage_query(_each_token(tokens)), tokens.sum(0))
-    harmful = sat.aggregate(z, _each_token(tokens), harmful=True)  # the harmful direction: the negated token scores
-    assert abs(float(harmful[2]) - sum(max(-float(x), 0.0) / (max(-float(x), 0.0) + 3.0) for x in z[:, 2])) < 1e-12
-
-
-def test_span_scores_take_each_span_best_token_and_largest_weight():
-    sat = TokenSaturation(k=2.0, ranking="span_saturated")
-    tokens = _vectors(5, 6, seed=6)
-    stored = _vectors(7, 6, seed=7)
-    weights = torch.tensor([0.5, 3.0, 1.0, 2.0, 0.25], dtype=torch.float64)
-    spans = torch.tensor([0, 0, 1, 2, 2])
-    got = sat.scores(TokenQuery(tokens, weights, spans), stored)
-    z = (tokens @ stored.T).tolist()  # [5][7]
-    for j in range(7):  # oracle: plain loops over the spans
-        want = 0.0
-        for members in ([0, 1], [2], [3, 4]):
-            best = max(max(z[t][j], 0.0) for t in members)
-            want += max(float(weights[t]) for t in members) * best / (best + 2.0)
-        assert abs(float(got[j]) - want) < 1e-12
-    # one token per span and unit weights: exactly token_saturated
-    zc = (tokens @ stored.T).clamp_min(0)
-    torch.testing.assert_close(sat.scores(_each_token(tokens), stored), (zc / (zc + 2.0)).sum(0))
-
-
-@pytest.mark.parametrize("presence_k, presence_core", [(0.5, 0.5), (2.0, 0.5), (2.0, 0.0), (2.0, 0.3)])
-def test_gated_scores_add_the_new_spans_times_the_copied_spans_presence(presence_k, presence_core):
-    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=presence_core,
-                          presence_selectivity=None)  # the core by weight (the selective core: the next test)
-    tokens = _vectors(6, 5, seed=10)
-    stored = _vectors(8, 5, seed=11)
-    weights = torch.tensor([2.0, 0.5, 1.0, 4.0, 1.5, 3.0], dtype=torch.float64)
-    # spans: [0, 1] copied, [2] new, [3, 4] copied, [5] new
-    ex = TokenizedExample((9, 20, 21, 30, 31, 8, 20, 21, 40, 30, 31, 41), (False,) * 6 + (True,) * 6)
-    query = sat.query(tokens, weights, ex)
-    assert query.spans.tolist() == [0, 0, 1, 2, 2, 3] and query.copied.tolist() == [True, False, True, False]
-    got = sat.scores(query, stored)
-    z = (tokens @ stored.T).tolist()  # [6][8]
-    # the cores at 0.5: token 0 of span [0, 1] (weights 2, 0.5) and token 3 of [3, 4] (4, 1.5); at 0.3
-    # both tokens of [3, 4] (1.5 >= 1.2) and still only token 0 of [0, 1] (0.5 < 0.6); at 0 every token
-    for j in range(8):  # oracle: plain loops, C + N * (1 + P)
-        copied_part, new_part, presence = 0.0, 0.0, []
-        for members, is_copy in (([0, 1], True), ([2], False), ([3, 4], True), ([5], False)):
-            best = max(max(z[t][j], 0.0) for t in members)
-            largest = max(float(weights[t]) for t in members)
-            term = largest * best / (best + 3.0)
-            if is_copy:
-                copied_part += term
-                core = [t for t in members if float(weights[t]) >= presence_core * largest]
-                core_best = max(max(z[t][j], 0.0) for t in core)
-                presence.append(core_best / (core_best + presence_k))
-            else:
-                new_part += term
-        want = copied_part + new_part * (1 + sum(presence) / len(presence))
-        assert abs(float(got[j]) - want) < 1e-12
-    if presence_core > 0:  # the core changes the presence of these vectors: the parameter is exercised
-        whole = TokenSaturation(k=3.0, ranking="span_gated", presence_k=presence_k, presence_core=0.0, presence_selectivity=None)
-        assert not torch.allclose(got, whole.scores(query, stored))
-    # never below span_saturated, and at most the new spans' part more
-    plain = TokenSaturation(k=3.0, ranking="span_saturated").scores(query, stored)
-    assert bool((got >= plain - 1e-12).all())
-    # a response that copies nothing ranks exactly as under span_saturated
-    ex_new = TokenizedExample((9, 20, 21, 30, 31, 8, 50, 51, 52, 53, 54, 55), (False,) * 6 + (True,) * 6)
-    q_new = sat.query(tokens, weights, ex_new)
-    assert not bool(q_new.copied.any())
-    torch.testing.assert_close(sat.scores(q_new, stored),
-                               TokenSaturation(k=3.0, ranking="span_saturated").scores(q_new, stored), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("selectivity, floor", [(1.0, 0.0), (2.0, 0.0), (2.0, 0.3), (4.0, 0.0)])
 def test_selective_core_takes_the_presence_from_the_tokens_matching_the_fewest_reference_examples(selectivity, floor):
-    sat = TokenSaturation(k=3.0, ranking="span_gated", presence_selectivity=selectivity, presence_floor=floor)
+    sat = gated(saturation=3.0, presence_selectivity=selectivity, presence_floor=floor)
     # tokens 1 and 4 match few reference examples, 0 and 3 many: the spans [0, 1] and [3, 4] have a selective token
     tokens = _vectors(6, 5, seed=10) * torch.tensor([2.0, 0.5, 1.0, 1.5, 0.6, 1.0], dtype=torch.float64)[:, None]
     stored = _vectors(8, 5, seed=11)
@@ -153,7 +93,7 @@ def test_selective_core_takes_the_presence_from_the_tokens_matching_the_fewest_r
     weights = torch.tensor([2.0, 0.5, 1.0, 4.0, 1.5, 3.0], dtype=torch.float64)
     # spans: [0, 1] copied, [2] new, [3, 4] copied, [5] new
     ex = TokenizedExample((9, 20, 21, 30, 31, 8, 20, 21, 40, 30, 31, 41), (False,) * 6 + (True,) * 6)
-    query = sat.query(tokens, weights, ex, reference)
+    query = one_query(sat, tokens, weights, ex, reference)
     zr = (tokens @ reference.T).tolist()  # [6][40]
     share = {"helpful": [sum(x > 2.0 for x in row) / 40 for row in zr], "harmful": [sum(-x > 2.0 for x in row) / 40 for row in zr]}
     assert query.shares is not None and query.shares[0].tolist() == share["helpful"] and query.shares[1].tolist() == share["harmful"]
@@ -183,24 +123,30 @@ def test_selective_core_takes_the_presence_from_the_tokens_matching_the_fewest_r
             assert abs(float(got[j]) - want) < 1e-12
     assert trimmed, "a copied span's selective core must leave a token out, or the core goes untested"
     if selectivity < 4.0 and floor == 0.0:  # the helpful cores leave a token out here (at 4 only the harmful one does)
-        whole = TokenSaturation(k=3.0, ranking="span_gated", presence_core=0.0, presence_selectivity=None)
-        assert not torch.allclose(sat.scores(query, stored), whole.scores(query, stored))
+        whole = gated(saturation=3.0, presence_selectivity=1e9)  # every token of a copied span in its core
+        assert not torch.allclose(scores(sat, query, stored), scores(whole, query, stored))
+    # the two-stage re-score of a RankingQuery is the same aggregate, in both directions
+    as_query = RankingQuery(tokens.sum(0), tokens.sum(0), query)
+    torch.testing.assert_close(sat.rescore(as_query, stored), sat.aggregate(tokens @ stored.T, query))
+    torch.testing.assert_close(sat.rescore(as_query, stored, harmful=True),
+                               sat.aggregate(tokens @ stored.T, query, harmful=True))
 
 
 def test_selective_core_needs_a_reference_sample_of_the_right_width():
-    sat = TokenSaturation(ranking="span_gated")
+    sat = gated()
     ex = TokenizedExample((9, 20, 21, 20, 21), (False,) * 3 + (True,) * 2)
     tokens, weights = _vectors(2, 5), torch.ones(2, dtype=torch.float64)
     with pytest.raises(ValueError, match="needs the reference sample of stored vectors"):
-        sat.query(tokens, weights, ex)
+        one_query(sat, tokens, weights, ex)
     with pytest.raises(ValueError, match=r"reference sample must be \[M >= 1, 5\]"):
-        sat.query(tokens, weights, ex, _vectors(3, 4))
+        one_query(sat, tokens, weights, ex, _vectors(3, 4))
     no_shares = TokenQuery(tokens, weights, torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="has no matched shares"):
-        sat.scores(no_shares, _vectors(3, 5))
-    # the weight core and the other rankings need none
-    TokenSaturation(ranking="span_gated", presence_selectivity=None).scores(no_shares, _vectors(3, 5))
-    TokenSaturation(ranking="span_saturated").query(tokens, weights, ex)
+        scores(sat, no_shares, _vectors(3, 5))
+    # the linear ranking needs none, and has no second stage
+    linear = make_ranking(RankingConfig(ranking="linear"))
+    assert isinstance(linear, LinearRanking) and not linear.needs_reference and not linear.positions
+    assert linear.fetch(7) == 7 and sat.fetch(7) == 200 and sat.fetch(500) == 500
 
 
 @pytest.mark.parametrize("n", [1, 7, 4096, 4097, 10_000, 123_457])
@@ -214,17 +160,27 @@ def test_reference_rows_are_every_example_of_a_small_index_else_evenly_spaced(n)
 
 
 @pytest.mark.parametrize("presence_k", [0.0, -2.0, float("nan")])
-def test_bad_presence_k_and_unknown_rankings_are_refused_with_the_fix(presence_k):
-    with pytest.raises(ValueError, match="presence_k must be a positive number"):
-        TokenSaturation(ranking="span_gated", presence_k=presence_k)
-    with pytest.raises(ValueError, match=r"presence_core must be a fraction in \[0, 1\]"):
-        TokenSaturation(ranking="span_gated", presence_core=presence_k - 1.5)  # -1.5, -3.5, nan
-    with pytest.raises(ValueError, match="presence_selectivity must be a number >= 1 or None"):
-        TokenSaturation(ranking="span_gated", presence_selectivity=presence_k + 0.5)  # 0.5, -1.5, nan
-    with pytest.raises(ValueError, match=r"presence_floor must be a share in \[0, 1\]"):
-        TokenSaturation(ranking="span_gated", presence_floor=presence_k - 1.5)
-    with pytest.raises(ValueError, match="not a saturated ranking; choose one of"):
-        TokenSaturation(ranking="linear")
+def test_bad_ranking_constants_and_unknown_rankings_are_refused_with_the_fix(presence_k):
+    with pytest.raises(ValueError, match=r"presence_k=.* \(must be a positive number; default 2\)"):
+        RankingConfig(presence_k=presence_k)
+    with pytest.raises(ValueError, match=r"presence_selectivity=.* \(must be a number >= 1; default 2\)"):
+        RankingConfig(presence_selectivity=presence_k + 0.5)  # 0.5, -1.5, nan
+    with pytest.raises(ValueError, match=r"presence_floor=.* \(must be a share in \[0, 1\]; default 0.002\)"):
+        RankingConfig(presence_floor=presence_k - 1.5)
+    with pytest.raises(ValueError, match=r"candidates=0 \(must be an integer >= 1; default 200\)"):
+        RankingConfig(candidates=0)
+    with pytest.raises(ValueError, match=r"reference_rows=1.5 \(must be an integer >= 1; default 4096\)"):
+        RankingConfig(reference_rows=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("ranking='span_saturated' (choose from ['linear', 'span_gated'])")):
+        RankingConfig(ranking="span_saturated")
+
+
+def test_ranking_config_round_trips_and_reads_a_manifest():
+    config = RankingConfig(saturation=20.0, candidates=50)
+    assert RankingConfig.from_dict(config.to_dict()) == config
+    # a manifest's build_config holds other fields; one from before rankings were recorded ranks linearly
+    assert RankingConfig.from_dict({"score": "influence", "saturation": 40.0}) == RankingConfig("linear", 40.0)
+    assert RankingConfig.from_dict({"ranking": "span_gated", "presence_k": None}) == RankingConfig()
 
 
 def test_copy_spans_chain_pairs_that_the_prompt_holds():
@@ -235,12 +191,12 @@ def test_copy_spans_chain_pairs_that_the_prompt_holds():
     # a pair inside the response itself does not count: only the context is copied from
     ex2 = TokenizedExample((1, 2, 7, 8, 7, 8), (False, False, True, True, True, True))
     assert copy_spans(ex2).tolist() == [0, 1, 2, 3]
-    sat = TokenSaturation(ranking="span_saturated")
-    q = sat.query(torch.zeros(7, 3, dtype=torch.float64), torch.ones(7, dtype=torch.float64), ex)
-    assert q.spans.tolist() == [0, 0, 1, 2, 2, 3, 4]
-    assert TokenSaturation().query(q.vectors, q.weights, ex).spans.tolist() == list(range(7))
+    sat = gated()
+    reference = torch.ones(1, 3, dtype=torch.float64)
+    q = one_query(sat, torch.zeros(7, 3, dtype=torch.float64), torch.ones(7, dtype=torch.float64), ex, reference)
+    assert q.spans.tolist() == [0, 0, 1, 2, 2, 3, 4] and q.copied.tolist() == [True, False, True, False, False]
     with pytest.raises(ValueError, match="7 response tokens"):
-        sat.query(torch.zeros(6, 3, dtype=torch.float64), torch.ones(6, dtype=torch.float64), ex)
+        one_query(sat, torch.zeros(6, 3, dtype=torch.float64), torch.ones(6, dtype=torch.float64), ex, reference)
 
 
 @pytest.mark.parametrize("n, max_rows", [(40, 0), (5, None)], ids=["dense-inverse", "gram-inverse"])
@@ -253,7 +209,7 @@ def test_specificity_is_the_damping_share_over_the_measured_mean_squared_score(n
     h = train.T @ train / n + lam * torch.eye(12, dtype=torch.float64)
     u = torch.linalg.solve(h, g.T).T  # [6, 12]
     measured = (u @ train.T).pow(2).mean(1)  # E_z[s_t(z)^2] over the training vectors
-    got = TokenSaturation.specificity(pre.inverse(g), g, pre)
+    got = SpanGatedRanking.specificity(pre.inverse(g), g, pre)
     keep = [0, 1, 3, 4, 5]
     torch.testing.assert_close(got[keep], (lam * u.pow(2).sum(1) / measured)[keep], rtol=1e-8, atol=0)
     assert float(got[2]) == 0.0
@@ -261,28 +217,23 @@ def test_specificity_is_the_damping_share_over_the_measured_mean_squared_score(n
     torch.testing.assert_close((got + 1)[keep] * measured[keep], pre.self_influence(g)[keep], rtol=1e-8, atol=0)
 
 
-def test_span_ranking_weights_come_from_token_queries():
-    """``token_queries`` returns the specificity under ``span_saturated`` and ones under ``token_saturated``."""
-    from tributary_indexer.hessian.scores import ScoreTransform
-
+def test_token_queries_are_the_standardised_vectors_and_their_specificity():
     _, pre = _fitted(30, 8, 1.0)
-    transform = ScoreTransform("influence", pre)
+    space = QuerySpace(ScoreTransform("influence", pre))
     terms = _vectors(3, 8, seed=9)
     owner = torch.zeros(3, dtype=torch.long)
-    vec, w = TokenSaturation(ranking="span_saturated").token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
-    torch.testing.assert_close(w, TokenSaturation.specificity(pre.inverse(terms), terms, pre))
-    vec1, w1 = TokenSaturation().token_queries(terms, terms.sum(0, keepdim=True), owner, transform)
-    torch.testing.assert_close(vec1, vec)
-    assert w1.tolist() == [1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="span_saturated ranking standardises influence"):
-        TokenSaturation(ranking="span_saturated").token_queries(terms, terms, owner, ScoreTransform("grad_dot", None))
+    vec, w = gated().token_queries(space, terms, terms.sum(0, keepdim=True), owner)
+    torch.testing.assert_close(w, SpanGatedRanking.specificity(pre.inverse(terms), terms, pre))
+    torch.testing.assert_close(vec, SpanGatedRanking.standardized(pre.inverse(terms), terms, pre))
+    with pytest.raises(ValueError, match="span_gated ranking standardises influence"):
+        gated().token_queries(QuerySpace(ScoreTransform("grad_dot", None)), terms, terms, owner)
 
 
 def test_standardized_tokens_have_unit_rms_over_the_training_set():
     train, pre = _fitted(50, 10, 2.0, max_rows=0)
     g = _vectors(5, 10, seed=5)
     g[3] = 0.0  # a token without gradient stays zero instead of dividing by zero
-    std = TokenSaturation().standardized(pre.inverse(g), g, pre)
+    std = SpanGatedRanking.standardized(pre.inverse(g), g, pre)
     rms = (std @ train.T).pow(2).mean(1).sqrt()
     torch.testing.assert_close(rms[[0, 1, 2, 4]], torch.ones(4, dtype=torch.float64), rtol=1e-9, atol=1e-12)
     assert bool((std[3] == 0).all())
@@ -291,7 +242,7 @@ def test_standardized_tokens_have_unit_rms_over_the_training_set():
 @pytest.mark.parametrize("k", [0.0, -1.0, float("inf"), float("nan")])
 def test_bad_saturation_is_refused_with_the_fix(k):
     with pytest.raises(ValueError, match="positive number"):
-        TokenSaturation(k)
+        RankingConfig(saturation=k)
     with pytest.raises(ValueError, match="saturation="):
         BuildConfig(saturation=k)
 
@@ -300,15 +251,13 @@ def test_build_config_resolves_the_ranking_from_the_score():
     assert BuildConfig().ranking == "span_gated"
     assert BuildConfig(score="relatif").ranking == "linear"
     assert BuildConfig(ranking="linear").ranking == "linear"
-    assert BuildConfig(ranking="token_saturated").ranking == "token_saturated"
-    for ranking in SATURATED_RANKINGS:
-        with pytest.raises(ValueError, match=f"ranking='{ranking}' with score='cosine'.*ranking='linear' to keep 'cosine'"):
-            BuildConfig(score="cosine", ranking=ranking)
+    with pytest.raises(ValueError, match="ranking='span_gated' with score='cosine'.*ranking='linear' to keep 'cosine'"):
+        BuildConfig(score="cosine", ranking="span_gated")
     with pytest.raises(ValueError, match=re.escape(f"ranking='top' (choose from {list(RANKINGS)})")):
         BuildConfig(ranking="top")
     # the ranking is a query-time choice: not part of the identity a resume or an add must match
-    assert "ranking" not in BuildConfig().identity() and BuildConfig().query_settings() == {
-        "ranking": "span_gated", "saturation": 30.0}
+    assert "ranking" not in BuildConfig().identity()
+    assert BuildConfig(saturation=20.0).query_settings() == RankingConfig(saturation=20.0).to_dict()
 
 
 def test_emitting_positions_are_the_ones_before_each_target():
