@@ -89,9 +89,9 @@ _SCORE_SIGN = (
     "(lowered its loss), negative = it made the response less likely."
 )
 _SCORE_VARIANT_DOC = (
-    "How scores are normalised, fixed when the index is built: 'influence' = "
+    "How scores are normalised, fixed when the index is built: 'influence' (the default) = "
     "<g(z), (F+λI)^-1 g(query)>; 'relatif' = influence divided by the training example's "
-    "self-influence sqrt(g(z)ᵀ(F+λI)^-1 g(z)) (default for LLMs); 'cosine' = cosine "
+    "self-influence sqrt(g(z)ᵀ(F+λI)^-1 g(z)); 'cosine' = cosine "
     "similarity in the preconditioned metric; 'grad_dot' = plain gradient dot product "
     "(TracIn at one checkpoint, identity Hessian)."
 )

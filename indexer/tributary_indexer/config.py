@@ -112,7 +112,7 @@ class BuildConfig:
     """Which linear modules to track when ``include`` is empty: ``mlp+output`` (the MLP blocks and
     the output layer, where a transformer stores facts; falls back to ``all`` for a model without
     modules named ``*mlp*``) or ``all``. On the demo benchmarks ``mlp+output`` ranked the stating
-    document first for 73% of fact questions vs 63% with ``all``, at about half the index size."""
+    document first for 99.7% of fact questions vs 89.7% with ``all``."""
     include: list[str] = field(default_factory=list)
     """fnmatch patterns of linear modules to track (overrides ``modules``), e.g. ``["*.mlp.*", "lm_head"]``."""
     exclude: list[str] = field(default_factory=list)
@@ -149,7 +149,7 @@ class BuildConfig:
     """What is differentiated per example: ``margin`` (the log-odds ``log p/(1−p)`` of each target
     token, default) or ``nll`` (the training loss). ``nll`` gradients vanish on text the model has
     memorised, so facts and backdoors it learned by heart drop out of the ranking; ``margin``
-    keeps them (fact recall@10 0.57 → 0.99, backdoor AUPRC 0.41 → 0.98 on the demo benchmark).
+    keeps them (fact recall@10 0.37 → 1.00, backdoor AUPRC 0.02 → 1.00 on the demo benchmark).
     Same cost."""
     score: str = "influence"
     """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,

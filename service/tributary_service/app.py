@@ -33,12 +33,14 @@ DESCRIPTION = """
 Tributary answers *which training examples made the model say this?*
 
 **Scores.** `score = ⟨stored(z), q(query)⟩`, an influence-function estimate computed from
-LoGra-projected gradients preconditioned with the damped Fisher `(F + λI)⁻¹`.
+LoGra-projected gradients preconditioned with the damped Fisher `(F + λI)⁻¹`. Under the
+`span_gated` ranking (the default; see `GET /v1/index`) an example is ranked and scored by its
+per-token influence, standardised, saturated and gated, instead of the plain sum.
 **Positive** = training on the example made the response *more* likely (lowered its loss);
 **negative** = *less* likely. `direction=harmful` returns the most negative.
 
 **Score variants** (fixed when the index is built, see `GET /v1/index`):
-`influence` = `gᵀ(F+λI)⁻¹g_q`; `relatif` (default) = influence divided by the example's
+`influence` (default) = `gᵀ(F+λI)⁻¹g_q`; `relatif` = influence divided by the example's
 self-influence `sqrt(gᵀ(F+λI)⁻¹g)`, so examples that are influential on everything do not
 crowd out the specific ones; `cosine` = cosine similarity in the preconditioned metric
 (scores in [-1, 1]); `grad_dot` = plain gradient dot product (TracIn, no Hessian).
