@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,12 @@ def _optional_dim(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a number of dims or 'off', got {text!r}") from None
 
 
+def _plain(text: str) -> str:
+    """A docstring as plain text for ``--help``: one line, no reST roles or literal quotes."""
+    text = re.sub(r":[a-z]+:`~?\.?([^`]+)`", r"\1", " ".join(text.split()))
+    return text.replace("``", "")
+
+
 def _field_docs() -> dict[str, str]:
     """The attribute docstrings of :class:`BuildConfig` (shown in ``--help``)."""
     docs: dict[str, str] = {}
@@ -42,7 +49,7 @@ def _field_docs() -> dict[str, str]:
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
+                docs[node.target.id] = _plain(nxt.value.value)
     return docs
 
 

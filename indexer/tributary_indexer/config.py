@@ -110,9 +110,8 @@ class BuildConfig:
     """JSONL / Parquet files (or directories of them); records are ``text``, ``prompt``+``response`` or ``messages``."""
     modules: str = "mlp+output"
     """Which linear modules to track when ``include`` is empty: ``mlp+output`` (the MLP blocks and
-    the output layer, where a transformer stores facts; falls back to ``all`` for a model without
-    modules named ``*mlp*``) or ``all``. On the demo benchmarks ``mlp+output`` ranked the stating
-    document first for 99.7% of fact questions vs 89.7% with ``all``."""
+    the output layer, where a transformer stores facts; ``all`` for a model without ``*mlp*``
+    modules) or ``all``. Measured trade-offs of this and every knob: ``docs/tuning.md``."""
     include: list[str] = field(default_factory=list)
     """fnmatch patterns of linear modules to track (overrides ``modules``), e.g. ``["*.mlp.*", "lm_head"]``."""
     exclude: list[str] = field(default_factory=list)
@@ -124,53 +123,33 @@ class BuildConfig:
     rank_in: int = 64
     """LoGra input rank per module; a module's projected block has ``rank_in·rank_out`` dims."""
     rank_out: int = 64
-    """LoGra output rank per module. 64×64 → 4,096 dims/module before RapidGrad (default). Higher
-    rank keeps more of each gradient: on the demo benchmark, under the same RapidGrad ``K``, LDS
-    rises with it. Rank costs gradient time (the projections are ``r × d`` per module) and, when
-    ``rapidgrad_k`` is off, index size (``r²`` per module) and Fisher size (``r⁴`` per module)."""
+    """LoGra output rank per module (64×64 → 4,096 dims a module before RapidGrad). Higher rank keeps
+    more of each gradient for more projection work (and, without RapidGrad, a larger index and Fisher)."""
     seed: int = 0
     """Seed of the random projections, RapidGrad and IVF training."""
     pca_examples: int = 512
     """Examples used to estimate the covariances for ``pca`` (more = stabler eigenvectors)."""
     rapidgrad_k: int | None = 4096
-    """Compress the LoGra vector with RapidGrad to this many dims (None / ``--rapidgrad-k off`` =
-    store the LoGra vector itself), capped at the LoGra dimension. The Fisher becomes one dense
-    ``K×K`` block over all modules, so it keeps the cross-module terms that per-module blocks
-    drop: on the demo benchmark rank 64 → K=4,096 at α = 16 beat uncompressed rank 32 at α = 4 on
-    every metric (LDS 0.48 vs 0.42, fact recall@1 0.85 vs 0.78) with an index under half the
-    size. A fixed ``K`` bounds index size, search cost and the Fisher (``K²`` floats, one
-    inversion, about 2 s at 4,096 on 2 cores) whatever the model. The mean eigenvalue of the block
-    is its trace over ``K``, so keep ``damping / K`` when changing ``K``."""
+    """Compress the LoGra vector with RapidGrad to this many dims, capped at the LoGra dimension, and
+    precondition with one dense ``K×K`` Fisher over all modules (``off``: store the LoGra vector,
+    per-module Fisher blocks). Keep ``damping / K`` when changing it."""
     rapidgrad_normalize: bool = False
-    """RapidGrad's layer-wise L2 normalisation (RapidIn's choice: equalises the modules' weight in
-    the score, but is not inner-product preserving). Off by default: on the demo benchmark it cost
-    backdoor AUPRC and LDS."""
+    """RapidIn's layer-wise L2 normalisation before compressing (equalises the modules' weight, does
+    not preserve inner products); it cost quality on the benchmarks."""
     objective: str = "margin"
-    """What is differentiated per example: ``margin`` (the log-odds ``log p/(1−p)`` of each target
-    token, default) or ``nll`` (the training loss). ``nll`` gradients vanish on text the model has
-    memorised, so facts and backdoors it learned by heart drop out of the ranking; ``margin``
-    keeps them (fact recall@10 0.37 → 1.00, backdoor AUPRC 0.02 → 1.00 on the demo benchmark).
-    Same cost."""
+    """What is differentiated per example: ``margin`` (each target token's log-odds ``log p/(1−p)``)
+    or ``nll`` (the training loss, whose gradient vanishes on text the model has memorised)."""
     score: str = "influence"
-    """Score variant folded into the stored vectors: ``influence`` (default), ``relatif``, ``cosine``,
-    ``grad_dot``. With ``margin`` gradients ``influence`` ranked best on the quality benchmarks;
-    ``relatif``/``cosine`` normalise each training example, which cost backdoor AUPRC there."""
+    """Score variant folded into the stored vectors: ``influence``, ``relatif`` (divided by the
+    example's self-influence), ``cosine`` or ``grad_dot`` (no Hessian)."""
     damping: float = 24.0
-    """α in ``λ = α · mean eig(F)`` for each Fisher block (the one ``K×K`` block under RapidGrad).
-    Smaller trusts the Fisher more: better LDS but noisier backdoor retrieval, where directions
-    shared by a few duplicated documents get over-amplified; larger drifts towards ``grad_dot``.
-    At the default (rank 64, K = 4,096, ``span_gated``) α = 8 / 16 / 24 / 32 gave LDS
-    0.579 / 0.578 / 0.571 / 0.566, backdoor AUPRC 0.985 / 0.999 / 1.000 / 1.000 and fact
-    recall@1 0.995 / 0.997 / 0.997 / 0.997 (with the ``linear`` ranking α = 16 had been the
-    middle: LDS 0.48, AUPRC 0.98). The mean
-    eigenvalue falls as the block grows while the eigenvalues that matter do not, so rescale α
-    with the block size: keep ``α / K`` under RapidGrad, ``α / r²`` with per-module blocks
-    (RapidGrad off: 6 at 32×32, 24 at 64×64). Sweep in ``benchmarks/RESULTS.md``."""
+    """α in ``λ = α · mean eig(F)`` for each Fisher block: smaller trusts the Fisher more, larger
+    drifts towards ``grad_dot``. Rescale it with the block: keep ``α / K`` under RapidGrad,
+    ``α / r²`` per module without it."""
     ranking: str | None = None
-    """How the service ranks examples (:class:`RankingConfig`, :mod:`.query.ranking`; the stored
-    vectors do not depend on it): ``span_gated`` or ``linear``. Unset: ``span_gated`` for
-    ``score = "influence"`` (the only variant it applies to), ``linear`` for the others. Recorded
-    in the manifest; ``tributary serve --ranking`` overrides it."""
+    """How the service ranks examples (:class:`RankingConfig`): ``span_gated`` (``influence`` only,
+    its default) or ``linear`` (the default for the other scores); ``tributary serve --ranking``
+    overrides it."""
     saturation: float = RankingConfig.saturation
     """``k`` of ``span_gated``'s saturating curve ``z / (z + k)``, in units of a token's RMS
     score: smaller lets fewer strong tokens decide, very large tends to a weighted linear sum."""
