@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "build":
             p.add_argument("--keep-staging", action="store_true", help="keep the raw staged vectors after the build")
         else:
-            p.add_argument("--sample", type=int, default=32, help="examples timed for the estimate [32]")
+            p.add_argument("--timed-batches", type=int, default=3,
+                           help="gradient batches timed after one warm-up batch, on the corpus's first examples [3]")
+            p.add_argument("--json", action="store_true", help="print the plan and its breakdown as JSON")
         _add_config_flags(p, skip={"model", "corpus"})
     p = sub.add_parser("add", help="append a corpus as new shards with the frozen projector and Hessian")
     p.add_argument("--index", required=True, type=Path)
@@ -245,9 +247,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     if not config.model or not config.corpus:
         raise ValueError("--model and --corpus are required (or set them in --config)")
-    plan = estimate_build(config, sample=args.sample)
-    for line in plan.lines():
-        print(line)
+    if args.timed_batches < 1:
+        raise ValueError("--timed-batches must be at least 1")
+    plan = estimate_build(config, timed_batches=args.timed_batches)
+    if args.json:
+        print(plan.to_json())
+    else:
+        for line in plan.lines():
+            print(line)
     return 0
 
 
@@ -257,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its failed CPU-variant probes are not errors
     commands = {"build": _cmd_build, "add": _cmd_add, "verify": _cmd_verify, "plan": _cmd_plan, "remove": _cmd_remove,
                 "compact": _cmd_compact}
     t0 = time.perf_counter()

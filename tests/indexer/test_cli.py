@@ -35,7 +35,7 @@ def test_build_verify_add_plan(inputs, tmp_path, capsys):
     shard.write_bytes(shard.read_bytes()[:-8] + b"tampered")
     assert main(["verify", str(out)]) == 1
     assert "shard-00000.faiss: sha256 mismatch" in capsys.readouterr().out
-    assert main(["plan", "--model", str(model), "--corpus", str(a), "--sample", "4"]) == 0
+    assert main(["plan", "--model", str(model), "--corpus", str(a), "--timed-batches", "1"]) == 0
     plan = capsys.readouterr().out
     assert "examples: 40" in plan and "estimated time" in plan and "disk:" in plan and "peak RAM" in plan
 

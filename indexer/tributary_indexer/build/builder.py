@@ -24,6 +24,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,11 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list
 class IndexBuilder:
     """Builds (or resumes, or extends) an index directory from a :class:`BuildConfig`."""
 
-    def __init__(self, config: BuildConfig, out_dir: str | Path, ctx: DistributedContext | None = None, keep_staging: bool = False):
+    def __init__(self, config: BuildConfig, out_dir: str | Path, ctx: DistributedContext | None = None, keep_staging: bool = False,
+                 max_examples: int | None = None):
+        """`max_examples` stops after that many examples (what `tributary index plan` measures on)."""
         self.config = config
+        self.max_examples = max_examples
         self.paths = IndexPaths(Path(out_dir))
         self.ctx = ctx or DistributedContext()
         self.keep_staging = keep_staging
@@ -108,6 +112,14 @@ class IndexBuilder:
         self.known: KnownRecords | None = None
         """``add``: the records the index already holds (skipped)."""
         self._corpus_stats: CorpusStats | None = None
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.summary.stage_s[name] = self.summary.stage_s.get(name, 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ entry points
     def build(self) -> BuildSummary:
@@ -121,23 +133,28 @@ class IndexBuilder:
             return BuildSummary(**existing["build_config"].get("summary", {}))
         # the corpus and the model are checked before anything is written: a build that fails on
         # either leaves no state behind, so the rerun after the fix starts clean
-        self.corpus_check = check_corpus(cfg.corpus, skip_bad=cfg.skip_bad)
+        with self._stage("check"):
+            self.corpus_check = check_corpus(cfg.corpus, skip_bad=cfg.skip_bad)
         self.summary.corpus_notes = self.corpus_check.lines()
         check_writable_dir(self.paths.root)
         self._sweep_temp_files()
-        model, tokenizer, modules = self._load_model()
+        with self._stage("load"):
+            model, tokenizer, modules = self._load_model()
         state = self._pin_state()
-        projector = self._projector(model, tokenizer, modules)
+        with self._stage("projector"):
+            projector = self._projector(model, tokenizer, modules)
         compressor = self._compressor(projector)
         blocks = compressor.out_blocks if compressor else projector.blocks
         n_chunks, n_examples = self._gradient_pass(model, tokenizer, modules, projector, compressor, id_offset=0, first_chunk=0)
         self.ctx.barrier()
         preconditioner = self._fit_preconditioner(blocks, range(n_chunks))
         transform = ScoreTransform(cfg.score, preconditioner)
-        self._write_shards(transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples)
+        with self._stage("shards"):
+            self._write_shards(transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples)
         self.ctx.barrier()
         if self.ctx.is_main:
-            self._finish(state, projector, preconditioner, range(n_chunks), n_examples, tokenizer, additions=[])
+            with self._stage("finish"):
+                self._finish(state, projector, preconditioner, range(n_chunks), n_examples, tokenizer, additions=[])
         self.ctx.barrier()
         self.summary.wall_s = time.perf_counter() - t0
         return self.summary
@@ -324,7 +341,10 @@ class IndexBuilder:
     def _tokenized(self, tokenizer: Any, stats: CorpusStats,
                    known: KnownRecords | None = None) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
         cfg = self.config
+        produced = 0
         for record in self._unique_records(stats):
+            if self.max_examples is not None and produced >= self.max_examples:
+                return
             if known is not None and known.seen(record):
                 continue
             try:
@@ -334,7 +354,15 @@ class IndexBuilder:
                     raise
                 stats.record_bad(err)
                 continue
+            produced += 1
             yield record, example
+
+    def _progress_total(self) -> int | None:
+        """Records to embed (counted by the corpus check), so the bar has a total and an ETA."""
+        if self.corpus_check is None:
+            return None
+        n = self.corpus_check.stats.records  # `add`: records already in the index are counted too
+        return n if self.max_examples is None else min(n, self.max_examples)
 
     def _gradient_pass(
         self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule], projector: LoGraProjector,
@@ -349,7 +377,8 @@ class IndexBuilder:
         computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast], objective=cfg.objective)
         dim = compressor.k if compressor else projector.dim
         pad = pad_token_id(tokenizer)
-        bar = progress_bar(cfg.progress and self.ctx.is_main, desc="gradients", unit="ex")
+        t_pass = time.perf_counter()
+        bar = progress_bar(cfg.progress and self.ctx.is_main, total=self._progress_total(), desc="gradients", unit="ex")
         tokens_done, grad_seconds = 0, 0.0
         n_chunks = n_examples = 0
         try:
@@ -368,10 +397,14 @@ class IndexBuilder:
                 t0 = time.perf_counter()
                 with self.staging.write_vectors(chunk, (len(items), dim)) as out:
                     for idx in token_budget_batches([e.n_tokens for e in examples], cfg.batch_tokens):
-                        grads = computer.compute(collate([examples[i] for i in idx], pad)).vectors  # [b, D]
+                        t_batch = time.perf_counter()
+                        batch = collate([examples[i] for i in idx], pad)
+                        grads = computer.compute(batch).vectors  # [b, D]
                         if compressor is not None:
                             grads = compressor.compress(grads.double())  # [b, K]
                         out[idx] = grads.float().cpu().numpy()
+                        self.summary.batch_timings.append(
+                            (len(idx), int(batch.input_ids.numel()), time.perf_counter() - t_batch))
                         n_tok = sum(examples[i].n_tokens for i in idx)
                         tokens_done += n_tok
                         bar.update(len(idx))
@@ -383,6 +416,7 @@ class IndexBuilder:
         finally:
             bar.close()
             computer.close()
+            self.summary.stage_s["gradients"] = self.summary.stage_s.get("gradients", 0.0) + time.perf_counter() - t_pass
         self.summary.skipped_bad = stats.bad
         self._corpus_stats = stats
         if known is not None:
@@ -406,26 +440,30 @@ class IndexBuilder:
         return [c for c in chunks if self.ctx.owns(c)]
 
     def _fit_preconditioner(self, blocks: list[Block], chunks: range) -> Preconditioner:
-        fisher = FisherAccumulator(blocks)
-        for chunk in self._owned(chunks):
-            vectors = self.staging.read_vectors(chunk)
-            for start in range(0, vectors.shape[0], _ROWS_PER_STEP):
-                fisher.update(torch.from_numpy(np.array(vectors[start : start + _ROWS_PER_STEP])))
-        if self.ctx.active:
-            fisher.all_reduce()
-        preconditioner = Preconditioner.from_fisher(fisher, self.config.damping)
-        if self.ctx.is_main:
-            with atomic_output(self.paths.hessian) as tmp:
-                preconditioner.save(tmp)
-            crash_point("after_hessian")
+        with self._stage("fisher"):
+            fisher = FisherAccumulator(blocks)
+            for chunk in self._owned(chunks):
+                vectors = self.staging.read_vectors(chunk)
+                for start in range(0, vectors.shape[0], _ROWS_PER_STEP):
+                    fisher.update(torch.from_numpy(np.array(vectors[start : start + _ROWS_PER_STEP])))
+            if self.ctx.active:
+                fisher.all_reduce()
+        with self._stage("precondition"):
+            preconditioner = Preconditioner.from_fisher(fisher, self.config.damping)
+            del fisher
+            if self.ctx.is_main:
+                with atomic_output(self.paths.hessian) as tmp:
+                    preconditioner.save(tmp)
+                crash_point("after_hessian")
         return preconditioner
 
     def _stored_vectors(self, transform: ScoreTransform, chunk: int) -> np.ndarray:
         raw = self.staging.read_vectors(chunk)
         out = np.empty(raw.shape, dtype=np.float32)
-        for start in range(0, raw.shape[0], _ROWS_PER_STEP):
-            part = torch.from_numpy(np.array(raw[start : start + _ROWS_PER_STEP]))
-            out[start : start + part.shape[0]] = transform.train(part)[0].float().numpy()
+        with self._stage("transform"):
+            for start in range(0, raw.shape[0], _ROWS_PER_STEP):
+                part = torch.from_numpy(np.array(raw[start : start + _ROWS_PER_STEP]))
+                out[start : start + part.shape[0]] = transform.train(part)[0].float().numpy()
         return out
 
     def _write_shards(
@@ -487,7 +525,7 @@ class IndexBuilder:
         partial = partial_path_for(self.paths.store)
         if previous is not None and not partial.exists():  # `add`: continue from the finished store
             shutil.copyfile(self.paths.store, partial)
-        with ExampleStoreWriter(self.paths.store) as writer:
+        with self._stage("store"), ExampleStoreWriter(self.paths.store) as writer:
             for chunk in chunks:
                 if self.staging.rows_path(chunk).is_file():
                     writer.add_many(StoredExample(**row) for row in self.staging.read_rows(chunk))
@@ -506,7 +544,8 @@ class IndexBuilder:
         listed += [self.paths.root / s["file"] for s in shards]
         # the files the manifest lists, nothing else a killed run may have left beside them
         self.summary.bytes_per_example = sum(p.stat().st_size for p in listed) / max(n_examples, 1)
-        summary = {k: v for k, v in self.summary.__dict__.items() if k not in ("wall_s", "gradient_tokens_per_s")}
+        summary = {k: v for k, v in self.summary.__dict__.items()
+                   if k not in ("wall_s", "gradient_tokens_per_s", "stage_s", "batch_timings")}
         if previous is not None:  # `add`: counts cover the whole index
             before = previous["build_config"].get("summary", {})
             for key in ("examples", "tokens", "target_tokens", "truncated", "no_targets", "skipped_bad"):

@@ -9,6 +9,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BuildSummary"]
 
+_NESTED_STAGES = ("transform", "store")  # timed inside "shards" and "finish"
+
 
 @dataclass
 class BuildSummary:
@@ -35,6 +37,12 @@ class BuildSummary:
     bytes_per_example: float = 0.0
     wall_s: float = 0.0
     gradient_tokens_per_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage (check, load, projector, gradients, fisher, precondition, shards with
+    its transform, finish with its store), what `tributary index plan` calibrates from; not
+    written to the manifest, which must not depend on timings."""
+    batch_timings: list[tuple[int, int, float]] = field(default_factory=list)
+    """``(examples, padded tokens, seconds)`` of each gradient batch, in order (not in the manifest)."""
 
     def lines(self) -> list[str]:
         extra = list(self.corpus_notes)
@@ -50,4 +58,5 @@ class BuildSummary:
             f"tokens: {self.tokens} ({self.target_tokens} targets)",
             f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
             f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
-        ]
+        ] + ([f"stages: {', '.join(f'{k} {v:.1f} s' for k, v in self.stage_s.items() if k not in _NESTED_STAGES)}"]
+             if self.stage_s else [])
