@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=2000)
     ap.add_argument("--words", type=int, default=40)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--plans", type=int, default=1, help="run the plan this many times (its spread between runs)")
     ap.add_argument("--flags", default="", help="extra build flags for both commands (e.g. '--num-threads 2')")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tributary-plan-bench-"))
@@ -85,9 +86,13 @@ def main() -> None:
     flags = args.flags.split()
     cli = [sys.executable, "-m", "tributary_indexer.cli", "--log-level", "WARNING"]
     started = datetime.now(timezone.utc)
-    plan_wall, _, plan_out = _run_measured(
-        [*cli, "plan", "--model", str(model), "--corpus", str(corpus), "--json", *flags])
-    plan = json.loads(plan_out)
+    plans, plan_walls = [], []
+    for _ in range(args.plans):
+        plan_wall, _, plan_out = _run_measured(
+            [*cli, "plan", "--model", str(model), "--corpus", str(corpus), "--json", *flags])
+        plans.append(json.loads(plan_out))
+        plan_walls.append(plan_wall)
+    plan = plans[0]
     build_wall, build_rss, _ = _run_measured(
         [*cli, "build", "--model", str(model), "--corpus", str(corpus), "--out", str(index), "--keep-staging", *flags])
     disk, staging = _size(index, staging=False), _size(index, staging=True)
@@ -99,11 +104,14 @@ def main() -> None:
     ]
     print(f"# {args.case}: {what}; {plan['examples']} examples, {plan['tokens']} tokens, dim {plan['dim']}")
     print(f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()} {os.cpu_count()} cores; the plan itself took "
-          f"{plan_wall:.1f} s (sample of {plan['sample_examples']} examples)")
+          f"{plan_walls[0]:.1f} s (sample of {plan['sample_examples']} examples)")
     print("| quantity | plan | actual | plan ÷ actual |\n|---|---|---|---|")
     for name, est, act, fmt in rows:
         print(f"| {name} | {fmt.format(est)} | {fmt.format(act)} | {est / act if act else float('nan'):.2f} |")
     print("plan time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in plan["time_s"].items()))
+    if len(plans) > 1:
+        print("repeated plans, estimated time (s): " + ", ".join(f"{p['seconds']:.1f}" for p in plans)
+              + "; RAM (MiB): " + ", ".join(f"{p['ram_bytes'] / 2**20:.0f}" for p in plans))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
