@@ -93,7 +93,7 @@ def main() -> None:
         plans.append(json.loads(plan_out))
         plan_walls.append(plan_wall)
     plan = plans[0]
-    build_wall, build_rss, _ = _run_measured(
+    build_wall, build_rss, build_out = _run_measured(
         [*cli, "build", "--model", str(model), "--corpus", str(corpus), "--out", str(index), "--keep-staging", *flags])
     disk, staging = _size(index, staging=False), _size(index, staging=True)
     rows = [
@@ -109,6 +109,7 @@ def main() -> None:
     for name, est, act, fmt in rows:
         print(f"| {name} | {fmt.format(est)} | {fmt.format(act)} | {est / act if act else float('nan'):.2f} |")
     print("plan time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in plan["time_s"].items()))
+    print("build: " + "; ".join(line.strip() for line in build_out.splitlines()[1:]))
     if len(plans) > 1:
         print("repeated plans, estimated time (s): " + ", ".join(f"{p['seconds']:.1f}" for p in plans)
               + "; RAM (MiB): " + ", ".join(f"{p['ram_bytes'] / 2**20:.0f}" for p in plans))
