@@ -187,9 +187,9 @@ class BatchStore:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                sql, params = "DELETE FROM jobs WHERE id = ?", (job_id,)
+                sql, params = "DELETE FROM jobs WHERE id = ?", [job_id]
                 if owner is not None:
-                    sql, params = sql + " AND owner = ?", (job_id, owner)
+                    sql, params = sql + " AND owner = ?", [job_id, owner]
                 deleted = self._conn.execute(sql, params).rowcount
                 if deleted:
                     self._conn.execute("DELETE FROM lines WHERE job_id = ?", (job_id,))

@@ -102,7 +102,7 @@ class RequestContext:
             if started:
                 raise
             await envelope(exc.status_code, exc.detail, "invalid_request_error", code=exc.code,
-                           headers=exc.headers)(scope, receive, send_with_id)
+                           headers=dict(exc.headers or {}))(scope, receive, send_with_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             if started:  # the response is half sent; nothing left to do but close the connection
