@@ -669,6 +669,13 @@ MAX_REMOVAL_RECORD_IDS = 10_000
 class RemovalRequest(_Request):
     """POST /v1/admin/removals: take examples out of every answer (exactly one selector)."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"allOf": [_present(name, {"type": "array"} if name == "record_ids" else _STRING)],
+         "not": {"anyOf": [_present(other, {"type": "array"} if other == "record_ids" else _STRING)
+                           for other in ("record_ids", "provider", "source") if other != name]}}
+        for name in ("record_ids", "provider", "source")
+    ]})
+
     record_ids: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, min_length=1, max_length=MAX_REMOVAL_RECORD_IDS,
         description=f"The corpus records' own ids (at most {MAX_REMOVAL_RECORD_IDS:,} a request).")

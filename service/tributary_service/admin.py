@@ -28,7 +28,8 @@ from .security import check_admin_key
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, object]] = {s: {"model": types.ErrorResponse} for s in (400, 401, 403, 404, 409, 503)}
+_ERRORS: dict[int | str, dict[str, object]] = {s: {"model": types.ErrorResponse}
+                                               for s in (400, 401, 403, 404, 408, 409, 413, 431, 503)}
 
 
 @router.post("/v1/admin/removals", response_model=types.RemovalResponse, responses=_ERRORS,
