@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -84,6 +85,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if settings.watch_index_s > 0:
             reloader.start_watch(settings.watch_index_s)
         app.state.reloader = reloader
+        # everything loaded so far (the model, the index, transformers' modules) lives as long as the
+        # server: moved out of the collector's view, a full collection no longer walks it, which had
+        # paused the event loop for up to a second while a large batch's objects were made
+        gc.collect()
+        gc.freeze()
         app.state.ready = True
         logger.info("Tributary is ready: http://%s:%d/ (chat page; API docs at /docs)", settings.host, settings.port)
         try:
