@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from tributary_client import types
 
-from .security import is_protected
+from .security import ADMIN_PREFIX, is_protected
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,17 @@ def complete_openapi(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
         if top_k is not None:
             top_k["maximum"] = min(top_k.get("maximum", settings.max_top_k), settings.max_top_k)
     _link_batch_operations(schema)
+    schemes: dict[str, Any] = {}
     if settings.api_keys:
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
-                                                              "description": "An API key of this server."}}
+        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "An API key of this server."}
+    if settings.admin_keys:
+        schemes["adminBearer"] = {"type": "http", "scheme": "bearer", "description": "An admin key of this server."}
+    if schemes:
+        schema["components"]["securitySchemes"] = schemes
         for path, operations in schema.get("paths", {}).items():
-            if is_protected(path):
+            scheme = "bearer" if is_protected(path) else "adminBearer" if path.startswith(ADMIN_PREFIX) else None
+            if scheme in schemes:
                 for operation in operations.values():
-                    operation["security"] = [{"bearer": []}]
+                    operation["security"] = [{scheme: []}]
     app.openapi_schema = schema
     return schema
