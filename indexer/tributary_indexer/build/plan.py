@@ -368,4 +368,5 @@ def _compressed_shard_header(dim: int, factory: str) -> int:
         nlist = int(faiss.extract_index_ivf(index).nlist)
     except RuntimeError:  # not an IVF index
         nlist = 0
-    return nlist * dim * 4 + 256 * dim * 4
+    codebooks = 256 * dim * 4 if "PQ" in factory else 2 * dim * 4  # PQ centroids, or SQ's ranges
+    return nlist * dim * 4 + codebooks
