@@ -28,8 +28,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer"), str(ROOT / "service"), str(ROOT / "client")]
 
+from tests.service.live_server import free_port, running_server, server_env  # noqa: E402
+
 KEYS = ("rel-key-one", "rel-key-two")
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -54,20 +54,8 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # --------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(ROOT / p) for p in ("indexer", "service", "client")] + [str(ROOT)]
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.update(extra)
-    return env
+    return server_env(**{"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **extra})
 
 
 @dataclass
@@ -86,37 +74,17 @@ class Server:
 def serve(index: Path, model: Path, state_dir: Path, keys: tuple[str, ...] = (), timeout: float = 120.0,
           **settings: str) -> Iterator[Server]:
     """A ``tributary serve`` process on loopback (generation on); SIGTERM, then SIGKILL, at exit."""
-    port = _free_port()
+    port = free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / f"server-{port}.log"
     env = {"TRIBUTARY_NUM_THREADS": "1", "TRIBUTARY_STATE_DIR": str(state_dir), **settings}
     if keys:
         env["TRIBUTARY_API_KEYS"] = ",".join(keys)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tributary_service.cli", "--index", str(index), "--model", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--enable-generate"],
-                                env=_env(**env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [sys.executable, "-m", "tributary_service.cli", "--index", str(index), "--model", str(model),
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--enable-generate"]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/readyz", timeout=1.0).status_code == 200:
-                    break
-            if time.time() > deadline:
-                raise TimeoutError(f"server not ready after {timeout}s: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with running_server(cmd, _env(**env), log, base, timeout) as proc:
         yield Server(base, proc.pid, log)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def build_fixture_index(root: Path) -> tuple[Path, Path]:

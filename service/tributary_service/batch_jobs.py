@@ -26,6 +26,8 @@ from typing import Any
 
 from tributary_client import types
 
+from .background import cancel_and_wait
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
@@ -256,12 +258,7 @@ class BatchRunner:
         self._wake.set()  # resume whatever a previous process left unfinished
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def notify(self) -> None:
         self._wake.set()

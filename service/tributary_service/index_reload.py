@@ -21,6 +21,7 @@ from tributary_client import types
 from tributary_indexer.errors import TributaryIndexError
 from tributary_indexer.query.index import AttributionIndex
 
+from .background import cancel_and_wait
 from .engine import AttributionEngine
 from .errors import ServiceError
 from .loading import LoadedService
@@ -125,12 +126,7 @@ class IndexReloader:
         self._task = asyncio.create_task(self._watch(interval_s), name="tributary-index-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _watch(self, interval_s: float) -> None:
         while True:

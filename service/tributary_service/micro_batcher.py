@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tributary_client import types
 
+from .background import cancel_and_wait
 from .engine import AttributionEngine, PreparedQuery
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,7 @@ class MicroBatcher:
         self._task = asyncio.create_task(self._run(), name="tributary-micro-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, query: PreparedQuery) -> types.AttributionResponse:

@@ -32,30 +32,26 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def live_server(index: Path, model: Path, state_dir: Path, *args: str, timeout: float = 90.0, **env: str) -> Iterator[str]:
-    """Yield the base URL of a running server; stop it (SIGTERM, then SIGKILL) afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "tributary_service.cli", "--index", str(index), "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
-    log = open(state_dir.parent / f"server-{port}.log", "wb")
-    env = {"TRIBUTARY_NUM_THREADS": "1", **env}  # the tests' clients share the 2 cores
-    proc = subprocess.Popen(cmd, env=server_env(TRIBUTARY_STATE_DIR=str(state_dir), **env), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+def running_server(cmd: list[str], env: dict[str, str], log: Path, base: str,
+                   timeout: float = 90.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` (a server answering ``base``) with its output in ``log``; yield the process once
+    ``/readyz`` answers 200; stop its process group (SIGTERM, then SIGKILL) afterwards."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
             try:
                 if httpx.get(base + "/readyz", timeout=1.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
-                raise TimeoutError(f"server not ready after {timeout}s: {Path(log.name).read_text()[-3000:]}")
+                raise TimeoutError(f"server not ready after {timeout}s: {log.read_text()[-3000:]}")
             time.sleep(0.1)
-        yield base
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -64,4 +60,16 @@ def live_server(index: Path, model: Path, state_dir: Path, *args: str, timeout: 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        log.close()
+
+
+@contextmanager
+def live_server(index: Path, model: Path, state_dir: Path, *args: str, timeout: float = 90.0, **env: str) -> Iterator[str]:
+    """Yield the base URL of a running server; stop it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tributary_service.cli", "--index", str(index), "--model", str(model),
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
+    env = {"TRIBUTARY_NUM_THREADS": "1", **env}  # the tests' clients share the 2 cores
+    base = f"http://127.0.0.1:{port}"
+    log = state_dir.parent / f"server-{port}.log"
+    with running_server(cmd, server_env(TRIBUTARY_STATE_DIR=str(state_dir), **env), log, base, timeout):
+        yield base
