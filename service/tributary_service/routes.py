@@ -181,12 +181,15 @@ async def index_info(request: Request) -> types.IndexInfo:
     removed = _check_index_current(request.app.state)  # the composition below counts without them
     loaded = request.app.state.loaded
     m = loaded.index.manifest
+    manifest = m.to_dict()
+    # counted over the example store once per removal generation: off the event loop
+    composition = await asyncio.to_thread(lambda: loaded.engine.composition)
     return types.IndexInfo(
-        index_id=loaded.engine.index_id, format_version=m.format_version, model=m.to_dict()["model"],
-        projector={k: v for k, v in m.to_dict()["projector"].items() if k != "modules"} | {"n_modules": len(m.projector.modules)},
-        score_variant=m.score_variant, damping=m.to_dict()["damping"], n_examples=m.n_examples, dim=m.dim,
+        index_id=loaded.engine.index_id, format_version=m.format_version, model=manifest["model"],
+        projector={k: v for k, v in manifest["projector"].items() if k != "modules"} | {"n_modules": len(m.projector.modules)},
+        score_variant=m.score_variant, damping=manifest["damping"], n_examples=m.n_examples, dim=m.dim,
         shards=len(m.shards), created_at=m.created_at,
-        ranking=loaded.engine.index.ranking.name, composition=loaded.engine.composition, prompting=loaded.prompting,
+        ranking=loaded.engine.index.ranking.name, composition=composition, prompting=loaded.prompting,
         removed_examples=len(removed),
     )
 
