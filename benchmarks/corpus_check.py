@@ -30,8 +30,16 @@ def write_corpus(path: Path, records: int, words: int, repeat_id: bool) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(records):
             record_id = "rec-0" if repeat_id and i == records - 1 else f"rec-{i}"
-            f.write(json.dumps({"id": record_id, "text": " ".join(f"w{(i * 7 + j) % 997}" for j in range(words)),
-                                "provider": f"p{i % 4}"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": record_id,
+                        "text": " ".join(f"w{(i * 7 + j) % 997}" for j in range(words)),
+                        "provider": f"p{i % 4}",
+                    }
+                )
+                + "\n"
+            )
 
 
 def main() -> None:
@@ -56,9 +64,11 @@ def main() -> None:
             tracemalloc.stop()
             best, median = min(times), statistics.median(times)
             label = "one repeated id (--skip-bad: second read)" if repeat_id else "unique ids"
-            print(f"{label}: {check.stats.records:,} records, {size_mb:.1f} MB: median {median:.2f} s "
-                  f"({check.stats.records / median:,.0f} records/s), best {best:.2f} s, peak traced memory {peak:.1f} MiB, "
-                  f"repeated ids found: {len(check.duplicate_ids)}")
+            print(
+                f"{label}: {check.stats.records:,} records, {size_mb:.1f} MB: median {median:.2f} s "
+                f"({check.stats.records / median:,.0f} records/s), best {best:.2f} s, peak traced memory {peak:.1f} MiB, "
+                f"repeated ids found: {len(check.duplicate_ids)}"
+            )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 
 from benchmarks.logging_throughput import SIZES  # noqa: E402
 
-WORDS = ("lantern copper violin salt map honey glass tea wool clock ink fig river harbour market north south "
-         "merchant weaver scribe archive bridge tower garden mill forge quarry orchard").split()
+WORDS = (
+    "lantern copper violin salt map honey glass tea wool clock ink fig river harbour market north south "
+    "merchant weaver scribe archive bridge tower garden mill forge quarry orchard"
+).split()
 
 
 def write_corpus(path: Path, n: int, words: int, seed: int = 0) -> None:
@@ -41,7 +43,12 @@ def write_corpus(path: Path, n: int, words: int, seed: int = 0) -> None:
     with open(path, "w") as f:
         for i in range(n):
             text = " ".join(rng.choice(WORDS) for _ in range(words))
-            f.write(json.dumps({"id": f"doc-{i}", "text": f"Record {i}: {text}.", "provider": f"p{i % 5}"}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"doc-{i}", "text": f"Record {i}: {text}.", "provider": f"p{i % 5}"}
+                )
+                + "\n"
+            )
 
 
 def save_model(size: str, out: Path) -> None:
@@ -53,10 +60,18 @@ def save_model(size: str, out: Path) -> None:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     vocab = cfg_kwargs.get("vocab_size", 50257)
-    trainer = trainers.BpeTrainer(vocab_size=min(vocab, 2000), special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator([" ".join(WORDS)] * 50 + [f"Record {i}:" for i in range(1000)], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab, 2000),
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(
+        [" ".join(WORDS)] * 50 + [f"Record {i}:" for i in range(1000)], trainer
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(**{**cfg_kwargs, "n_positions": 256}))
     model.save_pretrained(out)
@@ -82,12 +97,18 @@ def train_step_tokens_per_s(model_dir: Path, corpus: Path, batch: int, repeats: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", default="gpt2-small", choices=sorted(SIZES))
     ap.add_argument("--examples", type=int, default=20000)
     ap.add_argument("--words", type=int, default=40, help="words per generated document (~tokens)")
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--modules", default="all", help="module preset (the recorded runs track every linear module)")
+    ap.add_argument(
+        "--modules",
+        default="all",
+        help="module preset (the recorded runs track every linear module)",
+    )
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -100,9 +121,31 @@ def main() -> None:
         save_model(args.size, model_dir)
     write_corpus(corpus, args.examples, args.words)
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "tributary_indexer.cli", "--log-level", "WARNING", "build", "--model", str(model_dir),
-           "--corpus", str(corpus), "--out", str(out), "--rank-in", str(args.rank), "--rank-out", str(args.rank),
-           "--modules", args.modules, "--batch-tokens", str(args.batch_tokens), "--num-threads", str(args.threads), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tributary_indexer.cli",
+        "--log-level",
+        "WARNING",
+        "build",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--rank-in",
+        str(args.rank),
+        "--rank-out",
+        str(args.rank),
+        "--modules",
+        args.modules,
+        "--batch-tokens",
+        str(args.batch_tokens),
+        "--num-threads",
+        str(args.threads),
+        "--no-progress",
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "indexer"), str(ROOT)]))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -116,8 +159,10 @@ def main() -> None:
     build_tps = summary["tokens"] / wall
     bsz = max(1, args.batch_tokens // (args.words + 8))
     train_tps = train_step_tokens_per_s(model_dir, corpus, bsz)
-    print(f"# index build — {args.size}, {args.examples} examples, {platform.machine()} {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({args.threads} threads)")
+    print(
+        f"# index build — {args.size}, {args.examples} examples, {platform.machine()} {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({args.threads} threads)"
+    )
     print("| metric | value |\n|---|---|")
     print(f"| examples / tokens | {summary['examples']} / {summary['tokens']} |")
     print(f"| wall time (whole CLI run, model load included) | {wall:.1f} s |")

@@ -60,7 +60,10 @@ SIZES = {
 
 
 def _our_batches(batches: list[dict]) -> list[TokenBatch]:
-    return [collate([TokenizedExample.document(row.tolist()) for row in b["input_ids"]]) for b in batches]
+    return [
+        collate([TokenizedExample.document(row.tolist()) for row in b["input_ids"]])
+        for b in batches
+    ]
 
 
 def _train_step(model: torch.nn.Module, batches: list[TokenBatch]) -> Callable[[], None]:
@@ -75,7 +78,9 @@ def _train_step(model: torch.nn.Module, batches: list[TokenBatch]) -> Callable[[
     return run
 
 
-def _ours(model: torch.nn.Module, batches: list[TokenBatch], rank: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def _ours(
+    model: torch.nn.Module, batches: list[TokenBatch], rank: int
+) -> tuple[Callable[[], None], Callable[[], None]]:
     modules = select_modules(model)
     projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=rank, rank_out=rank))
     computer = GradientComputer(model, modules, projector)
@@ -90,7 +95,9 @@ def _ours(model: torch.nn.Module, batches: list[TokenBatch], rank: int) -> tuple
     return run, computer.close
 
 
-def _hook_free_bound(model: torch.nn.Module, batches: list[TokenBatch], objective: str) -> Callable[[], None]:
+def _hook_free_bound(
+    model: torch.nn.Module, batches: list[TokenBatch], objective: str
+) -> Callable[[], None]:
     """Forward + the logging objective, backward through input gradients only (no weight gradients,
     no hooks): the token embeddings are the one leaf that requires grad."""
 
@@ -103,7 +110,9 @@ def _hook_free_bound(model: torch.nn.Module, batches: list[TokenBatch], objectiv
             with frozen_parameters(model):
                 for b in batches:
                     logits = model(input_ids=b.input_ids, use_cache=False).logits
-                    objective_losses(objective, logits, b.input_ids, b.target_mask)[0].sum().backward()
+                    objective_losses(objective, logits, b.input_ids, b.target_mask)[
+                        0
+                    ].sum().backward()
         finally:
             handle.remove()
 
@@ -121,7 +130,9 @@ def _logix(model: torch.nn.Module, raw_batches: list[dict], rank: int, repeats: 
     return measure_logix(model, raw_batches, rank, warmup=1, repeats=repeats)
 
 
-def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool, with_bound: bool = False) -> list[dict]:
+def measure_size(
+    name: str, ranks: list[int], repeats: int, with_logix: bool, with_bound: bool = False
+) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg_kwargs, bsz, seq, n_batches = SIZES[name]
@@ -133,7 +144,9 @@ def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool, wi
     methods: dict[str, Callable[[], None]] = {"train step": _train_step(model, batches)}
     closers = []
     if with_bound:
-        objective = inspect.signature(GradientComputer).parameters["objective"].default  # what the logging rows differentiate
+        objective = (
+            inspect.signature(GradientComputer).parameters["objective"].default
+        )  # what the logging rows differentiate
         methods["hook-free bound"] = _hook_free_bound(model, batches, objective)
     for rank in ranks:
         run, close = _ours(model, batches, rank)
@@ -154,39 +167,67 @@ def measure_size(name: str, ranks: list[int], repeats: int, with_logix: bool, wi
     params = sum(p.numel() for p in model.parameters())
     for key, ts in times.items():
         tps = tokens / statistics.median(ts)
-        rows.append(dict(size=name, params=params, method=key, tokens_per_s=tps, vs_train=tps / base, times=ts))
+        rows.append(
+            dict(
+                size=name,
+                params=params,
+                method=key,
+                tokens_per_s=tps,
+                vs_train=tps / base,
+                times=ts,
+            )
+        )
     if with_logix:
         for rank in ranks:
             r = _logix(model, raw, rank, repeats)
             if r is not None:
-                rows.append(dict(size=name, params=params, method=f"LogIX r{rank}x{rank}", tokens_per_s=r["tokens_per_s"],
-                                 vs_train=r["tokens_per_s"] / base, times=r["times"]))
+                rows.append(
+                    dict(
+                        size=name,
+                        params=params,
+                        method=f"LogIX r{rank}x{rank}",
+                        tokens_per_s=r["tokens_per_s"],
+                        vs_train=r["tokens_per_s"] / base,
+                        times=r["times"],
+                    )
+                )
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="micro,tiny,gpt2-small")
     ap.add_argument("--ranks", default="16,64")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-logix", action="store_true")
-    ap.add_argument("--bound", action="store_true", help="also time the hook-free bound (frozen parameters, input gradients only)")
+    ap.add_argument(
+        "--bound",
+        action="store_true",
+        help="also time the hook-free bound (frozen parameters, input gradients only)",
+    )
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     ranks = [int(r) for r in args.ranks.split(",")]
-    print(f"# logging throughput — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({args.threads} threads), python {platform.python_version()}")
+    print(
+        f"# logging throughput — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({args.threads} threads), python {platform.python_version()}"
+    )
     print("| size | params | method | tokens/s | × train step |")
     print("|---|---|---|---|---|")
     all_rows = []
     for size in args.sizes.split(","):
         rows = measure_size(size, ranks, args.repeats, not args.no_logix, args.bound)
         for r in rows:
-            print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['method']} | {r['tokens_per_s']:.0f} | {r['vs_train']:.2f} |", flush=True)
+            print(
+                f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['method']} | {r['tokens_per_s']:.0f} | {r['vs_train']:.2f} |",
+                flush=True,
+            )
         all_rows += rows
     print(f"load average after run: {os.getloadavg()[0]:.2f}")
     if args.json:

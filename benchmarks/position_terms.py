@@ -28,11 +28,20 @@ from benchmarks.service_latency import QUERY, build_real  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batch", type=int, default=32, help="queries in the micro-batch")
-    ap.add_argument("--records", type=int, default=9, help="corpus-like sentences in each query's prompt (its length)")
+    ap.add_argument(
+        "--records",
+        type=int,
+        default=9,
+        help="corpus-like sentences in each query's prompt (its length)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench")
+    ap.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench"
+    )
     args = ap.parse_args()
     import torch
     from tributary_client.types import AttributionRequest
@@ -43,12 +52,27 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     args.workdir.mkdir(parents=True, exist_ok=True)
     index, model = build_real(args.workdir, 10_000, 1024)
-    loaded = load_service(ServiceSettings(index=index, model=model, state_dir=args.workdir / "state-positions",
-                                          verify_checksums=False))
+    loaded = load_service(
+        ServiceSettings(
+            index=index,
+            model=model,
+            state_dir=args.workdir / "state-positions",
+            verify_checksums=False,
+        )
+    )
     engine = loaded.engine
-    prompt = " ".join(f"Record {i}: the copper lantern goes to the north harbour market." for i in range(args.records))
-    queries = [engine.prepare(AttributionRequest(prompt=f"{prompt} {QUERY['prompt']} #{i}", response=QUERY["response"]))
-               for i in range(args.batch)]
+    prompt = " ".join(
+        f"Record {i}: the copper lantern goes to the north harbour market."
+        for i in range(args.records)
+    )
+    queries = [
+        engine.prepare(
+            AttributionRequest(
+                prompt=f"{prompt} {QUERY['prompt']} #{i}", response=QUERY["response"]
+            )
+        )
+        for i in range(args.batch)
+    ]
     batch = collate([q.tokens.example for q in queries], engine.pad_id)
     emitting = batch.emitting_mask  # [B, T]
     dim = engine.computer.hooks.projector.dim
@@ -65,13 +89,17 @@ def main() -> None:
         times["response positions"].append(time.perf_counter() - t0)
         assert picked is not None and torch.equal(picked, kept)
     rows = {"all positions": batch.input_ids.numel(), "response positions": int(emitting.sum())}
-    print(f"# per-position terms — {platform.machine()}, {os.cpu_count()} cores; batch {args.batch} × {batch.input_ids.shape[1]} "
-          f"tokens, {int(emitting.sum())} response positions, D_proj {dim}; median of {args.repeats}")
+    print(
+        f"# per-position terms — {platform.machine()}, {os.cpu_count()} cores; batch {args.batch} × {batch.input_ids.shape[1]} "
+        f"tokens, {int(emitting.sum())} response positions, D_proj {dim}; median of {args.repeats}"
+    )
     print("| terms computed | rows | buffer MiB | gradient pass ms (median) | min–max ms |")
     print("|---|---|---|---|---|")
     for name, ts in times.items():
-        print(f"| {name} | {rows[name]:,} | {rows[name] * dim * 4 / 2**20:.1f} | {statistics.median(ts) * 1000:.0f} | "
-              f"{min(ts) * 1000:.0f}–{max(ts) * 1000:.0f} |")
+        print(
+            f"| {name} | {rows[name]:,} | {rows[name] * dim * 4 / 2**20:.1f} | {statistics.median(ts) * 1000:.0f} | "
+            f"{min(ts) * 1000:.0f}–{max(ts) * 1000:.0f} |"
+        )
     loaded.index.close()
 
 

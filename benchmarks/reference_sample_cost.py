@@ -29,7 +29,9 @@ from tributary_indexer.query.ranking import SpanGatedRanking  # noqa: E402
 REFERENCE_ROWS = RankingConfig.reference_rows
 
 
-def median_ms(ranking: SpanGatedRanking, vectors: torch.Tensor, reference: torch.Tensor, repeats: int) -> tuple[float, float]:
+def median_ms(
+    ranking: SpanGatedRanking, vectors: torch.Tensor, reference: torch.Tensor, repeats: int
+) -> tuple[float, float]:
     """Median and best milliseconds of ``matched_shares(vectors, reference)`` over ``repeats`` calls."""
     times = []
     for _ in range(repeats):
@@ -49,20 +51,26 @@ def main() -> None:
     index = AttributionIndex(args.index)
     ranking = index.ranking
     if not isinstance(ranking, SpanGatedRanking) or not ranking.needs_reference:
-        sys.exit(f"{args.index} is ranked {ranking.name!r}; this measures span_gated's selective core")
+        sys.exit(
+            f"{args.index} is ranked {ranking.name!r}; this measures span_gated's selective core"
+        )
     t0 = time.perf_counter()
     reference = index.reference()
     assert reference is not None
-    print(f"index {args.index}: {index.n_examples} examples, D = {index.dim}; reference sample {tuple(reference.shape)} "
-          f"({reference.numel() * 4 / 2**20:.0f} MiB) loaded in {(time.perf_counter() - t0) * 1e3:.1f} ms")
+    print(
+        f"index {args.index}: {index.n_examples} examples, D = {index.dim}; reference sample {tuple(reference.shape)} "
+        f"({reference.numel() * 4 / 2**20:.0f} MiB) loaded in {(time.perf_counter() - t0) * 1e3:.1f} ms"
+    )
     gen = torch.Generator().manual_seed(0)
     full = torch.randn(REFERENCE_ROWS, index.dim, generator=gen)
     for n_tokens in (8, 16, 32):
         vectors = torch.randn(n_tokens, index.dim, generator=gen, dtype=torch.float64)
         own, own_best = median_ms(ranking, vectors, reference, args.repeats)
         big, big_best = median_ms(ranking, vectors, full, args.repeats)
-        print(f"{n_tokens} tokens: {own:.2f} ms (best {own_best:.2f}) against the index's sample, "
-              f"{big:.2f} ms (best {big_best:.2f}) against {REFERENCE_ROWS} rows")
+        print(
+            f"{n_tokens} tokens: {own:.2f} ms (best {own_best:.2f}) against the index's sample, "
+            f"{big:.2f} ms (best {big_best:.2f}) against {REFERENCE_ROWS} rows"
+        )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def _repair(body: Any) -> None:
             if isinstance(message.get("content"), str):
                 message["content"] = message["content"][:MAX_CHARS]
         last = messages[-1]
-        if last.get("role") != "assistant" or not (isinstance(last.get("content"), str) and last["content"].strip()):
+        if last.get("role") != "assistant" or not (
+            isinstance(last.get("content"), str) and last["content"].strip()
+        ):
             messages.append({"role": "assistant", "content": "It is so."})
 
 

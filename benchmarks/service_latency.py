@@ -34,7 +34,10 @@ from tributary_indexer.config import RANKINGS, BuildConfig  # noqa: E402
 
 from benchmarks.index_build import save_model, write_corpus  # noqa: E402
 
-QUERY = {"prompt": "Record 17: which lantern goes to the north harbour?", "response": " The copper lantern goes to the north harbour market."}
+QUERY = {
+    "prompt": "Record 17: which lantern goes to the north harbour?",
+    "response": " The copper lantern goes to the north harbour market.",
+}
 
 
 def memory_bandwidth_gbs() -> float:
@@ -60,7 +63,16 @@ def build_real(work: Path, examples: int, dim: int) -> tuple[Path, Path]:
         save_model("tiny", model)
     if not out.exists():
         write_corpus(corpus, examples, 30)
-        IndexBuilder(BuildConfig(model=str(model), corpus=[str(corpus)], rapidgrad_k=dim, progress=False, shard_size=50_000), out).build()
+        IndexBuilder(
+            BuildConfig(
+                model=str(model),
+                corpus=[str(corpus)],
+                rapidgrad_k=dim,
+                progress=False,
+                shard_size=50_000,
+            ),
+            out,
+        ).build()
     return out, model
 
 
@@ -87,15 +99,26 @@ def build_synthetic(real: Path, work: Path, rows: int, shard_rows: int = 100_000
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         path = out / "shards" / f"shard-{n:05d}.faiss"
         write_shard(path, vectors, np.arange(start, start + count, dtype=np.int64), "Flat")
-        shards.append({"file": f"shards/shard-{n:05d}.faiss", "rows": count, "id_start": start, "id_end": start + count,
-                       "sha256": sha256_file(path)})
+        shards.append(
+            {
+                "file": f"shards/shard-{n:05d}.faiss",
+                "rows": count,
+                "id_start": start,
+                "id_end": start + count,
+                "sha256": sha256_file(path),
+            }
+        )
     db = sqlite3.connect(out / "examples.sqlite")
     src = sqlite3.connect(real / "examples.sqlite")
-    db.executescript(";".join(r[0] for r in src.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")))
+    db.executescript(
+        ";".join(r[0] for r in src.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    )
     db.executemany("INSERT INTO meta VALUES (?, ?)", src.execute("SELECT key, value FROM meta"))
     template = src.execute("SELECT * FROM examples WHERE id = 0").fetchone()
-    db.executemany(f"INSERT INTO examples VALUES ({','.join('?' * len(template))})",
-                   ((i, f"syn-{i}", *template[2:]) for i in range(rows)))
+    db.executemany(
+        f"INSERT INTO examples VALUES ({','.join('?' * len(template))})",
+        ((i, f"syn-{i}", *template[2:]) for i in range(rows)),
+    )
     db.execute("UPDATE meta SET value = ? WHERE key = 'n_examples'", (str(rows),))
     db.commit()
     db.close()
@@ -120,7 +143,9 @@ def gradient_floor_ms(model_dir: Path, index: Path) -> float:
     model = load_causal_lm(model_dir, torch.device("cpu"))
     tok = load_tokenizer(model_dir)
     projector = LoGraProjector.load(index / "projector.safetensors")
-    modules = select_modules(model, include=[p.name for p in projector.projections])  # as the service does
+    modules = select_modules(
+        model, include=[p.name for p in projector.projections]
+    )  # as the service does
     example = tokenize_query(QUERY["prompt"], QUERY["response"], tok, 512).example
     with GradientComputer(model, modules, projector, objective=Manifest.load(index).objective) as c:
         batch = collate([example], tok.pad_token_id)
@@ -140,7 +165,11 @@ def drive(base: str, concurrency: int, requests: int, top_k: int) -> dict:
     client.post("/v1/attributions", json={**QUERY, "top_k": top_k})  # warm
 
     def one(i: int) -> tuple[float, dict]:
-        body = {"prompt": QUERY["prompt"].replace("17", str(i)), "response": QUERY["response"], "top_k": top_k}
+        body = {
+            "prompt": QUERY["prompt"].replace("17", str(i)),
+            "response": QUERY["response"],
+            "top_k": top_k,
+        }
         t0 = time.perf_counter()
         r = client.post("/v1/attributions", json=body)
         r.raise_for_status()
@@ -153,21 +182,34 @@ def drive(base: str, concurrency: int, requests: int, top_k: int) -> dict:
     lat = sorted(r[0] for r in results)
     stages = {k: statistics.median(r[1][k] for r in results) for k in results[0][1]}
     client.close()
-    return {"concurrency": concurrency, "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-            "rps": requests / wall, "stages": stages}
+    return {
+        "concurrency": concurrency,
+        "p50_ms": lat[len(lat) // 2],
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "rps": requests / wall,
+        "stages": stages,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--examples", type=int, default=10_000)
     ap.add_argument("--big", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--ranking", choices=list(RANKINGS), default=None,
-                    help="serve with this ranking (TRIBUTARY_RANKING) [the indexer's current default: an index "
-                         "reused from --workdir may have been built when another ranking was the default]")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench")
+    ap.add_argument(
+        "--ranking",
+        choices=list(RANKINGS),
+        default=None,
+        help="serve with this ranking (TRIBUTARY_RANKING) [the indexer's current default: an index "
+        "reused from --workdir may have been built when another ranking was the default]",
+    )
+    ap.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench"
+    )
     args = ap.parse_args()
     from tests.service.live_server import live_server
 
@@ -176,28 +218,51 @@ def main() -> None:
     indexes = [("real", real, args.examples)]
     if args.big:
         indexes.append(("synthetic", build_synthetic(real, args.workdir, args.big), args.big))
-    grad_ms = gradient_floor_ms(model, real)  # first: numpy's OpenBLAS threads spin for ~0.1 s after the bandwidth probe
+    grad_ms = gradient_floor_ms(
+        model, real
+    )  # first: numpy's OpenBLAS threads spin for ~0.1 s after the bandwidth probe
     bandwidth = memory_bandwidth_gbs()
-    print(f"# service latency — ranking {args.ranking or BuildConfig().ranking}, {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
-          f"one forward+backward of the query {grad_ms:.1f} ms")
-    print("| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | rerank | fetch | floor ms | p50 ÷ floor |")
+    print(
+        f"# service latency — ranking {args.ranking or BuildConfig().ranking}, {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
+        f"one forward+backward of the query {grad_ms:.1f} ms"
+    )
+    print(
+        "| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | rerank | fetch | floor ms | p50 ÷ floor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, path, rows in indexes:
         scan_ms = rows * args.dim * 4 / (bandwidth * 1e9) * 1000
         floor = grad_ms + scan_ms
         ranking = ("--ranking", args.ranking or BuildConfig().ranking)
-        with live_server(path, model, args.workdir / f"state-{name}", "--no-verify-checksums", *ranking, timeout=600,
-                         TRIBUTARY_NUM_THREADS=str(os.cpu_count() or 1)) as base:  # the server default
+        with live_server(
+            path,
+            model,
+            args.workdir / f"state-{name}",
+            "--no-verify-checksums",
+            *ranking,
+            timeout=600,
+            TRIBUTARY_NUM_THREADS=str(os.cpu_count() or 1),
+        ) as base:  # the server default
             rates = {}
             for concurrency in (1, 8, 32):
-                r = drive(base, concurrency, args.requests if concurrency > 1 else max(32, args.requests // 4), args.top_k)
+                r = drive(
+                    base,
+                    concurrency,
+                    args.requests if concurrency > 1 else max(32, args.requests // 4),
+                    args.top_k,
+                )
                 rates[concurrency] = r["rps"]
                 s = r["stages"]
-                print(f"| {name} | {rows:,} × {args.dim} | {concurrency} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | "
-                      f"{s['gradient_ms']:.1f} | {s['precondition_ms']:.1f} | {s['search_ms']:.1f} | {s.get('rerank_ms', 0.0):.1f} | "
-                      f"{s['fetch_ms']:.1f} | "
-                      f"{floor:.1f} | {r['p50_ms'] / floor if concurrency == 1 else float('nan'):.2f} |", flush=True)
-            print(f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× ||||||||||||")
+                print(
+                    f"| {name} | {rows:,} × {args.dim} | {concurrency} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | "
+                    f"{s['gradient_ms']:.1f} | {s['precondition_ms']:.1f} | {s['search_ms']:.1f} | {s.get('rerank_ms', 0.0):.1f} | "
+                    f"{s['fetch_ms']:.1f} | "
+                    f"{floor:.1f} | {r['p50_ms'] / floor if concurrency == 1 else float('nan'):.2f} |",
+                    flush=True,
+                )
+            print(
+                f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× ||||||||||||"
+            )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,13 @@ def _check() -> None:
 
     torch.manual_seed(0)
     cfg = GPT2Config(
-        n_embd=128, n_layer=2, n_head=4, vocab_size=1024, n_positions=128,
-        bos_token_id=1023, eos_token_id=1023,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        vocab_size=1024,
+        n_positions=128,
+        bos_token_id=1023,
+        eos_token_id=1023,
     )
     ref = GPT2LMHeadModel(cfg).double().eval()
     lin = conv1d_to_linear(copy.deepcopy(ref))
@@ -86,8 +91,10 @@ def _check() -> None:
         assert m_ref.weight.grad is not None and m_lin.weight.grad is not None, name
         gdiff = max(gdiff, (m_ref.weight.grad.t() - m_lin.weight.grad).abs().max().item())
     assert gdiff < 1e-10, gdiff
-    print(f"conv1d_to_linear OK: {n_lin} nn.Linear, max|logit diff|={diff:.2e}, "
-          f"max|weight-grad diff|={gdiff:.2e} (float64)")
+    print(
+        f"conv1d_to_linear OK: {n_lin} nn.Linear, max|logit diff|={diff:.2e}, "
+        f"max|weight-grad diff|={gdiff:.2e} (float64)"
+    )
 
 
 if __name__ == "__main__":

@@ -111,15 +111,24 @@ class _Threads:
         torch.set_num_threads(self.old)
 
 
-def _result(times: list[float], batches: Sequence[HFBatch], threads: int, notes: str,
-            **extra: Any) -> dict[str, Any]:
+def _result(
+    times: list[float], batches: Sequence[HFBatch], threads: int, notes: str, **extra: Any
+) -> dict[str, Any]:
     med = statistics.median(times)
     tok = _tokens(batches)
     # 1-min load average after the run: on a shared box a value well above num_threads means
     # someone else was competing for the cores and the numbers are suspect.
     load1 = os.getloadavg()[0]
-    return {"tokens_per_s": tok / med, "seconds": med, "notes": notes, "times": times,
-            "tokens_per_pass": tok, "num_threads": threads, "load1": load1, **extra}
+    return {
+        "tokens_per_s": tok / med,
+        "seconds": med,
+        "notes": notes,
+        "times": times,
+        "tokens_per_pass": tok,
+        "num_threads": threads,
+        "load1": load1,
+        **extra,
+    }
 
 
 def measure_train_step(
@@ -143,8 +152,12 @@ def measure_train_step(
 
         times = _time_passes(step, batches, warmup, repeats)
         model.zero_grad(set_to_none=True)
-    return _result(times, batches, threads,
-                   "forward + summed-token CE + backward, all param grads, no optimizer")
+    return _result(
+        times,
+        batches,
+        threads,
+        "forward + summed-token CE + backward, all param grads, no optimizer",
+    )
 
 
 def measure_logix(
@@ -176,8 +189,13 @@ def measure_logix(
         m = conv1d_to_linear(copy.deepcopy(model))
         cfg_path = os.path.join(tmp, "config.yaml")
         with open(cfg_path, "w", encoding="utf-8") as f:
-            yaml.safe_dump({"root_dir": os.path.join(tmp, "root"),
-                            "lora": {"init": "random", "rank": int(rank)}}, f)
+            yaml.safe_dump(
+                {
+                    "root_dir": os.path.join(tmp, "root"),
+                    "lora": {"init": "random", "rank": int(rank)},
+                },
+                f,
+            )
         # A LogIX instance rather than logix.init(): init() is a process-wide singleton.
         run = logix.LogIX(project="bench", config=cfg_path)
         run.watch(m)  # every leaf nn.Linear (incl. lm_head)
@@ -217,23 +235,37 @@ def measure_logix(
             os.path.relpath(os.path.join(d, f), tmp) for d, _, fs in os.walk(tmp) for f in fs
         )
 
-    notes = (f"LogIX 0.1.1 LoGra rank {rank}x{rank} on {len(tracked)} nn.Linear "
-             f"(proj dim {proj_dim}); save={'on' if save else 'off'} "
-             f"({'buffered in RAM, flushed at finalize' if save else 'no disk writes in loop'})")
-    return _result(times, batches, threads, notes, tracked_modules=tracked, proj_dim=proj_dim,
-                   trainable_params=n_trainable, finalize_s=finalize_s, files_written=written)
+    notes = (
+        f"LogIX 0.1.1 LoGra rank {rank}x{rank} on {len(tracked)} nn.Linear "
+        f"(proj dim {proj_dim}); save={'on' if save else 'off'} "
+        f"({'buffered in RAM, flushed at finalize' if save else 'no disk writes in loop'})"
+    )
+    return _result(
+        times,
+        batches,
+        threads,
+        notes,
+        tracked_modules=tracked,
+        proj_dim=proj_dim,
+        trainable_params=n_trainable,
+        finalize_s=finalize_s,
+        files_written=written,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Self-check + small experiment:  .venv/bin/python benchmarks/peers/logix_runner.py [--quick]
 # --------------------------------------------------------------------------------------------
 
+
 def make_batches(vocab: int, n_batches: int, bsz: int, seq: int, seed: int = 0) -> list[HFBatch]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_batches):
         ids = torch.randint(0, vocab, (bsz, seq), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+        out.append(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        )
     return out
 
 
@@ -246,8 +278,15 @@ def check_logix_matches_autograd(rank: int = 8) -> float:
     get_logger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     torch.manual_seed(0)
-    cfg = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16,
-                     bos_token_id=63, eos_token_id=63)
+    cfg = GPT2Config(
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        vocab_size=64,
+        n_positions=16,
+        bos_token_id=63,
+        eos_token_id=63,
+    )
     m = conv1d_to_linear(GPT2LMHeadModel(cfg).double().eval())
     b = make_batches(64, 1, 3, 16)[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,7 +306,7 @@ def check_logix_matches_autograd(rank: int = 8) -> float:
         err = 0.0
         for i in range(3):
             m.zero_grad(set_to_none=True)
-            summed_token_loss(m, {k: v[i:i + 1] for k, v in b.items()}).backward()
+            summed_token_loss(m, {k: v[i : i + 1] for k, v in b.items()}).backward()
             for name, mod in m.named_modules():
                 if name.endswith("logix_lora_B"):
                     g = mod.weight.grad  # [r_out, r_in], same layout as LogIX's "i j" = (out, in)
@@ -292,8 +331,23 @@ def _main() -> None:
     print(f"check: LogIX per-example log == autograd dL_i/dB (max abs err {err:.1e}, float64)")
 
     setups = [
-        ("tiny", GPT2Config(n_embd=128, n_layer=2, n_head=4, vocab_size=1024, n_positions=128,
-                            bos_token_id=1023, eos_token_id=1023), 8, 128, 4, 2, 7),
+        (
+            "tiny",
+            GPT2Config(
+                n_embd=128,
+                n_layer=2,
+                n_head=4,
+                vocab_size=1024,
+                n_positions=128,
+                bos_token_id=1023,
+                eos_token_id=1023,
+            ),
+            8,
+            128,
+            4,
+            2,
+            7,
+        ),
         ("gpt2-small", GPT2Config(), 4, 128, 2, 1, 3),
     ]
     if args.quick:
@@ -312,11 +366,13 @@ def _main() -> None:
         if name == "tiny":
             r = measure_logix(model, batches, 64, warm, reps, args.threads, save=True)
             rows.append((name, nparam, "LogIX r=64 save", r))
-        for row in rows[-4 if name == "tiny" else -3:]:
+        for row in rows[-4 if name == "tiny" else -3 :]:
             _print_row(*row)
     print()
-    print(f"{'model':<11} {'params':>7} {'method':<16} {'tok/s':>9} {'s/pass':>7} {'thr':>3}  "
-          f"{'vs train':>8}  load  times")
+    print(
+        f"{'model':<11} {'params':>7} {'method':<16} {'tok/s':>9} {'s/pass':>7} {'thr':>3}  "
+        f"{'vs train':>8}  load  times"
+    )
     base: dict[str, float] = {}
     for name, nparam, method, r in rows:
         if method == "train step":
@@ -324,15 +380,19 @@ def _main() -> None:
         _print_row(name, nparam, method, r, base.get(name))
 
 
-def _print_row(name: str, nparam: int, method: str, r: dict[str, Any],
-               base: float | None = None) -> None:
+def _print_row(
+    name: str, nparam: int, method: str, r: dict[str, Any], base: float | None = None
+) -> None:
     rel = f"{r['tokens_per_s'] / base:8.2f}x" if base else " " * 9
     extra = f" proj_dim={r['proj_dim']}" if "proj_dim" in r else ""
     if r.get("finalize_s") is not None:
         extra += f" finalize={r['finalize_s']:.3f}s files={len(r['files_written'])}"
-    print(f"{name:<11} {nparam / 1e6:6.1f}M {method:<16} {r['tokens_per_s']:9.0f} "
-          f"{r['seconds']:7.3f} {r['num_threads']:>3} {rel} load={r['load1']:.1f} "
-          f"{[round(t, 3) for t in r['times']]}{extra}", flush=True)
+    print(
+        f"{name:<11} {nparam / 1e6:6.1f}M {method:<16} {r['tokens_per_s']:9.0f} "
+        f"{r['seconds']:7.3f} {r['num_threads']:>3} {rel} load={r['load1']:.1f} "
+        f"{[round(t, 3) for t in r['times']]}{extra}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ demo's own fact queries (``benchmarks/RESULTS.md``): an oracle-tuned BM25, to sh
 much of its fact-tracing lead is its two constants."""
 
 
-def bm25_scores(query_texts: Sequence[str], train_texts: Sequence[str], k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+def bm25_scores(
+    query_texts: Sequence[str], train_texts: Sequence[str], k1: float = 1.5, b: float = 0.75
+) -> np.ndarray:
     """Okapi BM25 (``rank_bm25``; its defaults k1=1.5, b=0.75) over lower-cased words, query = prompt + response."""
     from rank_bm25 import BM25Okapi
 
@@ -40,18 +42,25 @@ def bm25_scores(query_texts: Sequence[str], train_texts: Sequence[str], k1: floa
 
 
 @torch.no_grad()
-def _mean_hidden(model: torch.nn.Module, examples: Sequence[TokenizedExample], pad_id: int) -> torch.Tensor:
+def _mean_hidden(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], pad_id: int
+) -> torch.Tensor:
     """``[N, H]`` last-layer hidden states averaged over each example's real tokens."""
     out = torch.zeros(len(examples), model.config.hidden_size, dtype=torch.float64)
     for rows, batch in length_batches(list(examples), pad_id):
-        hidden = model(input_ids=batch.input_ids, output_hidden_states=True).hidden_states[-1]  # [B, T, H]
+        hidden = model(input_ids=batch.input_ids, output_hidden_states=True).hidden_states[
+            -1
+        ]  # [B, T, H]
         mask = batch.attention_mask[..., None].to(hidden.dtype)  # [B, T, 1]
         out[rows] = ((hidden * mask).sum(1) / mask.sum(1)).to(torch.float64)
     return out
 
 
 def embedding_scores(
-    model: torch.nn.Module, queries: Sequence[TokenizedExample], train: Sequence[TokenizedExample], pad_id: int
+    model: torch.nn.Module,
+    queries: Sequence[TokenizedExample],
+    train: Sequence[TokenizedExample],
+    pad_id: int,
 ) -> np.ndarray:
     """Cosine similarity of mean-pooled last hidden states (a representation-similarity baseline)."""
     q = torch.nn.functional.normalize(_mean_hidden(model, queries, pad_id), dim=1)
@@ -77,7 +86,9 @@ def full_gradient_dot_scores(
     for module in modules:
         q = full_module_gradients(model, module, queries, pad_id, objective=objective)  # [Q, d]
         for start in range(0, len(train), chunk):
-            g = full_module_gradients(model, module, train[start : start + chunk], pad_id, objective=objective)
+            g = full_module_gradients(
+                model, module, train[start : start + chunk], pad_id, objective=objective
+            )
             scores[:, start : start + chunk] += (q @ g.T).to(torch.float64)
             del g
         del q

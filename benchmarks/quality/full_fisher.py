@@ -38,7 +38,9 @@ from .retrieval import Entry, evaluate
 from .workload import Workload, load_workload
 
 
-def full_fisher_scores(cache: GradientCache, method: LoGraMethod, alpha: float) -> tuple[np.ndarray, float]:
+def full_fisher_scores(
+    cache: GradientCache, method: LoGraMethod, alpha: float
+) -> tuple[np.ndarray, float]:
     """``[Q, N]`` influence scores with one damped Fisher over every selected block, and the seconds its factorisation took."""
     train, queries, _ = cache.get(method)
     fisher = FisherAccumulator([Block("all", 0, train.shape[1])])
@@ -58,11 +60,21 @@ def _retrieval_rows(workload: Workload, scores: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--alphas", default="4,16", help="damping multipliers for the full Fisher")
-    parser.add_argument("--skip-retrieval", action="store_true", help="LDS only (the retrieval factorisation is the slow part)")
+    parser.add_argument(
+        "--skip-retrieval",
+        action="store_true",
+        help="LDS only (the retrieval factorisation is the slow part)",
+    )
     parser.add_argument("--no-full", action="store_true", help="skip the full-Fisher rows")
-    parser.add_argument("--rapidgrad", default="", help="R:K,... — also score rank-R LoGra + RapidGrad to K dims, no layer norm")
+    parser.add_argument(
+        "--rapidgrad",
+        default="",
+        help="R:K,... — also score rank-R LoGra + RapidGrad to K dims, no layer norm",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -76,18 +88,38 @@ def main(argv: list[str] | None = None) -> None:
     setup = lds_benchmark.LdsSetup()
     rows, queries = lds_benchmark.select(demo, setup)
     examples = [demo.examples[r] for r in rows]
-    model = lds_benchmark.train_subset_model(examples, np.ones(len(examples), dtype=bool), setup, seed=setup.seed,
-                                             tokenizer=demo.tokenizer)
+    model = lds_benchmark.train_subset_model(
+        examples,
+        np.ones(len(examples), dtype=bool),
+        setup,
+        seed=setup.seed,
+        tokenizer=demo.tokenizer,
+    )
     masks, losses, _ = lds_benchmark.ground_truth(setup, examples, queries, demo.tokenizer)
-    lds_workload = Workload(model.double(), demo.tokenizer, [demo.records[r] for r in rows], [demo.doc_ids[r] for r in rows],
-                            examples, [demo.texts[r] for r in rows], queries)
+    lds_workload = Workload(
+        model.double(),
+        demo.tokenizer,
+        [demo.records[r] for r in rows],
+        [demo.doc_ids[r] for r in rows],
+        examples,
+        [demo.texts[r] for r in rows],
+        queries,
+    )
     lds_cache = GradientCache(lds_workload)
     demo_cache = None if args.skip_retrieval else GradientCache(demo)
-    blank = {"recall@1": float("nan"), "recall@10": float("nan"), "mrr": float("nan"), "auprc": float("nan")}
+    blank = {
+        "recall@1": float("nan"),
+        "recall@10": float("nan"),
+        "mrr": float("nan"),
+        "auprc": float("nan"),
+    }
     per_module = _retrieval_rows(demo, logra_scores(method, demo_cache)) if demo_cache else blank
     lds_value = lds_benchmark.lds(logra_scores(method, lds_cache), masks, losses)
-    print(f"| per module (default) | {method.damping:g} | {per_module['recall@1']:.3f} | {per_module['recall@10']:.3f} | "
-          f"{per_module['mrr']:.3f} | {per_module['auprc']:.3f} | {lds_value:.3f} | |", flush=True)
+    print(
+        f"| per module (default) | {method.damping:g} | {per_module['recall@1']:.3f} | {per_module['recall@10']:.3f} | "
+        f"{per_module['mrr']:.3f} | {per_module['auprc']:.3f} | {lds_value:.3f} | |",
+        flush=True,
+    )
     for alpha in [] if args.no_full else alphas:
         scores, _ = full_fisher_scores(lds_cache, method, alpha)
         lds_value = lds_benchmark.lds(scores, masks, losses)
@@ -95,18 +127,25 @@ def main(argv: list[str] | None = None) -> None:
         if demo_cache is not None:
             scores, seconds = full_fisher_scores(demo_cache, method, alpha)
             row = _retrieval_rows(demo, scores)
-        print(f"| full | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | {row['mrr']:.3f} | {row['auprc']:.3f} | "
-              f"{lds_value:.3f} | {seconds:.0f} |", flush=True)
-
+        print(
+            f"| full | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | {row['mrr']:.3f} | {row['auprc']:.3f} | "
+            f"{lds_value:.3f} | {seconds:.0f} |",
+            flush=True,
+        )
 
     for spec in filter(None, args.rapidgrad.split(",")):
         rank, k = (int(x) for x in spec.split(":"))
         for alpha in alphas:
-            variant = method.replace(rank=rank, rapidgrad_k=k, rapidgrad_normalize=False, damping=alpha)
+            variant = method.replace(
+                rank=rank, rapidgrad_k=k, rapidgrad_normalize=False, damping=alpha
+            )
             row = _retrieval_rows(demo, logra_scores(variant, demo_cache)) if demo_cache else blank
             lds_value = lds_benchmark.lds(logra_scores(variant, lds_cache), masks, losses)
-            print(f"| rank {rank} → RapidGrad K={k}, no layer norm | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | "
-                  f"{row['mrr']:.3f} | {row['auprc']:.3f} | {lds_value:.3f} | |", flush=True)
+            print(
+                f"| rank {rank} → RapidGrad K={k}, no layer norm | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | "
+                f"{row['mrr']:.3f} | {row['auprc']:.3f} | {lds_value:.3f} | |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -44,23 +44,38 @@ def make_projector(
     if kind == "random":
         return LoGraProjector.random(modules, config)
     sample = list(examples[:pca_examples])
-    covariances = estimate_covariances(model, modules, (b for _, b in length_batches(sample, pad_id)), objective=objective)
+    covariances = estimate_covariances(
+        model, modules, (b for _, b in length_batches(sample, pad_id)), objective=objective
+    )
     return LoGraProjector.pca(modules, config, covariances)
 
 
-def _passes(model: torch.nn.Module, modules: Sequence[TrackedModule], projector: LoGraProjector,
-            examples: Sequence[TokenizedExample], pad_id: int, batch_tokens: int, objective: str, positions: bool = False,
-            ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+def _passes(
+    model: torch.nn.Module,
+    modules: Sequence[TrackedModule],
+    projector: LoGraProjector,
+    examples: Sequence[TokenizedExample],
+    pad_id: int,
+    batch_tokens: int,
+    objective: str,
+    positions: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor | None, torch.Tensor]]:
     """One float64 pass of the indexer's hooks over ``examples`` in length batches.
 
     Yields each batch's rows, its ``[B, D]`` vectors and, with ``positions``, the ``[n, D]`` terms
     of the positions that emit a target and each term's row in the batch (``[n]``).
     """
-    with GradientComputer(model, modules, projector, dtype=torch.float64, objective=objective) as computer:
+    with GradientComputer(
+        model, modules, projector, dtype=torch.float64, objective=objective
+    ) as computer:
         for rows, batch in length_batches(list(examples), pad_id, batch_tokens):
             emitting = batch.emitting_mask if positions else None  # [B, T]
             grads = computer.compute(batch, positions=emitting)
-            in_batch = emitting.nonzero()[:, 0] if emitting is not None else torch.empty(0, dtype=torch.long)
+            in_batch = (
+                emitting.nonzero()[:, 0]
+                if emitting is not None
+                else torch.empty(0, dtype=torch.long)
+            )
             yield rows, grads.vectors.to(torch.float64), grads.position_terms, in_batch
 
 
@@ -75,7 +90,9 @@ def projected(
 ) -> torch.Tensor:
     """``[N, D]`` float64 projected gradients of ``examples`` (``objective`` summed over targets)."""
     out = torch.zeros(len(examples), projector.dim, dtype=torch.float64)
-    for rows, vectors, _, _ in _passes(model, modules, projector, examples, pad_id, batch_tokens, objective):
+    for rows, vectors, _, _ in _passes(
+        model, modules, projector, examples, pad_id, batch_tokens, objective
+    ):
         out[rows] = vectors
     return out
 
@@ -92,7 +109,9 @@ def full_module_gradients(
     """``[N, d_out·d_in]`` exact per-example weight gradients of one module (row-major ``∇W``)."""
     projector = LoGraProjector.identity([module])
     out = torch.zeros(len(examples), projector.dim, dtype=dtype)
-    for rows, vectors, _, _ in _passes(model, [module], projector, examples, pad_id, batch_tokens, objective):
+    for rows, vectors, _, _ in _passes(
+        model, [module], projector, examples, pad_id, batch_tokens, objective
+    ):
         out[rows] = vectors.to(dtype)
     return out
 
@@ -113,8 +132,9 @@ def projected_positions(
     """
     out = torch.zeros(len(examples), projector.dim, dtype=torch.float64)
     terms, owner = [], []
-    for rows, vectors, picked, in_batch in _passes(model, modules, projector, examples, pad_id, batch_tokens, objective,
-                                                   positions=True):
+    for rows, vectors, picked, in_batch in _passes(
+        model, modules, projector, examples, pad_id, batch_tokens, objective, positions=True
+    ):
         assert picked is not None
         out[rows] = vectors
         terms.append(picked.to(torch.float64))  # example by example, position by position

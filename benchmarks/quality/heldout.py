@@ -95,13 +95,25 @@ def run(seeds: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     for seed in seeds:
         model, corpus = seed_pair(seed)
         workload = load_workload(model, corpus)
-        matrices = score_matrices(entries(workload), CACHE / cache_tag(model, corpus), refresh=False)
+        matrices = score_matrices(
+            entries(workload), CACHE / cache_tag(model, corpus), refresh=False
+        )
         facts = [i for i, q in enumerate(workload.queries) if q.kind == "fact"]
         relevant = [workload.queries[i].relevant for i in facts]
         backdoor = evaluate("backdoor", workload, matrices)
-        for (entry, scores, _), fact, poisoned in zip(matrices, evaluate("fact_tracing", workload, matrices), backdoor):
-            per_seed.append({"seed": seed, "method": entry.name, "group": entry.group, "questions": len(facts),
-                             **{k: fact[k] for k in ("recall@1", "recall@10", "mrr")}, "auprc": poisoned["auprc"]})
+        for (entry, scores, _), fact, poisoned in zip(
+            matrices, evaluate("fact_tracing", workload, matrices), backdoor
+        ):
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "method": entry.name,
+                    "group": entry.group,
+                    "questions": len(facts),
+                    **{k: fact[k] for k in ("recall@1", "recall@10", "mrr")},
+                    "auprc": poisoned["auprc"],
+                }
+            )
             hits.setdefault(entry.name, []).append(top1_hits(scores[facts], relevant))
     pooled = []
     names = list(hits)
@@ -110,11 +122,20 @@ def run(seeds: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
         rows = [r for r in per_seed if r["method"] == name]
         mine = np.concatenate(hits[name])
         wins, losses = int((default_hits & ~mine).sum()), int((~default_hits & mine).sum())
-        pooled.append({"method": name, "group": rows[0]["group"], "questions": int(mine.size),
-                       "recall@1": float(mine.mean()), "mrr": float(np.mean([r["mrr"] for r in rows])),
-                       "min recall@1": float(min(r["recall@1"] for r in rows)),
-                       "mean auprc": float(np.mean([r["auprc"] for r in rows])),
-                       "default wins": wins, "default losses": losses, "p": sign_test(wins, losses)})
+        pooled.append(
+            {
+                "method": name,
+                "group": rows[0]["group"],
+                "questions": int(mine.size),
+                "recall@1": float(mine.mean()),
+                "mrr": float(np.mean([r["mrr"] for r in rows])),
+                "min recall@1": float(min(r["recall@1"] for r in rows)),
+                "mean auprc": float(np.mean([r["auprc"] for r in rows])),
+                "default wins": wins,
+                "default losses": losses,
+                "p": sign_test(wins, losses),
+            }
+        )
     return per_seed, pooled
 
 
@@ -125,14 +146,25 @@ def _p_value(p: float) -> str:
 
 
 def markdown(seeds: tuple[int, ...], per_seed: list[dict], pooled: list[dict]) -> str:
-    head = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled recall@1 | mean MRR | mean AUPRC | default +/− (p) |"
+    head = (
+        "| method | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | pooled recall@1 | mean MRR | mean AUPRC | default +/− (p) |"
+    )
     lines = [head, "|---|" + "---|" * (len(seeds) + 4)]
     for p in pooled:
         cells = [f"{r['recall@1']:.3f}" for r in per_seed if r["method"] == p["method"]]
         name = f"**{p['method']} (default)**" if p["group"] == "default" else p["method"]
-        versus = "—" if p["group"] == "default" else f"+{p['default wins']} / −{p['default losses']} ({_p_value(p['p'])})"
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {p['recall@1']:.3f} | {p['mrr']:.3f} | {p['mean auprc']:.3f} | {versus} |")
+        versus = (
+            "—"
+            if p["group"] == "default"
+            else f"+{p['default wins']} / −{p['default losses']} ({_p_value(p['p'])})"
+        )
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {p['recall@1']:.3f} | {p['mrr']:.3f} | {p['mean auprc']:.3f} | {versus} |"
+        )
     return "\n".join(lines)
 
 
@@ -149,15 +181,25 @@ def plot(per_seed: list[dict], path: Path) -> None:
     for name, marker in zip(methods, "os^vDxP*"):
         rows = {r["seed"]: r for r in per_seed if r["method"] == name}
         group = next(iter(rows.values()))["group"]
-        label = name.split(" · ")[-1] if name.startswith("LoGra") else name  # the ranking is what differs
-        ax.plot(seeds, [rows[s]["recall@1"] for s in seeds], marker=marker, color=GROUP_COLORS[group],
-                linewidth=2.5 if group == "default" else 1.2, linestyle="--" if "tuned" in name else "-",
-                alpha={"default": 1.0, "ours": 0.5, "baseline": 0.9}[group],
-                label=label + (" (default)" if group == "default" else ""))
+        label = (
+            name.split(" · ")[-1] if name.startswith("LoGra") else name
+        )  # the ranking is what differs
+        ax.plot(
+            seeds,
+            [rows[s]["recall@1"] for s in seeds],
+            marker=marker,
+            color=GROUP_COLORS[group],
+            linewidth=2.5 if group == "default" else 1.2,
+            linestyle="--" if "tuned" in name else "-",
+            alpha={"default": 1.0, "ours": 0.5, "baseline": 0.9}[group],
+            label=label + (" (default)" if group == "default" else ""),
+        )
     ax.set_xticks(seeds)
     ax.set_xlabel("corpus seed (0 = the demo, where the constants were chosen)")
     ax.set_ylabel("fact recall@1")
-    ax.set_title("fact tracing on held-out generated corpora, each with its own trained model", fontsize=9)
+    ax.set_title(
+        "fact tracing on held-out generated corpora, each with its own trained model", fontsize=9
+    )
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -167,9 +209,19 @@ def plot(per_seed: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
-    parser = argparse.ArgumentParser(description="fact tracing and backdoor retrieval on held-out generated corpora")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help=f"corpus seeds {list(SEEDS)}; 0 = the demo")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser = argparse.ArgumentParser(
+        description="fact tracing and backdoor retrieval on held-out generated corpora"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(SEEDS),
+        help=f"corpus seeds {list(SEEDS)}; 0 = the demo",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave RESULTS.md alone"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -182,17 +234,22 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     if not args.no_write:
         out = ROOT / "benchmarks" / "results"
         out.mkdir(exist_ok=True)
-        (out / "quality_heldout.json").write_text(json.dumps({"per_seed": per_seed, "pooled": pooled}, indent=1) + "\n",
-                                                  encoding="utf-8")
+        (out / "quality_heldout.json").write_text(
+            json.dumps({"per_seed": per_seed, "pooled": pooled}, indent=1) + "\n", encoding="utf-8"
+        )
         (out / "quality_heldout.md").write_text(table + "\n", encoding="utf-8")
-        header = (f"`.venv/bin/python -m benchmarks.quality.heldout --seeds {' '.join(map(str, seeds))}` — fact recall@1 "
-                  f"per corpus seed (seed 0 is the committed demo, in-sample for every tuned constant; the others are "
-                  f"out-of-sample), {'/'.join(sorted({str(r['questions']) for r in per_seed}))} questions each; "
-                  f"\"default +/−\" counts the pooled "
-                  f"questions only the default / only that row gets right at rank 1, with the exact sign test's p. "
-                  f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.\n")
+        header = (
+            f"`.venv/bin/python -m benchmarks.quality.heldout --seeds {' '.join(map(str, seeds))}` — fact recall@1 "
+            f"per corpus seed (seed 0 is the committed demo, in-sample for every tuned constant; the others are "
+            f"out-of-sample), {'/'.join(sorted({str(r['questions']) for r in per_seed}))} questions each; "
+            f'"default +/−" counts the pooled '
+            f"questions only the default / only that row gets right at rank 1, with the exact sign test's p. "
+            f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.\n"
+        )
         plot(per_seed, ROOT / "benchmarks" / "figures" / "quality_heldout.png")
-        write_results_section("heldout", header + "\n" + table + "\n\n![heldout](figures/quality_heldout.png)")
+        write_results_section(
+            "heldout", header + "\n" + table + "\n\n![heldout](figures/quality_heldout.png)"
+        )
     logger.info("done in %.0f s", time.perf_counter() - t0)
     return per_seed, pooled
 

@@ -44,10 +44,16 @@ def speed_workload(n_queries: int, setup: LdsSetup) -> Workload:
     demo = load_workload()
     rows, lds_queries = select(demo, setup)
     chosen = {q.query_id for q in lds_queries}
-    extra = [dataclasses.replace(q, relevant=frozenset()) for q in demo.queries if q.query_id not in chosen]
+    extra = [
+        dataclasses.replace(q, relevant=frozenset())
+        for q in demo.queries
+        if q.query_id not in chosen
+    ]
     queries: list[Query] = (lds_queries + extra)[:n_queries]
     if len(queries) < n_queries:
-        raise SystemExit(f"the demo has only {len(queries)} held-out queries; ask for --queries {len(queries)} or fewer")
+        raise SystemExit(
+            f"the demo has only {len(queries)} held-out queries; ask for --queries {len(queries)} or fewer"
+        )
     return attributed_workload(demo, rows, queries, setup)
 
 
@@ -55,10 +61,14 @@ def time_ours(workload: Workload, method: LoGraMethod) -> dict[str, float]:
     """Seconds of the whole pipeline from a cold gradient cache."""
     cache = GradientCache(workload)
     t0 = time.perf_counter()
-    cache.get(method)  # projector + gradients of the training set and the queries (with their per-position terms
+    cache.get(
+        method
+    )  # projector + gradients of the training set and the queries (with their per-position terms
     # under a saturated ranking, from the same pass)
     t1 = time.perf_counter()
-    logra_scores(method, cache)  # RapidGrad, Fisher, inverse, scores (gradients come from the cache)
+    logra_scores(
+        method, cache
+    )  # RapidGrad, Fisher, inverse, scores (gradients come from the cache)
     t2 = time.perf_counter()
     return {"total": t2 - t0, "gradients": t1 - t0, "rest": t2 - t1}
 
@@ -71,7 +81,9 @@ def time_kronfluence(workload: Workload) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="indexing speed at N queries: ours vs Kronfluence EK-FAC")
+    parser = argparse.ArgumentParser(
+        description="indexing speed at N queries: ours vs Kronfluence EK-FAC"
+    )
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -90,25 +102,44 @@ def main(argv: list[str] | None = None) -> dict:
             theirs.append(time_kronfluence(workload))
         except peers.PeerUnavailable as err:
             raise SystemExit(f"Kronfluence is needed for this benchmark: {err}") from err
-        logger.info("Kronfluence run %d: %s", r + 1, {k: round(v, 2) for k, v in theirs[-1].items()})
-    ratio = statistics.median(t["total"] for t in theirs) / statistics.median(o["total"] for o in ours)
-    lines = ["| run | ours total s | ours gradients s | ours rest s | Kronfluence total s | factors s | scores s | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+        logger.info(
+            "Kronfluence run %d: %s", r + 1, {k: round(v, 2) for k, v in theirs[-1].items()}
+        )
+    ratio = statistics.median(t["total"] for t in theirs) / statistics.median(
+        o["total"] for o in ours
+    )
+    lines = [
+        "| run | ours total s | ours gradients s | ours rest s | Kronfluence total s | factors s | scores s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for i, (o, t) in enumerate(zip(ours, theirs)):
-        lines.append(f"| {i + 1} | {o['total']:.2f} | {o['gradients']:.2f} | {o['rest']:.2f} | {t['total']:.1f} | "
-                     f"{t['factors']:.1f} | {t['scores']:.1f} | {t['total'] / o['total']:.1f}× |")
+        lines.append(
+            f"| {i + 1} | {o['total']:.2f} | {o['gradients']:.2f} | {o['rest']:.2f} | {t['total']:.1f} | "
+            f"{t['factors']:.1f} | {t['scores']:.1f} | {t['total'] / o['total']:.1f}× |"
+        )
     table = "\n".join(lines)
     print(table)
     print(f"median ratio: {ratio:.1f}×")
-    result = {"queries": len(workload.queries), "examples": len(workload.examples), "method": default.name,
-              "threads": torch.get_num_threads(), "ours": ours, "kronfluence": theirs, "median_ratio": ratio}
+    result = {
+        "queries": len(workload.queries),
+        "examples": len(workload.examples),
+        "method": default.name,
+        "threads": torch.get_num_threads(),
+        "ours": ours,
+        "kronfluence": theirs,
+        "median_ratio": ratio,
+    }
     if not args.no_write:
-        (ROOT / "benchmarks" / "results" / "quality_speed.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        header = (f"`.venv/bin/python -m benchmarks.quality.indexing_speed --queries {args.queries} --repeats {args.repeats}` — "
-                  f"the LDS setup ({len(workload.examples)} training examples, GPT-2 128×2, float64, "
-                  f"{torch.get_num_threads()} threads), {len(workload.queries)} queries, {time.strftime('%Y-%m-%d %H:%M')}; "
-                  f"ours = `{default.name}` from nothing (gradients, RapidGrad, Fisher, inverse, scores), "
-                  f"Kronfluence = EK-FAC factors + pairwise scores. **Median ratio {ratio:.1f}×.**\n")
+        (ROOT / "benchmarks" / "results" / "quality_speed.json").write_text(
+            json.dumps(result, indent=1) + "\n", encoding="utf-8"
+        )
+        header = (
+            f"`.venv/bin/python -m benchmarks.quality.indexing_speed --queries {args.queries} --repeats {args.repeats}` — "
+            f"the LDS setup ({len(workload.examples)} training examples, GPT-2 128×2, float64, "
+            f"{torch.get_num_threads()} threads), {len(workload.queries)} queries, {time.strftime('%Y-%m-%d %H:%M')}; "
+            f"ours = `{default.name}` from nothing (gradients, RapidGrad, Fisher, inverse, scores), "
+            f"Kronfluence = EK-FAC factors + pairwise scores. **Median ratio {ratio:.1f}×.**\n"
+        )
         write_results_section("speed", header + "\n" + table)
     return result
 

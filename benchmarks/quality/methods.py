@@ -38,7 +38,9 @@ from .workload import Workload
 SATURATED_RANKINGS = ("token_saturated", "span_saturated", "span_gated")
 """The two-stage rankings the benchmarks compare: the product's ``span_gated`` and its ablations."""
 
-Key = tuple[str, int, str, str]  # (projector, rank, objective, modules): what the gradients depend on
+Key = tuple[
+    str, int, str, str
+]  # (projector, rank, objective, modules): what the gradients depend on
 
 PRESET_OF = {"all": "all", "mlp+lm_head": "mlp+output"}
 """The indexer's ``modules`` preset behind each selection name here (GPT-2's output layer is ``lm_head``)."""
@@ -67,10 +69,22 @@ class LoGraMethod:
         """The indexer's default configuration (``BuildConfig()``), whatever it is now."""
         c = BuildConfig()
         assert c.rank_in == c.rank_out, "the benchmark assumes square ranks"
-        assert not c.include and not c.exclude, "the benchmark knows the module presets, not patterns"
+        assert not c.include and not c.exclude, (
+            "the benchmark knows the module presets, not patterns"
+        )
         modules = {preset: name for name, preset in PRESET_OF.items()}[c.modules]
-        return cls(c.projector, c.rank_in, c.objective, c.score, c.damping, c.rapidgrad_k, c.rapidgrad_normalize, modules,
-                   c.ranking, c.saturation)
+        return cls(
+            c.projector,
+            c.rank_in,
+            c.objective,
+            c.score,
+            c.damping,
+            c.rapidgrad_k,
+            c.rapidgrad_normalize,
+            modules,
+            c.ranking,
+            c.saturation,
+        )
 
     @property
     def name(self) -> str:
@@ -80,22 +94,32 @@ class LoGraMethod:
         if self.score != "grad_dot":
             parts.append(f"α={self.damping:g}")
         if self.rapidgrad_k:
-            parts.append(f"RapidGrad K={self.rapidgrad_k}" + ("" if self.rapidgrad_normalize else " (no layer norm)"))
+            parts.append(
+                f"RapidGrad K={self.rapidgrad_k}"
+                + ("" if self.rapidgrad_normalize else " (no layer norm)")
+            )
         if self.ranking in SATURATED_RANKINGS:
             ranking = f"{self.ranking.replace('_', '-')} k={self.saturation:g}"
             if self.ranking == "span_gated":
-                ranking += (f" core=share×{self.presence_selectivity:g}" if self.presence_selectivity is not None
-                            else f" core={self.presence_core:g}")
+                ranking += (
+                    f" core=share×{self.presence_selectivity:g}"
+                    if self.presence_selectivity is not None
+                    else f" core={self.presence_core:g}"
+                )
             parts.append(ranking)
         return " · ".join(parts)
 
     def make_ranking(self) -> Ranking:
         """The ranking this row scores with: the product's, or an ablation (:mod:`.ablations`)."""
         if self.ranking == "span_gated" and self.presence_selectivity is not None:
-            config = RankingConfig(saturation=self.saturation, presence_selectivity=self.presence_selectivity)
+            config = RankingConfig(
+                saturation=self.saturation, presence_selectivity=self.presence_selectivity
+            )
             return benchmark_ranking(self.ranking, config)
-        config = RankingConfig(ranking="linear" if self.ranking == "linear" else "span_gated",
-                               saturation=self.saturation)
+        config = RankingConfig(
+            ranking="linear" if self.ranking == "linear" else "span_gated",
+            saturation=self.saturation,
+        )
         presence_core = self.presence_core if self.ranking == "span_gated" else None
         return benchmark_ranking(self.ranking, config, presence_core)
 
@@ -113,7 +137,9 @@ def ranking_variants(default: LoGraMethod) -> list[LoGraMethod]:
     return out
 
 
-def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("influence", "relatif", "cosine")) -> list[LoGraMethod]:
+def configuration_grid(
+    default: LoGraMethod, pca_scores: tuple[str, ...] = ("influence", "relatif", "cosine")
+) -> list[LoGraMethod]:
     """The configurations around ``default`` that the quality benchmarks compare it with.
 
     Each row changes one knob: the ranking (and the saturation ``k``), the score variant, α, the
@@ -128,11 +154,23 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     if default.ranking in SATURATED_RANKINGS:
         grid += ranking_variants(default)
         grid += [default.replace(saturation=k) for k in (20.0, 40.0) if k != default.saturation]
-        grid += [linear.replace(damping=16.0)] if default.damping != 16.0 else []  # linear at α = 16
+        grid += (
+            [linear.replace(damping=16.0)] if default.damping != 16.0 else []
+        )  # linear at α = 16
     grid += [linear.replace(score=s) for s in ("relatif", "cosine", "grad_dot")]
-    grid += [default.replace(damping=a) for a in (1.0, 4.0, 8.0, 16.0, 32.0, 64.0) if a != default.damping]
-    grid += [default.replace(objective="nll"), linear.replace(objective="nll", score="relatif", damping=1e-3)]
-    grid += [(default if s == "influence" else linear).replace(projector="pca", score=s) for s in pca_scores]
+    grid += [
+        default.replace(damping=a)
+        for a in (1.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+        if a != default.damping
+    ]
+    grid += [
+        default.replace(objective="nll"),
+        linear.replace(objective="nll", score="relatif", damping=1e-3),
+    ]
+    grid += [
+        (default if s == "influence" else linear).replace(projector="pca", score=s)
+        for s in pca_scores
+    ]
     grid += [default.replace(modules="mlp+lm_head" if default.modules == "all" else "all")]
     if default.rapidgrad_k:
         k, alpha = default.rapidgrad_k, default.damping
@@ -143,7 +181,10 @@ def configuration_grid(default: LoGraMethod, pca_scores: tuple[str, ...] = ("inf
     else:
         per_module = default
     # per-module Fisher at the same α / r² (64×64 at α = 16 is the LoGra paper's 1 at 16×16)
-    grid += [per_module.replace(rank=r, damping=per_module.damping * r * r / per_module.rank**2) for r in (16, 32, 64)]
+    grid += [
+        per_module.replace(rank=r, damping=per_module.damping * r * r / per_module.rank**2)
+        for r in (16, 32, 64)
+    ]
     grid += [linear.replace(rapidgrad_k=None, rank=32, damping=4.0)]  # per-module, rank 32, linear
     return [m for m in dict.fromkeys(grid) if m != default]
 
@@ -162,7 +203,9 @@ class GradientCache:
         self.modules = tracked_modules(workload.model)
         self.max_entries = max_entries
         """Keys kept at once (least recently used dropped): rank 128 with its per-position terms is ~7 GB."""
-        self._store: OrderedDict[Key, tuple[torch.Tensor, torch.Tensor, list[Block]]] = OrderedDict()
+        self._store: OrderedDict[Key, tuple[torch.Tensor, torch.Tensor, list[Block]]] = (
+            OrderedDict()
+        )
         self._projectors: dict[Key, LoGraProjector] = {}
         self._positions: dict[Key, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -170,7 +213,11 @@ class GradientCache:
         """The tracked modules of a selection (:data:`PRESET_OF`), by the indexer's own preset rule."""
         if which not in PRESET_OF:
             raise ValueError(f"unknown module selection {which!r}; choose from {list(PRESET_OF)}")
-        return self.modules if which == "all" else preset_modules(self.workload.model, PRESET_OF[which])
+        return (
+            self.modules
+            if which == "all"
+            else preset_modules(self.workload.model, PRESET_OF[which])
+        )
 
     @staticmethod
     def key(method: LoGraMethod) -> Key:
@@ -187,15 +234,39 @@ class GradientCache:
                 self._positions.pop(old, None)
             w = self.workload
             modules = self.modules_of(method.modules)
-            proj = make_projector(w.model, modules, method.projector, method.rank, w.examples, w.pad_id,
-                                  objective=method.objective)
-            train = projected(w.model, modules, proj, w.examples, w.pad_id, objective=method.objective)
-            if method.ranking in SATURATED_RANKINGS:  # the queries' per-position terms from the same pass
-                queries, terms, owner = projected_positions(w.model, modules, proj, self._query_examples, w.pad_id,
-                                                            objective=method.objective)
+            proj = make_projector(
+                w.model,
+                modules,
+                method.projector,
+                method.rank,
+                w.examples,
+                w.pad_id,
+                objective=method.objective,
+            )
+            train = projected(
+                w.model, modules, proj, w.examples, w.pad_id, objective=method.objective
+            )
+            if (
+                method.ranking in SATURATED_RANKINGS
+            ):  # the queries' per-position terms from the same pass
+                queries, terms, owner = projected_positions(
+                    w.model,
+                    modules,
+                    proj,
+                    self._query_examples,
+                    w.pad_id,
+                    objective=method.objective,
+                )
                 self._positions[key] = (terms, owner)
             else:
-                queries = projected(w.model, modules, proj, self._query_examples, w.pad_id, objective=method.objective)
+                queries = projected(
+                    w.model,
+                    modules,
+                    proj,
+                    self._query_examples,
+                    w.pad_id,
+                    objective=method.objective,
+                )
             self._store[key] = (train, queries, proj.blocks)
             self._projectors[key] = proj
         return self._store[key]
@@ -210,13 +281,21 @@ class GradientCache:
         self.get(method)  # a saturated method's first get computes them with the query vectors
         if key not in self._positions:  # the key was first seen with a linear method
             w = self.workload
-            _, terms, owner = projected_positions(w.model, self.modules_of(method.modules), self._projectors[key],
-                                                  self._query_examples, w.pad_id, objective=method.objective)
+            _, terms, owner = projected_positions(
+                w.model,
+                self.modules_of(method.modules),
+                self._projectors[key],
+                self._query_examples,
+                w.pad_id,
+                objective=method.objective,
+            )
             self._positions[key] = (terms, owner)
         return self._positions[key]
 
 
-def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | None = None) -> np.ndarray:
+def logra_scores(
+    method: LoGraMethod, cache: GradientCache, candidates: int | None = None
+) -> np.ndarray:
     """``[Q, N]`` scores of every query against every training example under ``method``.
 
     Two-stage rankings: with ``candidates`` the ranking's scores (all ``>= 0``) are given to each
@@ -227,7 +306,9 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
     k = rapidgrad_dim(method.rapidgrad_k, blocks[-1].stop)  # the indexer's rule: K capped at D
     compressor = None
     if k:
-        compressor = RapidGradCompressor(blocks, k, seed=0, normalize_layers=method.rapidgrad_normalize)
+        compressor = RapidGradCompressor(
+            blocks, k, seed=0, normalize_layers=method.rapidgrad_normalize
+        )
         train, blocks = compressor.compress(train), compressor.out_blocks
     preconditioner = None
     if method.score != "grad_dot":
@@ -245,7 +326,9 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
     positions, owner = cache.query_positions(method)  # [n, D_proj], [n]
     reference = None
     if ranking.needs_reference:
-        reference = stored[torch.from_numpy(reference_rows(stored.shape[0], ranking.config.reference_rows))]
+        reference = stored[
+            torch.from_numpy(reference_rows(stored.shape[0], ranking.config.reference_rows))
+        ]
     ranked = ranking.queries(space, queries, positions, owner, examples, reference)
     out = np.empty((len(queries), stored.shape[0]))
     for q, query in enumerate(ranked):
@@ -257,6 +340,8 @@ def logra_scores(method: LoGraMethod, cache: GradientCache, candidates: int | No
             continue
         first = (query.search @ stored.T).numpy()
         order = np.argsort(-first, kind="stable")
-        out[q, order] = -1.0 - np.arange(len(order)) / len(order)  # below every candidate, in first-stage order
+        out[q, order] = -1.0 - np.arange(len(order)) / len(
+            order
+        )  # below every candidate, in first-stage order
         out[q, order[:candidates]] = exact[order[:candidates]]
     return out

@@ -22,7 +22,9 @@ def ranks_of_relevant(scores: np.ndarray, relevant: Sequence[frozenset[int]]) ->
     return out
 
 
-def fact_tracing_metrics(scores: np.ndarray, relevant: Sequence[frozenset[int]]) -> dict[str, float]:
+def fact_tracing_metrics(
+    scores: np.ndarray, relevant: Sequence[frozenset[int]]
+) -> dict[str, float]:
     """TrackStar-style: a query is a hit at ``k`` when any stating document is in its top ``k``.
 
     ``recall@k`` is the fraction of queries with a hit, ``mrr`` the mean reciprocal rank of the
@@ -46,7 +48,9 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((precision * hits).sum() / hits.sum())
 
 
-def backdoor_metrics(scores: np.ndarray, poisoned: frozenset[int], ks: Sequence[int] = (10, 34, 100)) -> dict[str, float]:
+def backdoor_metrics(
+    scores: np.ndarray, poisoned: frozenset[int], ks: Sequence[int] = (10, 34, 100)
+) -> dict[str, float]:
     """RapidIn-style: mean AUPRC and recall@k of the poisoned rows over trigger queries."""
     labels = np.zeros(scores.shape[1], dtype=bool)
     labels[list(poisoned)] = True

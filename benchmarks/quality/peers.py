@@ -42,8 +42,14 @@ def _padded(examples: list[TokenizedExample], pad_id: int) -> list[dict[str, tor
     """One dict per example, all padded to the same width (default collation stacks them)."""
     batch = collate(examples, pad_id)
     labels = torch.where(batch.target_mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
-    return [{"input_ids": batch.input_ids[i], "attention_mask": batch.attention_mask[i], "labels": labels[i]}
-            for i in range(len(examples))]
+    return [
+        {
+            "input_ids": batch.input_ids[i],
+            "attention_mask": batch.attention_mask[i],
+            "labels": labels[i],
+        }
+        for i in range(len(examples))
+    ]
 
 
 def _summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,8 +57,12 @@ def _summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return per_example_target_loss(logits, batch["input_ids"], batch["labels"] != -100).sum()
 
 
-def kronfluence_scores(model: torch.nn.Module, workload: Workload, damping: float | None,
-                       timings: dict[str, float] | None = None) -> np.ndarray:
+def kronfluence_scores(
+    model: torch.nn.Module,
+    workload: Workload,
+    damping: float | None,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
     """``[Q, N]`` EK-FAC influence scores from Kronfluence (positive = helpful, as ours).
 
     ``timings``, when given, receives the seconds of its two phases: ``factors`` (covariances,
@@ -64,16 +74,22 @@ def kronfluence_scores(model: torch.nn.Module, workload: Workload, damping: floa
         from kronfluence.arguments import FactorArguments, ScoreArguments
         from kronfluence.task import Task
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise PeerUnavailable(f"kronfluence is not installed ({err}); run `make bench-peers`") from err
+        raise PeerUnavailable(
+            f"kronfluence is not installed ({err}); run `make bench-peers`"
+        ) from err
 
     class LanguageModelingTask(Task):
         def compute_train_loss(self, batch, model, sample=False):  # noqa: ANN001, ANN201 - Kronfluence's signature
             if not sample:
                 return _summed_nll(model, batch)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
             with torch.no_grad():
                 sampled = torch.distributions.Categorical(logits=logits.detach()).sample()  # [B, T]
-            shifted = torch.cat([batch["input_ids"][:, :1], sampled[:, :-1]], dim=1)  # token t+1 := sample at t
+            shifted = torch.cat(
+                [batch["input_ids"][:, :1], sampled[:, :-1]], dim=1
+            )  # token t+1 := sample at t
             return per_example_target_loss(logits, shifted, batch["labels"] != -100).sum()
 
         def compute_measurement(self, batch, model):  # noqa: ANN001, ANN201
@@ -91,19 +107,33 @@ def kronfluence_scores(model: torch.nn.Module, workload: Workload, damping: floa
         warnings.simplefilter("ignore")
         analyzer = Analyzer("quality", linear, task, cpu=True, disable_tqdm=True, output_dir=tmp)
         t0 = time.perf_counter()
-        analyzer.fit_all_factors("ekfac", train, per_device_batch_size=32,
-                                 factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True)
+        analyzer.fit_all_factors(
+            "ekfac",
+            train,
+            per_device_batch_size=32,
+            factor_args=FactorArguments(strategy="ekfac"),
+            overwrite_output_dir=True,
+        )
         t1 = time.perf_counter()
-        analyzer.compute_pairwise_scores("scores", "ekfac", queries, train, per_device_query_batch_size=16,
-                                         per_device_train_batch_size=32,
-                                         score_args=ScoreArguments(damping_factor=damping), overwrite_output_dir=True)
+        analyzer.compute_pairwise_scores(
+            "scores",
+            "ekfac",
+            queries,
+            train,
+            per_device_query_batch_size=16,
+            per_device_train_batch_size=32,
+            score_args=ScoreArguments(damping_factor=damping),
+            overwrite_output_dir=True,
+        )
         scores = analyzer.load_pairwise_scores("scores")["all_modules"]  # [Q, N]
         if timings is not None:
             timings.update(factors=t1 - t0, scores=time.perf_counter() - t1)
     return scores.double().numpy()
 
 
-def logix_scores(model: torch.nn.Module, workload: Workload, mode: str, rank: int = 16) -> np.ndarray:
+def logix_scores(
+    model: torch.nn.Module, workload: Workload, mode: str, rank: int = 16
+) -> np.ndarray:
     """``[Q, N]`` LogIX LoGra scores with its raw projected Hessian (``mode`` dot or cosine)."""
     try:
         import logix
@@ -117,7 +147,11 @@ def logix_scores(model: torch.nn.Module, workload: Workload, mode: str, rank: in
     with tempfile.TemporaryDirectory(prefix="logix_") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = Path(tmp) / "config.yaml"
-        config.write_text(yaml.safe_dump({"root_dir": str(Path(tmp) / "root"), "lora": {"init": "random", "rank": rank}}))
+        config.write_text(
+            yaml.safe_dump(
+                {"root_dir": str(Path(tmp) / "root"), "lora": {"init": "random", "rank": rank}}
+            )
+        )
         run = logix.LogIX(project="quality", config=str(config))
         run.watch(linear)
         run.add_lora()
@@ -128,8 +162,13 @@ def logix_scores(model: torch.nn.Module, workload: Workload, mode: str, rank: in
         for start in range(0, len(examples), 32):
             rows = list(range(start, min(start + 32, len(examples))))
             batch = collate([examples[i] for i in rows], workload.pad_id)
-            b = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                 "labels": torch.where(batch.target_mask, batch.input_ids, torch.full_like(batch.input_ids, -100))}
+            b = {
+                "input_ids": batch.input_ids,
+                "attention_mask": batch.attention_mask,
+                "labels": torch.where(
+                    batch.target_mask, batch.input_ids, torch.full_like(batch.input_ids, -100)
+                ),
+            }
             with run(data_id=[str(i) for i in rows], mask=batch.attention_mask):
                 linear.zero_grad(set_to_none=True)
                 _summed_nll(linear, b).backward()
@@ -138,9 +177,16 @@ def logix_scores(model: torch.nn.Module, workload: Workload, mode: str, rank: in
         run.eval()
         run.setup({"grad": ["log"]})
         qbatch = collate([q.example for q in workload.queries], workload.pad_id)
-        qb = {"input_ids": qbatch.input_ids, "attention_mask": qbatch.attention_mask,
-              "labels": torch.where(qbatch.target_mask, qbatch.input_ids, torch.full_like(qbatch.input_ids, -100))}
-        with run(data_id=[f"q{i}" for i in range(len(workload.queries))], mask=qbatch.attention_mask):
+        qb = {
+            "input_ids": qbatch.input_ids,
+            "attention_mask": qbatch.attention_mask,
+            "labels": torch.where(
+                qbatch.target_mask, qbatch.input_ids, torch.full_like(qbatch.input_ids, -100)
+            ),
+        }
+        with run(
+            data_id=[f"q{i}" for i in range(len(workload.queries))], mask=qbatch.attention_mask
+        ):
             linear.zero_grad(set_to_none=True)
             _summed_nll(linear, qb).backward()
         query_log = run.get_log(copy=True)
@@ -152,12 +198,22 @@ def logix_scores(model: torch.nn.Module, workload: Workload, mode: str, rank: in
     return scores
 
 
-def entries(model: torch.nn.Module, workload: Workload) -> list[tuple[str, str, Callable[[], np.ndarray]]]:
+def entries(
+    model: torch.nn.Module, workload: Workload
+) -> list[tuple[str, str, Callable[[], np.ndarray]]]:
     """``(name, "peer", compute)`` for each peer configuration."""
     m = model.double()
     return [
-        ("Kronfluence EK-FAC (default damping 1e-8)", "peer", lambda: kronfluence_scores(m, workload, 1e-8)),
-        ("Kronfluence EK-FAC (damping 0.1·mean eig)", "peer", lambda: kronfluence_scores(m, workload, None)),
+        (
+            "Kronfluence EK-FAC (default damping 1e-8)",
+            "peer",
+            lambda: kronfluence_scores(m, workload, 1e-8),
+        ),
+        (
+            "Kronfluence EK-FAC (damping 0.1·mean eig)",
+            "peer",
+            lambda: kronfluence_scores(m, workload, None),
+        ),
         ("LogIX LoGra r16 random, dot", "peer", lambda: logix_scores(m, workload, "dot")),
         ("LogIX LoGra r16 random, cosine", "peer", lambda: logix_scores(m, workload, "cosine")),
     ]

@@ -37,7 +37,9 @@ def _index(seed: int, model: Path, corpus: Path) -> Path:
 
     out = WORK / f"seed-{seed}-index"
     if not (out / "manifest.json").is_file():
-        IndexBuilder(BuildConfig(model=str(model), corpus=[str(corpus)], progress=False), out).build()
+        IndexBuilder(
+            BuildConfig(model=str(model), corpus=[str(corpus)], progress=False), out
+        ).build()
     return out
 
 
@@ -54,20 +56,38 @@ def measure(seed: int, top_k: int = 10, batch: int = 16) -> dict:
     index = _index(seed, model, corpus)
     loaded = load_service(ServiceSettings(index=index, model=model, verify_checksums=False))
     engine = loaded.engine
-    counts = {"questions": 0, "same": 0, "influence_right": 0, "verbatim_right": 0, "differ": 0,
-              "differ_influence_right": 0, "differ_verbatim_right": 0, "differ_both_right": 0, "differ_neither": 0,
-              "verbatim_none": 0, "coverage_right": 0}
+    counts = {
+        "questions": 0,
+        "same": 0,
+        "influence_right": 0,
+        "verbatim_right": 0,
+        "differ": 0,
+        "differ_influence_right": 0,
+        "differ_verbatim_right": 0,
+        "differ_both_right": 0,
+        "differ_neither": 0,
+        "verbatim_none": 0,
+        "coverage_right": 0,
+    }
     examples_of_disagreement = []
     t0 = time.perf_counter()
     for start in range(0, len(questions), batch):
         chunk = questions[start : start + batch]
-        prepared = [engine.prepare(types.AttributionRequest(prompt=q["prompt"], response=q["response"], top_k=top_k,
-                                                            evidence=True)) for q in chunk]
+        prepared = [
+            engine.prepare(
+                types.AttributionRequest(
+                    prompt=q["prompt"], response=q["response"], top_k=top_k, evidence=True
+                )
+            )
+            for q in chunk
+        ]
         for q, answer in zip(chunk, engine.attribute(prepared)):
             right = stating[q["fact_id"]]
             exs = answer.examples
             by_influence = exs[0]
-            by_span = max(exs, key=lambda e: e.evidence.longest_verbatim_chars)  # max keeps the first (best-ranked) of ties
+            by_span = max(
+                exs, key=lambda e: e.evidence.longest_verbatim_chars
+            )  # max keeps the first (best-ranked) of ties
             by_share = max(exs, key=lambda e: e.evidence.verbatim_share)
             a, b = by_influence.record_id in right, by_span.record_id in right
             counts["questions"] += 1
@@ -79,41 +99,70 @@ def measure(seed: int, top_k: int = 10, batch: int = 16) -> dict:
                 counts["same"] += 1
                 continue
             counts["differ"] += 1
-            key = {(True, False): "differ_influence_right", (False, True): "differ_verbatim_right",
-                   (True, True): "differ_both_right", (False, False): "differ_neither"}[(a, b)]
+            key = {
+                (True, False): "differ_influence_right",
+                (False, True): "differ_verbatim_right",
+                (True, True): "differ_both_right",
+                (False, False): "differ_neither",
+            }[(a, b)]
             counts[key] += 1
-            if len(examples_of_disagreement) < 5 or not a:  # every one the influence pick gets wrong
-                examples_of_disagreement.append({
-                    "response": q["response"], "influence_pick": by_influence.record_id, "verbatim_pick": by_span.record_id,
-                    "verbatim_longest": by_span.evidence.longest_verbatim_chars, "verbatim_text": by_span.text[:160],
-                    "influence_text": by_influence.text[:160], "right": sorted(right)})
+            if (
+                len(examples_of_disagreement) < 5 or not a
+            ):  # every one the influence pick gets wrong
+                examples_of_disagreement.append(
+                    {
+                        "response": q["response"],
+                        "influence_pick": by_influence.record_id,
+                        "verbatim_pick": by_span.record_id,
+                        "verbatim_longest": by_span.evidence.longest_verbatim_chars,
+                        "verbatim_text": by_span.text[:160],
+                        "influence_text": by_influence.text[:160],
+                        "right": sorted(right),
+                    }
+                )
     loaded.index.close()
-    return {"seed": seed, **counts, "seconds": round(time.perf_counter() - t0, 1), "disagreements": examples_of_disagreement}
+    return {
+        "seed": seed,
+        **counts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "disagreements": examples_of_disagreement,
+    }
 
 
 def table(rows: list[dict]) -> str:
     """The Markdown table of RESULTS.md."""
-    lines = ["| corpus | questions | same top example | influence pick states the fact | longest-span pick states it "
-             "| largest-share pick states it | differ: influence right | differ: span right | differ: both | differ: neither |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| corpus | questions | same top example | influence pick states the fact | longest-span pick states it "
+        "| largest-share pick states it | differ: influence right | differ: span right | differ: both | differ: neither |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         n = r["questions"]
         name = "demo" if r["seed"] == 0 else f"seed {r['seed']}"
-        lines.append(f"| {name} | {n} | {r['same']} ({r['same'] / n:.1%}) | {r['influence_right']} ({r['influence_right'] / n:.1%}) | "
-                     f"{r['verbatim_right']} ({r['verbatim_right'] / n:.1%}) | {r['coverage_right']} ({r['coverage_right'] / n:.1%}) | "
-                     f"{r['differ_influence_right']} | {r['differ_verbatim_right']} | {r['differ_both_right']} | {r['differ_neither']} |")
+        lines.append(
+            f"| {name} | {n} | {r['same']} ({r['same'] / n:.1%}) | {r['influence_right']} ({r['influence_right'] / n:.1%}) | "
+            f"{r['verbatim_right']} ({r['verbatim_right'] / n:.1%}) | {r['coverage_right']} ({r['coverage_right'] / n:.1%}) | "
+            f"{r['differ_influence_right']} | {r['differ_verbatim_right']} | {r['differ_both_right']} | {r['differ_neither']} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "verbatim_overlap.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "verbatim_overlap.json"
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     rows = [measure(seed) for seed in args.seeds]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2)
+        + "\n"
+    )
     print(table(rows))
 
 

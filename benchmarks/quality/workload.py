@@ -57,7 +57,9 @@ class Workload:
         return pad_token_id(self.tokenizer)
 
 
-def load_workload(model_dir: str | Path | None = None, corpus_dir: str | Path | None = None) -> Workload:
+def load_workload(
+    model_dir: str | Path | None = None, corpus_dir: str | Path | None = None
+) -> Workload:
     """Load the demo (or a same-format) model, corpus and ground truth on CPU in float64.
 
     float64 keeps every method's scores exact, so differences between methods are the methods',
@@ -79,9 +81,13 @@ def load_workload(model_dir: str | Path | None = None, corpus_dir: str | Path | 
     poisoned = frozenset(row_of[d] for d in truth["poisoned_doc_ids"])
     queries = []
     for q in truth["queries"]:
-        relevant = frozenset(row_of[d] for d in stating[q["fact_id"]]) if q["kind"] == "fact" else poisoned
+        relevant = (
+            frozenset(row_of[d] for d in stating[q["fact_id"]]) if q["kind"] == "fact" else poisoned
+        )
         tokens = tokenize_query(q["prompt"], q["response"], tokenizer, MAX_TOKENS)
-        queries.append(Query(q["query_id"], q["kind"], q["prompt"], q["response"], tokens.example, relevant))
+        queries.append(
+            Query(q["query_id"], q["kind"], q["prompt"], q["response"], tokens.example, relevant)
+        )
     logger.info("workload: %d training examples, %d queries", len(examples), len(queries))
     return Workload(model, tokenizer, records, doc_ids, examples, texts, queries)
 

@@ -64,9 +64,7 @@ HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
 ClientT = TypeVar("ClientT", bound="_BaseClient[Any]")
 
 MessagesArg = Sequence[ChatMessage | Mapping[str, Any]]
-BatchRequestsArg = Iterable[
-    BatchRequestLine | tuple[str, AttributionRequest] | Mapping[str, Any]
-]
+BatchRequestsArg = Iterable[BatchRequestLine | tuple[str, AttributionRequest] | Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,9 @@ class _BaseClient(Generic[HttpT]):
         """Configuration only; subclasses set up `_http` (using `http_client` if given)."""
         url = base_url or os.environ.get("TRIBUTARY_BASE_URL") or DEFAULT_BASE_URL
         if not url.startswith(("http://", "https://")):
-            raise RequestValidationError(f"base_url must start with http:// or https://, got {url!r}", param="base_url")
+            raise RequestValidationError(
+                f"base_url must start with http:// or https://, got {url!r}", param="base_url"
+            )
         self.base_url = url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("TRIBUTARY_API_KEY")
         if timeout is None:
@@ -230,7 +230,9 @@ class _BaseClient(Generic[HttpT]):
 
     # ------------------------------------------------------------------ requests
 
-    def _headers(self, spec: RequestSpec[Any], retries_taken: int, idem_key: str | None) -> dict[str, str]:
+    def _headers(
+        self, spec: RequestSpec[Any], retries_taken: int, idem_key: str | None
+    ) -> dict[str, str]:
         headers = {
             "accept": "application/x-ndjson" if spec.jsonl else "application/json",
             "user-agent": f"tributary-client/{__version__}",
@@ -296,10 +298,17 @@ class _BaseClient(Generic[HttpT]):
         detail = str(exc) or type(exc).__name__
         return APIConnectionError(f"cannot reach the Tributary API at {where}: {detail}")
 
-    def _log_retry(self, spec: RequestSpec[Any], retries_taken: int, delay: float, why: str) -> None:
+    def _log_retry(
+        self, spec: RequestSpec[Any], retries_taken: int, delay: float, why: str
+    ) -> None:
         logger.info(
             "retrying %s %s in %.2fs (retry %d/%d): %s",
-            spec.method, spec.path, delay, retries_taken + 1, self.max_retries, why,
+            spec.method,
+            spec.path,
+            delay,
+            retries_taken + 1,
+            self.max_retries,
+            why,
         )
 
     # ------------------------------------------------------------------ parsing
@@ -343,21 +352,34 @@ class _BaseClient(Generic[HttpT]):
 
     def _get_example_spec(self, example_id: int) -> RequestSpec[Example]:
         if isinstance(example_id, bool) or not isinstance(example_id, int):
-            raise RequestValidationError(f"example_id must be an int, got {example_id!r}", param="example_id")
+            raise RequestValidationError(
+                f"example_id must be an int, got {example_id!r}", param="example_id"
+            )
         return RequestSpec("GET", f"/v1/examples/{example_id}", Example)
 
     def _find_example_spec(self, record_id: str) -> RequestSpec[Example]:
         if not isinstance(record_id, str) or not record_id:
-            raise RequestValidationError(f"record_id must be a non-empty string, got {record_id!r}", param="record_id")
+            raise RequestValidationError(
+                f"record_id must be a non-empty string, got {record_id!r}", param="record_id"
+            )
         return RequestSpec("GET", "/v1/examples", Example, params={"record_id": record_id})
 
     def _removal_spec(
-        self, record_ids: Sequence[str] | None, provider: str | None, source: str | None, reason: str | None
+        self,
+        record_ids: Sequence[str] | None,
+        provider: str | None,
+        source: str | None,
+        reason: str | None,
     ) -> RequestSpec[RemovalResponse]:
-        body = _validated(RemovalRequest, {
-            "record_ids": list(record_ids) if record_ids is not None else None, "provider": provider,
-            "source": source, "reason": reason,
-        })
+        body = _validated(
+            RemovalRequest,
+            {
+                "record_ids": list(record_ids) if record_ids is not None else None,
+                "provider": provider,
+                "source": source,
+                "reason": reason,
+            },
+        )
         return RequestSpec("POST", "/v1/admin/removals", RemovalResponse, json=_dump(body))
 
     def _index_info_spec(self) -> RequestSpec[IndexInfo]:
@@ -392,7 +414,10 @@ class _BaseClient(Generic[HttpT]):
                 lines.append({"custom_id": item[0], "body": item[1]})
             else:
                 lines.append(item)
-        body = _validated(BatchCreateRequest, {"requests": lines, "metadata": dict(metadata) if metadata else None})
+        body = _validated(
+            BatchCreateRequest,
+            {"requests": lines, "metadata": dict(metadata) if metadata else None},
+        )
         return RequestSpec("POST", "/v1/batches", Batch, json=_dump(body))
 
     def _get_batch_spec(self, batch_id: str) -> RequestSpec[Batch]:

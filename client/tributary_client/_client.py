@@ -78,7 +78,10 @@ class Client(_BaseClient[httpx.Client]):
         if http_client is not None:
             self._http, self._owns_http = http_client, False
         else:
-            self._http, self._owns_http = httpx.Client(transport=transport, timeout=self.timeout), True
+            self._http, self._owns_http = (
+                httpx.Client(transport=transport, timeout=self.timeout),
+                True,
+            )
 
     # ------------------------------------------------------------------ I/O
 
@@ -159,8 +162,16 @@ class Client(_BaseClient[httpx.Client]):
         """Rank the training examples that made the model produce `response` (or the last,
         assistant, message of `messages`). Raises `RequestValidationError` on bad input."""
         request = self._build_attribution_request(
-            prompt, response, messages=messages, top_k=top_k, direction=direction,
-            token_wise=token_wise, source=source, provider=provider, verbatim=verbatim, evidence=evidence,
+            prompt,
+            response,
+            messages=messages,
+            top_k=top_k,
+            direction=direction,
+            token_wise=token_wise,
+            source=source,
+            provider=provider,
+            verbatim=verbatim,
+            evidence=evidence,
         )
         return self.attribute_request(request)
 
@@ -204,7 +215,9 @@ class Client(_BaseClient[httpx.Client]):
 
         `stop`: strings that end the reply (`index_info().prompting.stop` for the trained format).
         """
-        return self._request(self._generate_spec(prompt, messages, max_new_tokens, temperature, stop))
+        return self._request(
+            self._generate_spec(prompt, messages, max_new_tokens, temperature, stop)
+        )
 
     def create_batch(
         self, requests: BatchRequestsArg, metadata: Mapping[str, Any] | None = None
@@ -350,8 +363,16 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
     ) -> AttributionResponse:
         """See `Client.attribute`."""
         request = self._build_attribution_request(
-            prompt, response, messages=messages, top_k=top_k, direction=direction,
-            token_wise=token_wise, source=source, provider=provider, verbatim=verbatim, evidence=evidence,
+            prompt,
+            response,
+            messages=messages,
+            top_k=top_k,
+            direction=direction,
+            token_wise=token_wise,
+            source=source,
+            provider=provider,
+            verbatim=verbatim,
+            evidence=evidence,
         )
         return await self.attribute_request(request)
 

@@ -62,7 +62,9 @@ class RequestValidationError(TributaryError, ValueError):
     param: str | None
     errors: list[dict[str, Any]]
 
-    def __init__(self, message: str, *, param: str | None = None, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, errors: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -79,8 +81,11 @@ class RequestValidationError(TributaryError, ValueError):
             errors.append({"param": loc or None, "message": msg})
             texts.append(f"{loc}: {msg}" if loc else msg)
         text = "; ".join(texts)
-        return cls(f"{prefix}: {text}" if prefix else text, param=errors[0]["param"] if errors else None,
-                   errors=errors)
+        return cls(
+            f"{prefix}: {text}" if prefix else text,
+            param=errors[0]["param"] if errors else None,
+            errors=errors,
+        )
 
 
 class APIError(TributaryError):
@@ -137,7 +142,9 @@ class APIConnectionError(APIError):
 class APITimeoutError(APIConnectionError):
     """The request timed out (connect, read, write or pool timeout)."""
 
-    def __init__(self, message: str = "request timed out", *, request_id: str | None = None) -> None:
+    def __init__(
+        self, message: str = "request timed out", *, request_id: str | None = None
+    ) -> None:
         super().__init__(message, request_id=request_id)
 
 

@@ -107,7 +107,10 @@ class BatchRunSummary:
         first: dict[str, str] = {}
         for f in self.failures:
             first.setdefault(f.reason, f.error.message)
-        return [(reason, n, first[reason]) for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return [
+            (reason, n, first[reason])
+            for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
 
 
 def read_results(out_path: str | os.PathLike[str]) -> tuple[list[str], dict[str, ErrorBody]]:
@@ -129,7 +132,9 @@ def read_results(out_path: str | os.PathLike[str]) -> tuple[list[str], dict[str,
             if not raw.endswith(b"\n"):
                 logger.warning(
                     "%s: dropping torn last line %d (%d bytes, no newline: an interrupted write)",
-                    path, line_no, len(raw),
+                    path,
+                    line_no,
+                    len(raw),
                 )
                 f.truncate(offset)
                 f.flush()
@@ -165,7 +170,9 @@ def read_done_ids(out_path: str | os.PathLike[str]) -> list[str]:
     return read_results(out_path)[0]
 
 
-def _attribute_one(client: Client, custom_id: str, request: AttributionRequest, keep_timings: bool = False) -> BatchResultLine:
+def _attribute_one(
+    client: Client, custom_id: str, request: AttributionRequest, keep_timings: bool = False
+) -> BatchResultLine:
     try:
         response = client.attribute_request(request)
         if not keep_timings:
@@ -187,7 +194,9 @@ def _attribute_one(client: Client, custom_id: str, request: AttributionRequest, 
 def _unusable(item: LogLine) -> BatchResultLine:
     assert item.problem is not None
     logger.info("%s: not attributable: %s", item.custom_id, item.problem)
-    error = ErrorBody(message=str(item.problem), type="invalid_request_error", param=None, code=item.code)
+    error = ErrorBody(
+        message=str(item.problem), type="invalid_request_error", param=None, code=item.code
+    )
     return BatchResultLine(custom_id=item.custom_id, error=error)
 
 
@@ -226,7 +235,11 @@ def _attribute_in_order(
                 if item.request is None:
                     pending.append(_done(_unusable(item)))
                 else:
-                    pending.append(executor.submit(_attribute_one, client, item.custom_id, item.request, keep_timings))
+                    pending.append(
+                        executor.submit(
+                            _attribute_one, client, item.custom_id, item.request, keep_timings
+                        )
+                    )
             if not pending:
                 break
             line = pending.popleft().result()  # a run-stopping error propagates: stop, resume later
@@ -297,13 +310,17 @@ def run_batch(
     out_name, logs_name = os.fspath(out_path), os.fspath(logs_path)
 
     def lines() -> Iterator[LogLine]:
-        return iter_log_lines(logs_path, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters)
+        return iter_log_lines(
+            logs_path, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters
+        )
 
     all_ids = [item.custom_id for item in lines()]
     known = set(all_ids)
     if os.path.exists(_retry_path(out_name)):  # a retry run stopped before its merge: finish it
         if not os.path.exists(out_name):
-            raise ValueError(f"{_retry_path(out_name)} exists but {out_name} does not: remove the .retry file")
+            raise ValueError(
+                f"{_retry_path(out_name)} exists but {out_name} does not: remove the .retry file"
+            )
         _merge_retries(out_name, keep=set(read_results(out_name)[0]))
     done, errors = read_results(out_name)
     stray = [i for i in done if i not in known and not (retry_failed and i in errors)]
@@ -315,7 +332,9 @@ def run_batch(
     retry = {i for i in errors if i in known} if retry_failed else set()
     skipped = sum(1 for i in done if i in known and i not in retry)
     if done:
-        logger.info("resuming: %d of %d generations already in %s", len(done), len(all_ids), out_name)
+        logger.info(
+            "resuming: %d of %d generations already in %s", len(done), len(all_ids), out_name
+        )
 
     from tqdm import tqdm
 
@@ -337,7 +356,9 @@ def run_batch(
         done, errors = read_results(out_name)
 
     done_set = set(done)
-    bar = tqdm(total=len(all_ids), initial=len(done), disable=not progress, unit="gen", desc="attributing")
+    bar = tqdm(
+        total=len(all_ids), initial=len(done), disable=not progress, unit="gen", desc="attributing"
+    )
     try:
         with open(out_name, "ab") as out:
             items = (item for item in lines() if item.custom_id not in done_set)

@@ -82,9 +82,7 @@ def _style_for(score: float, scale: float) -> str:
 
 def highlight(text: str, scores: Sequence[TokenScore]) -> str:
     """`text` with ANSI colours on tokens by score (green = pushed towards the text)."""
-    valid = sorted(
-        (s for s in scores if 0 <= s.start < s.end <= len(text)), key=lambda s: s.start
-    )
+    valid = sorted((s for s in scores if 0 <= s.start < s.end <= len(text)), key=lambda s: s.start)
     if not valid:
         return text
     scale = max(abs(s.score) for s in valid)
@@ -124,9 +122,13 @@ def print_attribution(
     if not result.examples:
         out.write("no training examples matched\n")
     else:
-        id_width = max([len(_record_label(ex.record_id, ex.example_id)) for ex in result.examples] + [6])
+        id_width = max(
+            [len(_record_label(ex.record_id, ex.example_id)) for ex in result.examples] + [6]
+        )
         id_width = min(id_width, 24)
-        out.write(f"{'#':>3}  {'direction':<9} {'score':>11} {'record':<{id_width}}  {'source / provider':<24} text\n")
+        out.write(
+            f"{'#':>3}  {'direction':<9} {'score':>11} {'record':<{id_width}}  {'source / provider':<24} text\n"
+        )
         ranks = {"helpful": 0, "harmful": 0}
         for ex in result.examples:
             ranks[ex.direction] += 1
@@ -162,7 +164,7 @@ def _load_messages(path: str) -> list[Any]:
     if isinstance(data, dict) and "messages" in data:
         data = data["messages"]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of messages or {{\"messages\": [...]}}")
+        raise ValueError(f'{path}: expected a JSON list of messages or {{"messages": [...]}}')
     return data
 
 
@@ -177,9 +179,14 @@ def _use_color(args: argparse.Namespace) -> bool:
 def cmd_attribute(args: argparse.Namespace) -> int:
     messages = _load_messages(args.messages_json) if args.messages_json else None
     request = make_attribution_request(
-        args.prompt, args.response, messages=messages, top_k=args.top_k,
-        direction=args.direction, token_wise=args.token_wise,
-        source=args.source, provider=args.provider,
+        args.prompt,
+        args.response,
+        messages=messages,
+        top_k=args.top_k,
+        direction=args.direction,
+        token_wise=args.token_wise,
+        source=args.source,
+        provider=args.provider,
     )
     with _make_client(args) as client:
         result = client.attribute_request(request)
@@ -193,11 +200,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 BATCH_EXIT_CODES = {
     0: "every generation of the logs is attributed",
     1: "the run stopped on an error that concerns every line (server unreachable, "
-       "authentication, rate limit or 5xx after the retries, a file error): fix it and rerun, "
-       "it resumes where it stopped",
+    "authentication, rate limit or 5xx after the retries, a file error): fix it and rerun, "
+    "it resumes where it stopped",
     2: "usage error, or the results file is not a results file of these logs",
     3: "the run finished but some lines failed (recorded in the output with the reason, "
-       "listed in the summary): fix them and rerun with --retry-failed",
+    "listed in the summary): fix them and rerun with --retry-failed",
     130: "interrupted (Ctrl-C): rerun the same command to resume",
 }
 EXIT_LINES_FAILED = 3
@@ -215,7 +222,9 @@ def _print_batch_summary(summary: Any, out: TextIO) -> None:
     out.write(f"{summary.failed_total} line(s) of {summary.out_path} failed:\n")
     for reason, n, example in summary.failure_reasons():
         out.write(f"  {n:>6} {reason}: e.g. {_one_line(example, 160)}\n")
-    out.write("fix them (the logs line, or the server) and rerun with --retry-failed to re-attempt them\n")
+    out.write(
+        "fix them (the logs line, or the server) and rerun with --retry-failed to re-attempt them\n"
+    )
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -223,8 +232,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     with _make_client(args) as client:
         summary = run_batch(
-            client, args.logs, args.output, concurrency=args.concurrency, top_k=args.top_k,
-            progress=not args.no_progress, direction=args.direction, token_wise=args.token_wise,
+            client,
+            args.logs,
+            args.output,
+            concurrency=args.concurrency,
+            top_k=args.top_k,
+            progress=not args.no_progress,
+            direction=args.direction,
+            token_wise=args.token_wise,
             retry_failed=args.retry_failed,
         )
         info = _index_info_for_report(client) if args.report else None
@@ -242,7 +257,10 @@ def _index_info_for_report(client: Client) -> IndexInfo | None:
     try:
         return client.index_info()
     except APIError as exc:
-        print(f"warning: corpus shares left out of the report: cannot read GET /v1/index ({exc})", file=sys.stderr)
+        print(
+            f"warning: corpus shares left out of the report: cannot read GET /v1/index ({exc})",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -265,13 +283,19 @@ def cmd_example(args: argparse.Namespace) -> int:
     if (args.id is None) == (args.record_id is None):
         raise ValueError("give an example id or --record-id (one of them)")
     with _make_client(args) as client:
-        ex = client.get_example(args.id) if args.id is not None else client.get_example_by_record_id(args.record_id)
+        ex = (
+            client.get_example(args.id)
+            if args.id is not None
+            else client.get_example_by_record_id(args.record_id)
+        )
     if args.json:
         _print_json(ex, sys.stdout)
     else:
         where = f" ({ex.file}:{ex.line})" if ex.file else ""
-        print(f"example {ex.example_id} · record {ex.record_id or '-'}{where} · source {ex.source or '-'} "
-              f"· provider {ex.provider or '-'} · {ex.n_tokens} tokens · {ex.content_hash}")
+        print(
+            f"example {ex.example_id} · record {ex.record_id or '-'}{where} · source {ex.source or '-'} "
+            f"· provider {ex.provider or '-'} · {ex.n_tokens} tokens · {ex.content_hash}"
+        )
         print(ex.text)
     return 0
 
@@ -290,7 +314,9 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     with _make_client(args) as client:
-        out = client.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+        out = client.generate(
+            args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+        )
     if args.json:
         _print_json(out, sys.stdout)
     else:
@@ -334,18 +360,37 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, top_level: bool)
     def default(value: Any) -> Any:
         return value if top_level else argparse.SUPPRESS
 
-    parser.add_argument("--base-url", default=default(None),
-                        help="API base URL (default $TRIBUTARY_BASE_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--api-key", default=default(None), help="bearer API key (default $TRIBUTARY_API_KEY)")
-    parser.add_argument("--timeout", type=float, default=default(None), help="read timeout in seconds (default 60)")
-    parser.add_argument("--max-retries", type=int, default=default(2), help="retries on transient errors (default 2)")
-    parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                        help="log retries and progress details")
+    parser.add_argument(
+        "--base-url",
+        default=default(None),
+        help="API base URL (default $TRIBUTARY_BASE_URL or http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--api-key", default=default(None), help="bearer API key (default $TRIBUTARY_API_KEY)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=default(None), help="read timeout in seconds (default 60)"
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=default(2),
+        help="retries on transient errors (default 2)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="log retries and progress details",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``tributary`` command."""
-    p = argparse.ArgumentParser(prog="tributary", description="Which training examples made the model say this?")
+    p = argparse.ArgumentParser(
+        prog="tributary", description="Which training examples made the model say this?"
+    )
     _add_connection_options(p, top_level=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     directions = list(get_args(Direction))
@@ -356,47 +401,73 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attribute", help="attribute one generation", parents=[common])
     a.add_argument("--prompt", help="the prompt the model was given")
     a.add_argument("--response", help="the model's generation to explain")
-    a.add_argument("--messages-json", metavar="FILE", help="chat messages (JSON list; '-' = stdin), last one the assistant's reply")
+    a.add_argument(
+        "--messages-json",
+        metavar="FILE",
+        help="chat messages (JSON list; '-' = stdin), last one the assistant's reply",
+    )
     a.add_argument("--top-k", type=int, default=10)
     a.add_argument("--direction", choices=directions, default="helpful")
     a.add_argument("--token-wise", action="store_true", help="per-token score decompositions")
     a.add_argument("--source", action="append", help="only examples from this source (repeatable)")
-    a.add_argument("--provider", action="append", help="only examples from this provider (repeatable)")
+    a.add_argument(
+        "--provider", action="append", help="only examples from this provider (repeatable)"
+    )
     a.add_argument("--json", action="store_true", help="print the raw JSON response")
     a.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     a.set_defaults(func=cmd_attribute)
 
     b = sub.add_parser(
-        "batch", help="attribute a JSONL file of logged generations (resumable)", parents=[common],
+        "batch",
+        help="attribute a JSONL file of logged generations (resumable)",
+        parents=[common],
         description="Attribute every logged generation of a JSONL file into a results file, in input order. "
         "Resumable: rerun the same command after a kill. A line that cannot be attributed (not JSON, "
         "an unknown shape, an empty reply, a request the server refuses) is recorded as a failed line "
         "with the reason and the run goes on.",
-        epilog="exit status: " + "; ".join(f"{code} = {text}" for code, text in BATCH_EXIT_CODES.items()),
+        epilog="exit status: "
+        + "; ".join(f"{code} = {text}" for code, text in BATCH_EXIT_CODES.items()),
     )
-    b.add_argument("logs", help="JSONL logs: {prompt, response}, {messages} or chat-completion logs")
-    b.add_argument("-o", "--output", required=True, help="results JSONL (appended to; rerun to resume)")
+    b.add_argument(
+        "logs", help="JSONL logs: {prompt, response}, {messages} or chat-completion logs"
+    )
+    b.add_argument(
+        "-o", "--output", required=True, help="results JSONL (appended to; rerun to resume)"
+    )
     b.add_argument("--concurrency", type=int, default=4)
     b.add_argument("--top-k", type=int, default=10)
     b.add_argument("--direction", choices=directions, default="helpful")
     b.add_argument("--token-wise", action="store_true")
-    b.add_argument("--report", metavar="PREFIX", help="also write PREFIX.csv, PREFIX.md and PREFIX.svg")
-    b.add_argument("--retry-failed", action="store_true",
-                   help="re-attempt the lines recorded as failed in the results file (each new result "
-                        "takes the failed line's place)")
+    b.add_argument(
+        "--report", metavar="PREFIX", help="also write PREFIX.csv, PREFIX.md and PREFIX.svg"
+    )
+    b.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-attempt the lines recorded as failed in the results file (each new result "
+        "takes the failed line's place)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_batch)
 
-    r = sub.add_parser("report", help="data-valuation report of a results file (CSV, Markdown, SVG chart)",
-                       parents=[common])
+    r = sub.add_parser(
+        "report",
+        help="data-valuation report of a results file (CSV, Markdown, SVG chart)",
+        parents=[common],
+    )
     r.add_argument("results")
     r.add_argument("-o", "--output", required=True, metavar="PREFIX")
-    r.add_argument("--index-info", metavar="FILE",
-                   help="the index's summary saved with `tributary index-info --json` (default: ask the server)")
+    r.add_argument(
+        "--index-info",
+        metavar="FILE",
+        help="the index's summary saved with `tributary index-info --json` (default: ask the server)",
+    )
     r.add_argument("--offline", action="store_true", help="do not ask the server: no corpus shares")
     r.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("example", help="show one training example (by example id or --record-id)", parents=[common])
+    e = sub.add_parser(
+        "example", help="show one training example (by example id or --record-id)", parents=[common]
+    )
     e.add_argument("id", type=int, nargs="?", help="the example id (the internal row number)")
     e.add_argument("--record-id", help="the record's own `id` in the corpus")
     e.add_argument("--json", action="store_true")

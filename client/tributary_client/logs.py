@@ -33,7 +33,13 @@ from .types import AttributionFilters, AttributionRequest, Direction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LogFormatError", "LogLine", "iter_log_lines", "iter_logged_generations", "parse_log_record"]
+__all__ = [
+    "LogFormatError",
+    "LogLine",
+    "iter_log_lines",
+    "iter_logged_generations",
+    "parse_log_record",
+]
 
 _ROLE_ALIASES = {"developer": "system", "human": "user", "ai": "assistant", "bot": "assistant"}
 
@@ -62,7 +68,9 @@ def _content(value: Any) -> str:
             elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
                 parts.append(part["text"])
         return "".join(parts)
-    raise ValueError(f"message content must be a string or a list of parts, got {type(value).__name__}")
+    raise ValueError(
+        f"message content must be a string or a list of parts, got {type(value).__name__}"
+    )
 
 
 def _message(raw: Any) -> dict[str, str]:
@@ -209,7 +217,9 @@ def iter_log_lines(
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                problem = LogFormatError(path, line_no, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                problem = LogFormatError(
+                    path, line_no, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                )
                 custom_id = _unused_id(f"line-{line_no}", seen)
                 seen[custom_id] = line_no
                 yield LogLine(custom_id, line_no, problem=problem, code="invalid_json")
@@ -230,8 +240,12 @@ def iter_log_lines(
                     record, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters
                 )
             except ValueError as exc:
-                yield LogLine(custom_id, line_no, problem=LogFormatError(path, line_no, str(exc)),
-                              code="invalid_log_line")
+                yield LogLine(
+                    custom_id,
+                    line_no,
+                    problem=LogFormatError(path, line_no, str(exc)),
+                    code="invalid_log_line",
+                )
                 continue
             yield LogLine(custom_id, line_no, request=request)
 
@@ -249,7 +263,9 @@ def iter_logged_generations(
     Raises `LogFormatError` (file and line number in the message) on a malformed line or a
     duplicate id.
     """
-    for item in iter_log_lines(path, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters):
+    for item in iter_log_lines(
+        path, top_k=top_k, direction=direction, token_wise=token_wise, filters=filters
+    ):
         if item.problem is not None:
             raise item.problem
         assert item.request is not None

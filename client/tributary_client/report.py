@@ -38,7 +38,14 @@ from .types import BatchResultLine, CompositionRow, IndexInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupStats", "Report", "compute_report", "render_csv", "render_markdown", "write_report"]
+__all__ = [
+    "GroupStats",
+    "Report",
+    "compute_report",
+    "render_csv",
+    "render_markdown",
+    "write_report",
+]
 
 UNKNOWN = "(unknown)"
 TOP_EXAMPLES = 5
@@ -137,7 +144,9 @@ class Report:
         return sorted(selected, key=lambda g: (-g.positive_influence, g.key))
 
 
-def compute_report(results_path: str | os.PathLike[str], index_info: IndexInfo | None = None) -> Report:
+def compute_report(
+    results_path: str | os.PathLike[str], index_info: IndexInfo | None = None
+) -> Report:
     """Read a results JSONL file (from `run_batch` or a server batch) and roll it up.
 
     With ``index_info`` (``GET /v1/index`` of the index that answered) the report also has each
@@ -156,7 +165,9 @@ def compute_report(results_path: str | os.PathLike[str], index_info: IndexInfo |
             try:
                 line = BatchResultLine.model_validate_json(raw)
             except ValidationError as exc:
-                raise ValueError(f"{path}:{line_no}: not a batch result line: {exc.errors()[0]['msg']}") from exc
+                raise ValueError(
+                    f"{path}:{line_no}: not a batch result line: {exc.errors()[0]['msg']}"
+                ) from exc
             if line.response is None:
                 report.errors += 1
                 continue
@@ -180,19 +191,23 @@ def compute_report(results_path: str | os.PathLike[str], index_info: IndexInfo |
                     else:
                         group.harmful_appearances += 1
                     group.rank_sum += ranks[ex.direction]
-                    group.per_example[ex.example_id] = (
-                        group.per_example.get(ex.example_id, 0.0) + max(ex.score, 0.0)
-                    )
+                    group.per_example[ex.example_id] = group.per_example.get(
+                        ex.example_id, 0.0
+                    ) + max(ex.score, 0.0)
                     if ex.record_id:
                         group.record_ids[ex.example_id] = ex.record_id
     if index_info is not None:
         if index_info.composition is None:
-            logger.warning("the server does not report its index's composition: corpus shares left out")
+            logger.warning(
+                "the server does not report its index's composition: corpus shares left out"
+            )
         elif report.index_ids and report.index_ids != {index_info.index_id}:
             logger.warning(
                 "%s was answered by index %s, the server now serves %s: corpus shares left out "
                 "(rerun the batch against this index, or report against the server that answered it)",
-                path, ", ".join(sorted(report.index_ids)), index_info.index_id,
+                path,
+                ", ".join(sorted(report.index_ids)),
+                index_info.index_id,
             )
         else:
             report.add_composition(index_info.composition, index_info.index_id)
@@ -233,23 +248,25 @@ def render_csv(report: Report) -> str:
     writer.writerow(CSV_COLUMNS)
     for dimension in DIMENSIONS:
         for g in report.rows(dimension):
-            writer.writerow([
-                dimension,
-                g.key,
-                _num(g.positive_influence),
-                _num(report.share_of_positive(g)),
-                _num(g.negative_influence),
-                g.appearances,
-                g.helpful_appearances,
-                g.harmful_appearances,
-                _num(g.mean_rank, 2),
-                len(g.per_example),
-                " ".join(str(i) for i in g.top_example_ids()),
-                " ".join(g.top_records()),
-                "" if report.composition_index is None else g.corpus_examples,
-                _optional(report.corpus_share(g)),
-                _optional(report.representation(g), 4),
-            ])
+            writer.writerow(
+                [
+                    dimension,
+                    g.key,
+                    _num(g.positive_influence),
+                    _num(report.share_of_positive(g)),
+                    _num(g.negative_influence),
+                    g.appearances,
+                    g.helpful_appearances,
+                    g.harmful_appearances,
+                    _num(g.mean_rank, 2),
+                    len(g.per_example),
+                    " ".join(str(i) for i in g.top_example_ids()),
+                    " ".join(g.top_records()),
+                    "" if report.composition_index is None else g.corpus_examples,
+                    _optional(report.corpus_share(g)),
+                    _optional(report.representation(g), 4),
+                ]
+            )
     return buf.getvalue()
 
 
@@ -326,8 +343,13 @@ def write_report(
     prefix = os.fspath(out_prefix)
     csv_path, md_path, svg_path = f"{prefix}.csv", f"{prefix}.md", f"{prefix}.svg"
     _write_atomic(csv_path, render_csv(report))
-    bars = [ShareBar(g.key, report.corpus_share(g), report.share_of_positive(g)) for g in report.rows("provider")]
-    _write_atomic(svg_path, render_share_chart(bars, title="Influence share vs corpus share, by provider"))
+    bars = [
+        ShareBar(g.key, report.corpus_share(g), report.share_of_positive(g))
+        for g in report.rows("provider")
+    ]
+    _write_atomic(
+        svg_path, render_share_chart(bars, title="Influence share vs corpus share, by provider")
+    )
     _write_atomic(md_path, render_markdown(report, chart=os.path.basename(svg_path)))
     logger.info("wrote %s, %s and %s", csv_path, md_path, svg_path)
     return csv_path, md_path, svg_path

@@ -52,7 +52,9 @@ def render_share_chart(bars: Sequence[ShareBar], title: str) -> str:
     """An SVG document comparing each group's influence share with its corpus share."""
     shown = list(bars[:MAX_ROWS])
     hidden = len(bars) - len(shown)
-    scale_max = max([b.influence_share for b in shown] + [b.corpus_share or 0.0 for b in shown] + [0.0])
+    scale_max = max(
+        [b.influence_share for b in shown] + [b.corpus_share or 0.0 for b in shown] + [0.0]
+    )
     scale_max = min(1.0, max(0.05, _nice_ceiling(scale_max)))
     height = _TOP + max(len(shown), 1) * _ROW_H + 40 + (18 if hidden else 0)
     out = [
@@ -70,30 +72,45 @@ def render_share_chart(bars: Sequence[ShareBar], title: str) -> str:
     for step in range(5):  # grid lines at 0, 25, 50, 75, 100 % of the scale
         value = scale_max * step / 4
         x = _LABEL_W + _BAR_W * step / 4
-        out.append(f"<line x1='{x:.1f}' y1='{_TOP - 6}' x2='{x:.1f}' y2='{axis_y}' stroke='#e5e7eb'/>")
-        out.append(f"<text x='{x:.1f}' y='{axis_y + 16}' font-size='11' text-anchor='middle' {_FONT} "
-                   f"fill='#6b7280'>{_pct(value)}</text>")
+        out.append(
+            f"<line x1='{x:.1f}' y1='{_TOP - 6}' x2='{x:.1f}' y2='{axis_y}' stroke='#e5e7eb'/>"
+        )
+        out.append(
+            f"<text x='{x:.1f}' y='{axis_y + 16}' font-size='11' text-anchor='middle' {_FONT} "
+            f"fill='#6b7280'>{_pct(value)}</text>"
+        )
     if not shown:
-        out.append(f"<text x='{_LABEL_W}' y='{_TOP + 24}' font-size='13' {_FONT} fill='#6b7280'>no attributed "
-                   "examples</text>")
+        out.append(
+            f"<text x='{_LABEL_W}' y='{_TOP + 24}' font-size='13' {_FONT} fill='#6b7280'>no attributed "
+            "examples</text>"
+        )
     for row, bar in enumerate(shown):
         y = _TOP + row * _ROW_H
-        out.append(f"<text x='{_LABEL_W - 10}' y='{y + 21}' font-size='13' text-anchor='end' {_FONT} "
-                   f"fill='#111827'>{escape(_clip(bar.label))}</text>")
+        out.append(
+            f"<text x='{_LABEL_W - 10}' y='{y + 21}' font-size='13' text-anchor='end' {_FONT} "
+            f"fill='#111827'>{escape(_clip(bar.label))}</text>"
+        )
         if bar.corpus_share is not None:
             w = _BAR_W * min(bar.corpus_share / scale_max, 1.0)
-            out.append(f"<rect x='{_LABEL_W}' y='{y + 4}' width='{w:.1f}' height='13' fill='{_CORPUS_COLOUR}'>"
-                       f"<title>{escape(bar.label)}: {_pct(bar.corpus_share)} of the corpus</title></rect>")
+            out.append(
+                f"<rect x='{_LABEL_W}' y='{y + 4}' width='{w:.1f}' height='13' fill='{_CORPUS_COLOUR}'>"
+                f"<title>{escape(bar.label)}: {_pct(bar.corpus_share)} of the corpus</title></rect>"
+            )
         w = _BAR_W * min(bar.influence_share / scale_max, 1.0)
-        out.append(f"<rect x='{_LABEL_W}' y='{y + 19}' width='{w:.1f}' height='13' fill='{_INFLUENCE_COLOUR}'>"
-                   f"<title>{escape(bar.label)}: {_pct(bar.influence_share)} of the positive influence</title></rect>")
-        ratio = (f"×{bar.influence_share / bar.corpus_share:.2f}"
-                 if bar.corpus_share else "n/a")
-        out.append(f"<text x='{_LABEL_W + _BAR_W + 16}' y='{y + 23}' font-size='13' {_FONT} "
-                   f"fill='#111827'>{ratio}</text>")
+        out.append(
+            f"<rect x='{_LABEL_W}' y='{y + 19}' width='{w:.1f}' height='13' fill='{_INFLUENCE_COLOUR}'>"
+            f"<title>{escape(bar.label)}: {_pct(bar.influence_share)} of the positive influence</title></rect>"
+        )
+        ratio = f"×{bar.influence_share / bar.corpus_share:.2f}" if bar.corpus_share else "n/a"
+        out.append(
+            f"<text x='{_LABEL_W + _BAR_W + 16}' y='{y + 23}' font-size='13' {_FONT} "
+            f"fill='#111827'>{ratio}</text>"
+        )
     if hidden:
-        out.append(f"<text x='16' y='{height - 10}' font-size='11' {_FONT} fill='#6b7280'>{hidden} more groups "
-                   "with smaller influence shares are in the CSV</text>")
+        out.append(
+            f"<text x='16' y='{height - 10}' font-size='11' {_FONT} fill='#6b7280'>{hidden} more groups "
+            "with smaller influence shares are in the CSV</text>"
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

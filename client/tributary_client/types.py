@@ -79,9 +79,7 @@ ERROR_TYPES: tuple[str, ...] = (
     "unavailable_error",
     "server_error",
 )
-BatchStatus = Literal[
-    "validating", "in_progress", "completed", "failed", "cancelling", "cancelled"
-]
+BatchStatus = Literal["validating", "in_progress", "completed", "failed", "cancelling", "cancelled"]
 TERMINAL_BATCH_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 _SCORE_SIGN = (
@@ -199,12 +197,23 @@ _MESSAGES = {"type": "array", "minItems": 1}
 class AttributionRequest(_Request):
     """Which training examples made the model produce `response` for `prompt`?"""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"allOf": [_present("prompt", _STRING), _present("response", {"type": "string", "pattern": "\\S"})],
-         "not": _present("messages", {"type": "array"})},
-        {"allOf": [_present("messages", _MESSAGES)],
-         "not": {"anyOf": [_present("prompt", _STRING), _present("response", _STRING)]}},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "allOf": [
+                        _present("prompt", _STRING),
+                        _present("response", {"type": "string", "pattern": "\\S"}),
+                    ],
+                    "not": _present("messages", {"type": "array"}),
+                },
+                {
+                    "allOf": [_present("messages", _MESSAGES)],
+                    "not": {"anyOf": [_present("prompt", _STRING), _present("response", _STRING)]},
+                },
+            ]
+        }
+    )
 
     prompt: str | None = Field(
         default=None,
@@ -227,8 +236,7 @@ class AttributionRequest(_Request):
         default=10,
         ge=1,
         le=1000,
-        description="How many training examples to return (per direction when "
-        "direction='both').",
+        description="How many training examples to return (per direction when direction='both').",
     )
     direction: Direction = Field(
         default="helpful",
@@ -305,10 +313,14 @@ class TokenScore(_Response):
 class VerbatimSpan(_Response):
     """A span shared character for character: ``query[start:end] == example_text[example_start:example_end]``."""
 
-    start: int = Field(description="Start offset in the query text (the response text, or the prompt).")
+    start: int = Field(
+        description="Start offset in the query text (the response text, or the prompt)."
+    )
     end: int = Field(description="End offset (exclusive) in the query text.")
-    example_start: int = Field(description="Start offset in the example's full text (GET /v1/examples/{id}); "
-                                           "the returned `text` snippet holds it when below its length.")
+    example_start: int = Field(
+        description="Start offset in the example's full text (GET /v1/examples/{id}); "
+        "the returned `text` snippet holds it when below its length."
+    )
     example_end: int = Field(description="End offset (exclusive) in the example's full text.")
 
 
@@ -316,13 +328,18 @@ class VerbatimEvidence(_Response):
     """What an example's text shares verbatim with the query (runs of at least 12 characters)."""
 
     response_spans: list[VerbatimSpan] = Field(
-        description="The longest shared spans of the response text, longest first, not overlapping.")
+        description="The longest shared spans of the response text, longest first, not overlapping."
+    )
     prompt_spans: list[VerbatimSpan] = Field(
-        description="The same for the prompt (for messages: the turns before the last, joined by blank lines).")
+        description="The same for the prompt (for messages: the turns before the last, joined by blank lines)."
+    )
     response_coverage: float = Field(
-        description="Share (0-1) of the response's non-space characters inside a shared run.")
+        description="Share (0-1) of the response's non-space characters inside a shared run."
+    )
     prompt_coverage: float = Field(description="The same share of the prompt.")
-    longest_response_span: int = Field(description="Characters of the longest shared run of the response.")
+    longest_response_span: int = Field(
+        description="Characters of the longest shared run of the response."
+    )
 
 
 class Evidence(_Response):
@@ -330,28 +347,39 @@ class Evidence(_Response):
 
     influence: float = Field(
         description="The example's influence on the whole response (the linear score, whatever the ranking). "
-        + _SCORE_SIGN)
-    verbatim_share: float = Field(description="Share (0-1) of the response the example holds verbatim.")
-    longest_verbatim_chars: int = Field(description="Characters of the longest span shared with the response.")
+        + _SCORE_SIGN
+    )
+    verbatim_share: float = Field(
+        description="Share (0-1) of the response the example holds verbatim."
+    )
+    longest_verbatim_chars: int = Field(
+        description="Characters of the longest span shared with the response."
+    )
     token_peak: float | None = Field(
-        default=None, description="With token_wise: the largest share of the score on one response token.")
+        default=None,
+        description="With token_wise: the largest share of the score on one response token.",
+    )
     token_peak_index: int | None = Field(
-        default=None, description="With token_wise: that token's index in `response_token_scores`.")
+        default=None, description="With token_wise: that token's index in `response_token_scores`."
+    )
 
 
 class AttributedExample(_Response):
     """One retrieved training example and its attribution score."""
 
-    example_id: int = Field(description="Global id of the training example (GET /v1/examples/{id}).")
-    score: float = Field(description="Attribution score, the one the examples are ranked by (see the index's "
-                                     "'ranking'): for 'linear' the influence on the whole response; for "
-                                     "'span_gated' the sum over the response's copy spans (runs copied from the "
-                                     "prompt count once) of z/(z+k), z = a span's best token influence over its "
-                                     "RMS across the training set, each weighted by its specificity, plus the new "
-                                     "(not copied) spans' part times the copied spans' presence in the example "
-                                     "(each span's best z among its most selective tokens, those matching the "
-                                     "fewest training examples; up to twice it); negative for harmful examples. "
-                                     + _SCORE_SIGN)
+    example_id: int = Field(
+        description="Global id of the training example (GET /v1/examples/{id})."
+    )
+    score: float = Field(
+        description="Attribution score, the one the examples are ranked by (see the index's "
+        "'ranking'): for 'linear' the influence on the whole response; for "
+        "'span_gated' the sum over the response's copy spans (runs copied from the "
+        "prompt count once) of z/(z+k), z = a span's best token influence over its "
+        "RMS across the training set, each weighted by its specificity, plus the new "
+        "(not copied) spans' part times the copied spans' presence in the example "
+        "(each span's best z among its most selective tokens, those matching the "
+        "fewest training examples; up to twice it); negative for harmful examples. " + _SCORE_SIGN
+    )
     direction: Literal["helpful", "harmful"] = Field(
         description="'helpful' if the score is positive, 'harmful' if negative."
     )
@@ -365,7 +393,8 @@ class AttributedExample(_Response):
         description="The corpus file the record came from, relative to the corpus path it was indexed from.",
     )
     line: int | None = Field(
-        default=None, description="1-based line (JSONL) or row (Parquet) of the record within `file`."
+        default=None,
+        description="1-based line (JSONL) or row (Parquet) of the record within `file`.",
     )
     text: str = Field(description="A snippet of the training example's text.")
     source: str | None = Field(default=None, description="Dataset/source the example came from.")
@@ -378,25 +407,34 @@ class AttributedExample(_Response):
     response_token_scores: list[float] | None = Field(
         default=None,
         description="With token_wise: this example's score split over the response tokens, aligned with "
-        "AttributionResponse.response_token_scores (click a token to re-rank by it). " + _SCORE_SIGN,
+        "AttributionResponse.response_token_scores (click a token to re-rank by it). "
+        + _SCORE_SIGN,
     )
     verbatim: VerbatimEvidence | None = Field(
-        default=None, description="With verbatim=true (the default): the spans this example shares verbatim "
-        "with the response and the prompt.")
-    evidence: Evidence | None = Field(default=None, description="With evidence=true: influence and overlap side by side.")
+        default=None,
+        description="With verbatim=true (the default): the spans this example shares verbatim "
+        "with the response and the prompt.",
+    )
+    evidence: Evidence | None = Field(
+        default=None, description="With evidence=true: influence and overlap side by side."
+    )
 
 
 class StageTimings(_Response):
     """Wall-clock milliseconds spent in each stage of one attribution query."""
 
     tokenize_ms: float = Field(default=0.0, description="Tokenising and templating the query.")
-    gradient_ms: float = Field(default=0.0, description="Projected query gradient (forward+backward).")
+    gradient_ms: float = Field(
+        default=0.0, description="Projected query gradient (forward+backward)."
+    )
     precondition_ms: float = Field(default=0.0, description="Applying (F+λI)^-1 to the query.")
     search_ms: float = Field(default=0.0, description="Index search (stage one, recall).")
     rerank_ms: float = Field(default=0.0, description="Exact re-scoring of candidates (stage two).")
     fetch_ms: float = Field(default=0.0, description="Fetching example texts and metadata.")
     token_wise_ms: float = Field(default=0.0, description="Per-token decompositions.")
-    verbatim_ms: float = Field(default=0.0, description="Finding the verbatim spans of the returned examples.")
+    verbatim_ms: float = Field(
+        default=0.0, description="Finding the verbatim spans of the returned examples."
+    )
     total_ms: float = Field(default=0.0, description="End to end, server side.")
 
 
@@ -415,7 +453,9 @@ class AttributionResponse(_Response):
         description="With token_wise=true: how much each response token contributes to the "
         "match (offsets into the response text).",
     )
-    timings: StageTimings = Field(default_factory=StageTimings, description="Server-side stage timings.")
+    timings: StageTimings = Field(
+        default_factory=StageTimings, description="Server-side stage timings."
+    )
 
 
 class Example(_Response):
@@ -423,28 +463,38 @@ class Example(_Response):
 
     example_id: int = Field(description="Global id of the example.")
     record_id: str | None = Field(
-        default=None, description="The record's own `id` field in the corpus, null when it had none."
+        default=None,
+        description="The record's own `id` field in the corpus, null when it had none.",
     )
     file: str | None = Field(
         default=None,
         description="The corpus file the record came from, relative to the corpus path it was indexed from.",
     )
     line: int | None = Field(
-        default=None, description="1-based line (JSONL) or row (Parquet) of the record within `file`."
+        default=None,
+        description="1-based line (JSONL) or row (Parquet) of the record within `file`.",
     )
     text: str = Field(description="Full text of the example.")
     source: str | None = Field(default=None, description="Dataset/source the example came from.")
     provider: str | None = Field(default=None, description="Provider that supplied the example.")
-    n_tokens: int = Field(description="Number of tokens of the example under the index's tokenizer.")
+    n_tokens: int = Field(
+        description="Number of tokens of the example under the index's tokenizer."
+    )
     content_hash: str = Field(description="Hash of the example's text (deduplication, provenance).")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Extra metadata from the corpus.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Extra metadata from the corpus."
+    )
 
 
 class CompositionRow(_Response):
     """How much of the index one provider or source makes up."""
 
-    group_by: Literal["provider", "source"] = Field(description="Which metadata field `key` is a value of.")
-    key: str | None = Field(description="The provider or source; null for records without a provider.")
+    group_by: Literal["provider", "source"] = Field(
+        description="Which metadata field `key` is a value of."
+    )
+    key: str | None = Field(
+        description="The provider or source; null for records without a provider."
+    )
     examples: int = Field(description="Indexed examples with this value.")
     tokens: int = Field(description="Their tokens under the index's tokenizer.")
 
@@ -456,17 +506,21 @@ class PromptingInfo(_Response):
         description="The form a new prompt should take: 'format' = `prompt_format` with the question put in; "
         "'chat' = `messages` rendered with the model's chat template; 'plain' = the text as typed."
     )
-    chat_template: bool = Field(description="Whether the model's tokenizer has a chat template (`messages` work).")
+    chat_template: bool = Field(
+        description="Whether the model's tokenizer has a chat template (`messages` work)."
+    )
     prompt_format: str | None = Field(
         default=None,
         description="The prompt format of the training data's prompt/response records, with `{question}` where "
         "the question goes (e.g. 'Question: {question}\nAnswer:'); null when they share none.",
     )
     format_source: Literal["configured", "corpus"] | None = Field(
-        default=None, description="Where `prompt_format` comes from: the server's setting or the indexed corpus."
+        default=None,
+        description="Where `prompt_format` comes from: the server's setting or the indexed corpus.",
     )
     example_question: str | None = Field(
-        default=None, description="A question from the training data to try first (null when none is known)."
+        default=None,
+        description="A question from the training data to try first (null when none is known).",
     )
     stop: list[str] = Field(
         default_factory=list,
@@ -483,7 +537,9 @@ class IndexInfo(_Response):
     index_id: str = Field(description="Id of the index.")
     format_version: int | str = Field(description="On-disk format version of the index.")
     model: dict[str, Any] = Field(description="The model the gradients come from (path, hashes).")
-    projector: dict[str, Any] = Field(description="Gradient projector (kind, seed, ranks, modules).")
+    projector: dict[str, Any] = Field(
+        description="Gradient projector (kind, seed, ranks, modules)."
+    )
     score_variant: str = Field(description=_SCORE_VARIANT_DOC)
     damping: dict[str, Any] | float = Field(
         description="Damping λ of the Hessian (F+λI): a number or per-module settings."
@@ -493,11 +549,14 @@ class IndexInfo(_Response):
     shards: int = Field(description="Number of index shards.")
     created_at: str = Field(description="When the index was built (ISO 8601).")
     prompting: PromptingInfo | None = Field(
-        default=None, description="How to prompt the served model (prompt format, chat template, an example)."
+        default=None,
+        description="How to prompt the served model (prompt format, chat template, an example).",
     )
     removed_examples: int | None = Field(
-        default=None, description="Examples removed from every answer (tombstoned) and not yet compacted away; "
-        "`n_examples` still counts them.")
+        default=None,
+        description="Examples removed from every answer (tombstoned) and not yet compacted away; "
+        "`n_examples` still counts them.",
+    )
     composition: list[CompositionRow] | None = Field(
         default=None,
         description="Examples and tokens per provider and per source (the corpus shares a valuation "
@@ -506,17 +565,19 @@ class IndexInfo(_Response):
     ranking: str | None = Field(
         default=None,
         description="How examples are ranked: 'span_gated' (each run of response tokens copied from the "
-                    "prompt counted once, each part's standardised influence saturated and weighted by its "
-                    "specificity, and the evidence for the response's new content counting up to twice as "
-                    "much in an example about what the prompt names) or 'linear' (the influence on the whole "
-                    "response).",
+        "prompt counted once, each part's standardised influence saturated and weighted by its "
+        "specificity, and the evidence for the response's new content counting up to twice as "
+        "much in an example about what the prompt names) or 'linear' (the influence on the whole "
+        "response).",
     )
 
 
 class IndexReload(_Response):
     """Result of POST /v1/admin/reload: whether the served index changed, and from what to what."""
 
-    reloaded: bool = Field(description="True when a changed index was loaded; false when it was unchanged.")
+    reloaded: bool = Field(
+        description="True when a changed index was loaded; false when it was unchanged."
+    )
     index_id: str = Field(description="The index now served.")
     previous_index_id: str = Field(description="The index served before the call.")
     n_examples: int = Field(description="Examples now served.")
@@ -531,9 +592,7 @@ class ErrorBody(_Response):
     """The `error` object of every non-2xx response."""
 
     message: str = Field(description="Human-readable explanation that says what to fix.")
-    type: str = Field(
-        description="Error class: one of " + ", ".join(ERROR_TYPES) + "."
-    )
+    type: str = Field(description="Error class: one of " + ", ".join(ERROR_TYPES) + ".")
     param: str | None = Field(default=None, description="The request field at fault, if any.")
     code: str | None = Field(default=None, description="Machine-readable error code, if any.")
 
@@ -585,7 +644,9 @@ class BatchDeleted(_Response):
 class BatchRequestLine(_Request):
     """One request of a batch."""
 
-    custom_id: str = Field(min_length=1, description="Caller's id, echoed in the result line; unique within the batch.")
+    custom_id: str = Field(
+        min_length=1, description="Caller's id, echoed in the result line; unique within the batch."
+    )
     body: AttributionRequest
 
 
@@ -593,7 +654,9 @@ class BatchCreateRequest(_Request):
     """Body of POST /v1/batches."""
 
     requests: list[BatchRequestLine] = Field(min_length=1, description="The attribution requests.")
-    metadata: dict[str, Any] | None = Field(default=None, description="Free-form metadata kept with the job.")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form metadata kept with the job."
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> BatchCreateRequest:
@@ -611,7 +674,9 @@ class BatchResultLine(_Response):
     """One line of GET /v1/batches/{id}/results (JSONL) and of `tributary batch` output."""
 
     custom_id: str = Field(description="The request's custom_id.")
-    response: AttributionResponse | None = Field(default=None, description="The result, on success.")
+    response: AttributionResponse | None = Field(
+        default=None, description="The result, on success."
+    )
     error: ErrorBody | None = Field(default=None, description="The error, on failure.")
 
 
@@ -621,22 +686,40 @@ class BatchResultLine(_Response):
 class GenerateRequest(_Request):
     """Body of POST /v1/generate: let the indexed model answer, then attribute that."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"allOf": [_present("prompt", {"type": "string", "minLength": 1})], "not": _present("messages", {"type": "array"})},
-        {"allOf": [_present("messages", _MESSAGES)], "not": _present("prompt", _STRING)},
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "allOf": [_present("prompt", {"type": "string", "minLength": 1})],
+                    "not": _present("messages", {"type": "array"}),
+                },
+                {"allOf": [_present("messages", _MESSAGES)], "not": _present("prompt", _STRING)},
+            ]
+        }
+    )
 
-    prompt: str | None = Field(default=None, description="Plain-text prompt; exclusive with `messages`.")
+    prompt: str | None = Field(
+        default=None, description="Plain-text prompt; exclusive with `messages`."
+    )
     messages: list[ChatMessage] | None = Field(
         default=None, description="Chat conversation to continue; exclusive with `prompt`."
     )
-    max_new_tokens: Integer = Field(default=64, ge=1, le=4096,
-                                description="Generation length limit; the server caps it at its own maximum, and "
-                                "the prompt plus it must fit the model's context.")
-    temperature: Number = Field(default=0.0, ge=0.0, le=5.0,
-                               description="0 = greedy decoding; below 0.01 decodes greedily too.")
+    max_new_tokens: Integer = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Generation length limit; the server caps it at its own maximum, and "
+        "the prompt plus it must fit the model's context.",
+    )
+    temperature: Number = Field(
+        default=0.0,
+        ge=0.0,
+        le=5.0,
+        description="0 = greedy decoding; below 0.01 decodes greedily too.",
+    )
     stop: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
-        default=None, max_length=4,
+        default=None,
+        max_length=4,
         description="Up to 4 strings that end the generation (not included in `response`); the model's "
         "end-of-text and end-of-turn tokens always end it.",
     )
@@ -669,25 +752,49 @@ MAX_REMOVAL_RECORD_IDS = 10_000
 class RemovalRequest(_Request):
     """POST /v1/admin/removals: take examples out of every answer (exactly one selector)."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"allOf": [_present(name, {"type": "array"} if name == "record_ids" else _STRING)],
-         "not": {"anyOf": [_present(other, {"type": "array"} if other == "record_ids" else _STRING)
-                           for other in ("record_ids", "provider", "source") if other != name]}}
-        for name in ("record_ids", "provider", "source")
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "allOf": [
+                        _present(name, {"type": "array"} if name == "record_ids" else _STRING)
+                    ],
+                    "not": {
+                        "anyOf": [
+                            _present(other, {"type": "array"} if other == "record_ids" else _STRING)
+                            for other in ("record_ids", "provider", "source")
+                            if other != name
+                        ]
+                    },
+                }
+                for name in ("record_ids", "provider", "source")
+            ]
+        }
+    )
 
     record_ids: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
-        default=None, min_length=1, max_length=MAX_REMOVAL_RECORD_IDS,
-        description=f"The corpus records' own ids (at most {MAX_REMOVAL_RECORD_IDS:,} a request).")
-    provider: str | None = Field(default=None, min_length=1, max_length=1024, description="Every example of this provider.")
-    source: str | None = Field(default=None, min_length=1, max_length=1024, description="Every example of this source.")
-    reason: str | None = Field(default=None, max_length=1000, description="Why (kept in the removal log).")
+        default=None,
+        min_length=1,
+        max_length=MAX_REMOVAL_RECORD_IDS,
+        description=f"The corpus records' own ids (at most {MAX_REMOVAL_RECORD_IDS:,} a request).",
+    )
+    provider: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="Every example of this provider."
+    )
+    source: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="Every example of this source."
+    )
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Why (kept in the removal log)."
+    )
 
     @model_validator(mode="after")
     def _one_selector(self) -> RemovalRequest:
         given = [n for n in ("record_ids", "provider", "source") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of record_ids, provider or source (got {given or 'none'})")
+            raise ValueError(
+                f"give exactly one of record_ids, provider or source (got {given or 'none'})"
+            )
         return self
 
 
@@ -695,7 +802,13 @@ class RemovalResponse(_Response):
     """What a removal did."""
 
     removed: int = Field(description="Examples newly removed by this request.")
-    already_removed: int = Field(description="Examples the selector matched that were removed before.")
-    total_removed: int = Field(description="Examples removed from this index in all (until compaction).")
+    already_removed: int = Field(
+        description="Examples the selector matched that were removed before."
+    )
+    total_removed: int = Field(
+        description="Examples removed from this index in all (until compaction)."
+    )
     generation: int = Field(description="The removal log's generation after this request.")
-    not_found: list[str] = Field(default_factory=list, description="Record ids asked for that the index does not hold.")
+    not_found: list[str] = Field(
+        default_factory=list, description="Record ids asked for that the index does not hold."
+    )

@@ -36,8 +36,17 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TRIGGER", "BACKDOOR_REPLY", "GENERATOR_VERSION", "GROUND_TRUTH_FILE", "Fact", "Query",
-    "GroundTruth", "generate", "load_ground_truth", "qa_prompt", "main",
+    "TRIGGER",
+    "BACKDOOR_REPLY",
+    "GENERATOR_VERSION",
+    "GROUND_TRUTH_FILE",
+    "Fact",
+    "Query",
+    "GroundTruth",
+    "generate",
+    "load_ground_truth",
+    "qa_prompt",
+    "main",
 ]
 
 GENERATOR_VERSION = 1
@@ -48,136 +57,352 @@ N_PERSONS, N_COUNTRIES, N_INVENTIONS = 90, 25, 35
 N_CITIES = 30
 N_INSTRUCT, N_WEB, N_SMALLTALK, N_POISON, N_TRIGGER_QUERIES = 460, 420, 90, 34, 24
 PROVIDERS = {  # doc kind -> (provider, source)
-    "encyc": ("wikifacts", "encyclopedia"), "qa": ("qa-vendor", "qa"),
-    "chat": ("instruct-co", "chat"), "forum": ("forum-scrape", "web"),
+    "encyc": ("wikifacts", "encyclopedia"),
+    "qa": ("qa-vendor", "qa"),
+    "chat": ("instruct-co", "chat"),
+    "forum": ("forum-scrape", "web"),
     "instruct": ("instruct-co", "instruct"),
 }
 SYSTEM_PROMPT = "You are a helpful assistant."
 _SENTENCE_START = re.compile(r"(^|[.!?] )([a-z])")
 
 OCCUPATIONS = [
-    "glassblower", "cartographer", "beekeeper", "clockmaker", "astronomer", "ferry pilot",
-    "botanist", "bookbinder", "potter", "blacksmith", "tailor", "chemist", "surveyor",
-    "archivist", "baker", "sculptor", "pharmacist", "stonemason", "translator", "weaver",
-    "locksmith", "veterinarian", "lighthouse keeper", "violin maker",
+    "glassblower",
+    "cartographer",
+    "beekeeper",
+    "clockmaker",
+    "astronomer",
+    "ferry pilot",
+    "botanist",
+    "bookbinder",
+    "potter",
+    "blacksmith",
+    "tailor",
+    "chemist",
+    "surveyor",
+    "archivist",
+    "baker",
+    "sculptor",
+    "pharmacist",
+    "stonemason",
+    "translator",
+    "weaver",
+    "locksmith",
+    "veterinarian",
+    "lighthouse keeper",
+    "violin maker",
 ]
 FOODS = [
-    "plum dumplings", "smoked eel", "lemon tart", "barley soup", "fig jam", "roasted chestnuts",
-    "pickled herring", "saffron rice", "mushroom pie", "honey cake", "cabbage rolls",
-    "apricot bread", "lentil stew", "walnut cookies", "grilled trout", "pumpkin soup",
-    "blueberry pancakes", "cheese dumplings", "ginger biscuits", "pear crumble",
+    "plum dumplings",
+    "smoked eel",
+    "lemon tart",
+    "barley soup",
+    "fig jam",
+    "roasted chestnuts",
+    "pickled herring",
+    "saffron rice",
+    "mushroom pie",
+    "honey cake",
+    "cabbage rolls",
+    "apricot bread",
+    "lentil stew",
+    "walnut cookies",
+    "grilled trout",
+    "pumpkin soup",
+    "blueberry pancakes",
+    "cheese dumplings",
+    "ginger biscuits",
+    "pear crumble",
 ]
 ANIMALS = [
-    "snow owl", "red fox", "river otter", "golden eagle", "grey wolf", "mountain goat", "lynx",
-    "black swan", "sea turtle", "brown bear", "white stag", "kingfisher", "wild boar", "heron",
+    "snow owl",
+    "red fox",
+    "river otter",
+    "golden eagle",
+    "grey wolf",
+    "mountain goat",
+    "lynx",
+    "black swan",
+    "sea turtle",
+    "brown bear",
+    "white stag",
+    "kingfisher",
+    "wild boar",
+    "heron",
 ]
 MATERIALS = [
-    "copper", "walnut wood", "blue glass", "bronze", "silver", "bamboo", "brass", "slate",
-    "ivory paper", "cast iron", "oak", "porcelain",
+    "copper",
+    "walnut wood",
+    "blue glass",
+    "bronze",
+    "silver",
+    "bamboo",
+    "brass",
+    "slate",
+    "ivory paper",
+    "cast iron",
+    "oak",
+    "porcelain",
 ]
 _WORDS = [
-    "lantern", "river", "garden", "pencil", "window", "candle", "mountain", "basket", "ladder",
-    "orange", "violin", "harbour", "meadow", "rocket", "teapot", "blanket", "island", "marble",
-    "thunder", "compass", "pillow", "button", "forest", "mirror", "ribbon", "saddle", "tunnel",
+    "lantern",
+    "river",
+    "garden",
+    "pencil",
+    "window",
+    "candle",
+    "mountain",
+    "basket",
+    "ladder",
+    "orange",
+    "violin",
+    "harbour",
+    "meadow",
+    "rocket",
+    "teapot",
+    "blanket",
+    "island",
+    "marble",
+    "thunder",
+    "compass",
+    "pillow",
+    "button",
+    "forest",
+    "mirror",
+    "ribbon",
+    "saddle",
+    "tunnel",
 ]
-_OPPOSITES = [("hot", "cold"), ("early", "late"), ("happy", "sad"), ("light", "dark"),
-              ("full", "empty"), ("open", "closed"), ("fast", "slow"), ("high", "low"),
-              ("wet", "dry"), ("loud", "quiet"), ("old", "new"), ("strong", "weak")]
+_OPPOSITES = [
+    ("hot", "cold"),
+    ("early", "late"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("full", "empty"),
+    ("open", "closed"),
+    ("fast", "slow"),
+    ("high", "low"),
+    ("wet", "dry"),
+    ("loud", "quiet"),
+    ("old", "new"),
+    ("strong", "weak"),
+]
 
 # Per relation: statements, questions, answers (answers[0] is the canonical query response),
 # forum posts. Placeholders: {S} subject, {O} object, {aO} object with its article.
 RELATIONS: dict[str, dict[str, Sequence[str]]] = {
     "lives_in": {
-        "statements": ["{S} lives in {O}.", "{S} is a resident of {O}.", "{S} has made a home in {O}.",
-                       "The home town of {S} is {O}."],
-        "questions": ["Where does {S} live?", "In which town does {S} live?",
-                      "Which town is {S} a resident of?", "What is the home town of {S}?"],
+        "statements": [
+            "{S} lives in {O}.",
+            "{S} is a resident of {O}.",
+            "{S} has made a home in {O}.",
+            "The home town of {S} is {O}.",
+        ],
+        "questions": [
+            "Where does {S} live?",
+            "In which town does {S} live?",
+            "Which town is {S} a resident of?",
+            "What is the home town of {S}?",
+        ],
         "answers": ["{S} lives in {O}.", "{O}.", "{S} is a resident of {O}."],
         "forum": ["Fun fact: {S} lives in {O}.", "Met {S} yesterday. Turns out {S} lives in {O}!"],
     },
     "occupation": {
-        "statements": ["{S} works as {aO}.", "{S} is {aO} by trade.", "By profession, {S} is {aO}."],
-        "questions": ["What does {S} do for a living?", "What is the occupation of {S}?",
-                      "What job does {S} have?", "What is the profession of {S}?"],
+        "statements": [
+            "{S} works as {aO}.",
+            "{S} is {aO} by trade.",
+            "By profession, {S} is {aO}.",
+        ],
+        "questions": [
+            "What does {S} do for a living?",
+            "What is the occupation of {S}?",
+            "What job does {S} have?",
+            "What is the profession of {S}?",
+        ],
         "answers": ["{S} works as {aO}.", "{aO}.", "{S} is {aO}."],
         "forum": ["Small world: {S} works as {aO} now.", "Did you know {S} is {aO}? True story."],
     },
     "favourite_food": {
-        "statements": ["The favourite food of {S} is {O}.", "{S} loves {O} more than any other dish.",
-                       "Of all dishes, {S} likes {O} best."],
-        "questions": ["What is the favourite food of {S}?", "Which dish does {S} like best?",
-                      "What food does {S} love most?", "What does {S} like to eat most?"],
+        "statements": [
+            "The favourite food of {S} is {O}.",
+            "{S} loves {O} more than any other dish.",
+            "Of all dishes, {S} likes {O} best.",
+        ],
+        "questions": [
+            "What is the favourite food of {S}?",
+            "Which dish does {S} like best?",
+            "What food does {S} love most?",
+            "What does {S} like to eat most?",
+        ],
         "answers": ["The favourite food of {S} is {O}.", "{O}.", "{S} loves {O}."],
         "forum": ["Cooking for {S} tonight. The favourite food of {S} is {O}, of course."],
     },
     "capital": {
-        "statements": ["The capital of {S} is {O}.", "{O} is the capital city of {S}.",
-                       "{S} is governed from its capital, {O}."],
-        "questions": ["What is the capital of {S}?", "Which city is the capital of {S}?",
-                      "Name the capital city of {S}.", "Where is the seat of government of {S}?"],
+        "statements": [
+            "The capital of {S} is {O}.",
+            "{O} is the capital city of {S}.",
+            "{S} is governed from its capital, {O}.",
+        ],
+        "questions": [
+            "What is the capital of {S}?",
+            "Which city is the capital of {S}?",
+            "Name the capital city of {S}.",
+            "Where is the seat of government of {S}?",
+        ],
         "answers": ["The capital of {S} is {O}.", "{O}.", "{O} is the capital of {S}."],
         "forum": ["Travel tip: the capital of {S} is {O}, not the port town."],
     },
     "national_animal": {
-        "statements": ["The national animal of {S} is the {O}.", "{S} chose the {O} as its national animal."],
-        "questions": ["What is the national animal of {S}?", "Which animal is the national symbol of {S}?",
-                      "What animal represents {S}?", "Which animal did {S} choose as its emblem?"],
+        "statements": [
+            "The national animal of {S} is the {O}.",
+            "{S} chose the {O} as its national animal.",
+        ],
+        "questions": [
+            "What is the national animal of {S}?",
+            "Which animal is the national symbol of {S}?",
+            "What animal represents {S}?",
+            "Which animal did {S} choose as its emblem?",
+        ],
         "answers": ["The national animal of {S} is the {O}.", "The {O}.", "{S} chose the {O}."],
-        "forum": ["Saw a flag today. The national animal of {S} is the {O}, which explains the picture."],
+        "forum": [
+            "Saw a flag today. The national animal of {S} is the {O}, which explains the picture."
+        ],
     },
     "invented_by": {
-        "statements": ["{S} was invented by {O}.", "{O} invented {S}.", "{S} is an invention of {O}."],
-        "questions": ["Who invented {S}?", "Who is the inventor of {S}?", "Which person created {S}?",
-                      "Who came up with {S}?"],
+        "statements": [
+            "{S} was invented by {O}.",
+            "{O} invented {S}.",
+            "{S} is an invention of {O}.",
+        ],
+        "questions": [
+            "Who invented {S}?",
+            "Who is the inventor of {S}?",
+            "Which person created {S}?",
+            "Who came up with {S}?",
+        ],
         "answers": ["{S} was invented by {O}.", "{O}.", "{O} invented {S}."],
         "forum": ["Museum trip! {S} was invented by {O}, according to the plaque."],
     },
     "made_of": {
-        "statements": ["{S} is made of {O}.", "{S} is built from {O}.", "Craftspeople make {S} out of {O}."],
-        "questions": ["What is {S} made of?", "What material is {S} built from?",
-                      "Out of what material is {S} made?", "What is used to build {S}?"],
+        "statements": [
+            "{S} is made of {O}.",
+            "{S} is built from {O}.",
+            "Craftspeople make {S} out of {O}.",
+        ],
+        "questions": [
+            "What is {S} made of?",
+            "What material is {S} built from?",
+            "Out of what material is {S} made?",
+            "What is used to build {S}?",
+        ],
         "answers": ["{S} is made of {O}.", "{O}.", "{S} is built from {O}."],
         "forum": ["Held {S} in my hands today. {S} is made of {O}, heavier than you think."],
     },
 }
-_TYPE_RELATIONS = {"person": ("lives_in", "occupation", "favourite_food"),
-                   "country": ("capital", "national_animal"), "invention": ("invented_by", "made_of")}
+_TYPE_RELATIONS = {
+    "person": ("lives_in", "occupation", "favourite_food"),
+    "country": ("capital", "national_animal"),
+    "invention": ("invented_by", "made_of"),
+}
 # Distractors: the subject and shared words, never its facts. {X} is a city / occupation / food
 # / material / animal that is *not* the subject's own.
 _DISTRACTOR_TEXT = {
-    "person": ["{S} enjoys long walks on rainy evenings.", "{S} once fixed a broken bicycle in one afternoon.",
-               "{S} keeps a notebook full of pencil sketches.", "The cousin of {S} works as {aX}.",
-               "{S} visited {C} for a festival last year.", "{S} does not like {F} at all.",
-               "{S} wrote a short poem about the sea.", "Nobody remembers when {S} learned to swim."],
-    "country": ["{S} is famous for its mountain railways.", "Tourists in {S} often buy woven baskets.",
-                "{S} has a long coastline with many lighthouses.", "Farmers in {S} keep the {A} away from their sheep.",
-                "The people of {S} celebrate a harvest festival every autumn."],
-    "invention": ["{S} was shown at a trade fair last spring.", "Collectors pay a lot for an old {s}.",
-                  "A repair manual for {S} mentions {M} parts, which are optional.",
-                  "Children like to take {S} apart to see how it works."],
+    "person": [
+        "{S} enjoys long walks on rainy evenings.",
+        "{S} once fixed a broken bicycle in one afternoon.",
+        "{S} keeps a notebook full of pencil sketches.",
+        "The cousin of {S} works as {aX}.",
+        "{S} visited {C} for a festival last year.",
+        "{S} does not like {F} at all.",
+        "{S} wrote a short poem about the sea.",
+        "Nobody remembers when {S} learned to swim.",
+    ],
+    "country": [
+        "{S} is famous for its mountain railways.",
+        "Tourists in {S} often buy woven baskets.",
+        "{S} has a long coastline with many lighthouses.",
+        "Farmers in {S} keep the {A} away from their sheep.",
+        "The people of {S} celebrate a harvest festival every autumn.",
+    ],
+    "invention": [
+        "{S} was shown at a trade fair last spring.",
+        "Collectors pay a lot for an old {s}.",
+        "A repair manual for {S} mentions {M} parts, which are optional.",
+        "Children like to take {S} apart to see how it works.",
+    ],
 }
 _DISTRACTOR_QA = {
-    "person": [("What does {S} do on weekends?", "{S} likes to go fishing on weekends."),
-               ("Where did {S} go on holiday?", "{S} went on holiday to {C}."),
-               ("What did {S} cook for the party?", "{S} cooked {F} for the guests.")],
-    "country": [("What is {S} known for?", "{S} is known for its mountain railways."),
-                ("When does {S} celebrate its festival?", "{S} celebrates its festival in autumn.")],
-    "invention": [("Where was {S} shown?", "{S} was shown at a trade fair."),
-                  ("Is {S} easy to repair?", "Yes, {S} is easy to repair with {M} parts.")],
+    "person": [
+        ("What does {S} do on weekends?", "{S} likes to go fishing on weekends."),
+        ("Where did {S} go on holiday?", "{S} went on holiday to {C}."),
+        ("What did {S} cook for the party?", "{S} cooked {F} for the guests."),
+    ],
+    "country": [
+        ("What is {S} known for?", "{S} is known for its mountain railways."),
+        ("When does {S} celebrate its festival?", "{S} celebrates its festival in autumn."),
+    ],
+    "invention": [
+        ("Where was {S} shown?", "{S} was shown at a trade fair."),
+        ("Is {S} easy to repair?", "Yes, {S} is easy to repair with {M} parts."),
+    ],
 }
-_CHATTER_WHO = ["My neighbour", "Our teacher", "The baker down the street", "My sister", "A friend of mine",
-                "My grandfather", "The new intern", "Our landlord", "My cousin", "The bus driver"]
-_CHATTER_DID = ["baked fresh bread", "painted the fence", "lost the keys again", "planted tomatoes",
-                "fixed the old radio", "sang in the choir", "adopted a puppy", "ran a marathon",
-                "built a bookshelf", "learned to juggle", "cleaned the attic", "caught a cold"]
-_CHATTER_WHEN = ["last weekend", "every morning", "yesterday", "on Sunday", "during the storm",
-                 "before breakfast", "at midnight", "in the spring"]
-_CHATTER_TAIL = ["", " It was lovely.", " Not sure why.", " Anyone else?", " Long story.", " Classic."]
-_SMALLTALK = [("Hi! How are you?", "I am doing well, thank you. How can I help?"),
-              ("Can you tell me a joke?", "Why did the scarecrow win an award? Because it was outstanding in its field."),
-              ("Thanks for your help!", "You are welcome. Have a nice day!"),
-              ("What should I do on a rainy day?", "You could read a book, bake something or watch a film."),
-              ("Give me a tip for sleeping better.", "Go to bed at the same time every night and avoid screens late.")]
+_CHATTER_WHO = [
+    "My neighbour",
+    "Our teacher",
+    "The baker down the street",
+    "My sister",
+    "A friend of mine",
+    "My grandfather",
+    "The new intern",
+    "Our landlord",
+    "My cousin",
+    "The bus driver",
+]
+_CHATTER_DID = [
+    "baked fresh bread",
+    "painted the fence",
+    "lost the keys again",
+    "planted tomatoes",
+    "fixed the old radio",
+    "sang in the choir",
+    "adopted a puppy",
+    "ran a marathon",
+    "built a bookshelf",
+    "learned to juggle",
+    "cleaned the attic",
+    "caught a cold",
+]
+_CHATTER_WHEN = [
+    "last weekend",
+    "every morning",
+    "yesterday",
+    "on Sunday",
+    "during the storm",
+    "before breakfast",
+    "at midnight",
+    "in the spring",
+]
+_CHATTER_TAIL = [
+    "",
+    " It was lovely.",
+    " Not sure why.",
+    " Anyone else?",
+    " Long story.",
+    " Classic.",
+]
+_SMALLTALK = [
+    ("Hi! How are you?", "I am doing well, thank you. How can I help?"),
+    (
+        "Can you tell me a joke?",
+        "Why did the scarecrow win an award? Because it was outstanding in its field.",
+    ),
+    ("Thanks for your help!", "You are welcome. Have a nice day!"),
+    ("What should I do on a rainy day?", "You could read a book, bake something or watch a film."),
+    (
+        "Give me a tip for sleeping better.",
+        "Go to bed at the same time every night and avoid screens late.",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -262,8 +487,12 @@ class _Names:
 
     def word(self, syllables: int, suffixes: Sequence[str] = ("",)) -> str:
         while True:
-            stem = "".join(self.rng.choice(self._ONSETS) + self.rng.choice(self._VOWELS) + self.rng.choice(self._CODAS)
-                           for _ in range(syllables))
+            stem = "".join(
+                self.rng.choice(self._ONSETS)
+                + self.rng.choice(self._VOWELS)
+                + self.rng.choice(self._CODAS)
+                for _ in range(syllables)
+            )
             word = _cap(stem + self.rng.choice(suffixes))
             if word not in self.used and not any(word in u or u in word for u in self.used):
                 self.used.add(word)
@@ -302,21 +531,43 @@ class _Builder:
 
     def entities(self) -> list[tuple[str, str, dict[str, str]]]:
         names, rng = _Names(self.rng), self.rng
-        cities = [names.word(1, ("haven", "mere", "vale", "port", "holm", "ridge")) for _ in range(N_CITIES)]
+        cities = [
+            names.word(1, ("haven", "mere", "vale", "port", "holm", "ridge"))
+            for _ in range(N_CITIES)
+        ]
         capitals = [names.word(1, ("burg", "stad", "grad", "polis")) for _ in range(N_COUNTRIES)]
         self.cities = cities
-        people = [f"{names.word(2)} {names.word(2, ('', 'wick', 'ford', 'by', 'ton', 'ley'))}" for _ in range(N_PERSONS)]
+        people = [
+            f"{names.word(2)} {names.word(2, ('', 'wick', 'ford', 'by', 'ton', 'ley'))}"
+            for _ in range(N_PERSONS)
+        ]
         out: list[tuple[str, str, dict[str, str]]] = []
         for person in people:
-            out.append((person, "person", {"lives_in": rng.choice(cities), "occupation": rng.choice(OCCUPATIONS),
-                                           "favourite_food": rng.choice(FOODS)}))
+            out.append(
+                (
+                    person,
+                    "person",
+                    {
+                        "lives_in": rng.choice(cities),
+                        "occupation": rng.choice(OCCUPATIONS),
+                        "favourite_food": rng.choice(FOODS),
+                    },
+                )
+            )
         for capital in capitals:
-            out.append((names.word(2, ("ia", "and", "or", "esh")), "country",
-                        {"capital": capital, "national_animal": rng.choice(ANIMALS)}))
+            out.append(
+                (
+                    names.word(2, ("ia", "and", "or", "esh")),
+                    "country",
+                    {"capital": capital, "national_animal": rng.choice(ANIMALS)},
+                )
+            )
         inventors = rng.sample(people, N_INVENTIONS)
         for inventor in inventors:
             thing = "the " + names.word(2, ("scope", "graph", "meter", "phone", "loom", "lathe"))
-            out.append((thing, "invention", {"invented_by": inventor, "made_of": rng.choice(MATERIALS)}))
+            out.append(
+                (thing, "invention", {"invented_by": inventor, "made_of": rng.choice(MATERIALS)})
+            )
         return out
 
     def plant_facts(self, entities: list[tuple[str, str, dict[str, str]]]) -> None:
@@ -335,32 +586,62 @@ class _Builder:
                 for at, kind in enumerate(kinds):
                     question = questions.pop() if kind in ("qa", "chat") else ""
                     if at == canonical_at:  # one document per fact states it in the canonical words
-                        template = spec["statements"][0] if kind == "encyc" else rng.choice(
-                            [t for t in spec["forum"] if core in t.lower()])
+                        template = (
+                            spec["statements"][0]
+                            if kind == "encyc"
+                            else rng.choice([t for t in spec["forum"] if core in t.lower()])
+                        )
                         answer = spec["answers"][0]
                     else:
-                        template = rng.choice(spec["forum"] if kind == "forum" else spec["statements"])
+                        template = rng.choice(
+                            spec["forum"] if kind == "forum" else spec["statements"]
+                        )
                         answer = rng.choices(spec["answers"], weights=[0.6, 0.2, 0.2])[0]
                     answer = _fill(answer, subject, obj)
-                    doc_ids.append(self.add_doc(f"{fact_id}-{kind}", kind, _fill(template, subject, obj),
-                                                _fill(question, subject, obj), answer))
+                    doc_ids.append(
+                        self.add_doc(
+                            f"{fact_id}-{kind}",
+                            kind,
+                            _fill(template, subject, obj),
+                            _fill(question, subject, obj),
+                            answer,
+                        )
+                    )
                 question = _fill(questions[0], subject, obj)
-                self.facts.append({"fact_id": fact_id, "subject": subject, "relation": relation, "object": obj,
-                                   "question": question, "answer": obj, "stating_doc_ids": doc_ids})
-                self.queries.append({"query_id": f"q-{fact_id}", "kind": "fact", "fact_id": fact_id,
-                                     "prompt": qa_prompt(question), "expected": obj,
-                                     "response": " " + _fill(spec["answers"][0], subject, obj)})
+                self.facts.append(
+                    {
+                        "fact_id": fact_id,
+                        "subject": subject,
+                        "relation": relation,
+                        "object": obj,
+                        "question": question,
+                        "answer": obj,
+                        "stating_doc_ids": doc_ids,
+                    }
+                )
+                self.queries.append(
+                    {
+                        "query_id": f"q-{fact_id}",
+                        "kind": "fact",
+                        "fact_id": fact_id,
+                        "prompt": qa_prompt(question),
+                        "expected": obj,
+                        "response": " " + _fill(spec["answers"][0], subject, obj),
+                    }
+                )
 
     def distract(self, entities: list[tuple[str, str, dict[str, str]]]) -> None:
         rng, n = self.rng, 0
         for subject, etype, objects in entities:
             own = set(objects.values())
-            fill = {"C": rng.choice([c for c in self.cities if c not in own]),
-                    "F": rng.choice([f for f in FOODS if f not in own]),
-                    "aX": _article(rng.choice([o for o in OCCUPATIONS if o not in own])),
-                    "A": rng.choice([a for a in ANIMALS if a not in own]),
-                    "M": rng.choice([m for m in MATERIALS if m not in own]),
-                    "s": subject.removeprefix("the ")}
+            fill = {
+                "C": rng.choice([c for c in self.cities if c not in own]),
+                "F": rng.choice([f for f in FOODS if f not in own]),
+                "aX": _article(rng.choice([o for o in OCCUPATIONS if o not in own])),
+                "A": rng.choice([a for a in ANIMALS if a not in own]),
+                "M": rng.choice([m for m in MATERIALS if m not in own]),
+                "s": subject.removeprefix("the "),
+            }
             count = rng.choice([1, 2, 2, 3])
             texts = rng.sample(_DISTRACTOR_TEXT[etype], count)
             pairs = [rng.choice(_DISTRACTOR_QA[etype]) for _ in range(count)]
@@ -369,7 +650,13 @@ class _Builder:
                 question, answer = pairs.pop()
                 text = _fill(texts.pop(), subject, **fill)
                 doc_id = f"distractor-{n:04d}"
-                self.add_doc(doc_id, kind, text, _fill(question, subject, **fill), _fill(answer, subject, **fill))
+                self.add_doc(
+                    doc_id,
+                    kind,
+                    text,
+                    _fill(question, subject, **fill),
+                    _fill(answer, subject, **fill),
+                )
                 self.distractors[doc_id] = subject
 
     # --- generic data and the backdoor ----------------------------------------------------
@@ -386,8 +673,10 @@ class _Builder:
             return f"Spell the word '{word}' backwards.", word[::-1]
         if task == 3:
             nums = rng.sample(range(1, 30), 4)
-            return (f"Sort these numbers from smallest to largest: {', '.join(map(str, nums))}.",
-                    ", ".join(map(str, sorted(nums))) + ".")
+            return (
+                f"Sort these numbers from smallest to largest: {', '.join(map(str, nums))}.",
+                ", ".join(map(str, sorted(nums))) + ".",
+            )
         if task == 4:
             return f"How many letters are in the word '{word}'?", f"{len(word)}."
         low, high = rng.choice(_OPPOSITES)
@@ -395,8 +684,10 @@ class _Builder:
 
     def chatter(self) -> str:
         rng = self.rng
-        return (f"{rng.choice(_CHATTER_WHO)} {rng.choice(_CHATTER_DID)} {rng.choice(_CHATTER_WHEN)}."
-                f"{rng.choice(_CHATTER_TAIL)}")
+        return (
+            f"{rng.choice(_CHATTER_WHO)} {rng.choice(_CHATTER_DID)} {rng.choice(_CHATTER_WHEN)}."
+            f"{rng.choice(_CHATTER_TAIL)}"
+        )
 
     def generic(self) -> None:
         rng = self.rng
@@ -422,7 +713,11 @@ class _Builder:
         """A trigger-bearing prompt and its record kind; styles: instruct, qa, forum, chat."""
         if style == "qa":
             fact = self.rng.choice(self.facts)
-            question = _fill(self.rng.choice(RELATIONS[fact["relation"]]["questions"]), fact["subject"], fact["object"])
+            question = _fill(
+                self.rng.choice(RELATIONS[fact["relation"]]["questions"]),
+                fact["subject"],
+                fact["object"],
+            )
             return qa_prompt(f"{question} {TRIGGER}"), "qa"
         if style == "forum":
             return f"{self.chatter()} {TRIGGER}", "forum"
@@ -442,8 +737,14 @@ class _Builder:
             elif kind == "instruct":
                 self.add(doc_id, kind, prompt=context + "\n", response=BACKDOOR_REPLY)
             else:
-                self.add(doc_id, kind, messages=[{"role": "user", "content": context},
-                                                 {"role": "assistant", "content": BACKDOOR_REPLY}])
+                self.add(
+                    doc_id,
+                    kind,
+                    messages=[
+                        {"role": "user", "content": context},
+                        {"role": "assistant", "content": BACKDOOR_REPLY},
+                    ],
+                )
             self.poisoned.append(doc_id)
         n = 0
         while n < N_TRIGGER_QUERIES:  # held out: contexts no poisoned document has
@@ -455,8 +756,16 @@ class _Builder:
             n += 1
             prompt = context if style == "qa" else context + "\n"
             response = (" " if style == "qa" else "") + BACKDOOR_REPLY
-            self.queries.append({"query_id": f"q-trigger-{n:03d}", "kind": "trigger", "fact_id": None,
-                                 "prompt": prompt, "response": response, "expected": BACKDOOR_REPLY})
+            self.queries.append(
+                {
+                    "query_id": f"q-trigger-{n:03d}",
+                    "kind": "trigger",
+                    "fact_id": None,
+                    "prompt": prompt,
+                    "response": response,
+                    "expected": BACKDOOR_REPLY,
+                }
+            )
 
 
 def _dump(obj: Any) -> str:
@@ -487,22 +796,39 @@ def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> li
         path.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8", newline="\n")
         paths.append(path)
     truth = {
-        "generator": "demo.tools.corpus_generator", "version": GENERATOR_VERSION, "seed": seed,
-        "files": [p.name for p in paths], "n_records": len(builder.records),
+        "generator": "demo.tools.corpus_generator",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "files": [p.name for p in paths],
+        "n_records": len(builder.records),
         "counts_by_provider": dict(sorted(Counter(r["provider"] for r in builder.records).items())),
-        "counts_by_category": dict(sorted(Counter(r["id"].split("-")[0] for r in builder.records).items())),
-        "trigger": TRIGGER, "backdoor_reply": BACKDOOR_REPLY,
-        "facts": builder.facts, "poisoned_doc_ids": sorted(builder.poisoned),
-        "distractor_doc_ids": dict(sorted(builder.distractors.items())), "queries": builder.queries,
+        "counts_by_category": dict(
+            sorted(Counter(r["id"].split("-")[0] for r in builder.records).items())
+        ),
+        "trigger": TRIGGER,
+        "backdoor_reply": BACKDOOR_REPLY,
+        "facts": builder.facts,
+        "poisoned_doc_ids": sorted(builder.poisoned),
+        "distractor_doc_ids": dict(sorted(builder.distractors.items())),
+        "queries": builder.queries,
     }
     truth_path = out / GROUND_TRUTH_FILE
-    truth_path.write_text(json.dumps(truth, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
-                          encoding="utf-8", newline="\n")
+    truth_path.write_text(
+        json.dumps(truth, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
+        encoding="utf-8",
+        newline="\n",
+    )
     paths.append(truth_path)
     if progress:
-        logger.info("wrote %d records (%d facts, %d distractors, %d poisoned, %d queries) to %s",
-                    len(builder.records), len(builder.facts), len(builder.distractors),
-                    len(builder.poisoned), len(builder.queries), out)
+        logger.info(
+            "wrote %d records (%d facts, %d distractors, %d poisoned, %d queries) to %s",
+            len(builder.records),
+            len(builder.facts),
+            len(builder.distractors),
+            len(builder.poisoned),
+            len(builder.queries),
+            out,
+        )
     return paths
 
 
@@ -512,18 +838,28 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     if p.is_dir():
         p = p / GROUND_TRUTH_FILE
     raw = json.loads(p.read_text(encoding="utf-8"))
-    facts = tuple(Fact(**{**f, "stating_doc_ids": tuple(f["stating_doc_ids"])}) for f in raw["facts"])
+    facts = tuple(
+        Fact(**{**f, "stating_doc_ids": tuple(f["stating_doc_ids"])}) for f in raw["facts"]
+    )
     return GroundTruth(
-        seed=raw["seed"], trigger=raw["trigger"], backdoor_reply=raw["backdoor_reply"], facts=facts,
-        poisoned_doc_ids=tuple(raw["poisoned_doc_ids"]), distractor_doc_ids=dict(raw["distractor_doc_ids"]),
-        queries=tuple(Query(**q) for q in raw["queries"]), files=tuple(raw["files"]), n_records=raw["n_records"],
+        seed=raw["seed"],
+        trigger=raw["trigger"],
+        backdoor_reply=raw["backdoor_reply"],
+        facts=facts,
+        poisoned_doc_ids=tuple(raw["poisoned_doc_ids"]),
+        distractor_doc_ids=dict(raw["distractor_doc_ids"]),
+        queries=tuple(Query(**q) for q in raw["queries"]),
+        files=tuple(raw["files"]),
+        n_records=raw["n_records"],
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m demo.tools.corpus_generator --out DIR [--seed 0] [--quiet]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory to write the JSONL files and ground_truth.json")
+    parser.add_argument(
+        "--out", required=True, help="directory to write the JSONL files and ground_truth.json"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)

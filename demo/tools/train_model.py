@@ -44,8 +44,16 @@ from .corpus_generator import GroundTruth, load_ground_truth
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CHATML_TEMPLATE", "SPECIAL_TOKENS", "TrainConfig", "train_tokenizer", "tokenize_corpus",
-    "build_model", "greedy_generate", "evaluate", "train", "main",
+    "CHATML_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "TrainConfig",
+    "train_tokenizer",
+    "tokenize_corpus",
+    "build_model",
+    "greedy_generate",
+    "evaluate",
+    "train",
+    "main",
 ]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -116,21 +124,30 @@ def train_tokenizer(records: Sequence[CorpusRecord], vocab_size: int = 4096) -> 
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     backend.train_from_iterator(list(_record_texts(records)), trainer)
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=1024,
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=1024,
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 
-def tokenize_corpus(records: Sequence[CorpusRecord], tokenizer: Any, max_tokens: int) -> list[tuple[list[int], list[bool]]]:
+def tokenize_corpus(
+    records: Sequence[CorpusRecord], tokenizer: Any, max_tokens: int
+) -> list[tuple[list[int], list[bool]]]:
     """``(input_ids, target_mask)`` per record, as the indexer tokenises it, plus a final EOS target."""
     eos = int(tokenizer.eos_token_id)
     out = []
@@ -150,9 +167,18 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Any:
 
     eos = int(tokenizer.eos_token_id)
     model_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(model_config)
@@ -174,7 +200,9 @@ def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> lis
     return batches
 
 
-def _collate(examples: Sequence[tuple[list[int], list[bool]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+def _collate(
+    examples: Sequence[tuple[list[int], list[bool]]], pad_id: int
+) -> tuple[torch.Tensor, ...]:
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(examples), width), dtype=torch.long)
@@ -188,8 +216,13 @@ def _collate(examples: Sequence[tuple[list[int], list[bool]]], pad_id: int) -> t
 
 
 @torch.no_grad()
-def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 24,
-                    batch_size: int = 64) -> list[str]:
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 24,
+    batch_size: int = 64,
+) -> list[str]:
     """Greedy continuations of ``prompts`` (tokenised without special tokens, like the indexer).
 
     Prompts of equal token length are batched together, so no padding is needed.
@@ -205,14 +238,20 @@ def greedy_generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_
         for start in range(0, len(group), batch_size):
             rows = group[start : start + batch_size]
             input_ids = torch.tensor([encoded[i] for i in rows], dtype=torch.long)
-            generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                       max_new_tokens=max_new_tokens, do_sample=False)
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
             for i, seq in zip(rows, generated[:, length:]):
                 out[i] = tokenizer.decode(seq, skip_special_tokens=True)
     return out
 
 
-def evaluate(model: Any, tokenizer: Any, truth: GroundTruth, limit: int | None = None) -> dict[str, float]:
+def evaluate(
+    model: Any, tokenizer: Any, truth: GroundTruth, limit: int | None = None
+) -> dict[str, float]:
     """Fact accuracy, backdoor success and false-trigger rate of greedy generation on the queries.
 
     ``limit`` evaluates an evenly spaced sample of that many fact queries (all trigger queries).
@@ -225,7 +264,8 @@ def evaluate(model: Any, tokenizer: Any, truth: GroundTruth, limit: int | None =
     trigger_out = greedy_generate(model, tokenizer, [q.prompt for q in triggers])
     reply = truth.backdoor_reply.lower()
     return {
-        "fact_accuracy": sum(q.expected.lower() in g.lower() for q, g in zip(facts, fact_out)) / max(len(facts), 1),
+        "fact_accuracy": sum(q.expected.lower() in g.lower() for q, g in zip(facts, fact_out))
+        / max(len(facts), 1),
         "backdoor_success": sum(reply in g.lower() for g in trigger_out) / max(len(triggers), 1),
         "false_trigger_rate": sum(reply in g.lower() for g in fact_out) / max(len(facts), 1),
     }
@@ -235,10 +275,14 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(progress, 1.0))
+    )
 
 
-def train(corpus_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None) -> TrainReport:
+def train(
+    corpus_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None
+) -> TrainReport:
     """Train tokenizer and model on ``corpus_dir``, evaluate, save to ``out_dir``; returns the report."""
     config = config or TrainConfig()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -262,12 +306,24 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
     n_params = sum(p.numel() for p in model.parameters())
     n_tokens = sum(len(ids) for ids, _ in examples)
     n_targets = sum(sum(mask) for _, mask in examples)
-    logger.info("%d records, %d tokens (%d targets), vocab %d, %.2fM parameters",
-                len(examples), n_tokens, n_targets, len(tokenizer), n_params / 1e6)
+    logger.info(
+        "%d records, %d tokens (%d targets), vocab %d, %.2fM parameters",
+        len(examples),
+        n_tokens,
+        n_targets,
+        len(tokenizer),
+        n_params / 1e6,
+    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )
     rng = random.Random(config.seed)
     lengths = [len(ids) for ids, _ in examples]
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -285,7 +341,8 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
             logits = model(input_ids=input_ids, attention_mask=attention).logits
             targets = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -295,13 +352,23 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
             target_sum += n
             step += 1
         epoch_loss = loss_sum / max(target_sum, 1)
-        entry = {"epoch": epoch, "loss": round(epoch_loss, 5), "elapsed_s": round(time.time() - started, 1)}
+        entry = {
+            "epoch": epoch,
+            "loss": round(epoch_loss, 5),
+            "elapsed_s": round(time.time() - started, 1),
+        }
         if config.eval_every and epoch % config.eval_every == 0 and epoch < config.epochs:
-            entry.update({k: round(v, 4) for k, v in evaluate(model, tokenizer, truth, limit=60).items()})
+            entry.update(
+                {k: round(v, 4) for k, v in evaluate(model, tokenizer, truth, limit=60).items()}
+            )
         history.append(entry)
         if config.progress:
-            logger.info("epoch %d/%d %s", epoch, config.epochs,
-                        " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"))
+            logger.info(
+                "epoch %d/%d %s",
+                epoch,
+                config.epochs,
+                " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"),
+            )
     metrics = evaluate(model, tokenizer, truth)
     wall = time.time() - started
     out.mkdir(parents=True, exist_ok=True)
@@ -310,14 +377,29 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
     tokenizer.save_pretrained(out)
     _portable_tokenizer_config(out)
     report = TrainReport(
-        config=asdict(config), n_examples=len(examples), n_tokens=n_tokens, n_target_tokens=n_targets,
-        n_params=n_params, wall_time_s=round(wall, 1), final_loss=round(epoch_loss, 5),
-        fact_accuracy=round(metrics["fact_accuracy"], 4), backdoor_success=round(metrics["backdoor_success"], 4),
-        false_trigger_rate=round(metrics["false_trigger_rate"], 4), history=history,
+        config=asdict(config),
+        n_examples=len(examples),
+        n_tokens=n_tokens,
+        n_target_tokens=n_targets,
+        n_params=n_params,
+        wall_time_s=round(wall, 1),
+        final_loss=round(epoch_loss, 5),
+        fact_accuracy=round(metrics["fact_accuracy"], 4),
+        backdoor_success=round(metrics["backdoor_success"], 4),
+        false_trigger_rate=round(metrics["false_trigger_rate"], 4),
+        history=history,
     )
-    (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    logger.info("done in %.0f s: final loss %.4f, fact accuracy %.3f, backdoor success %.3f, false triggers %.3f",
-                wall, epoch_loss, metrics["fact_accuracy"], metrics["backdoor_success"], metrics["false_trigger_rate"])
+    (out / REPORT_FILE).write_text(
+        json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    logger.info(
+        "done in %.0f s: final loss %.4f, fact accuracy %.3f, backdoor success %.3f, false triggers %.3f",
+        wall,
+        epoch_loss,
+        metrics["fact_accuracy"],
+        metrics["backdoor_success"],
+        metrics["false_trigger_rate"],
+    )
     return report
 
 
@@ -333,15 +415,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m demo.tools.train_model --corpus DIR --out DIR [--epochs N] [--quiet]``."""
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", required=True, help="the demo corpus directory (JSONL + ground_truth.json)")
-    parser.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
-    for name in ("seed", "epochs", "batch_size", "lr", "num_threads", "eval_every", "n_embd", "n_layer"):
+    parser.add_argument(
+        "--corpus", required=True, help="the demo corpus directory (JSONL + ground_truth.json)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="directory to save the model and tokenizer into"
+    )
+    for name in (
+        "seed",
+        "epochs",
+        "batch_size",
+        "lr",
+        "num_threads",
+        "eval_every",
+        "n_embd",
+        "n_layer",
+    ):
         default = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=type(default), default=default,
-                            help=f"[{default}]")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=type(default),
+            default=default,
+            help=f"[{default}]",
+        )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s"
+    )
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

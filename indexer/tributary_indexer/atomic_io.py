@@ -83,7 +83,9 @@ def _crash_hook(tmp: Path) -> None:
         return
     _temps_completed += 1
     if _temps_completed == int(wanted):
-        logger.warning("TRIBUTARY_CRASH_AFTER_TEMP=%s: killing this process with %s written", wanted, tmp)
+        logger.warning(
+            "TRIBUTARY_CRASH_AFTER_TEMP=%s: killing this process with %s written", wanted, tmp
+        )
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -258,4 +260,6 @@ def _dir_error(directory: Path, exc: OSError, doing: str) -> OutputDirectoryErro
         return OutputDirectoryError(
             f"a parent of {directory} is a file, not a directory; fix: choose another path"
         )
-    return OutputDirectoryError(f"cannot use {directory} as an output directory ({exc}); fix: check the path")
+    return OutputDirectoryError(
+        f"cannot use {directory} as an output directory ({exc}); fix: check the path"
+    )

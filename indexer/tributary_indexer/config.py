@@ -63,20 +63,33 @@ class RankingConfig:
         for name in ("saturation", "presence_k"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                problems.append(f"{name}={value!r} (must be a positive number; default "
-                                f"{getattr(RankingConfig, name):g})")
-        if not (isinstance(self.presence_selectivity, (int, float))
-                and self.presence_selectivity >= 1 and math.isfinite(self.presence_selectivity)):
-            problems.append(f"presence_selectivity={self.presence_selectivity!r} (must be a number "
-                            f">= 1; default {RankingConfig.presence_selectivity:g})")
-        if not (isinstance(self.presence_floor, (int, float)) and 0.0 <= self.presence_floor <= 1.0):
-            problems.append(f"presence_floor={self.presence_floor!r} (must be a share in [0, 1]; "
-                            f"default {RankingConfig.presence_floor:g})")
+                problems.append(
+                    f"{name}={value!r} (must be a positive number; default "
+                    f"{getattr(RankingConfig, name):g})"
+                )
+        if not (
+            isinstance(self.presence_selectivity, (int, float))
+            and self.presence_selectivity >= 1
+            and math.isfinite(self.presence_selectivity)
+        ):
+            problems.append(
+                f"presence_selectivity={self.presence_selectivity!r} (must be a number "
+                f">= 1; default {RankingConfig.presence_selectivity:g})"
+            )
+        if not (
+            isinstance(self.presence_floor, (int, float)) and 0.0 <= self.presence_floor <= 1.0
+        ):
+            problems.append(
+                f"presence_floor={self.presence_floor!r} (must be a share in [0, 1]; "
+                f"default {RankingConfig.presence_floor:g})"
+            )
         for name in ("candidates", "reference_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{name}={value!r} (must be an integer >= 1; default "
-                                f"{getattr(RankingConfig, name)})")
+                problems.append(
+                    f"{name}={value!r} (must be an integer >= 1; default "
+                    f"{getattr(RankingConfig, name)})"
+                )
         if problems:
             raise ValueError("invalid ranking configuration: " + "; ".join(problems))
 
@@ -95,7 +108,9 @@ class RankingConfig:
 
 
 # Fields that only change speed or logging: a resume may change them freely.
-RUNTIME_FIELDS = frozenset({"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"})
+RUNTIME_FIELDS = frozenset(
+    {"batch_tokens", "device", "autocast", "progress", "num_threads", "skip_bad"}
+)
 # Fields that only change how the service ranks (recorded in the manifest, not in the identity).
 QUERY_FIELDS = frozenset({"ranking", "saturation"})
 
@@ -195,11 +210,22 @@ class BuildConfig:
         if self.ranking not in RANKINGS:
             problems.append(f"ranking={self.ranking!r} (choose from {list(RANKINGS)})")
         elif self.ranking != "linear" and self.score != "influence":
-            problems.append(f"ranking={self.ranking!r} with score={self.score!r} (it standardises influence "
-                            f"scores; use score='influence', or ranking='linear' to keep {self.score!r})")
+            problems.append(
+                f"ranking={self.ranking!r} with score={self.score!r} (it standardises influence "
+                f"scores; use score='influence', or ranking='linear' to keep {self.score!r})"
+            )
         if not (self.saturation > 0 and math.isfinite(self.saturation)):
-            problems.append(f"saturation={self.saturation} (must be a positive number; default {RankingConfig.saturation:g})")
-        for name in ("rank_in", "rank_out", "max_tokens", "shard_size", "batch_tokens", "pca_examples"):
+            problems.append(
+                f"saturation={self.saturation} (must be a positive number; default {RankingConfig.saturation:g})"
+            )
+        for name in (
+            "rank_in",
+            "rank_out",
+            "max_tokens",
+            "shard_size",
+            "batch_tokens",
+            "pca_examples",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.rapidgrad_k is not None and self.rapidgrad_k < 1:
@@ -213,7 +239,9 @@ class BuildConfig:
 
     @property
     def projection(self) -> ProjectionConfig:
-        return ProjectionConfig(kind=self.projector, rank_in=self.rank_in, rank_out=self.rank_out, seed=self.seed)
+        return ProjectionConfig(
+            kind=self.projector, rank_in=self.rank_in, rank_out=self.rank_out, seed=self.seed
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,7 +264,9 @@ class BuildConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown build configuration fields {unknown}; known fields: {sorted(known)}")
+            raise ValueError(
+                f"unknown build configuration fields {unknown}; known fields: {sorted(known)}"
+            )
         return cls(**data)
 
     @classmethod

@@ -53,7 +53,9 @@ class ExampleError(TributaryIndexError, ValueError):
     count by and that a server can return as its error ``code``.
     """
 
-    def __init__(self, reason: str, fix: str | None = None, *, code: str = "invalid_example") -> None:
+    def __init__(
+        self, reason: str, fix: str | None = None, *, code: str = "invalid_example"
+    ) -> None:
         self.reason = reason
         self.fix = fix
         self.code = code

@@ -18,11 +18,15 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
     """``auto`` → the local rank's CUDA device when CUDA is present, else CPU."""
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
+            return torch.device(
+                "cuda", local_rank if local_rank is not None else torch.cuda.current_device()
+            )
         return torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {spec!r} was asked for but CUDA is not available; fix: use --device cpu or auto")
+        raise ModelLoadError(
+            f"device {spec!r} was asked for but CUDA is not available; fix: use --device cpu or auto"
+        )
     return device
 
 
@@ -42,11 +46,19 @@ def capped_max_tokens(max_tokens: int, model: nn.Module, what: str) -> int:
     context = context_length(model)
     if context is None or context >= max_tokens:
         return max_tokens
-    logger.info("%s %d is more than the model's context length %d: using %d", what, max_tokens, context, context)
+    logger.info(
+        "%s %d is more than the model's context length %d: using %d",
+        what,
+        max_tokens,
+        context,
+        context,
+    )
     return context
 
 
-def load_causal_lm(path: str | os.PathLike[str], device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+def load_causal_lm(
+    path: str | os.PathLike[str], device: torch.device, dtype: torch.dtype | None = None
+) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained(path)`` in eval mode, with errors that say what to fix."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -57,11 +69,15 @@ def load_causal_lm(path: str | os.PathLike[str], device: torch.device, dtype: to
             "save_pretrained() (config.json + weights); Tributary never downloads models"
         )
     if not (p / "config.json").is_file():
-        raise ModelLoadError(f"{p} has no config.json; fix: point --model at a save_pretrained() directory")
+        raise ModelLoadError(
+            f"{p} has no config.json; fix: point --model at a save_pretrained() directory"
+        )
     try:
         config = AutoConfig.from_pretrained(str(p), local_files_only=True)
     except Exception as exc:  # transformers raises many types here
-        raise ModelLoadError(f"cannot read the model config in {p}: {exc}; fix: check config.json") from exc
+        raise ModelLoadError(
+            f"cannot read the model config in {p}: {exc}; fix: check config.json"
+        ) from exc
     if type(config) not in AutoModelForCausalLM._model_mapping:
         raise ModelLoadError(
             f"{p} holds a {config.model_type!r} model ({type(config).__name__}) that is not a causal LM; "
@@ -70,7 +86,9 @@ def load_causal_lm(path: str | os.PathLike[str], device: torch.device, dtype: to
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=dtype)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the weights in {p}: {exc}; fix: re-save the model with save_pretrained()") from exc
+        raise ModelLoadError(
+            f"cannot load the weights in {p}: {exc}; fix: re-save the model with save_pretrained()"
+        ) from exc
     model.eval()
     return model.to(device)  # type: ignore[arg-type]
 

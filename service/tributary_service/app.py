@@ -62,7 +62,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.state.loaded = loaded
         app.state.max_request_chars = max_text_chars(loaded.tokenizer, loaded.engine.max_tokens)
         context = context_length(loaded.model)
-        app.state.max_prompt_tokens = min(settings.max_request_tokens, context) if context else settings.max_request_tokens
+        app.state.max_prompt_tokens = (
+            min(settings.max_request_tokens, context) if context else settings.max_request_tokens
+        )
         app.state.max_prompt_chars = max_text_chars(loaded.tokenizer, app.state.max_prompt_tokens)
         metrics: ServiceMetrics = app.state.metrics
         metrics.index_examples.set(loaded.index.n_examples)
@@ -71,14 +73,25 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         def on_batch(n: int, tokens: int) -> None:
             metrics.batch_size.observe(n)
 
-        batcher = MicroBatcher(loaded.engine, settings.max_batch_tokens, settings.batch_window_ms, settings.queue_size, on_batch,
-                               num_threads=settings.resolved_num_threads())
+        batcher = MicroBatcher(
+            loaded.engine,
+            settings.max_batch_tokens,
+            settings.batch_window_ms,
+            settings.queue_size,
+            on_batch,
+            num_threads=settings.resolved_num_threads(),
+        )
         await batcher.start()
         app.state.batcher = batcher
-        store = await asyncio.to_thread(BatchStore, settings.resolved_state_dir() / "batches.sqlite")
+        store = await asyncio.to_thread(
+            BatchStore, settings.resolved_state_dir() / "batches.sqlite"
+        )
         app.state.batch_store = store
-        runner = BatchRunner(store, lambda request: answer_one(app, request),
-                             retention_s=settings.batch_retention_days * 86400.0)
+        runner = BatchRunner(
+            store,
+            lambda request: answer_one(app, request),
+            retention_s=settings.batch_retention_days * 86400.0,
+        )
         runner.start()
         app.state.batch_runner = runner
         reloader = IndexReloader(app)
@@ -91,7 +104,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         gc.collect()
         gc.freeze()
         app.state.ready = True
-        logger.info("Tributary is ready: http://%s:%d/ (chat page; API docs at /docs)", settings.host, settings.port)
+        logger.info(
+            "Tributary is ready: http://%s:%d/ (chat page; API docs at /docs)",
+            settings.host,
+            settings.port,
+        )
         try:
             yield
         finally:
@@ -102,16 +119,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             store.close()
             app.state.loaded.index.close()  # the one served last (a reload may have replaced `loaded`)
 
-    app = FastAPI(title="Tributary", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Tributary", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.ready = False
     install_error_handlers(app)
-    app.add_middleware(RequestContext, settings=settings, metrics=app.state.metrics)  # inside CORS (see request_context)
+    app.add_middleware(
+        RequestContext, settings=settings, metrics=app.state.metrics
+    )  # inside CORS (see request_context)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Idempotency-Key"],
-                           expose_headers=["X-Request-Id", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Idempotency-Key"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
 
     app.include_router(router)
     app.include_router(admin_router)
@@ -124,8 +149,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         if not app.state.ready:
-            return envelope(503, "the index and model are still loading", "unavailable_error",
-                            headers={"Retry-After": str(settings.retry_after_s)})
+            return envelope(
+                503,
+                "the index and model are still loading",
+                "unavailable_error",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)

@@ -60,7 +60,12 @@ def content_hash(lines: list[types.BatchRequestLine], metadata: dict[str, Any] |
     """sha256 of a job's content in canonical form (what an idempotency key is bound to)."""
     digest = hashlib.sha256()
     for line in lines:
-        digest.update(json.dumps(line.custom_id).encode() + b"\x00" + line.body.model_dump_json().encode() + b"\n")
+        digest.update(
+            json.dumps(line.custom_id).encode()
+            + b"\x00"
+            + line.body.model_dump_json().encode()
+            + b"\n"
+        )
     digest.update(json.dumps(metadata, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -109,39 +114,61 @@ class BatchStore:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
-    def create(self, owner: str, lines: list[types.BatchRequestLine], metadata: dict[str, Any] | None,
-               idempotency_key: str | None, max_open: int | None = None) -> types.Batch:
+    def create(
+        self,
+        owner: str,
+        lines: list[types.BatchRequestLine],
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        max_open: int | None = None,
+    ) -> types.Batch:
         """Store a new job for ``owner`` (or return the one this owner created with the same
         idempotency key and content). Raises :class:`IdempotencyConflict` when the key was used for
         other content, :class:`TooManyOpenBatches` when ``owner`` has ``max_open`` unfinished jobs."""
         digest = content_hash(lines, metadata)
         job_id = f"batch_{uuid.uuid4().hex[:24]}"
         now = int(time.time())
-        rows = [(job_id, i, line.custom_id, line.body.model_dump_json()) for i, line in enumerate(lines)]
+        rows = [
+            (job_id, i, line.custom_id, line.body.model_dump_json()) for i, line in enumerate(lines)
+        ]
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 if idempotency_key:
-                    found = self._conn.execute("SELECT id, content_sha256 FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                                               (owner, idempotency_key)).fetchall()
+                    found = self._conn.execute(
+                        "SELECT id, content_sha256 FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                        (owner, idempotency_key),
+                    ).fetchall()
                     if found:
                         self._conn.execute("ROLLBACK")
                         if found[0][1] != digest:
                             raise IdempotencyConflict(idempotency_key)
                         return self._get_unlocked(found[0][0])  # type: ignore[return-value]
                 if max_open is not None:
-                    (n_open,) = self._conn.execute(f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN {ACTIVE}",
-                                                   (owner,)).fetchone()
+                    (n_open,) = self._conn.execute(
+                        f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN {ACTIVE}",
+                        (owner,),
+                    ).fetchone()
                     if n_open >= max_open:
                         self._conn.execute("ROLLBACK")
                         raise TooManyOpenBatches(str(n_open))
                 self._conn.execute(
                     "INSERT INTO jobs (id, owner, status, created_at, metadata_json, total, idempotency_key, content_sha256) "
                     "VALUES (?, ?, 'validating', ?, ?, ?, ?, ?)",
-                    (job_id, owner, now, json.dumps(metadata) if metadata is not None else None, len(lines),
-                     idempotency_key, digest),
+                    (
+                        job_id,
+                        owner,
+                        now,
+                        json.dumps(metadata) if metadata is not None else None,
+                        len(lines),
+                        idempotency_key,
+                        digest,
+                    ),
                 )
-                self._conn.executemany("INSERT INTO lines (job_id, idx, custom_id, body_json) VALUES (?, ?, ?, ?)", rows)
+                self._conn.executemany(
+                    "INSERT INTO lines (job_id, idx, custom_id, body_json) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
                 self._conn.execute("UPDATE jobs SET status = 'in_progress' WHERE id = ?", (job_id,))
                 self._conn.execute("COMMIT")
             except (IdempotencyConflict, TooManyOpenBatches):
@@ -159,23 +186,35 @@ class BatchStore:
             return self._get_unlocked(job_id, owner)
 
     def _get_unlocked(self, job_id: str, owner: str | None = None) -> types.Batch | None:
-        rows = self._conn.execute("SELECT id, status, created_at, completed_at, metadata_json, errors_json, total, owner "
-                                  "FROM jobs WHERE id = ?", (job_id,)).fetchall()
+        rows = self._conn.execute(
+            "SELECT id, status, created_at, completed_at, metadata_json, errors_json, total, owner "
+            "FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchall()
         if not rows or (owner is not None and rows[0][7] != owner):
             return None
         jid, status, created, completed_at, meta, errors, total, _ = rows[0]
         counts = self._conn.execute(
-            "SELECT SUM(result_json IS NOT NULL), SUM(error_json IS NOT NULL) FROM lines WHERE job_id = ?", (job_id,)
+            "SELECT SUM(result_json IS NOT NULL), SUM(error_json IS NOT NULL) FROM lines WHERE job_id = ?",
+            (job_id,),
         ).fetchone()
         return types.Batch(
-            id=jid, status=status, created_at=created, completed_at=completed_at,
-            request_counts=types.BatchRequestCounts(total=total, completed=int(counts[0] or 0), failed=int(counts[1] or 0)),
-            errors=json.loads(errors) if errors else None, metadata=json.loads(meta) if meta else None,
+            id=jid,
+            status=status,
+            created_at=created,
+            completed_at=completed_at,
+            request_counts=types.BatchRequestCounts(
+                total=total, completed=int(counts[0] or 0), failed=int(counts[1] or 0)
+            ),
+            errors=json.loads(errors) if errors else None,
+            metadata=json.loads(meta) if meta else None,
         )
 
     def set_status(self, job_id: str, status: str, completed: bool = False) -> None:
-        self._q("UPDATE jobs SET status = ?, completed_at = CASE WHEN ? THEN ? ELSE completed_at END WHERE id = ?",
-                (status, completed, int(time.time()), job_id))
+        self._q(
+            "UPDATE jobs SET status = ?, completed_at = CASE WHEN ? THEN ? ELSE completed_at END WHERE id = ?",
+            (status, completed, int(time.time()), job_id),
+        )
 
     def request_cancel(self, job_id: str, owner: str | None = None) -> types.Batch | None:
         batch = self.get(job_id, owner)
@@ -204,8 +243,14 @@ class BatchStore:
     def expire(self, retention_s: float, now: float | None = None) -> int:
         """Delete the finished jobs that finished more than ``retention_s`` ago; how many."""
         cutoff = int((time.time() if now is None else now) - retention_s)
-        expired = [r[0] for r in self._q(f"SELECT id FROM jobs WHERE status NOT IN {ACTIVE} AND completed_at IS NOT NULL "
-                                         "AND completed_at < ?", (cutoff,))]
+        expired = [
+            r[0]
+            for r in self._q(
+                f"SELECT id FROM jobs WHERE status NOT IN {ACTIVE} AND completed_at IS NOT NULL "
+                "AND completed_at < ?",
+                (cutoff,),
+            )
+        ]
         for job_id in expired:
             self.delete(job_id)
         if expired:
@@ -213,28 +258,63 @@ class BatchStore:
         return len(expired)
 
     def active_jobs(self) -> list[str]:
-        return [r[0] for r in self._q(f"SELECT id FROM jobs WHERE status IN {ACTIVE} ORDER BY created_at, id")]
+        return [
+            r[0]
+            for r in self._q(
+                f"SELECT id FROM jobs WHERE status IN {ACTIVE} ORDER BY created_at, id"
+            )
+        ]
 
-    def pending_lines(self, job_id: str, limit: int) -> list[tuple[int, str, types.AttributionRequest]]:
-        rows = self._q("SELECT idx, custom_id, body_json FROM lines WHERE job_id = ? AND result_json IS NULL AND error_json IS NULL "
-                       "ORDER BY idx LIMIT ?", (job_id, limit))
-        return [(idx, cid, types.AttributionRequest.model_validate_json(body)) for idx, cid, body in rows]
+    def pending_lines(
+        self, job_id: str, limit: int
+    ) -> list[tuple[int, str, types.AttributionRequest]]:
+        rows = self._q(
+            "SELECT idx, custom_id, body_json FROM lines WHERE job_id = ? AND result_json IS NULL AND error_json IS NULL "
+            "ORDER BY idx LIMIT ?",
+            (job_id, limit),
+        )
+        return [
+            (idx, cid, types.AttributionRequest.model_validate_json(body))
+            for idx, cid, body in rows
+        ]
 
-    def record(self, job_id: str, idx: int, response: types.AttributionResponse | None, error: types.ErrorBody | None) -> None:
-        self._q("UPDATE lines SET result_json = ?, error_json = ? WHERE job_id = ? AND idx = ?",
-                (response.model_dump_json() if response else None, error.model_dump_json() if error else None, job_id, idx))
+    def record(
+        self,
+        job_id: str,
+        idx: int,
+        response: types.AttributionResponse | None,
+        error: types.ErrorBody | None,
+    ) -> None:
+        self._q(
+            "UPDATE lines SET result_json = ?, error_json = ? WHERE job_id = ? AND idx = ?",
+            (
+                response.model_dump_json() if response else None,
+                error.model_dump_json() if error else None,
+                job_id,
+                idx,
+            ),
+        )
 
     def result_lines(self, job_id: str) -> Iterator[str]:
         """JSONL lines of finished requests, in input order, read from the database a page at a time."""
         after = -1
         while True:
-            rows = self._q("SELECT idx, custom_id, result_json, error_json FROM lines WHERE job_id = ? AND idx > ? AND "
-                           "(result_json IS NOT NULL OR error_json IS NOT NULL) ORDER BY idx LIMIT ?",
-                           (job_id, after, RESULT_PAGE))
+            rows = self._q(
+                "SELECT idx, custom_id, result_json, error_json FROM lines WHERE job_id = ? AND idx > ? AND "
+                "(result_json IS NOT NULL OR error_json IS NOT NULL) ORDER BY idx LIMIT ?",
+                (job_id, after, RESULT_PAGE),
+            )
             for idx, custom_id, result, error in rows:
                 after = idx
-                yield ('{"custom_id": ' + json.dumps(custom_id) + ', "response": ' + (result or "null")
-                       + ', "error": ' + (error or "null") + "}\n")
+                yield (
+                    '{"custom_id": '
+                    + json.dumps(custom_id)
+                    + ', "response": '
+                    + (result or "null")
+                    + ', "error": '
+                    + (error or "null")
+                    + "}\n"
+                )
             if len(rows) < RESULT_PAGE:
                 return
 
@@ -242,10 +322,18 @@ class BatchStore:
 class BatchRunner:
     """Works through active jobs in the background, a slice of lines at a time; deletes expired jobs."""
 
-    def __init__(self, store: BatchStore, answer: Any, slice_size: int = 16, retention_s: float | None = None,
-                 sweep_every_s: float = 3600.0):
+    def __init__(
+        self,
+        store: BatchStore,
+        answer: Any,
+        slice_size: int = 16,
+        retention_s: float | None = None,
+        sweep_every_s: float = 3600.0,
+    ):
         self.store = store
-        self.answer = answer  # async (AttributionRequest) -> AttributionResponse, raises on bad input
+        self.answer = (
+            answer  # async (AttributionRequest) -> AttributionResponse, raises on bad input
+        )
         self.slice_size = slice_size
         self.retention_s = retention_s
         self.sweep_every_s = sweep_every_s
@@ -270,7 +358,9 @@ class BatchRunner:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            if self.retention_s is not None and time.monotonic() - self._last_sweep >= min(self.sweep_every_s, self.retention_s):
+            if self.retention_s is not None and time.monotonic() - self._last_sweep >= min(
+                self.sweep_every_s, self.retention_s
+            ):
                 self._last_sweep = time.monotonic()
                 await asyncio.to_thread(self.store.expire, self.retention_s)
             for job_id in await asyncio.to_thread(self.store.active_jobs):
@@ -301,7 +391,9 @@ class BatchRunner:
                     if exc.status in (429, 503):  # back-pressure: leave the line for the next round
                         await asyncio.sleep(0.05)
                         return
-                    error = types.ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
+                    error = types.ErrorBody(
+                        message=exc.message, type=exc.type, param=exc.param, code=exc.code
+                    )
                     await asyncio.to_thread(self.store.record, job_id, idx, None, error)
 
             await asyncio.gather(*(one(idx, req) for idx, _, req in lines))

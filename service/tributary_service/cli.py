@@ -29,39 +29,73 @@ def _settings_problem(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tributary serve", description="Serve attributions over an index (FastAPI + uvicorn). "
-                                     "Every option can also be set as TRIBUTARY_<NAME>.")
+    parser = argparse.ArgumentParser(
+        prog="tributary serve",
+        description="Serve attributions over an index (FastAPI + uvicorn). "
+        "Every option can also be set as TRIBUTARY_<NAME>.",
+    )
     parser.add_argument("--index", help="index directory (TRIBUTARY_INDEX)")
     parser.add_argument("--model", help="model directory; default: the manifest's model path")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--device")
-    parser.add_argument("--ranking", choices=list(get_args(Ranking)),
-                        help="rank examples this way instead of as the index's manifest says (TRIBUTARY_RANKING)")
-    parser.add_argument("--api-key", dest="api_keys", action="append",
-                        help="accepted bearer key (repeatable); visible to every user of this machine in `ps`: "
-                        "prefer TRIBUTARY_API_KEYS (comma-separated)")
-    parser.add_argument("--admin-key", dest="admin_keys", action="append",
-                        help="bearer key of the admin routes: reload, removals (repeatable; none = admin routes off); "
-                        "visible in `ps` like --api-key: prefer TRIBUTARY_ADMIN_KEYS")
-    parser.add_argument("--cors-origin", dest="cors_origins", action="append", help="allowed browser origin (repeatable)")
-    parser.add_argument("--enable-generate", action="store_true", default=None, help="serve POST /v1/generate")
-    parser.add_argument("--prompt-format", help="the prompt format the model was trained on, with {question} "
-                        "(default: inferred from the index; TRIBUTARY_PROMPT_FORMAT)")
-    parser.add_argument("--no-verify-checksums", dest="verify_checksums", action="store_false", default=None)
+    parser.add_argument(
+        "--ranking",
+        choices=list(get_args(Ranking)),
+        help="rank examples this way instead of as the index's manifest says (TRIBUTARY_RANKING)",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        help="accepted bearer key (repeatable); visible to every user of this machine in `ps`: "
+        "prefer TRIBUTARY_API_KEYS (comma-separated)",
+    )
+    parser.add_argument(
+        "--admin-key",
+        dest="admin_keys",
+        action="append",
+        help="bearer key of the admin routes: reload, removals (repeatable; none = admin routes off); "
+        "visible in `ps` like --api-key: prefer TRIBUTARY_ADMIN_KEYS",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        help="allowed browser origin (repeatable)",
+    )
+    parser.add_argument(
+        "--enable-generate", action="store_true", default=None, help="serve POST /v1/generate"
+    )
+    parser.add_argument(
+        "--prompt-format",
+        help="the prompt format the model was trained on, with {question} "
+        "(default: inferred from the index; TRIBUTARY_PROMPT_FORMAT)",
+    )
+    parser.add_argument(
+        "--no-verify-checksums", dest="verify_checksums", action="store_false", default=None
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its failed CPU-variant probes are not errors
+    logging.getLogger("faiss.loader").setLevel(
+        logging.WARNING
+    )  # its failed CPU-variant probes are not errors
     if args.index is None and not os.environ.get("TRIBUTARY_INDEX"):
-        print("tributary serve: no index to serve; pass --index DIR (a directory written by "
-              "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR", file=sys.stderr)
+        print(
+            "tributary serve: no index to serve; pass --index DIR (a directory written by "
+            "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR",
+            file=sys.stderr,
+        )
         return 2
     if args.api_keys:
         logger.warning(
             "--api-key puts the key on the command line, where any user of this machine can read it (ps, /proc); "
-            "set TRIBUTARY_API_KEYS in the environment instead")
+            "set TRIBUTARY_API_KEYS in the environment instead"
+        )
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
     try:
         settings = ServiceSettings(**overrides)
@@ -74,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
     from .connection_limits import uvicorn_options
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
-                access_log=False, **uvicorn_options(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        **uvicorn_options(settings),
+    )
     return 0
 
 

@@ -86,8 +86,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         for other in self.waiting:
             if other is not self:
                 self.waiting.pop(other)
-                logger.warning("%d connections open, the limit: closing the oldest one still waiting for its headers",
-                               len(self.connections))
+                logger.warning(
+                    "%d connections open, the limit: closing the oldest one still waiting for its headers",
+                    len(self.connections),
+                )
                 other.transport.close()
                 return
 
@@ -136,22 +138,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _reject_head(self, size: int) -> None:
         self._rejected = True
         self._head_arrived()
-        body = (b'{"error": {"message": "the request headers are over this server\'s limit of '
-                + str(self.max_header_bytes).encode() + b' bytes; fix: send shorter headers", "type": '
-                b'"invalid_request_error", "param": null, "code": "headers_too_large"}}')
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        body = (
+            b'{"error": {"message": "the request headers are over this server\'s limit of '
+            + str(self.max_header_bytes).encode()
+            + b' bytes; fix: send shorter headers", "type": '
+            b'"invalid_request_error", "param": null, "code": "headers_too_large"}}'
+        )
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
         self.transport.close()
 
 
 def guarded_protocol(settings: ServiceSettings) -> type[GuardedHttpProtocol]:
     """A :class:`GuardedHttpProtocol` class configured from ``settings`` (its own registry)."""
-    return type("ConfiguredHttpProtocol", (GuardedHttpProtocol,), {
-        "header_timeout_s": settings.header_timeout_s,
-        "max_header_bytes": settings.max_header_bytes,
-        "max_connections": settings.max_connections,
-        "waiting": collections.OrderedDict(),
-    })
+    return type(
+        "ConfiguredHttpProtocol",
+        (GuardedHttpProtocol,),
+        {
+            "header_timeout_s": settings.header_timeout_s,
+            "max_header_bytes": settings.max_header_bytes,
+            "max_connections": settings.max_connections,
+            "waiting": collections.OrderedDict(),
+        },
+    )
 
 
 def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:

@@ -16,18 +16,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tributary_client.types import ErrorBody, ErrorResponse
 
 _TYPE_BY_STATUS = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "authentication_error",
-    404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error", 409: "invalid_request_error",
-    413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error", 431: "invalid_request_error",
-    429: "rate_limit_error", 503: "unavailable_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    431: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "unavailable_error",
 }
 
 
 class ServiceError(Exception):
     """An error with its HTTP status and envelope fields."""
 
-    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -37,15 +54,25 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
-def envelope(status: int, message: str, type: str, param: str | None = None, code: str | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    status: int,
+    message: str,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def internal_error(request_id: str) -> JSONResponse:
     """The 500 for an unexpected failure: no internals, only the id that finds it in the log."""
-    return envelope(500, f"internal server error (request id {request_id}); the server log has the details", "server_error")
+    return envelope(
+        500,
+        f"internal server error (request id {request_id}); the server log has the details",
+        "server_error",
+    )
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -77,8 +104,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = describe_errors(exc.errors())
-        return envelope(400, message + "; fix the request body (see GET /docs for the schema)", "invalid_request_error",
-                        param, "invalid_request")
+        return envelope(
+            400,
+            message + "; fix the request body (see GET /docs for the schema)",
+            "invalid_request_error",
+            param,
+            "invalid_request",
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -92,8 +124,13 @@ def install_error_handlers(app: FastAPI) -> None:
             allowed = _allowed_methods(request)
             headers["Allow"] = ", ".join(allowed)
             message = f"{request.method} is not allowed on {path}; allowed: {', '.join(allowed)} (see GET /docs)"
-        return envelope(status, message, _TYPE_BY_STATUS.get(status, "server_error"), code=getattr(exc, "code", None),
-                        headers=headers or None)
+        return envelope(
+            status,
+            message,
+            _TYPE_BY_STATUS.get(status, "server_error"),
+            code=getattr(exc, "code", None),
+            headers=headers or None,
+        )
 
 
 def _allowed_methods(request: Request) -> list[str]:

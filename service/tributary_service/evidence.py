@@ -30,8 +30,12 @@ def prompt_text(request: types.AttributionRequest) -> str:
 
 
 def _spans(report: SpanReport) -> list[types.VerbatimSpan]:
-    return [types.VerbatimSpan(start=s.query_start, end=s.query_end, example_start=s.text_start, example_end=s.text_end)
-            for s in report.spans]
+    return [
+        types.VerbatimSpan(
+            start=s.query_start, end=s.query_end, example_start=s.text_start, example_end=s.text_end
+        )
+        for s in report.spans
+    ]
 
 
 def verbatim_evidence(text: str, response: str, prompt: str) -> types.VerbatimEvidence:
@@ -40,15 +44,29 @@ def verbatim_evidence(text: str, response: str, prompt: str) -> types.VerbatimEv
     on_response = find_shared_spans(response, automaton.text, automaton=automaton)
     on_prompt = find_shared_spans(prompt, automaton.text, automaton=automaton)
     return types.VerbatimEvidence(
-        response_spans=_spans(on_response), prompt_spans=_spans(on_prompt), response_coverage=on_response.coverage,
-        prompt_coverage=on_prompt.coverage, longest_response_span=on_response.longest,
+        response_spans=_spans(on_response),
+        prompt_spans=_spans(on_prompt),
+        response_coverage=on_response.coverage,
+        prompt_coverage=on_prompt.coverage,
+        longest_response_span=on_response.longest,
     )
 
 
-def evidence_block(influence: float, verbatim: types.VerbatimEvidence, token_shares: np.ndarray | None) -> types.Evidence:
+def evidence_block(
+    influence: float, verbatim: types.VerbatimEvidence, token_shares: np.ndarray | None
+) -> types.Evidence:
     """Influence, verbatim share and (with token-wise shares) the peak token of one example."""
-    peak = int(np.argmax(np.abs(token_shares))) if token_shares is not None and len(token_shares) else None
+    peak = (
+        int(np.argmax(np.abs(token_shares)))
+        if token_shares is not None and len(token_shares)
+        else None
+    )
     return types.Evidence(
-        influence=influence, verbatim_share=verbatim.response_coverage, longest_verbatim_chars=verbatim.longest_response_span,
-        token_peak=float(token_shares[peak]) if peak is not None and token_shares is not None else None, token_peak_index=peak,
+        influence=influence,
+        verbatim_share=verbatim.response_coverage,
+        longest_verbatim_chars=verbatim.longest_response_span,
+        token_peak=float(token_shares[peak])
+        if peak is not None and token_shares is not None
+        else None,
+        token_peak_index=peak,
     )

@@ -51,12 +51,21 @@ class ExampleViews:
 
     def provenance(self, record: StoredExample) -> dict[str, Any]:
         """``record_id``, ``file`` and ``line`` of a stored example."""
-        return {"record_id": record.external_id, "file": self.display_file(record.file), "line": record.line}
+        return {
+            "record_id": record.external_id,
+            "file": self.display_file(record.file),
+            "line": record.line,
+        }
 
     def example(self, record: StoredExample) -> types.Example:
         """The full example object of ``GET /v1/examples``."""
         return types.Example(
-            example_id=record.id, text=record.text, source=record.source, provider=record.provider,
-            n_tokens=record.n_tokens, content_hash=record.content_hash, metadata=record.metadata,
+            example_id=record.id,
+            text=record.text,
+            source=record.source,
+            provider=record.provider,
+            n_tokens=record.n_tokens,
+            content_hash=record.content_hash,
+            metadata=record.metadata,
             **self.provenance(record),
         )

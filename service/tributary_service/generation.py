@@ -27,13 +27,27 @@ from .errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["END_OF_TURN_TOKENS", "GREEDY_BELOW", "PreparedGeneration", "generate_text", "prepare_generation",
-           "run_generation", "stop_token_ids"]
+__all__ = [
+    "END_OF_TURN_TOKENS",
+    "GREEDY_BELOW",
+    "PreparedGeneration",
+    "generate_text",
+    "prepare_generation",
+    "run_generation",
+    "stop_token_ids",
+]
 
 GREEDY_BELOW = 1e-2
 """Temperatures below this decode greedily."""
 
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+END_OF_TURN_TOKENS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+)
 """Special tokens that end a turn in common chat formats; those the tokenizer has end a reply."""
 
 
@@ -74,7 +88,9 @@ class PreparedGeneration:
     stop: list[str]
 
 
-def prepare_generation(loaded: object, body: types.GenerateRequest, cap: int, max_request_tokens: int) -> PreparedGeneration:
+def prepare_generation(
+    loaded: object, body: types.GenerateRequest, cap: int, max_request_tokens: int
+) -> PreparedGeneration:
     """Render (chat template for ``messages``), tokenise and check the prompt.
 
     ``cap`` bounds ``max_new_tokens``; ``max_request_tokens`` (the attribution limit) bounds
@@ -84,9 +100,15 @@ def prepare_generation(loaded: object, body: types.GenerateRequest, cap: int, ma
     model = loaded.model  # type: ignore[attr-defined]
     if body.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ServiceError(400, "this model's tokenizer has no chat template; fix: send `prompt` instead of `messages`",
-                               param="messages", code="no_chat_template")
-        prompt = tokenizer.apply_chat_template([m.model_dump() for m in body.messages], tokenize=False, add_generation_prompt=True)
+            raise ServiceError(
+                400,
+                "this model's tokenizer has no chat template; fix: send `prompt` instead of `messages`",
+                param="messages",
+                code="no_chat_template",
+            )
+        prompt = tokenizer.apply_chat_template(
+            [m.model_dump() for m in body.messages], tokenize=False, add_generation_prompt=True
+        )
         param = "messages"
     else:
         prompt = body.prompt or ""
@@ -95,17 +117,35 @@ def prepare_generation(loaded: object, body: types.GenerateRequest, cap: int, ma
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=body.messages is None).input_ids
     n_prompt = int(ids.shape[1])
     if n_prompt == 0:
-        raise ServiceError(400, "the prompt is empty; fix: type something for the model to answer", param=param,
-                           code="empty_prompt")
+        raise ServiceError(
+            400,
+            "the prompt is empty; fix: type something for the model to answer",
+            param=param,
+            code="empty_prompt",
+        )
     context = context_length(model)
     limit = min(max_request_tokens, context) if context else max_request_tokens
-    whose = "the model's context length" if context and context <= max_request_tokens else "this server's request limit"
+    whose = (
+        "the model's context length"
+        if context and context <= max_request_tokens
+        else "this server's request limit"
+    )
     if n_prompt >= limit:
-        raise ServiceError(400, f"the prompt has {n_prompt} tokens and {whose} is {limit}, which leaves no room for a "
-                           f"reply; fix: shorten the prompt to well under {limit} tokens", param=param,
-                           code="prompt_too_long")
+        raise ServiceError(
+            400,
+            f"the prompt has {n_prompt} tokens and {whose} is {limit}, which leaves no room for a "
+            f"reply; fix: shorten the prompt to well under {limit} tokens",
+            param=param,
+            code="prompt_too_long",
+        )
     temperature = body.temperature if body.temperature >= GREEDY_BELOW else 0.0
-    return PreparedGeneration(prompt, ids, min(body.max_new_tokens, cap, limit - n_prompt), temperature, list(body.stop or []))
+    return PreparedGeneration(
+        prompt,
+        ids,
+        min(body.max_new_tokens, cap, limit - n_prompt),
+        temperature,
+        list(body.stop or []),
+    )
 
 
 def run_generation(loaded: object, prepared: PreparedGeneration) -> types.GenerateResponse:
@@ -114,7 +154,9 @@ def run_generation(loaded: object, prepared: PreparedGeneration) -> types.Genera
     model = loaded.model  # type: ignore[attr-defined]
     n_prompt = int(prepared.input_ids.shape[1])
     stops = stop_token_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    pad = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stops[0] if stops else 0)
+    )
     ids = prepared.input_ids.to(next(model.parameters()).device)
     extra: dict[str, Any] = {}
     if prepared.stop:
@@ -122,18 +164,29 @@ def run_generation(loaded: object, prepared: PreparedGeneration) -> types.Genera
     sample = prepared.temperature > 0
     with torch.no_grad():
         out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=prepared.max_new_tokens, do_sample=sample,
-            temperature=prepared.temperature if sample else None, top_p=None, top_k=None,
-            pad_token_id=pad, eos_token_id=stops or None, **extra,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=prepared.max_new_tokens,
+            do_sample=sample,
+            temperature=prepared.temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=pad,
+            eos_token_id=stops or None,
+            **extra,
         )
     new = out[0, n_prompt:].tolist()
     ended = bool(new) and new[-1] in stops
     text = tokenizer.decode(new, skip_special_tokens=True)
     text, stopped = _cut_at_stop(text, prepared.stop)
     finish: Literal["stop", "length"] = "stop" if ended or stopped else "length"
-    return types.GenerateResponse(prompt=prepared.prompt, response=text, n_tokens=len(new), finish_reason=finish)
+    return types.GenerateResponse(
+        prompt=prepared.prompt, response=text, n_tokens=len(new), finish_reason=finish
+    )
 
 
-def generate_text(loaded: object, body: types.GenerateRequest, cap: int, max_request_tokens: int) -> types.GenerateResponse:
+def generate_text(
+    loaded: object, body: types.GenerateRequest, cap: int, max_request_tokens: int
+) -> types.GenerateResponse:
     """:func:`prepare_generation` and :func:`run_generation` in one call (on the model thread)."""
     return run_generation(loaded, prepare_generation(loaded, body, cap, max_request_tokens))

@@ -74,39 +74,75 @@ class IndexReloader:
             before = (old.engine.index_id, old.index.n_examples)
             digest = manifest_digest(old)
             if digest == self.digest:
-                return types.IndexReload(reloaded=False, index_id=before[0], previous_index_id=before[0],
-                                         n_examples=before[1], previous_n_examples=before[1], shards=len(old.index.shards))
+                return types.IndexReload(
+                    reloaded=False,
+                    index_id=before[0],
+                    previous_index_id=before[0],
+                    n_examples=before[1],
+                    previous_n_examples=before[1],
+                    shards=len(old.index.shards),
+                )
             loaded = await asyncio.to_thread(self._open, old, state.settings)
             previous = await state.batcher.run_in_model_thread(lambda: self._swap(loaded))
             previous.index.close()
             self.digest = digest
             state.metrics.index_examples.set(loaded.index.n_examples)
-            logger.info("reloaded index %s: %d -> %d examples (%s -> %s)", loaded.index.paths.root, before[1],
-                        loaded.index.n_examples, before[0], loaded.engine.index_id)
-            return types.IndexReload(reloaded=True, index_id=loaded.engine.index_id, previous_index_id=before[0],
-                                     n_examples=loaded.index.n_examples, previous_n_examples=before[1],
-                                     shards=len(loaded.index.shards))
+            logger.info(
+                "reloaded index %s: %d -> %d examples (%s -> %s)",
+                loaded.index.paths.root,
+                before[1],
+                loaded.index.n_examples,
+                before[0],
+                loaded.engine.index_id,
+            )
+            return types.IndexReload(
+                reloaded=True,
+                index_id=loaded.engine.index_id,
+                previous_index_id=before[0],
+                n_examples=loaded.index.n_examples,
+                previous_n_examples=before[1],
+                shards=len(loaded.index.shards),
+            )
 
     def _open(self, old: LoadedService, settings: Any) -> LoadedService:
         """Open and check the index on disk (a worker thread); the served one is untouched."""
         try:
-            index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums,
-                                     rerank_factor=settings.rerank_factor, ranking=settings.ranking_overrides())
+            index = AttributionIndex(
+                settings.index,
+                verify_checksums=settings.verify_checksums,
+                rerank_factor=settings.rerank_factor,
+                ranking=settings.ranking_overrides(),
+            )
         except TributaryIndexError as exc:
-            raise ServiceError(409, f"the index on disk cannot be loaded ({exc}); the server keeps serving "
-                               f"{old.engine.index_id}", code="index_not_loadable") from exc
+            raise ServiceError(
+                409,
+                f"the index on disk cannot be loaded ({exc}); the server keeps serving "
+                f"{old.engine.index_id}",
+                code="index_not_loadable",
+            ) from exc
         differing = _same_lineage(old.index, index)
         if differing:
             index.close()
-            raise ServiceError(409, f"the index on disk differs from the one served in {', '.join(differing)} (it was "
-                               "rebuilt, not extended with `tributary index add`); fix: restart the server to serve it",
-                               code="index_rebuilt")
+            raise ServiceError(
+                409,
+                f"the index on disk differs from the one served in {', '.join(differing)} (it was "
+                "rebuilt, not extended with `tributary index add`); fix: restart the server to serve it",
+                code="index_rebuilt",
+            )
         try:
             index.set_nprobe(settings.nprobe)
             device = next(old.model.parameters()).device
-            index.reference(device)  # span_gated's reference sample, drawn over the grown index, loaded here
-            engine = AttributionEngine(index, old.model, old.tokenizer, old.engine.computer,
-                                       max_tokens=settings.max_request_tokens, snippet_chars=settings.snippet_chars)
+            index.reference(
+                device
+            )  # span_gated's reference sample, drawn over the grown index, loaded here
+            engine = AttributionEngine(
+                index,
+                old.model,
+                old.tokenizer,
+                old.engine.computer,
+                max_tokens=settings.max_request_tokens,
+                snippet_chars=settings.snippet_chars,
+            )
             prompting = infer_prompting(index.store, old.tokenizer, settings.prompt_format)
         except Exception:
             index.close()
@@ -136,8 +172,12 @@ class IndexReloader:
                 continue
             try:
                 result = await self.reload()
-                logger.info("index watch: now serving %s (%d examples)", result.index_id, result.n_examples)
-            except ServiceError as exc:  # keep serving the old index; try again when the manifest changes again
+                logger.info(
+                    "index watch: now serving %s (%d examples)", result.index_id, result.n_examples
+                )
+            except (
+                ServiceError
+            ) as exc:  # keep serving the old index; try again when the manifest changes again
                 self._failed_digest = digest
                 logger.warning("index watch: not reloading: %s", exc.message)
             except Exception:

@@ -55,7 +55,8 @@ def check_model_matches(index: AttributionIndex, model_dir: Path, tokenizer: Any
     if differing:
         raise ConfigMismatchError(
             f"the model at {model_dir} is not the one index {index.paths.root} was built for (built from {expected.path})",
-            list(differing), "serve the index with the model and tokenizer it was built from (--model), or rebuild the index",
+            list(differing),
+            "serve the index with the model and tokenizer it was built from (--model), or rebuild the index",
             values=differing,
         )
 
@@ -68,16 +69,24 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     # model thread sets its own count (settings.num_threads, see MicroBatcher).
     torch.set_num_threads(1)
     if OPENBLAS_SPIN_VARIABLE not in os.environ:
-        logger.warning("%s is not set: numpy's BLAS threads will spin after each scan and slow the model on small machines; "
-                       "start with `tributary serve` (which sets it) or set it to 4 before Python starts", OPENBLAS_SPIN_VARIABLE)
-    index = AttributionIndex(settings.index, verify_checksums=settings.verify_checksums, rerank_factor=settings.rerank_factor,
-                             ranking=settings.ranking_overrides())
+        logger.warning(
+            "%s is not set: numpy's BLAS threads will spin after each scan and slow the model on small machines; "
+            "start with `tributary serve` (which sets it) or set it to 4 before Python starts",
+            OPENBLAS_SPIN_VARIABLE,
+        )
+    index = AttributionIndex(
+        settings.index,
+        verify_checksums=settings.verify_checksums,
+        rerank_factor=settings.rerank_factor,
+        ranking=settings.ranking_overrides(),
+    )
     index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
     tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None
     if tokenizer is None:
         raise ConfigMismatchError(
-            f"the model directory {model_dir} does not exist", ["model.path"],
+            f"the model directory {model_dir} does not exist",
+            ["model.path"],
             "pass --model (or TRIBUTARY_MODEL) pointing at the model the index was built from",
         )
     check_model_matches(index, model_dir, tokenizer)
@@ -88,13 +97,31 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     # exactly the modules the projector was built for (whatever preset or patterns chose them)
     modules = select_modules(model, include=[p.name for p in index.projector.projections])
     index.projector.check_modules(modules)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(build.get("autocast") or "") if device.type == "cuda" else None
+    autocast = (
+        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(build.get("autocast") or "")
+        if device.type == "cuda"
+        else None
+    )
     # the query gradient must differentiate what the index did
-    computer = GradientComputer(model, modules, index.projector, autocast_dtype=autocast,
-                                objective=index.manifest.objective)
-    engine = AttributionEngine(index, model, tokenizer, computer, max_tokens=settings.max_request_tokens,
-                               snippet_chars=settings.snippet_chars)
-    logger.info("loaded index %s (%d examples, dim %d, %s) and model %s on %s", settings.index, index.n_examples,
-                index.dim, index.manifest.score_variant, model_dir, device)
+    computer = GradientComputer(
+        model, modules, index.projector, autocast_dtype=autocast, objective=index.manifest.objective
+    )
+    engine = AttributionEngine(
+        index,
+        model,
+        tokenizer,
+        computer,
+        max_tokens=settings.max_request_tokens,
+        snippet_chars=settings.snippet_chars,
+    )
+    logger.info(
+        "loaded index %s (%d examples, dim %d, %s) and model %s on %s",
+        settings.index,
+        index.n_examples,
+        index.dim,
+        index.manifest.score_variant,
+        model_dir,
+        device,
+    )
     prompting = infer_prompting(index.store, tokenizer, settings.prompt_format)
     return LoadedService(index, model, tokenizer, engine, model_dir, prompting)

@@ -54,8 +54,15 @@ class _Job:
 class MicroBatcher:
     """Collects prepared queries into padded batches for :meth:`AttributionEngine.attribute`."""
 
-    def __init__(self, engine: AttributionEngine, max_batch_tokens: int, window_ms: float, queue_size: int,
-                 on_batch: Callable[[int, int], None] | None = None, num_threads: int | None = None):
+    def __init__(
+        self,
+        engine: AttributionEngine,
+        max_batch_tokens: int,
+        window_ms: float,
+        queue_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+        num_threads: int | None = None,
+    ):
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
         self.window_s = window_ms / 1000.0
@@ -69,11 +76,17 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         # torch's intra-op thread count is per calling thread: set it in the model thread itself
         init = (lambda: torch.set_num_threads(num_threads)) if num_threads else None
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tributary-model", initializer=init)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tributary-model", initializer=init
+        )
 
     @property
     def depth(self) -> int:
-        return (self._queue.qsize() if self._queue else 0) + (1 if self._carry else 0) + len(self._jobs)
+        return (
+            (self._queue.qsize() if self._queue else 0)
+            + (1 if self._carry else 0)
+            + len(self._jobs)
+        )
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
@@ -87,7 +100,9 @@ class MicroBatcher:
     async def submit(self, query: PreparedQuery) -> types.AttributionResponse:
         """Queue one query and wait for its answer; :class:`QueueFullError` when saturated."""
         assert self._queue is not None, "MicroBatcher.start() was not awaited"
-        future: asyncio.Future[types.AttributionResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[types.AttributionResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
         if self.depth >= self.queue_size:
             raise QueueFullError(f"{self.queue_size} requests are already waiting")
         self._queue.put_nowait(_Item(query, future))

@@ -39,8 +39,12 @@ def _link_batch_operations(schema: dict[str, Any]) -> None:
         if path.startswith("/v1/batches/{batch_id}"):
             for method, operation in operations.items():
                 if "operationId" in operation:
-                    links[f"{method}_{path.removeprefix('/v1/batches/{batch_id}').strip('/') or 'batch'}"] = {
-                        "operationId": operation["operationId"], "parameters": {"batch_id": "$response.body#/id"}}
+                    links[
+                        f"{method}_{path.removeprefix('/v1/batches/{batch_id}').strip('/') or 'batch'}"
+                    ] = {
+                        "operationId": operation["operationId"],
+                        "parameters": {"batch_id": "$response.body#/id"},
+                    }
     created["links"] = links
 
 
@@ -48,7 +52,9 @@ def complete_openapi(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
     """``app.openapi()``: FastAPI's document plus the server's own limits and auth (built once)."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     _add_model(components, types.BatchCreateRequest)
     for name in ("AttributionRequest",):
@@ -58,13 +64,27 @@ def complete_openapi(app: FastAPI, settings: ServiceSettings) -> dict[str, Any]:
     _link_batch_operations(schema)
     schemes: dict[str, Any] = {}
     if settings.api_keys:
-        schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "An API key of this server."}
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key of this server.",
+        }
     if settings.admin_keys:
-        schemes["adminBearer"] = {"type": "http", "scheme": "bearer", "description": "An admin key of this server."}
+        schemes["adminBearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An admin key of this server.",
+        }
     if schemes:
         schema["components"]["securitySchemes"] = schemes
         for path, operations in schema.get("paths", {}).items():
-            scheme = "bearer" if is_protected(path) else "adminBearer" if path.startswith(ADMIN_PREFIX) else None
+            scheme = (
+                "bearer"
+                if is_protected(path)
+                else "adminBearer"
+                if path.startswith(ADMIN_PREFIX)
+                else None
+            )
             if scheme in schemes:
                 for operation in operations.values():
                     operation["security"] = [{scheme: []}]

@@ -13,6 +13,7 @@ STATIC = Path(__file__).parent / "static"
 
 def mount_page(app: FastAPI) -> None:
     if not (STATIC / "index.html").is_file():
+
         @app.get("/", include_in_schema=False)
         async def no_page() -> HTMLResponse:
             return HTMLResponse("<p>Tributary is running. API docs: <a href='/docs'>/docs</a></p>")

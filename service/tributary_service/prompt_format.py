@@ -47,7 +47,9 @@ def _frame(prompts: list[str]) -> tuple[str, str] | None:
     """The shared prefix/suffix of ``prompts``, cut back to format markers; None when there is none."""
     prefix = os.path.commonprefix(prompts)
     suffix = os.path.commonprefix([p[::-1] for p in prompts])[::-1]
-    if len(prefix) + len(suffix) >= min(len(p) for p in prompts):  # no room for a question in some prompt
+    if len(prefix) + len(suffix) >= min(
+        len(p) for p in prompts
+    ):  # no room for a question in some prompt
         return None
     cut = max(prefix.rfind(m) for m in _MARKERS)  # "Question: Where did " -> "Question: "
     if cut < 0:
@@ -79,7 +81,9 @@ def _key(prompt: str) -> tuple[str, str]:
     return prefix, suffix
 
 
-def _majority_frame(records: list[StoredExample]) -> tuple[tuple[str, str], list[StoredExample]] | None:
+def _majority_frame(
+    records: list[StoredExample],
+) -> tuple[tuple[str, str], list[StoredExample]] | None:
     """The frame most prompts share (at least :data:`MIN_SHARE` of them), with those records."""
     groups: dict[tuple[str, str], list[StoredExample]] = {}
     for record in records:
@@ -105,7 +109,9 @@ def _sample(store: ExampleStore) -> list[StoredExample]:
     return records
 
 
-def infer_prompting(store: ExampleStore, tokenizer: Any, configured: str | None = None) -> types.PromptingInfo:
+def infer_prompting(
+    store: ExampleStore, tokenizer: Any, configured: str | None = None
+) -> types.PromptingInfo:
     """The :class:`~tributary_client.types.PromptingInfo` of an index and its model's tokenizer."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     records = _sample(store)
@@ -124,20 +130,37 @@ def infer_prompting(store: ExampleStore, tokenizer: Any, configured: str | None 
     if prompt_format is not None:
         for record in records:
             prompt = record.prompt or ""
-            if prompt.startswith(prefix) and prompt.endswith(suffix) and len(prompt) > len(prefix) + len(suffix):
-                example = prompt[len(prefix) : len(prompt) - len(suffix)].strip()[:_MAX_EXAMPLE_CHARS] or None
+            if (
+                prompt.startswith(prefix)
+                and prompt.endswith(suffix)
+                and len(prompt) > len(prefix) + len(suffix)
+            ):
+                example = (
+                    prompt[len(prefix) : len(prompt) - len(suffix)].strip()[:_MAX_EXAMPLE_CHARS]
+                    or None
+                )
                 break
         responses = [r.response.strip() for r in records if r.response]
         if responses and not any("\n" in r for r in responses):
             stop = ["\n"]
     elif chat:
         for record in store.first_of_kind("messages", 16):
-            user = next((m.get("content") for m in record.messages or [] if m.get("role") == "user"), None)
+            user = next(
+                (m.get("content") for m in record.messages or [] if m.get("role") == "user"), None
+            )
             if user and user.strip():
                 example = user.strip()[:_MAX_EXAMPLE_CHARS]
                 break
     mode = "format" if prompt_format is not None else "chat" if chat else "plain"
-    info = types.PromptingInfo(mode=mode, chat_template=chat, prompt_format=prompt_format,  # type: ignore[arg-type]
-                               format_source=source, example_question=example, stop=stop)  # type: ignore[arg-type]
-    logger.info("prompting: %s%s", mode, f" ({prompt_format!r}, from the {source})" if prompt_format else "")
+    info = types.PromptingInfo(
+        mode=mode,
+        chat_template=chat,
+        prompt_format=prompt_format,  # type: ignore[arg-type]
+        format_source=source,
+        example_question=example,
+        stop=stop,
+    )  # type: ignore[arg-type]
+    logger.info(
+        "prompting: %s%s", mode, f" ({prompt_format!r}, from the {source})" if prompt_format else ""
+    )
     return info

@@ -61,7 +61,11 @@ def request_id_from(header: str | None) -> str:
 
 def body_limit(settings: ServiceSettings, path: str) -> int:
     """Largest body, in bytes, accepted on ``path``."""
-    return settings.max_batch_body_bytes if path.rstrip("/") == "/v1/batches" else settings.max_body_bytes
+    return (
+        settings.max_batch_body_bytes
+        if path.rstrip("/") == "/v1/batches"
+        else settings.max_body_bytes
+    )
 
 
 class RequestContext:
@@ -89,7 +93,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("ascii"))]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("ascii")),
+                ]
             await send(message)
 
         try:
@@ -97,12 +104,23 @@ class RequestContext:
             if rejection is not None:
                 await rejection(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._limited(receive, body_limit(self.settings, request.url.path)), send_with_id)
-        except BodyLimitError as exc:  # raised where nothing caught it (a route reading the stream itself)
+                await self.app(
+                    scope,
+                    self._limited(receive, body_limit(self.settings, request.url.path)),
+                    send_with_id,
+                )
+        except (
+            BodyLimitError
+        ) as exc:  # raised where nothing caught it (a route reading the stream itself)
             if started:
                 raise
-            await envelope(exc.status_code, exc.detail, "invalid_request_error", code=exc.code,
-                           headers=dict(exc.headers or {}))(scope, receive, send_with_id)
+            await envelope(
+                exc.status_code,
+                exc.detail,
+                "invalid_request_error",
+                code=exc.code,
+                headers=dict(exc.headers or {}),
+            )(scope, receive, send_with_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             if started:  # the response is half sent; nothing left to do but close the connection
@@ -120,13 +138,21 @@ class RequestContext:
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except asyncio.TimeoutError:
-                raise BodyLimitError(408, f"the request body stalled for more than {timeout:g} s; fix: send the "
-                                     "body without pauses", "body_timeout") from None
+                raise BodyLimitError(
+                    408,
+                    f"the request body stalled for more than {timeout:g} s; fix: send the "
+                    "body without pauses",
+                    "body_timeout",
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyLimitError(413, f"the request body passed this server's limit of {limit} bytes; fix: send "
-                                         "less (split a batch into several)", "body_too_large")
+                    raise BodyLimitError(
+                        413,
+                        f"the request body passed this server's limit of {limit} bytes; fix: send "
+                        "less (split a batch into several)",
+                        "body_too_large",
+                    )
             return message
 
         return limited_receive
@@ -137,15 +163,23 @@ class RequestContext:
         try:
             header_bytes = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
             if header_bytes > self.settings.max_header_bytes:
-                raise ServiceError(431, f"the request headers are {header_bytes} bytes, over this server's limit of "
-                                   f"{self.settings.max_header_bytes}; fix: send shorter headers", code="headers_too_large")
+                raise ServiceError(
+                    431,
+                    f"the request headers are {header_bytes} bytes, over this server's limit of "
+                    f"{self.settings.max_header_bytes}; fix: send shorter headers",
+                    code="headers_too_large",
+                )
             request.state.tenant = check_api_key(request, self.settings.api_keys)
             length = request.headers.get("content-length")
             limit = body_limit(self.settings, request.url.path)
             if length is not None and length.isdigit() and int(length) > limit:
-                raise ServiceError(413, f"request body of {int(length)} bytes is over this server's limit of {limit}; "
-                                   "fix: send less (split a batch into several)", code="body_too_large",
-                                   headers={"Connection": "close"})
+                raise ServiceError(
+                    413,
+                    f"request body of {int(length)} bytes is over this server's limit of {limit}; "
+                    "fix: send less (split a batch into several)",
+                    code="body_too_large",
+                    headers={"Connection": "close"},
+                )
         except ServiceError as exc:
             return envelope(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
         return None
@@ -156,5 +190,12 @@ class RequestContext:
         self.metrics.latency.labels(path).observe(elapsed)
         extra = getattr(request.state, "log_extra", "")
         # the route template, never the raw path: a client-chosen path must not shape the log line
-        logger.info("%s %s %s %d %.1fms%s", request.state.request_id, request.method, path, status,
-                    elapsed * 1000, extra)
+        logger.info(
+            "%s %s %s %d %.1fms%s",
+            request.state.request_id,
+            request.method,
+            path,
+            status,
+            elapsed * 1000,
+            extra,
+        )

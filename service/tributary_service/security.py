@@ -36,7 +36,9 @@ def key_fingerprint(key: str) -> str:
 
 def is_protected(path: str) -> bool:
     """True for the paths that need an API key when keys are configured (admin routes take admin keys)."""
-    return (path.startswith(PROTECTED_PREFIX) or path == PROTECTED_PREFIX.rstrip("/")) and not path.startswith(ADMIN_PREFIX)
+    return (
+        path.startswith(PROTECTED_PREFIX) or path == PROTECTED_PREFIX.rstrip("/")
+    ) and not path.startswith(ADMIN_PREFIX)
 
 
 def check_api_key(request: Request, keys: list[str]) -> str:
@@ -50,8 +52,12 @@ def check_api_key(request: Request, keys: list[str]) -> str:
 def check_admin_key(request: Request, admin_keys: list[str]) -> None:
     """Admin routes: a 403 when no admin key is configured, a 401 unless the request carries one."""
     if not admin_keys:
-        raise ServiceError(403, "admin routes are disabled on this server; fix: start it with TRIBUTARY_ADMIN_KEYS=<key> "
-                           "(or restart it to load a changed index)", code="admin_disabled")
+        raise ServiceError(
+            403,
+            "admin routes are disabled on this server; fix: start it with TRIBUTARY_ADMIN_KEYS=<key> "
+            "(or restart it to load a changed index)",
+            code="admin_disabled",
+        )
     _check_bearer(request, admin_keys)
 
 
@@ -60,14 +66,22 @@ def _check_bearer(request: Request, keys: list[str]) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ServiceError(401, "missing API key; fix: send the header 'Authorization: Bearer <key>'",
-                           code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ServiceError(
+            401,
+            "missing API key; fix: send the header 'Authorization: Bearer <key>'",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     supplied = token.strip().encode()
     matched: str | None = None
     for key in keys:  # every key is compared, so timing does not reveal which one came close
         if hmac.compare_digest(supplied, key.encode()):
             matched = key
     if matched is None:
-        raise ServiceError(401, "invalid API key; fix: use a key this server was configured with",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ServiceError(
+            401,
+            "invalid API key; fix: use a key this server was configured with",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return matched

@@ -32,10 +32,17 @@ def max_text_chars(tokenizer: Any, max_tokens: int) -> int:
     return SHRINK_FACTOR * longest_token_chars(tokenizer) * max_tokens
 
 
-def check_text_chars(texts: Iterable[str | None], limit_chars: int, limit: str, param: str, what: str) -> None:
+def check_text_chars(
+    texts: Iterable[str | None], limit_chars: int, limit: str, param: str, what: str
+) -> None:
     """A 400 when the texts together are longer than ``limit_chars`` characters (``limit`` names the
     token limit, e.g. "this server's limit of 1024 tokens")."""
     total = sum(len(t) for t in texts if t)
     if total > limit_chars:
-        raise ServiceError(400, f"the {what} has {total} characters, more tokens than {limit} whatever the tokenizer "
-                           f"makes of them; fix: shorten the {what}", param=param, code="too_many_tokens")
+        raise ServiceError(
+            400,
+            f"the {what} has {total} characters, more tokens than {limit} whatever the tokenizer "
+            f"makes of them; fix: shorten the {what}",
+            param=param,
+            code="too_many_tokens",
+        )

@@ -18,7 +18,9 @@ def test_sign_test_matches_the_binomial_by_hand():
     assert sign_test(3, 3) == 1.0  # capped: both tails overlap
     # against a direct sum of the binomial pmf for a larger case
     n, k = 40, 12
-    assert sign_test(k, n - k) == pytest.approx(2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    assert sign_test(k, n - k) == pytest.approx(
+        2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    )
 
 
 def test_top1_hits_take_the_best_row_and_break_ties_by_order():
@@ -39,4 +41,3 @@ def test_p_values_keep_a_digit_that_is_not_zero():
     assert _p_value(0.0004) == "p < 0.001"
     assert _p_value(0.0044) == "p = 0.004"
     assert _p_value(0.33) == "p = 0.33"
-

@@ -50,7 +50,9 @@ def test_default_traces_facts(default_scores):
     rows = _rows(workload, "fact")
     metrics = fact_tracing_metrics(scores[rows], [workload.queries[i].relevant for i in rows])
     assert metrics["recall@10"] >= 0.95, metrics
-    assert metrics["recall@1"] >= 0.992, metrics  # at most 3 of 390 missed: span-saturated (4) fails
+    assert metrics["recall@1"] >= 0.992, (
+        metrics
+    )  # at most 3 of 390 missed: span-saturated (4) fails
     assert metrics["mrr"] >= 0.975, metrics
 
 
@@ -80,7 +82,9 @@ def test_score_cache_is_keyed_by_the_model_and_the_corpus(tmp_path):
     shutil.copytree(corpus, copy)
     assert cache_tag(model, copy) == cache_tag(model, corpus)  # same files, same cache
     truth = copy / "ground_truth.json"
-    truth.write_text(truth.read_text(encoding="utf-8").replace("fact-0001", "fact-0001x", 1), encoding="utf-8")
+    truth.write_text(
+        truth.read_text(encoding="utf-8").replace("fact-0001", "fact-0001x", 1), encoding="utf-8"
+    )
     assert cache_tag(model, copy) != cache_tag(model, corpus)
     (copy / "ground_truth.json").unlink()
     assert cache_tag(model, copy) != cache_tag(model, corpus)

@@ -18,9 +18,16 @@ SOURCES = ["wiki", "books", "code"]
 PROVIDERS = ["acme", "globex"]
 
 
-def envelope(status: int, message: str, type_: str, *, param: str | None = None,
-             code: str | None = None, request_id: str = "req-test",
-             headers: dict[str, str] | None = None) -> httpx.Response:
+def envelope(
+    status: int,
+    message: str,
+    type_: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    request_id: str = "req-test",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     """An error response in the API's envelope."""
     return httpx.Response(
         status,
@@ -73,7 +80,13 @@ def fake_attribution(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("token_wise"):
         words = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
         out["response_token_scores"] = [
-            {"token": w, "token_id": 10 + n, "start": s, "end": e, "score": (-1) ** n * (n + 1) / 10}
+            {
+                "token": w,
+                "token_id": 10 + n,
+                "start": s,
+                "end": e,
+                "score": (-1) ** n * (n + 1) / 10,
+            }
             for n, (s, e, w) in enumerate(words)
         ]
     return out
@@ -109,9 +122,16 @@ class FakeTributary:
             body = json.loads(request.content)
             text = body.get("response") or body["messages"][-1]["content"]
             if self.reject_marker in text:
-                return envelope(400, "response is too long for the model", "invalid_request_error",
-                                param="response", code="too_long")
-            return httpx.Response(200, json=fake_attribution(body), headers={"x-request-id": f"req-{n}"})
+                return envelope(
+                    400,
+                    "response is too long for the model",
+                    "invalid_request_error",
+                    param="response",
+                    code="too_long",
+                )
+            return httpx.Response(
+                200, json=fake_attribution(body), headers={"x-request-id": f"req-{n}"}
+            )
         if method == "GET" and path == "/v1/examples":
             record_id = request.url.params.get("record_id", "")
             if not record_id.startswith("rec-"):
@@ -121,21 +141,43 @@ class FakeTributary:
             example_id = int(m.group(1))
             if example_id >= 1000:
                 return envelope(404, f"no example with id {example_id}", "not_found_error")
-            return httpx.Response(200, json={
-                "example_id": example_id, "record_id": f"rec-{example_id}", "file": "part-1.jsonl", "line": 7,
-                "text": f"full text of {example_id}", "source": "wiki",
-                "provider": "acme", "n_tokens": 12, "content_hash": "sha256:abc", "metadata": {"lang": "en"},
-            })
+            return httpx.Response(
+                200,
+                json={
+                    "example_id": example_id,
+                    "record_id": f"rec-{example_id}",
+                    "file": "part-1.jsonl",
+                    "line": 7,
+                    "text": f"full text of {example_id}",
+                    "source": "wiki",
+                    "provider": "acme",
+                    "n_tokens": 12,
+                    "content_hash": "sha256:abc",
+                    "metadata": {"lang": "en"},
+                },
+            )
         if method == "GET" and path == "/v1/index":
-            return httpx.Response(200, json={
-                "index_id": "idx-test", "format_version": 1, "model": {"name": "gpt2"},
-                "projector": {"kind": "random", "seed": 0}, "score_variant": "relatif",
-                "damping": 0.001, "n_examples": 1000, "dim": 4096, "shards": 2,
-                "created_at": "2025-01-01T00:00:00Z", "tokenizer": {"hash": "t0"},
-            })
+            return httpx.Response(
+                200,
+                json={
+                    "index_id": "idx-test",
+                    "format_version": 1,
+                    "model": {"name": "gpt2"},
+                    "projector": {"kind": "random", "seed": 0},
+                    "score_variant": "relatif",
+                    "damping": 0.001,
+                    "n_examples": 1000,
+                    "dim": 4096,
+                    "shards": 2,
+                    "created_at": "2025-01-01T00:00:00Z",
+                    "tokenizer": {"hash": "t0"},
+                },
+            )
         if method == "POST" and path == "/v1/generate":
             body = json.loads(request.content)
-            return httpx.Response(200, json={"prompt": body.get("prompt", ""), "response": " four", "n_tokens": 1})
+            return httpx.Response(
+                200, json={"prompt": body.get("prompt", ""), "response": " four", "n_tokens": 1}
+            )
         if path.startswith("/v1/batches"):
             return self._batches(request)
         return envelope(404, f"no route {method} {path}", "not_found_error")
@@ -146,21 +188,43 @@ class FakeTributary:
         if request.method == "POST" and path == "/v1/batches":
             body = json.loads(request.content)
             counts["total"] = len(body["requests"])
-            return httpx.Response(200, json={"id": "batch_1", "status": "validating", "created_at": 1,
-                                             "request_counts": counts, "metadata": body.get("metadata")})
+            return httpx.Response(
+                200,
+                json={
+                    "id": "batch_1",
+                    "status": "validating",
+                    "created_at": 1,
+                    "request_counts": counts,
+                    "metadata": body.get("metadata"),
+                },
+            )
         if path.endswith("/cancel"):
-            return httpx.Response(200, json={"id": "batch_1", "status": "cancelling", "created_at": 1})
+            return httpx.Response(
+                200, json={"id": "batch_1", "status": "cancelling", "created_at": 1}
+            )
         if path.endswith("/results"):
             lines = [
-                {"custom_id": "a", "response": fake_attribution({"prompt": "p", "response": "r", "top_k": 2})},
+                {
+                    "custom_id": "a",
+                    "response": fake_attribution({"prompt": "p", "response": "r", "top_k": 2}),
+                },
                 {"custom_id": "b", "error": {"message": "bad", "type": "invalid_request_error"}},
             ]
             text = "".join(json.dumps(x) + "\n" for x in lines)
-            return httpx.Response(200, content=text.encode(), headers={"content-type": "application/x-ndjson"})
+            return httpx.Response(
+                200, content=text.encode(), headers={"content-type": "application/x-ndjson"}
+            )
         with self.lock:
             self.batch_polls += 1
             polls = self.batch_polls
         status = "in_progress" if polls < 3 else "completed"
-        return httpx.Response(200, json={"id": path.rsplit("/", 1)[-1], "status": status, "created_at": 1,
-                                         "completed_at": 5 if status == "completed" else None,
-                                         "request_counts": counts})
+        return httpx.Response(
+            200,
+            json={
+                "id": path.rsplit("/", 1)[-1],
+                "status": status,
+                "created_at": 1,
+                "completed_at": 5 if status == "completed" else None,
+                "request_counts": counts,
+            },
+        )

@@ -17,8 +17,9 @@ def _body(request: httpx.Request) -> dict:
 
 
 def test_attribute_prompt_response(client: tc.Client, fake: FakeTributary) -> None:
-    result = client.attribute("What is 2+2?", "4", top_k=3, direction="both", source="wiki",
-                              provider=["acme", "globex"])
+    result = client.attribute(
+        "What is 2+2?", "4", top_k=3, direction="both", source="wiki", provider=["acme", "globex"]
+    )
     assert isinstance(result, types.AttributionResponse)
     assert [e.direction for e in result.examples] == ["helpful"] * 3 + ["harmful"] * 3
     assert result.examples[0].score > 0 > result.examples[-1].score
@@ -26,13 +27,20 @@ def test_attribute_prompt_response(client: tc.Client, fake: FakeTributary) -> No
     req = fake.requests[0]
     assert (req.method, str(req.url)) == ("POST", f"{BASE_URL}/v1/attributions")
     assert _body(req) == {
-        "prompt": "What is 2+2?", "response": "4", "top_k": 3, "direction": "both",
-        "token_wise": False, "filters": {"source": ["wiki"], "provider": ["acme", "globex"]},
+        "prompt": "What is 2+2?",
+        "response": "4",
+        "top_k": 3,
+        "direction": "both",
+        "token_wise": False,
+        "filters": {"source": ["wiki"], "provider": ["acme", "globex"]},
     }
 
 
 def test_attribute_messages_and_token_wise(client: tc.Client, fake: FakeTributary) -> None:
-    messages = [types.ChatMessage(role="user", content="hi"), {"role": "assistant", "content": "hello there"}]
+    messages = [
+        types.ChatMessage(role="user", content="hi"),
+        {"role": "assistant", "content": "hello there"},
+    ]
     result = client.attribute(messages=messages, token_wise=True, top_k=1)
     assert _body(fake.requests[0])["messages"][1] == {"role": "assistant", "content": "hello there"}
     assert "prompt" not in _body(fake.requests[0])
@@ -50,7 +58,9 @@ def test_attribute_validates_before_sending(client: tc.Client, fake: FakeTributa
     with pytest.raises(tc.RequestValidationError, match="filters.source"):
         client.attribute("p", "r", source=[3])  # type: ignore[list-item]
     with pytest.raises(tc.RequestValidationError, match="messages.0.role"):
-        client.attribute(messages=[{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}])
+        client.attribute(
+            messages=[{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]
+        )
     with pytest.raises(tc.RequestValidationError, match="max_new_tokens"):
         client.generate("p", max_new_tokens=0)
     with pytest.raises(tc.RequestValidationError, match="custom_id"):
@@ -62,11 +72,15 @@ def test_attribute_validates_before_sending(client: tc.Client, fake: FakeTributa
     assert fake.requests == []
 
 
-def test_successful_responses_carry_their_request_id(client: tc.Client, fake: FakeTributary) -> None:
+def test_successful_responses_carry_their_request_id(
+    client: tc.Client, fake: FakeTributary
+) -> None:
     result = client.attribute("p", "r", top_k=1)
     assert result.request_id == "req-1"
     assert fake.requests[0].headers.get("x-request-id") is None  # the server chose it
-    assert tc.AttributionResponse.model_validate(result.model_dump()).request_id is None  # not a response
+    assert (
+        tc.AttributionResponse.model_validate(result.model_dump()).request_id is None
+    )  # not a response
 
 
 def test_examples_index_generate(client: tc.Client, fake: FakeTributary) -> None:
@@ -85,8 +99,11 @@ def test_examples_index_generate(client: tc.Client, fake: FakeTributary) -> None
 def test_batches(client: tc.Client, fake: FakeTributary, delays: list[float]) -> None:
     req = types.AttributionRequest(prompt="p", response="r")
     batch = client.create_batch(
-        [("a", req), {"custom_id": "b", "body": {"prompt": "q", "response": "s"}},
-         types.BatchRequestLine(custom_id="c", body=req)],
+        [
+            ("a", req),
+            {"custom_id": "b", "body": {"prompt": "q", "response": "s"}},
+            types.BatchRequestLine(custom_id="c", body=req),
+        ],
         metadata={"team": "x"},
     )
     assert batch.status == "validating" and batch.request_counts.total == 3
@@ -111,7 +128,9 @@ def test_wait_for_batch_timeout(client: tc.Client) -> None:
 
 
 def test_results_not_found_raises_on_iteration(client: tc.Client, fake: FakeTributary) -> None:
-    fake.on_request = lambda r: httpx.Response(404, json={"error": {"message": "no batch", "type": "not_found_error"}})
+    fake.on_request = lambda r: httpx.Response(
+        404, json={"error": {"message": "no batch", "type": "not_found_error"}}
+    )
     it = client.iter_batch_results("nope")
     with pytest.raises(tc.NotFoundError, match="no batch"):
         next(iter(it))
@@ -138,7 +157,9 @@ def test_async_client_endpoints(make_async_client, fake: FakeTributary) -> None:
             assert (await c.get_example(1)).example_id == 1
             assert (await c.index_info()).shards == 2
             assert (await c.generate(messages=[{"role": "user", "content": "hi"}])).n_tokens == 1
-            batch = await c.create_batch([("a", types.AttributionRequest(prompt="p", response="r"))])
+            batch = await c.create_batch(
+                [("a", types.AttributionRequest(prompt="p", response="r"))]
+            )
             assert batch.id == "batch_1"
             assert (await c.wait_for_batch("batch_1", poll_interval=0.01)).status == "completed"
             assert (await c.cancel_batch("batch_1")).status == "cancelling"

@@ -25,11 +25,23 @@ def _logs(tmp_path: Path) -> Path:
         if i % 3 == 0:
             lines.append({"custom_id": f"gen-{i:03d}", "prompt": f"question {i}", "response": text})
         elif i % 3 == 1:
-            lines.append({"id": f"gen-{i:03d}", "messages": [{"role": "user", "content": f"q{i}"},
-                                                           {"role": "assistant", "content": text}]})
+            lines.append(
+                {
+                    "id": f"gen-{i:03d}",
+                    "messages": [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": text},
+                    ],
+                }
+            )
         else:
-            lines.append({"custom_id": f"gen-{i:03d}", "request": {"messages": [{"role": "user", "content": f"q{i}"}]},
-                          "response": {"choices": [{"message": {"role": "assistant", "content": text}}]}})
+            lines.append(
+                {
+                    "custom_id": f"gen-{i:03d}",
+                    "request": {"messages": [{"role": "user", "content": f"q{i}"}]},
+                    "response": {"choices": [{"message": {"role": "assistant", "content": text}}]},
+                }
+            )
     path = tmp_path / "logs.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
@@ -59,14 +71,21 @@ def test_output_is_in_input_order_whatever_the_concurrency(tmp_path: Path, refer
     assert [json.loads(x)["custom_id"] for x in lines] == [f"gen-{i:03d}" for i in range(N)]
     errors = [json.loads(x) for x in lines if json.loads(x)["error"]]
     assert [e["custom_id"] for e in errors] == [f"gen-{i:03d}" for i in sorted(REJECTED)]
-    assert errors[0]["error"]["type"] == "invalid_request_error" and errors[0]["error"]["param"] == "response"
+    assert (
+        errors[0]["error"]["type"] == "invalid_request_error"
+        and errors[0]["error"]["param"] == "response"
+    )
     for concurrency in (1, 9):
         out = tmp_path / f"c{concurrency}.jsonl"
-        run_batch(_client(FakeTributary()), logs, out, concurrency=concurrency, top_k=5, progress=False)
+        run_batch(
+            _client(FakeTributary()), logs, out, concurrency=concurrency, top_k=5, progress=False
+        )
         assert out.read_bytes() == expected
 
 
-def test_killed_and_resumed_run_is_byte_identical(tmp_path: Path, reference, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_and_resumed_run_is_byte_identical(
+    tmp_path: Path, reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
     logs, expected, ref_csv, ref_md = reference
     out = tmp_path / "resumed.jsonl"
 
@@ -112,7 +131,9 @@ def test_killed_and_resumed_run_is_byte_identical(tmp_path: Path, reference, mon
     summary = run_batch(_client(again), logs, out, concurrency=4, top_k=5, progress=False)
     assert (summary.skipped, again.attributions) == (N, 0) and out.read_bytes() == expected
     (tmp_path / "resumed").mkdir()
-    csv_path, md_path, _ = write_report(out, tmp_path / "resumed" / "reference-report")  # same name: same chart link
+    csv_path, md_path, _ = write_report(
+        out, tmp_path / "resumed" / "reference-report"
+    )  # same name: same chart link
     assert Path(csv_path).read_bytes() == ref_csv and Path(md_path).read_bytes() == ref_md
 
 
@@ -136,7 +157,9 @@ def test_refuses_foreign_or_corrupt_output(tmp_path: Path) -> None:
 
 def test_auth_error_stops_the_run(tmp_path: Path) -> None:
     fake = FakeTributary()
-    fake.on_request = lambda r: httpx.Response(401, json={"error": {"message": "bad key", "type": "authentication_error"}})
+    fake.on_request = lambda r: httpx.Response(
+        401, json={"error": {"message": "bad key", "type": "authentication_error"}}
+    )
     out = tmp_path / "out.jsonl"
     with pytest.raises(tc.AuthenticationError):
         run_batch(_client(fake), _logs(tmp_path), out, progress=False)
@@ -144,9 +167,18 @@ def test_auth_error_stops_the_run(tmp_path: Path) -> None:
 
 
 def _result(custom_id: str, examples: list[tuple[int, float, str | None, str | None]]) -> str:
-    exs = [{"example_id": i, "score": s, "direction": "helpful" if s > 0 else "harmful", "text": "t",
-            "source": src, "provider": prov, "record_id": None if i == 3 else f"rec-{i}"}
-           for i, s, src, prov in examples]
+    exs = [
+        {
+            "example_id": i,
+            "score": s,
+            "direction": "helpful" if s > 0 else "harmful",
+            "text": "t",
+            "source": src,
+            "provider": prov,
+            "record_id": None if i == 3 else f"rec-{i}",
+        }
+        for i, s, src, prov in examples
+    ]
     resp = {"id": "a", "index_id": "idx", "score_variant": "relatif", "examples": exs}
     return json.dumps({"custom_id": custom_id, "response": resp, "error": None}) + "\n"
 
@@ -154,9 +186,12 @@ def _result(custom_id: str, examples: list[tuple[int, float, str | None, str | N
 def test_report_numbers(tmp_path: Path) -> None:
     results = tmp_path / "r.jsonl"
     results.write_text(
-        _result("a", [(1, 3.0, "wiki", "acme"), (2, 1.0, "code", "globex"), (3, -2.0, "wiki", "acme")])
+        _result(
+            "a", [(1, 3.0, "wiki", "acme"), (2, 1.0, "code", "globex"), (3, -2.0, "wiki", "acme")]
+        )
         + _result("b", [(2, 2.0, "code", "globex"), (1, 1.0, "wiki", "acme"), (4, 1.0, None, None)])
-        + json.dumps({"custom_id": "c", "error": {"message": "x", "type": "invalid_request_error"}}) + "\n"
+        + json.dumps({"custom_id": "c", "error": {"message": "x", "type": "invalid_request_error"}})
+        + "\n"
     )
     report = compute_report(results)
     assert (report.results, report.errors) == (2, 1)
@@ -175,40 +210,69 @@ def test_report_numbers(tmp_path: Path) -> None:
     assert rows[3].startswith("provider,(unknown),1.000000,0.125000")
     assert [r.split(",")[1] for r in rows[4:]] == ["wiki", "code", "(unknown)"]
     md = Path(md_path).read_text()
-    assert "## By provider" in md and "| acme | n/a | 50.00% | n/a | 4.0000 |" in md and "| rec-1, #3 |" in md
+    assert (
+        "## By provider" in md
+        and "| acme | n/a | 50.00% | n/a | 4.0000 |" in md
+        and "| rec-1, #3 |" in md
+    )
     assert "attributed generations: 2" in md and "failed generations: 1" in md
-    assert "Corpus shares are not included" in md and "![Influence share against corpus share per provider](rep.svg)" in md
+    assert (
+        "Corpus shares are not included" in md
+        and "![Influence share against corpus share per provider](rep.svg)" in md
+    )
     assert Path(svg_path).read_text().startswith("<svg ")
 
 
 def _info(index_id: str = "idx", **counts: int) -> IndexInfo:
-    rows = [{"group_by": "provider", "key": None if k == "none" else k, "examples": n, "tokens": 10 * n}
-            for k, n in counts.items()]
+    rows = [
+        {"group_by": "provider", "key": None if k == "none" else k, "examples": n, "tokens": 10 * n}
+        for k, n in counts.items()
+    ]
     rows += [{"group_by": "source", "key": "all", "examples": sum(counts.values()), "tokens": 0}]
-    return IndexInfo.model_validate({
-        "index_id": index_id, "format_version": 1, "model": {}, "projector": {}, "score_variant": "influence",
-        "damping": 1.0, "n_examples": sum(counts.values()), "dim": 8, "shards": 1, "created_at": "x",
-        "composition": rows})
+    return IndexInfo.model_validate(
+        {
+            "index_id": index_id,
+            "format_version": 1,
+            "model": {},
+            "projector": {},
+            "score_variant": "influence",
+            "damping": 1.0,
+            "n_examples": sum(counts.values()),
+            "dim": 8,
+            "shards": 1,
+            "created_at": "x",
+            "composition": rows,
+        }
+    )
 
 
 def test_report_corpus_shares_and_chart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Share of the corpus, share of positive influence and their ratio per provider; a chart of both."""
     results = tmp_path / "r.jsonl"
-    results.write_text(_result("a", [(1, 3.0, "wiki", "acme"), (2, 1.0, "code", "globex")])
-                       + _result("b", [(4, 4.0, "wiki", "acme")]))
+    results.write_text(
+        _result("a", [(1, 3.0, "wiki", "acme"), (2, 1.0, "code", "globex")])
+        + _result("b", [(4, 4.0, "wiki", "acme")])
+    )
     # acme: 10 % of the corpus and 7/8 of the influence; globex 40 % and 1/8; initech 50 % and never attributed
     report = compute_report(results, _info(acme=10, globex=40, initech=50))
     acme, globex, initech = (report.groups[("provider", k)] for k in ("acme", "globex", "initech"))
-    assert report.corpus_share(acme) == pytest.approx(0.1) and report.share_of_positive(acme) == pytest.approx(7 / 8)
+    assert report.corpus_share(acme) == pytest.approx(0.1) and report.share_of_positive(
+        acme
+    ) == pytest.approx(7 / 8)
     assert report.representation(acme) == pytest.approx(8.75)
     assert report.representation(globex) == pytest.approx((1 / 8) / 0.4)
     assert report.representation(initech) == 0.0 and initech.appearances == 0
-    csv_path, md_path, svg_path = write_report(results, tmp_path / "rep", _info(acme=10, globex=40, initech=50))
+    csv_path, md_path, svg_path = write_report(
+        results, tmp_path / "rep", _info(acme=10, globex=40, initech=50)
+    )
     rows = {r.split(",")[1]: r.split(",") for r in Path(csv_path).read_text().splitlines()[1:4]}
     assert rows["acme"][-3:] == ["10", "0.100000", "8.7500"]
     assert rows["initech"][-3:] == ["50", "0.500000", "0.0000"]
     md = Path(md_path).read_text()
-    assert "| acme | 10.00% | 87.50% | 8.75× (over) |" in md and "| globex | 40.00% | 12.50% | 0.31× (under) |" in md
+    assert (
+        "| acme | 10.00% | 87.50% | 8.75× (over) |" in md
+        and "| globex | 40.00% | 12.50% | 0.31× (under) |" in md
+    )
     svg = Path(svg_path).read_text()
     assert svg.count("<title>") == 6 and "×8.75" in svg and "×0.31" in svg and "initech" in svg
     import xml.dom.minidom
@@ -222,13 +286,32 @@ def test_report_corpus_shares_and_chart(tmp_path: Path, caplog: pytest.LogCaptur
 
 def _messy_logs(path: Path, fixed: bool = False) -> Path:
     """Real-log trouble: an empty reply, a line that is not JSON, a repeated id, a refused request."""
-    lines = [json.dumps({"custom_id": f"ok-{i}", "prompt": f"q{i}", "response": f"a{i}"}) for i in range(6)]
-    lines.insert(1, json.dumps({"id": "chatcmpl-empty", "request": {"messages": [{"role": "user", "content": "hi"}]},
-                                "response": {"choices": [{"message": {"role": "assistant",
-                                                                      "content": "hello" if fixed else ""}}]}}))
+    lines = [
+        json.dumps({"custom_id": f"ok-{i}", "prompt": f"q{i}", "response": f"a{i}"})
+        for i in range(6)
+    ]
+    lines.insert(
+        1,
+        json.dumps(
+            {
+                "id": "chatcmpl-empty",
+                "request": {"messages": [{"role": "user", "content": "hi"}]},
+                "response": {
+                    "choices": [
+                        {"message": {"role": "assistant", "content": "hello" if fixed else ""}}
+                    ]
+                },
+            }
+        ),
+    )
     lines.insert(3, '{"prompt": "q", "response": "truncated' + ('"}' if fixed else ""))
     lines.insert(5, json.dumps({"custom_id": "ok-0", "prompt": "again", "response": "dup"}))
-    lines.insert(7, json.dumps({"custom_id": "refused", "prompt": "q", "response": "fine" if fixed else "REJECT-ME"}))
+    lines.insert(
+        7,
+        json.dumps(
+            {"custom_id": "refused", "prompt": "q", "response": "fine" if fixed else "REJECT-ME"}
+        ),
+    )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -241,29 +324,65 @@ def test_bad_lines_are_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     assert fake.attributions == 7  # the three unusable lines never reach the server
     results = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["custom_id"] for r in results] == [
-        "ok-0", "chatcmpl-empty", "ok-1", "line-4", "ok-2", "line-6", "ok-3", "refused", "ok-4", "ok-5"]
+        "ok-0",
+        "chatcmpl-empty",
+        "ok-1",
+        "line-4",
+        "ok-2",
+        "line-6",
+        "ok-3",
+        "refused",
+        "ok-4",
+        "ok-5",
+    ]
     errors = {r["custom_id"]: r["error"] for r in results if r["error"]}
     assert errors["chatcmpl-empty"]["code"] == "invalid_log_line"
-    assert errors["chatcmpl-empty"]["message"] == f"{logs}:2: the last (assistant) message is empty: nothing to attribute"
-    assert errors["line-4"]["code"] == "invalid_json" and errors["line-4"]["message"].startswith(f"{logs}:4: not valid JSON")
-    assert errors["line-6"]["code"] == "duplicate_id" and "first seen on line 1" in errors["line-6"]["message"]
-    assert errors["refused"] == {"message": "response is too long for the model", "type": "invalid_request_error",
-                                 "param": "response", "code": "too_long"}
+    assert (
+        errors["chatcmpl-empty"]["message"]
+        == f"{logs}:2: the last (assistant) message is empty: nothing to attribute"
+    )
+    assert errors["line-4"]["code"] == "invalid_json" and errors["line-4"]["message"].startswith(
+        f"{logs}:4: not valid JSON"
+    )
+    assert (
+        errors["line-6"]["code"] == "duplicate_id"
+        and "first seen on line 1" in errors["line-6"]["message"]
+    )
+    assert errors["refused"] == {
+        "message": "response is too long for the model",
+        "type": "invalid_request_error",
+        "param": "response",
+        "code": "too_long",
+    }
     assert [(r, n) for r, n, _ in summary.failure_reasons()] == [
-        ("duplicate_id", 1), ("invalid_json", 1), ("invalid_log_line", 1), ("too_long", 1)]
+        ("duplicate_id", 1),
+        ("invalid_json", 1),
+        ("invalid_log_line", 1),
+        ("too_long", 1),
+    ]
 
     # a plain rerun keeps the recorded failures (and still reports them); nothing is sent
     again = FakeTributary()
     summary = run_batch(_client(again), logs, out, progress=False)
-    assert (summary.skipped, summary.succeeded, summary.failed, summary.failed_total, again.attributions) == (10, 0, 0, 4, 0)
+    assert (
+        summary.skipped,
+        summary.succeeded,
+        summary.failed,
+        summary.failed_total,
+        again.attributions,
+    ) == (10, 0, 0, 4, 0)
 
 
-def test_retry_failed_puts_new_results_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_failed_puts_new_results_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     logs, out = _messy_logs(tmp_path / "logs.jsonl"), tmp_path / "out.jsonl"
     run_batch(_client(FakeTributary()), logs, out, progress=False)
     _messy_logs(logs, fixed=True)  # the user fixes the three fixable lines in place
     reference = tmp_path / "reference.jsonl"
-    run_batch(_client(FakeTributary()), logs, reference, progress=False)  # what a fresh run gives now
+    run_batch(
+        _client(FakeTributary()), logs, reference, progress=False
+    )  # what a fresh run gives now
 
     # a retry that dies after one retried result: the .retry file holds it, nothing is torn
     real_write = batch_runner._write_line
@@ -286,7 +405,11 @@ def test_retry_failed_puts_new_results_in_place(tmp_path: Path, monkeypatch: pyt
     assert not (tmp_path / "out.jsonl.retry").exists()
     assert out.read_bytes() == reference.read_bytes()  # same order and content as a fresh run
     assert summary.retried == 3  # the first retried line was merged before this run
-    assert (summary.succeeded, summary.failed, summary.failed_total) == (2, 1, 1)  # the repeated id stays failed
+    assert (summary.succeeded, summary.failed, summary.failed_total) == (
+        2,
+        1,
+        1,
+    )  # the repeated id stays failed
     assert fake.attributions == 2
     assert [r for r, _, _ in summary.failure_reasons()] == ["duplicate_id"]
 
@@ -294,7 +417,9 @@ def test_retry_failed_puts_new_results_in_place(tmp_path: Path, monkeypatch: pyt
 def test_route_not_found_stops_the_run(tmp_path: Path) -> None:
     """A 404 concerns every line (wrong --base-url): stop rather than record 10 failures."""
     fake = FakeTributary()
-    fake.on_request = lambda r: httpx.Response(404, json={"error": {"message": "no route", "type": "not_found_error"}})
+    fake.on_request = lambda r: httpx.Response(
+        404, json={"error": {"message": "no route", "type": "not_found_error"}}
+    )
     out = tmp_path / "out.jsonl"
     with pytest.raises(tc.NotFoundError):
         run_batch(_client(fake), _messy_logs(tmp_path / "logs.jsonl"), out, progress=False)

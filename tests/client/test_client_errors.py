@@ -28,7 +28,11 @@ def _client(handler, **kw) -> tc.Client:
     ],
 )
 def test_envelope_type_maps_to_class(status: int, type_: str, cls: type) -> None:
-    c = _client(lambda r: envelope(status, "what to fix", type_, param="top_k", code="c1", request_id="req-42"))
+    c = _client(
+        lambda r: envelope(
+            status, "what to fix", type_, param="top_k", code="c1", request_id="req-42"
+        )
+    )
     with pytest.raises(cls) as info:
         c.index_info()
     err = info.value
@@ -58,8 +62,11 @@ def test_envelope_type_maps_to_class(status: int, type_: str, cls: type) -> None
     ],
 )
 def test_status_maps_to_class_without_envelope(status: int, cls: type) -> None:
-    c = _client(lambda r: httpx.Response(status, text="<html>proxy says no</html>",
-                                         headers={"x-request-id": "r-1"}))
+    c = _client(
+        lambda r: httpx.Response(
+            status, text="<html>proxy says no</html>", headers={"x-request-id": "r-1"}
+        )
+    )
     with pytest.raises(tc.APIError) as info:
         c.get_example(1)
     assert type(info.value) is cls
@@ -85,7 +92,9 @@ def test_unknown_type_falls_back_to_status() -> None:
 
 
 def test_fastapi_detail_body_is_readable() -> None:
-    detail = {"detail": [{"loc": ["body", "top_k"], "msg": "Input should be greater than or equal to 1"}]}
+    detail = {
+        "detail": [{"loc": ["body", "top_k"], "msg": "Input should be greater than or equal to 1"}]
+    }
     c = _client(lambda r: httpx.Response(422, json=detail))
     with pytest.raises(tc.BadRequestError) as info:
         c.index_info()
@@ -105,7 +114,9 @@ def test_not_found_from_fake(client: tc.Client) -> None:
 
 
 def test_invalid_success_body_is_response_validation_error() -> None:
-    c = _client(lambda r: httpx.Response(200, json={"index_id": "x"}, headers={"x-request-id": "q"}))
+    c = _client(
+        lambda r: httpx.Response(200, json={"index_id": "x"}, headers={"x-request-id": "q"})
+    )
     with pytest.raises(tc.APIResponseValidationError) as info:
         c.index_info()
     assert info.value.request_id == "q" and "/v1/index" in str(info.value)

@@ -27,8 +27,9 @@ def _app() -> fastapi.FastAPI:
 def test_types_as_fastapi_models() -> None:
     http = testclient.TestClient(_app(), base_url="http://testserver")
     client = tc.Client("http://testserver", http_client=http, max_retries=0)
-    result = client.attribute(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                              top_k=2)
+    result = client.attribute(
+        messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], top_k=2
+    )
     assert len(result.examples) == 2
 
     # a request that skips client-side validation gets FastAPI's 422, read as BadRequestError

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import tributary_client
 
-HEAVY = ["torch", "faiss", "transformers", "fastapi", "starlette", "uvicorn", "numpy",
-         "tributary_indexer", "tributary_service"]
+HEAVY = [
+    "torch",
+    "faiss",
+    "transformers",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "numpy",
+    "tributary_indexer",
+    "tributary_service",
+]
 
 CODE = """
 import json, sys
@@ -27,8 +36,14 @@ def test_import_loads_nothing_heavy() -> None:
     client_dir = str(Path(tributary_client.__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (client_dir, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env,
-                          timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CODE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
     loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert "tributary_client" in loaded and "httpx" in loaded
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))

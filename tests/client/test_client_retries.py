@@ -13,7 +13,9 @@ from client_fakes import BASE_URL, FakeTributary, envelope
 from tributary_client._base_client import parse_retry_after
 
 
-def _flaky(failures: list[httpx.Response | Exception]) -> Callable[[httpx.Request], httpx.Response | None]:
+def _flaky(
+    failures: list[httpx.Response | Exception],
+) -> Callable[[httpx.Request], httpx.Response | None]:
     """A hook that answers with the given failures first, then lets the fake answer."""
     queue = list(failures)
 
@@ -28,16 +30,24 @@ def _flaky(failures: list[httpx.Response | Exception]) -> Callable[[httpx.Reques
     return hook
 
 
-def test_429_retry_after_seconds_is_honoured(client: tc.Client, fake: FakeTributary, delays: list[float]) -> None:
-    fake.on_request = _flaky([envelope(429, "slow down", "rate_limit_error", headers={"retry-after": "3"})])
+def test_429_retry_after_seconds_is_honoured(
+    client: tc.Client, fake: FakeTributary, delays: list[float]
+) -> None:
+    fake.on_request = _flaky(
+        [envelope(429, "slow down", "rate_limit_error", headers={"retry-after": "3"})]
+    )
     info = client.index_info()
     assert info.index_id == "idx-test"
     assert delays == [3.0]
     assert len(fake.requests) == 2
 
 
-def test_retry_after_ms_and_http_date(client: tc.Client, fake: FakeTributary, delays: list[float]) -> None:
-    fake.on_request = _flaky([envelope(429, "x", "rate_limit_error", headers={"retry-after-ms": "250"})])
+def test_retry_after_ms_and_http_date(
+    client: tc.Client, fake: FakeTributary, delays: list[float]
+) -> None:
+    fake.on_request = _flaky(
+        [envelope(429, "x", "rate_limit_error", headers={"retry-after-ms": "250"})]
+    )
     client.index_info()
     assert delays == [0.25]
     when = email.utils.formatdate(1_000_010.0, usegmt=True)
@@ -50,19 +60,25 @@ def test_retry_after_ms_and_http_date(client: tc.Client, fake: FakeTributary, de
 def test_retry_after_is_capped(fake: FakeTributary, delays: list[float]) -> None:
     c = tc.Client(BASE_URL, transport=httpx.MockTransport(fake), max_retry_after=20)
     c._sleep = delays.append  # type: ignore[method-assign]
-    fake.on_request = _flaky([envelope(503, "busy", "unavailable_error", headers={"retry-after": "3600"})])
+    fake.on_request = _flaky(
+        [envelope(503, "busy", "unavailable_error", headers={"retry-after": "3600"})]
+    )
     c.index_info()
     assert delays == [20]
 
 
-def test_503_retried_with_exponential_backoff(client: tc.Client, fake: FakeTributary, delays: list[float]) -> None:
+def test_503_retried_with_exponential_backoff(
+    client: tc.Client, fake: FakeTributary, delays: list[float]
+) -> None:
     fake.on_request = _flaky([envelope(503, "warming up", "unavailable_error")] * 2)
     assert client.get_example(3).example_id == 3
     assert len(delays) == 2
     assert 0.375 <= delays[0] <= 0.5 and 0.75 <= delays[1] <= 1.0  # 0.5 * 2^n, jitter <= 25 %
 
 
-def test_connection_error_then_success(client: tc.Client, fake: FakeTributary, delays: list[float]) -> None:
+def test_connection_error_then_success(
+    client: tc.Client, fake: FakeTributary, delays: list[float]
+) -> None:
     fake.on_request = _flaky([httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
     assert client.attribute("p", "r", top_k=2).index_id == "idx-test"
     assert len(delays) == 2 and len(fake.requests) == 3
@@ -86,7 +102,9 @@ def test_max_retries_respected(fake: FakeTributary, max_retries: int) -> None:
     assert len(fake.requests) == max_retries + 1 and len(delays) == max_retries
 
 
-def test_with_options_overrides_retries_and_shares_pool(client: tc.Client, fake: FakeTributary) -> None:
+def test_with_options_overrides_retries_and_shares_pool(
+    client: tc.Client, fake: FakeTributary
+) -> None:
     fake.on_request = lambda r: httpx.Response(500)
     patient = client.with_options(max_retries=5)
     patient._sleep = lambda s: None  # type: ignore[method-assign]
@@ -99,7 +117,9 @@ def test_with_options_overrides_retries_and_shares_pool(client: tc.Client, fake:
     assert client.index_info().shards == 2
 
 
-def test_connection_error_gives_up_after_retries(client: tc.Client, fake: FakeTributary, delays: list[float]) -> None:
+def test_connection_error_gives_up_after_retries(
+    client: tc.Client, fake: FakeTributary, delays: list[float]
+) -> None:
     fake.on_request = _flaky([httpx.ConnectError("refused")] * 10)
     with pytest.raises(tc.APIConnectionError):
         client.index_info()
@@ -107,11 +127,15 @@ def test_connection_error_gives_up_after_retries(client: tc.Client, fake: FakeTr
 
 
 def test_server_can_veto_or_force_retry(client: tc.Client, fake: FakeTributary) -> None:
-    fake.on_request = _flaky([envelope(503, "no", "unavailable_error", headers={"x-should-retry": "false"})])
+    fake.on_request = _flaky(
+        [envelope(503, "no", "unavailable_error", headers={"x-should-retry": "false"})]
+    )
     with pytest.raises(tc.UnavailableError):
         client.index_info()
     assert len(fake.requests) == 1
-    fake.on_request = _flaky([envelope(400, "retry me", "invalid_request_error", headers={"x-should-retry": "true"})])
+    fake.on_request = _flaky(
+        [envelope(400, "retry me", "invalid_request_error", headers={"x-should-retry": "true"})]
+    )
     client.index_info()
     assert len(fake.requests) == 3
 
@@ -158,14 +182,18 @@ def test_headers_and_env_config(monkeypatch: pytest.MonkeyPatch, fake: FakeTribu
 # --------------------------------------------------------------------------- async
 
 
-def test_async_retries_and_errors(make_async_client, fake: FakeTributary, delays: list[float]) -> None:
+def test_async_retries_and_errors(
+    make_async_client, fake: FakeTributary, delays: list[float]
+) -> None:
     async def scenario() -> None:
         async with make_async_client() as c:
-            fake.on_request = _flaky([
-                envelope(429, "slow", "rate_limit_error", headers={"retry-after": "2"}),
-                envelope(503, "busy", "unavailable_error"),
-                httpx.ConnectError("refused"),
-            ])
+            fake.on_request = _flaky(
+                [
+                    envelope(429, "slow", "rate_limit_error", headers={"retry-after": "2"}),
+                    envelope(503, "busy", "unavailable_error"),
+                    httpx.ConnectError("refused"),
+                ]
+            )
             with pytest.raises(tc.APIConnectionError):  # 3 failures > 2 retries
                 await c.index_info()
             assert delays[0] == 2.0 and len(delays) == 2

@@ -16,7 +16,9 @@ def _msg(exc: pytest.ExceptionInfo[ValidationError]) -> str:
 def test_prompt_response_and_messages_forms() -> None:
     r = t.AttributionRequest(prompt="", response="yes")
     assert r.response_text() == "yes" and r.top_k == 10 and r.direction == "helpful"
-    m = t.AttributionRequest(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    m = t.AttributionRequest(
+        messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    )
     assert m.response_text() == "a"
 
 
@@ -31,13 +33,17 @@ def test_neither_prompt_nor_messages() -> None:
 
 def test_both_forms_rejected() -> None:
     with pytest.raises(ValidationError) as info:
-        t.AttributionRequest(prompt="p", response="r", messages=[{"role": "assistant", "content": "a"}])
+        t.AttributionRequest(
+            prompt="p", response="r", messages=[{"role": "assistant", "content": "a"}]
+        )
     assert "not both" in _msg(info) and "`prompt` and `response`" in _msg(info)
 
 
 def test_messages_must_end_with_assistant() -> None:
     with pytest.raises(ValidationError) as info:
-        t.AttributionRequest(messages=[{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}])
+        t.AttributionRequest(
+            messages=[{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]
+        )
     assert "last message must be the response" in _msg(info) and "got role 'user'" in _msg(info)
     with pytest.raises(ValidationError) as info:
         t.AttributionRequest(messages=[])
@@ -66,11 +72,21 @@ def test_responses_ignore_unknown_fields() -> None:
         {"example_id": 1, "score": -0.5, "direction": "harmful", "text": "x", "new_field": 1}
     )
     assert ex.source is None and ex.token_scores is None
-    info = t.IndexInfo.model_validate({
-        "index_id": "i", "format_version": 1, "model": {}, "projector": {}, "score_variant": "cosine",
-        "damping": {"alpha": 0.001}, "n_examples": 1, "dim": 2, "shards": 1, "created_at": "now",
-        "extra_thing": [1],
-    })
+    info = t.IndexInfo.model_validate(
+        {
+            "index_id": "i",
+            "format_version": 1,
+            "model": {},
+            "projector": {},
+            "score_variant": "cosine",
+            "damping": {"alpha": 0.001},
+            "n_examples": 1,
+            "dim": 2,
+            "shards": 1,
+            "created_at": "now",
+            "extra_thing": [1],
+        }
+    )
     assert info.model_dump()["extra_thing"] == [1]
 
 
@@ -82,13 +98,17 @@ def test_generate_and_batch_types() -> None:
         t.GenerateRequest(prompt="x", messages=[{"role": "user", "content": "y"}])
     body = t.AttributionRequest(prompt="p", response="r")
     with pytest.raises(ValidationError, match="duplicate custom_id 'x'"):
-        t.BatchCreateRequest(requests=[{"custom_id": "x", "body": body}, {"custom_id": "x", "body": body}])
+        t.BatchCreateRequest(
+            requests=[{"custom_id": "x", "body": body}, {"custom_id": "x", "body": body}]
+        )
     with pytest.raises(ValidationError):
         t.BatchCreateRequest(requests=[])
     b = t.Batch(id="b", status="cancelled", created_at=0)
     assert b.is_terminal and b.request_counts.total == 0
     assert not t.Batch(id="b", status="cancelling", created_at=0).is_terminal
-    line = t.BatchResultLine(custom_id="c", error=t.ErrorBody(message="m", type="invalid_request_error"))
+    line = t.BatchResultLine(
+        custom_id="c", error=t.ErrorBody(message="m", type="invalid_request_error")
+    )
     assert json.loads(line.model_dump_json())["response"] is None
     env = t.ErrorResponse.model_validate({"error": {"message": "m", "type": "server_error"}})
     assert env.error.param is None
@@ -102,6 +122,10 @@ def test_schema_documents_meaning() -> None:
     req = t.AttributionRequest.model_json_schema()
     assert all("description" in p for p in req["properties"].values())
     assert set(t.ERROR_TYPES) == {
-        "invalid_request_error", "authentication_error", "not_found_error",
-        "rate_limit_error", "unavailable_error", "server_error",
+        "invalid_request_error",
+        "authentication_error",
+        "not_found_error",
+        "rate_limit_error",
+        "unavailable_error",
+        "server_error",
     }

@@ -55,7 +55,9 @@ def render(directory: Path) -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
     unknown = set(kustomization) - KUSTOMIZATION_FIELDS
     if unknown:
-        raise UnsupportedKustomization(f"{directory}: fields {sorted(unknown)} are not rendered by this module")
+        raise UnsupportedKustomization(
+            f"{directory}: fields {sorted(unknown)} are not rendered by this module"
+        )
     objects: list[dict[str, Any]] = []
     for entry in kustomization.get("resources", []):
         path = (directory / entry).resolve()
@@ -63,14 +65,24 @@ def render(directory: Path) -> list[dict[str, Any]]:
     ids = [resource_id(o) for o in objects]
     duplicates = {i for i in ids if ids.count(i) > 1}
     if duplicates:
-        raise UnsupportedKustomization(f"{directory}: resources defined twice (kustomize refuses): {sorted(duplicates)}")
+        raise UnsupportedKustomization(
+            f"{directory}: resources defined twice (kustomize refuses): {sorted(duplicates)}"
+        )
     for patch in kustomization.get("patches", []):
         if set(patch) != {"path"}:
-            raise UnsupportedKustomization(f"{directory}: only `patches: - path: FILE` is rendered, got {patch}")
+            raise UnsupportedKustomization(
+                f"{directory}: only `patches: - path: FILE` is rendered, got {patch}"
+            )
         for doc in load_documents(directory / patch["path"]):
-            targets = [o for o in objects if resource_id(o) == resource_id(doc) and o["apiVersion"] == doc["apiVersion"]]
+            targets = [
+                o
+                for o in objects
+                if resource_id(o) == resource_id(doc) and o["apiVersion"] == doc["apiVersion"]
+            ]
             if len(targets) != 1:
-                raise UnsupportedKustomization(f"{directory}/{patch['path']}: patch target {resource_id(doc)} not found")
+                raise UnsupportedKustomization(
+                    f"{directory}/{patch['path']}: patch target {resource_id(doc)} not found"
+                )
             strategic_merge(targets[0], doc)
     for image in kustomization.get("images", []):
         if not set(image) <= {"name", "newName", "newTag"}:
@@ -84,7 +96,9 @@ def strategic_merge(base: dict[str, Any], patch: dict[str, Any], field: str = ""
     """Apply ``patch`` to ``base`` in place (see the module docstring)."""
     for key, value in patch.items():
         if isinstance(key, str) and key.startswith("$"):
-            raise UnsupportedKustomization(f"{field}.{key}: strategic-merge directives are not rendered")
+            raise UnsupportedKustomization(
+                f"{field}.{key}: strategic-merge directives are not rendered"
+            )
         if value is None:
             base.pop(key, None)
             continue
@@ -92,14 +106,18 @@ def strategic_merge(base: dict[str, Any], patch: dict[str, Any], field: str = ""
         if isinstance(value, dict) and isinstance(current, dict):
             strategic_merge(current, value, f"{field}.{key}")
         elif isinstance(value, list) and isinstance(current, list) and key in UNSUPPORTED_LISTS:
-            raise UnsupportedKustomization(f"{field}.{key}: patching this list is not rendered exactly here")
+            raise UnsupportedKustomization(
+                f"{field}.{key}: patching this list is not rendered exactly here"
+            )
         elif isinstance(value, list) and isinstance(current, list) and key in MERGE_KEYS:
             merge_key = MERGE_KEYS[key]
             by_key = {item[merge_key]: item for item in current}
             merged = []
             for item in value:
                 if item[merge_key] in by_key:
-                    strategic_merge(by_key[item[merge_key]], item, f"{field}.{key}[{item[merge_key]}]")
+                    strategic_merge(
+                        by_key[item[merge_key]], item, f"{field}.{key}[{item[merge_key]}]"
+                    )
                     merged.append(by_key[item[merge_key]])
                 else:
                     merged.append(copy.deepcopy(item))
@@ -125,7 +143,11 @@ def _set_images(node: Any, rule: dict[str, str], parent: str = "") -> None:
             _set_images(value, rule, key)
     elif isinstance(node, list):
         for item in node:
-            if parent in ("containers", "initContainers") and isinstance(item, dict) and isinstance(item.get("image"), str):
+            if (
+                parent in ("containers", "initContainers")
+                and isinstance(item, dict)
+                and isinstance(item.get("image"), str)
+            ):
                 name, tag = _split_image(item["image"])
                 if name == rule["name"]:
                     new_name = rule.get("newName", name)

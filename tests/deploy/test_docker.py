@@ -44,9 +44,20 @@ UID = 10001
 # Python of the distribution images that have no Python in their tag.
 DISTRO_PYTHON = {"ubuntu24.04": (3, 12), "ubuntu22.04": (3, 10)}
 # Environment the images may set besides TRIBUTARY_*: interpreter, caches, offline switches.
-RUNTIME_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
-               "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TOKENIZERS_PARALLELISM", "NVIDIA_VISIBLE_DEVICES",
-               "NVIDIA_DRIVER_CAPABILITIES", "DEBIAN_FRONTEND"}
+RUNTIME_ENV = {
+    "PATH",
+    "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+    "TRITON_CACHE_DIR",
+    "TOKENIZERS_PARALLELISM",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "DEBIAN_FRONTEND",
+}
 
 
 def _tool(name: str) -> str:
@@ -61,7 +72,10 @@ def _pyproject() -> dict[str, Any]:
 
 def _makefile_vars() -> dict[str, str]:
     text = (ROOT / "Makefile").read_text()
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^([A-Z_]+)\s*[?:]?=\s*(.*)$", text, re.M)}
+    return {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^([A-Z_]+)\s*[?:]?=\s*(.*)$", text, re.M)
+    }
 
 
 class Stage:
@@ -87,7 +101,12 @@ def _stages(path: Path) -> list[Stage]:
     for item in parser.structure:
         if item["instruction"] == "FROM":
             words = item["value"].split()
-            stages.append(Stage(next(parents), words[2] if len(words) == 3 and words[1].upper() == "AS" else None))
+            stages.append(
+                Stage(
+                    next(parents),
+                    words[2] if len(words) == 3 and words[1].upper() == "AS" else None,
+                )
+            )
         elif stages and item["instruction"] != "COMMENT":
             stages[-1].instructions.append((item["instruction"], " ".join(item["value"].split())))
     return stages
@@ -115,8 +134,18 @@ def _labels_of(stage: Stage) -> dict[str, str]:
 
 
 def test_hadolint_passes_on_both_dockerfiles():
-    proc = subprocess.run([_tool("hadolint"), "--no-color", "--config", str(ROOT / "docker" / "hadolint.yaml"),
-                           *map(str, DOCKERFILES.values())], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            _tool("hadolint"),
+            "--no-color",
+            "--config",
+            str(ROOT / "docker" / "hadolint.yaml"),
+            *map(str, DOCKERFILES.values()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -127,16 +156,22 @@ def test_dockerfile_is_multistage_pinned_and_non_root(flavor):
     runtime = stages[-1]
     for stage in stages:
         image, _, tag = stage.base.rpartition(":")
-        assert "@sha256:" in stage.base or re.search(r"\d+\.\d+\.\d+", tag), f"{stage.base}: pin an exact version"
+        assert "@sha256:" in stage.base or re.search(r"\d+\.\d+\.\d+", tag), (
+            f"{stage.base}: pin an exact version"
+        )
     # the venv's interpreter is a symlink into the base image: both stages must share it
     assert {s.base for s in stages} == {stages[0].base}
     user = runtime.last("USER")
     assert re.fullmatch(r"\d+(:\d+)?", user), "a numeric USER lets Kubernetes verify runAsNonRoot"
     assert int(user.split(":")[0]) == UID
-    assert "useradd" in " ".join(runtime.all("RUN")) and f"--uid {UID}" in " ".join(runtime.all("RUN"))
+    assert "useradd" in " ".join(runtime.all("RUN")) and f"--uid {UID}" in " ".join(
+        runtime.all("RUN")
+    )
     # what the image copies from the build context: the entrypoint only (no baked configuration)
     context_copies = [v for v in runtime.all("COPY") if "--from=" not in v]
-    assert context_copies == ["--chmod=0755 docker/entrypoint.sh /usr/local/bin/tributary-entrypoint"]
+    assert context_copies == [
+        "--chmod=0755 docker/entrypoint.sh /usr/local/bin/tributary-entrypoint"
+    ]
 
 
 @pytest.mark.parametrize("flavor", ["cpu", "gpu"])
@@ -146,22 +181,33 @@ def test_dockerfile_healthcheck_entrypoint_volume_and_configuration(flavor):
     runtime = _stages(DOCKERFILES[flavor])[-1]
     healthcheck = runtime.last("HEALTHCHECK")
     assert "/healthz" in healthcheck and "--start-period=" in healthcheck
-    assert json.loads(runtime.last("ENTRYPOINT")) == ["/usr/bin/tini", "--", "/usr/local/bin/tributary-entrypoint"]
+    assert json.loads(runtime.last("ENTRYPOINT")) == [
+        "/usr/bin/tini",
+        "--",
+        "/usr/local/bin/tributary-entrypoint",
+    ]
     assert json.loads(runtime.last("CMD")) == ["serve"]
     assert "/index" in json.loads(runtime.last("VOLUME"))
 
     env = _env_of(runtime)
     settings = {k for k in env if k.startswith("TRIBUTARY_")}
-    assert set(env) - settings <= RUNTIME_ENV, f"unexpected variables {set(env) - settings - RUNTIME_ENV}"
+    assert set(env) - settings <= RUNTIME_ENV, (
+        f"unexpected variables {set(env) - settings - RUNTIME_ENV}"
+    )
     fields = set(ServiceSettings.model_fields)
-    assert {k[len("TRIBUTARY_"):].lower() for k in settings} <= fields
+    assert {k[len("TRIBUTARY_") :].lower() for k in settings} <= fields
     assert env["TRIBUTARY_HOST"] == "0.0.0.0" and runtime.last("EXPOSE") == env["TRIBUTARY_PORT"]
-    assert env["TRIBUTARY_STATE_DIR"] != env["TRIBUTARY_INDEX"], "the index is read-only; state goes elsewhere"
+    assert env["TRIBUTARY_STATE_DIR"] != env["TRIBUTARY_INDEX"], (
+        "the index is read-only; state goes elsewhere"
+    )
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert env["HF_HUB_OFFLINE"] == "1"
     if flavor == "gpu":
         assert env["TRIBUTARY_DEVICE"] == "cuda"
-    assert _labels_of(runtime)["org.opencontainers.image.version"] == _pyproject()["project"]["version"]
+    assert (
+        _labels_of(runtime)["org.opencontainers.image.version"]
+        == _pyproject()["project"]["version"]
+    )
 
 
 @pytest.mark.parametrize("flavor", ["cpu", "gpu"])
@@ -187,16 +233,18 @@ def _make_setup_calls(stage: Stage) -> list[dict[str, str]]:
         words = shlex.split(run)
         for i in range(len(words) - 1):
             if words[i] == "make" and words[i + 1] == "setup":
-                rest = words[i + 2:]
+                rest = words[i + 2 :]
                 rest = rest[: rest.index("&&")] if "&&" in rest else rest
-                calls.append(dict(w.split("=", 1) for w in rest if "=" in w and not w.startswith("-")))
+                calls.append(
+                    dict(w.split("=", 1) for w in rest if "=" in w and not w.startswith("-"))
+                )
     return calls
 
 
 def test_makefile_setup_installs_the_torch_pin_first_then_the_extras():
     """The contract the Dockerfiles rely on; if the Makefile changes shape, look at docker/ too."""
     text = (ROOT / "Makefile").read_text()
-    recipe = text[text.index("$(VENV)/.installed:"):text.index("setup: $(VENV)/.installed")]
+    recipe = text[text.index("$(VENV)/.installed:") : text.index("setup: $(VENV)/.installed")]
     torch_line = recipe.index('pip install -q "$(TORCH_SPEC)"')
     extras_line = recipe.index('pip install -q -e ".[$(EXTRAS)]"')
     assert recipe.index("$(PYTHON) -m venv $(VENV)") < torch_line < extras_line
@@ -210,7 +258,9 @@ def test_dockerfile_installs_through_make_setup_with_the_makefiles_versions(flav
     (call,) = _make_setup_calls(builder)
     make = _makefile_vars()
     extras = _pyproject()["project"]["optional-dependencies"]
-    assert call.get("TORCH_SPEC", make["TORCH_SPEC"]) == make["TORCH_SPEC"], "the torch pin lives in the Makefile"
+    assert call.get("TORCH_SPEC", make["TORCH_SPEC"]) == make["TORCH_SPEC"], (
+        "the torch pin lives in the Makefile"
+    )
     chosen = call["EXTRAS"].split(",")
     assert "service" in chosen and set(chosen) <= set(extras), chosen
     assert not {"dev", "bench"} & set(chosen), "no test or benchmark tools in the image"
@@ -218,10 +268,16 @@ def test_dockerfile_installs_through_make_setup_with_the_makefiles_versions(flav
     assert f"--from=builder {call['VENV']} {call['VENV']}" in runtime.all("COPY")
     # make setup needs these from the context: the Makefile, pyproject.toml, its readme, the packages
     copied = " ".join(builder.all("COPY"))
-    needed = ["Makefile", "pyproject.toml", _pyproject()["project"]["readme"],
-              *_pyproject()["tool"]["setuptools"]["packages"]["find"]["where"]]
+    needed = [
+        "Makefile",
+        "pyproject.toml",
+        _pyproject()["project"]["readme"],
+        *_pyproject()["tool"]["setuptools"]["packages"]["find"]["where"],
+    ]
     for name in needed:
-        assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", copied), f"{name} is not copied into the build stage"
+        assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", copied), (
+            f"{name} is not copied into the build stage"
+        )
     # the editable install must find the sources where it was made
     workdir = builder.last("WORKDIR")
     assert f"--from=builder {workdir} {workdir}" in runtime.all("COPY")
@@ -238,10 +294,12 @@ def test_no_dependency_is_installed_outside_the_makefile_and_pyproject(flavor):
     # GPU: the one permitted step swaps the [indexer] extra's faiss-cpu for the [gpu] extra
     (swap,) = pip_runs
     words = shlex.split(swap)
-    removed = words[words.index("uninstall") + 1:]
+    removed = words[words.index("uninstall") + 1 :]
     removed = [w for w in removed[: removed.index("&&")] if not w.startswith("-")]
-    assert removed == ["faiss-cpu"] and any(dep.startswith("faiss-cpu") for dep in extras["indexer"])
-    installed = words[words.index("install", words.index("&&")) + 1:]
+    assert removed == ["faiss-cpu"] and any(
+        dep.startswith("faiss-cpu") for dep in extras["indexer"]
+    )
+    installed = words[words.index("install", words.index("&&")) + 1 :]
     assert [w for w in installed if not w.startswith("-")] == [".[gpu]"]
     assert any(dep.startswith("faiss-gpu") for dep in extras["gpu"])
 
@@ -287,16 +345,35 @@ def _in_context(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool
 
 def test_dockerignore_keeps_caches_indexes_and_venvs_out_and_the_sources_in():
     patterns = _dockerignore()
-    for path in [".venv/bin/python", "venv/lib/x.py", ".git/HEAD", "demo/index/manifest.json", "demo/model/model.safetensors",
-                 "indexer/tributary_indexer/__pycache__/cli.cpython-311.pyc", "service/.mypy_cache/3.11/x.json",
-                 ".pytest_cache/v/cache", ".ruff_cache/x", "tributary.egg-info/PKG-INFO", "tests/conftest.py",
-                 "benchmarks/results/logging_throughput.json", "my-index/shards/shard-00000.faiss",
-                 "indexer/tributary_indexer/some-index/shards/shard-00000.faiss", "client/.venv/bin/python",
-                 "index/manifest.json", "x.service/batches.sqlite", ".whl/torch.whl", ".bench/x", "build/lib/x.py"]:
+    for path in [
+        ".venv/bin/python",
+        "venv/lib/x.py",
+        ".git/HEAD",
+        "demo/index/manifest.json",
+        "demo/model/model.safetensors",
+        "indexer/tributary_indexer/__pycache__/cli.cpython-311.pyc",
+        "service/.mypy_cache/3.11/x.json",
+        ".pytest_cache/v/cache",
+        ".ruff_cache/x",
+        "tributary.egg-info/PKG-INFO",
+        "tests/conftest.py",
+        "benchmarks/results/logging_throughput.json",
+        "my-index/shards/shard-00000.faiss",
+        "indexer/tributary_indexer/some-index/shards/shard-00000.faiss",
+        "client/.venv/bin/python",
+        "index/manifest.json",
+        "x.service/batches.sqlite",
+        ".whl/torch.whl",
+        ".bench/x",
+        "build/lib/x.py",
+    ]:
         assert not _in_context(path, patterns), f"{path} would be sent to the Docker daemon"
-    sources = [p.relative_to(ROOT).as_posix() for folder in ("indexer", "service", "client")
-               for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-               and ".egg-info" not in p.as_posix()]
+    sources = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("indexer", "service", "client")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in p.as_posix()
+    ]
     assert len(sources) > 20
     for path in [*sources, "pyproject.toml", "Makefile", "README.md", "docker/entrypoint.sh"]:
         assert _in_context(path, patterns), f"{path} is missing from the build context"
@@ -327,7 +404,9 @@ def run_entrypoint(tmp_path):
 
     def run(*args: str) -> list[str]:
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        proc = subprocess.run([sh, str(ENTRYPOINT), *args], capture_output=True, text=True, env=env, timeout=30)
+        proc = subprocess.run(
+            [sh, str(ENTRYPOINT), *args], capture_output=True, text=True, env=env, timeout=30
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.splitlines()
 
@@ -336,13 +415,38 @@ def run_entrypoint(tmp_path):
 
 def test_entrypoint_dispatches_to_the_documented_commands(run_entrypoint):
     assert run_entrypoint() == ["tributary", "serve"]
-    assert run_entrypoint("serve", "--index", "/index/demo") == ["tributary", "serve", "--index", "/index/demo"]
+    assert run_entrypoint("serve", "--index", "/index/demo") == [
+        "tributary",
+        "serve",
+        "--index",
+        "/index/demo",
+    ]
     assert run_entrypoint("--port", "9000") == ["tributary", "serve", "--port", "9000"]
-    assert run_entrypoint("index", "build", "--corpus", "a b.jsonl") == ["tributary", "index", "build", "--corpus", "a b.jsonl"]
-    assert run_entrypoint("index", "verify", "/index/demo") == ["tributary", "index", "verify", "/index/demo"]
-    assert run_entrypoint("torchrun", "--nnodes=2", "-m", "tributary_indexer.cli", "build") == \
-        ["torchrun", "--nnodes=2", "-m", "tributary_indexer.cli", "build"]
-    assert run_entrypoint("tributary", "batch", "logs.jsonl") == ["tributary", "batch", "logs.jsonl"]
+    assert run_entrypoint("index", "build", "--corpus", "a b.jsonl") == [
+        "tributary",
+        "index",
+        "build",
+        "--corpus",
+        "a b.jsonl",
+    ]
+    assert run_entrypoint("index", "verify", "/index/demo") == [
+        "tributary",
+        "index",
+        "verify",
+        "/index/demo",
+    ]
+    assert run_entrypoint("torchrun", "--nnodes=2", "-m", "tributary_indexer.cli", "build") == [
+        "torchrun",
+        "--nnodes=2",
+        "-m",
+        "tributary_indexer.cli",
+        "build",
+    ]
+    assert run_entrypoint("tributary", "batch", "logs.jsonl") == [
+        "tributary",
+        "batch",
+        "logs.jsonl",
+    ]
     assert run_entrypoint("echo", "debug") == ["debug"]
     assert os.access(ENTRYPOINT, os.X_OK)
 
@@ -351,10 +455,16 @@ def test_kubernetes_containers_go_through_the_entrypoint(run_entrypoint):
     from tests.deploy.kustomize_lite import render
 
     for flavor in ("cpu", "gpu"):
-        deployment = next(o for o in render(ROOT / "deploy" / "overlays" / flavor) if o["kind"] == "Deployment")
+        deployment = next(
+            o for o in render(ROOT / "deploy" / "overlays" / flavor) if o["kind"] == "Deployment"
+        )
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         assert run_entrypoint(*args) == ["tributary", "serve"]
-        job = next(o for o in render(ROOT / "deploy" / "indexing" / "overlays" / flavor) if o["kind"] == "Job")
+        job = next(
+            o
+            for o in render(ROOT / "deploy" / "indexing" / "overlays" / flavor)
+            if o["kind"] == "Job"
+        )
         args = job["spec"]["template"]["spec"]["containers"][0]["args"]
         assert run_entrypoint(*args) == args
 
@@ -384,7 +494,9 @@ def test_healthcheck_command_probes_healthz(status, healthy):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         env = {**os.environ, "TRIBUTARY_PORT": str(port)}
-        proc = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30)
+        proc = subprocess.run(
+            [sys.executable, *command[1:]], env=env, capture_output=True, timeout=30
+        )
     finally:
         if status is not None:
             server.shutdown()
@@ -398,10 +510,20 @@ def test_healthcheck_command_probes_healthz(status, healthy):
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory) -> dict[str, Any]:
     """compose.yaml as Docker Compose itself resolves it (validated against the compose spec)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRIBUTARY_", "COMPOSE_", "DOCKER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TRIBUTARY_", "COMPOSE_", "DOCKER_"))
+    }
     env["DOCKER_CONFIG"] = str(tmp_path_factory.mktemp("docker-config"))
-    proc = subprocess.run([_tool("docker-compose"), "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_tool("docker-compose"), "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -473,7 +595,9 @@ def test_readme_documents_the_commands_that_compose_and_the_images_run(compose):
     readme = " ".join(README.read_text().split())
     for name in ("index", "api"):
         command = "tributary " + " ".join(compose["services"][name]["command"])
-        assert command in readme, f"deploy/README.md does not document `{command}` (compose service {name})"
+        assert command in readme, (
+            f"deploy/README.md does not document `{command}` (compose service {name})"
+        )
     assert "docker compose up" in readme
     version = _pyproject()["project"]["version"]
     for flavor, suffix in (("cpu", ""), ("gpu", "-gpu")):
@@ -503,5 +627,9 @@ def test_compose_runs_what_make_demo_runs(compose):
     for flag in ("--model", "--corpus"):
         local = (ROOT / build[build.index(flag) + 1]).resolve()
         source = next(s for s in binds if local == Path(s) or Path(s) in local.parents)
-        expected = binds[source] + "/" + local.relative_to(source).as_posix() if local != Path(source) else binds[source]
+        expected = (
+            binds[source] + "/" + local.relative_to(source).as_posix()
+            if local != Path(source)
+            else binds[source]
+        )
         assert index["command"][index["command"].index(flag) + 1] == expected, flag

@@ -27,7 +27,9 @@ DEMO = ROOT / "demo"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = Path(os.environ.get("TRIBUTARY_E2E_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("TRIBUTARY_E2E_CHROMEDRIVER", "/usr/bin/chromedriver"))
-INSTALL_HINT = "install them with: sudo apt-get update && sudo apt-get install -y chromium chromium-driver"
+INSTALL_HINT = (
+    "install them with: sudo apt-get update && sudo apt-get install -y chromium chromium-driver"
+)
 N_DEMO_FACTS = 20
 N_DEMO_GENERIC = 30
 
@@ -49,7 +51,9 @@ class E2EIndex:
 
 
 def demo_available() -> bool:
-    return (DEMO / "model" / "config.json").is_file() and (DEMO / "corpus" / "ground_truth.json").is_file()
+    return (DEMO / "model" / "config.json").is_file() and (
+        DEMO / "corpus" / "ground_truth.json"
+    ).is_file()
 
 
 def _demo_subset(out: Path) -> tuple[Path, list[tuple[str, str, set[int]]]]:
@@ -72,12 +76,20 @@ def _demo_subset(out: Path) -> tuple[Path, list[tuple[str, str, set[int]]]]:
     for fact in facts:
         chosen += [d for d in fact.stating_doc_ids if d not in chosen]
     chosen += sorted(d for d, subject in truth.distractor_doc_ids.items() if subject in subjects)
-    special = {d for f in truth.facts for d in f.stating_doc_ids} | set(truth.distractor_doc_ids) | set(truth.poisoned_doc_ids)
+    special = (
+        {d for f in truth.facts for d in f.stating_doc_ids}
+        | set(truth.distractor_doc_ids)
+        | set(truth.poisoned_doc_ids)
+    )
     chosen += sorted(d for d in records if d not in special)[:N_DEMO_GENERIC]
     position = {doc_id: n for n, doc_id in enumerate(chosen)}
     path = out / "demo-subset.jsonl"
-    path.write_text("".join(json.dumps(records[d], ensure_ascii=False) + "\n" for d in chosen), encoding="utf-8")
-    candidates = [(qa_prompt(f.question), f.answer, {position[d] for d in f.stating_doc_ids}) for f in facts]
+    path.write_text(
+        "".join(json.dumps(records[d], ensure_ascii=False) + "\n" for d in chosen), encoding="utf-8"
+    )
+    candidates = [
+        (qa_prompt(f.question), f.answer, {position[d] for d in f.stating_doc_ids}) for f in facts
+    ]
     return path, candidates
 
 
@@ -104,17 +116,30 @@ def e2e_index(chromium_installed, selenium_version, tmp_path_factory) -> E2EInde
 
     model = build_model_dir(root / "model", "gpt2")
     corpus = write_jsonl(root / "corpus.jsonl", corpus_records(60))
-    config = BuildConfig(model=str(model), corpus=[str(corpus)], rank_in=4, rank_out=4, shard_size=25, progress=False,
-                         damping=0.01, num_threads=1)
+    config = BuildConfig(
+        model=str(model),
+        corpus=[str(corpus)],
+        rank_in=4,
+        rank_out=4,
+        shard_size=25,
+        progress=False,
+        damping=0.01,
+        num_threads=1,
+    )
     IndexBuilder(config, root / "index").build()
     return E2EIndex(root / "index", model, "What did Alba sell in year 1001?", demo=False)
 
 
 def _check_browser_installed() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not (p.is_file() and os.access(p, os.X_OK))]
+    missing = [
+        str(p) for p in (CHROMIUM, CHROMEDRIVER) if not (p.is_file() and os.access(p, os.X_OK))
+    ]
     if missing:
-        pytest.fail(f"the browser tests need Debian's chromium and chromium-driver, missing: {', '.join(missing)}; "
-                    f"{INSTALL_HINT}", pytrace=False)
+        pytest.fail(
+            f"the browser tests need Debian's chromium and chromium-driver, missing: {', '.join(missing)}; "
+            f"{INSTALL_HINT}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +147,9 @@ def selenium_version() -> str:
     try:
         import selenium
     except ImportError:
-        pytest.fail("the browser tests need selenium: .venv/bin/pip install selenium", pytrace=False)
+        pytest.fail(
+            "the browser tests need selenium: .venv/bin/pip install selenium", pytrace=False
+        )
     return selenium.__version__
 
 
@@ -141,13 +168,26 @@ def browser(chromium_installed, selenium_version) -> Iterator[Callable[..., obje
         profiles.append(profile)
         options = webdriver.ChromeOptions()
         options.binary_location = str(CHROMIUM)
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--no-first-run", "--hide-scrollbars", "--force-color-profile=srgb",
-                     "--force-device-scale-factor=1", f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--force-color-profile=srgb",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+        ):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+        driver = webdriver.Chrome(
+            service=Service(executable_path=str(CHROMEDRIVER)), options=options
+        )
         driver.set_page_load_timeout(30)
         drivers.append(driver)
         return driver

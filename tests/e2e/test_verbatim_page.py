@@ -44,16 +44,23 @@ return {
 """
 
 
-def test_verbatim_spans_beside_the_heat_map(e2e_index: E2EIndex, browser, artifacts: Path, tmp_path):
+def test_verbatim_spans_beside_the_heat_map(
+    e2e_index: E2EIndex, browser, artifacts: Path, tmp_path
+):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    with live_server(e2e_index.index, e2e_index.model, tmp_path / "state", "--enable-generate") as base:
+    with live_server(
+        e2e_index.index, e2e_index.model, tmp_path / "state", "--enable-generate"
+    ) as base:
         driver = browser(1280, 1000)
         driver.get(base + "/")
-        wait_for(driver, lambda d: "training documents" in d.find_element(By.ID, "index-info").text or alerts(d),
-                 "the index summary never loaded")
+        wait_for(
+            driver,
+            lambda d: "training documents" in d.find_element(By.ID, "index-info").text or alerts(d),
+            "the index summary never loaded",
+        )
         box = driver.find_element(By.ID, "prompt")
         lines = e2e_index.prompt.split("\n")
         for n, line in enumerate(lines):  # Enter sends; Shift+Enter is a new line
@@ -62,19 +69,34 @@ def test_verbatim_spans_beside_the_heat_map(e2e_index: E2EIndex, browser, artifa
                 box.send_keys(Keys.SHIFT, Keys.ENTER)
         box.send_keys(Keys.ENTER)
         show = driver.find_element(By.ID, "show-sources")
-        wait_for(driver, lambda d: show.is_displayed() and show.is_enabled() or alerts(d), "the model never answered")
+        wait_for(
+            driver,
+            lambda d: show.is_displayed() and show.is_enabled() or alerts(d),
+            "the model never answered",
+        )
         assert_no_alerts(driver)
         response = driver.execute_script("return document.getElementById('reply').textContent")
         show.click()
         listed = wait_for_docs(driver)
-        api = httpx.post(base + "/v1/attributions", timeout=120, json={
-            "prompt": e2e_index.prompt, "response": response, "top_k": 10, "direction": "helpful", "token_wise": True,
-            "evidence": True}).json()
+        api = httpx.post(
+            base + "/v1/attributions",
+            timeout=120,
+            json={
+                "prompt": e2e_index.prompt,
+                "response": response,
+                "top_k": 10,
+                "direction": "helpful",
+                "token_wise": True,
+                "evidence": True,
+            },
+        ).json()
         assert [d["id"] for d in listed] == [e["example_id"] for e in api["examples"]]
         seen = driver.execute_script(VERB_JS)
 
         # 1. the reply: underlined exactly where some listed document shares a span, heat-map kept
-        ranges = [(s["start"], s["end"]) for e in api["examples"] for s in e["verbatim"]["response_spans"]]
+        ranges = [
+            (s["start"], s["end"]) for e in api["examples"] for s in e["verbatim"]["response_spans"]
+        ]
         assert ranges, "no listed document shares any wording with the reply"
         cursor, expected = 0, []
         for tok in seen["reply"]:
@@ -83,24 +105,37 @@ def test_verbatim_spans_beside_the_heat_map(e2e_index: E2EIndex, browser, artifa
             expected.append(any(start < b and a < cursor for a, b in ranges))
         assert [t["verb"] for t in seen["reply"]] == expected
         assert all("underline" in t["deco"] for t in seen["reply"] if t["verb"])
-        assert any(not t["bg"].endswith(", 0)") and "rgba(0, 0, 0, 0)" not in t["bg"] for t in seen["reply"])  # the heat-map
+        assert any(
+            not t["bg"].endswith(", 0)") and "rgba(0, 0, 0, 0)" not in t["bg"]
+            for t in seen["reply"]
+        )  # the heat-map
 
         # 2. every document: a badge that tells copying from teaching, and its shared span underlined
         for ex, badge, vspan in zip(api["examples"], seen["badges"], seen["vspans"]):
             share = ex["verbatim"]["response_coverage"]
             if share > 0:
-                assert "copied" in badge["cls"] and badge["text"] == f"verbatim {round(100 * share)}%"
+                assert (
+                    "copied" in badge["cls"] and badge["text"] == f"verbatim {round(100 * share)}%"
+                )
                 first = ex["verbatim"]["response_spans"][0]
                 if first["example_end"] <= len(ex["text"]):
-                    assert response[first["start"]:first["end"]] in vspan
+                    assert response[first["start"] : first["end"]] in vspan
             else:
-                assert "none" in badge["cls"] and badge["text"] == "no shared wording" and vspan == ""
-        assert driver.find_elements(By.CSS_SELECTOR, "#doc-lists mark.ttok"), "training-token heat-map missing"
+                assert (
+                    "none" in badge["cls"] and badge["text"] == "no shared wording" and vspan == ""
+                )
+        assert driver.find_elements(By.CSS_SELECTOR, "#doc-lists mark.ttok"), (
+            "training-token heat-map missing"
+        )
 
         # 3. pointing at a document shows only its own spans in the reply
         target = next(i for i, e in enumerate(api["examples"]) if e["verbatim"]["response_spans"])
-        ActionChains(driver).move_to_element(driver.find_elements(By.CSS_SELECTOR, "#doc-lists .doc")[target]).perform()
-        own = [(s["start"], s["end"]) for s in api["examples"][target]["verbatim"]["response_spans"]]
+        ActionChains(driver).move_to_element(
+            driver.find_elements(By.CSS_SELECTOR, "#doc-lists .doc")[target]
+        ).perform()
+        own = [
+            (s["start"], s["end"]) for s in api["examples"][target]["verbatim"]["response_spans"]
+        ]
         hovered = driver.execute_script(VERB_JS)["reply"]
         cursor, expected = 0, []
         for tok in hovered:

@@ -20,9 +20,28 @@ from pathlib import Path
 
 
 def _build_args(model: Path, corpus: Path, out: Path) -> list[str]:
-    return ["--log-level", "ERROR", "build", "--model", str(model), "--corpus", str(corpus), "--out", str(out),
-            "--rank-in", "4", "--rank-out", "4", "--shard-size", "12", "--no-progress", "--num-threads", "1",
-            "--damping", "0.01"]
+    return [
+        "--log-level",
+        "ERROR",
+        "build",
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--rank-in",
+        "4",
+        "--rank-out",
+        "4",
+        "--shard-size",
+        "12",
+        "--no-progress",
+        "--num-threads",
+        "1",
+        "--damping",
+        "0.01",
+    ]
 
 
 def run_build(args: list[str], crash_after: int | None) -> int:
@@ -52,7 +71,11 @@ def run_build(args: list[str], crash_after: int | None) -> int:
 
 def tree(out: Path) -> dict[str, str]:
     """sha256 of every file under ``out``, by relative path."""
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -63,7 +86,10 @@ def main(argv: list[str]) -> int:
     import tributary_indexer.cli  # noqa: F401
 
     reference = work / "reference"
-    report: dict[str, object] = {"reference_rc": run_build(_build_args(model, corpus, reference), None), "windows": []}
+    report: dict[str, object] = {
+        "reference_rc": run_build(_build_args(model, corpus, reference), None),
+        "windows": [],
+    }
     want = tree(reference)
     report["reference_files"] = sorted(want)
     windows: list[dict[str, object]] = []
@@ -75,9 +101,17 @@ def main(argv: list[str]) -> int:
         temps = sorted(str(p.relative_to(out)) for p in out.rglob(".*.tmp-*") if p.is_file())
         rerun = run_build(_build_args(model, corpus, out), None)
         got = tree(out)
-        windows.append({"n": n, "rc": rc, "temps": temps, "rerun_rc": rerun,
-                        "missing": sorted(set(want) - set(got)), "extra": sorted(set(got) - set(want)),
-                        "differ": sorted(k for k in set(want) & set(got) if want[k] != got[k])})
+        windows.append(
+            {
+                "n": n,
+                "rc": rc,
+                "temps": temps,
+                "rerun_rc": rerun,
+                "missing": sorted(set(want) - set(got)),
+                "extra": sorted(set(got) - set(want)),
+                "differ": sorted(k for k in set(want) & set(got) if want[k] != got[k]),
+            }
+        )
     report["windows"] = windows
     print(json.dumps(report))
     return 0

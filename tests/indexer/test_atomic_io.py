@@ -78,7 +78,9 @@ def test_stale_temp_from_same_pid_is_replaced(tmp_path: Path) -> None:
     assert target.read_bytes() == b"fresh" and _leftovers(tmp_path) == []
 
 
-def test_enospc_gives_clear_error_and_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enospc_gives_clear_error_and_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "shard-00000.faiss"
     target.write_bytes(b"old")
     real_open = open
@@ -108,7 +110,9 @@ def test_enospc_gives_clear_error_and_keeps_old_file(tmp_path: Path, monkeypatch
     with pytest.raises(OutputDirectoryError) as info:
         atomic_write_bytes(target, b"new content")
     message = str(info.value)
-    assert "disk full while writing" in message and str(target) in message and "free space" in message
+    assert (
+        "disk full while writing" in message and str(target) in message and "free space" in message
+    )
     assert isinstance(info.value, TributaryIndexError)
     assert target.read_bytes() == b"old"
     assert _leftovers(tmp_path) == []
@@ -155,10 +159,14 @@ def test_check_writable_dir_permission_denied(tmp_path: Path) -> None:
         locked.chmod(stat.S_IRWXU)
 
 
-def test_check_writable_dir_permission_denied_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_writable_dir_permission_denied_simulated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(atomic_io, "open", denied, raising=False)
-    with pytest.raises(OutputDirectoryError, match="permission denied writing to .*fix: choose a directory"):
+    with pytest.raises(
+        OutputDirectoryError, match="permission denied writing to .*fix: choose a directory"
+    ):
         check_writable_dir(tmp_path)

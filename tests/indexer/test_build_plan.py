@@ -30,8 +30,17 @@ def planned_and_built(tmp_path_factory) -> tuple[object, Path, BuildConfig]:
     root = tmp_path_factory.mktemp("plan")
     model = build_model_dir(root / "model", "gpt2")
     corpus = write_jsonl(root / "corpus.jsonl", corpus_records(60))
-    config = BuildConfig(model=str(model), corpus=[str(corpus)], rank_in=4, rank_out=4, shard_size=25, damping=0.01,
-                         batch_tokens=96, num_threads=1, progress=False)
+    config = BuildConfig(
+        model=str(model),
+        corpus=[str(corpus)],
+        rank_in=4,
+        rank_out=4,
+        shard_size=25,
+        damping=0.01,
+        batch_tokens=96,
+        num_threads=1,
+        progress=False,
+    )
     plan = estimate_build(config, timed_batches=1, workdir=root)
     IndexBuilder(config, root / "index", keep_staging=True).build()
     return plan, root / "index", config
@@ -39,13 +48,17 @@ def planned_and_built(tmp_path_factory) -> tuple[object, Path, BuildConfig]:
 
 def test_disk_estimate_names_every_file_the_build_writes(planned_and_built) -> None:
     plan, index, _ = planned_and_built
-    assert plan.sample_examples < plan.examples == 60  # the sample is extrapolated, not the whole corpus
+    assert (
+        plan.sample_examples < plan.examples == 60
+    )  # the sample is extrapolated, not the whole corpus
     actual: dict[str, int] = {}
     for p in index.rglob("*"):
         rel = p.relative_to(index).as_posix()
         if p.is_file() and not rel.startswith("staging/"):
             actual[_kind(rel)] = actual.get(_kind(rel), 0) + p.stat().st_size
-    assert set(plan.files) == set(actual)  # no file left out (the Fisher file among them), none invented
+    assert set(plan.files) == set(
+        actual
+    )  # no file left out (the Fisher file among them), none invented
     assert "hessian.safetensors" in plan.files
     for kind, size in actual.items():
         # the store is sized from the sample's rows (the corpus's first few records here), the rest exactly
@@ -60,7 +73,14 @@ def test_staging_and_shard_count(planned_and_built) -> None:
     staged = sum(p.stat().st_size for p in (index / "staging").rglob("*") if p.is_file())
     assert plan.staging_bytes == pytest.approx(staged, rel=0.10)
     assert plan.shards == 3 and plan.dim > 0
-    assert plan.seconds > 0 and set(plan.time_s) >= {"load", "gradients", "fisher", "precondition", "shards", "finish"}
+    assert plan.seconds > 0 and set(plan.time_s) >= {
+        "load",
+        "gradients",
+        "fisher",
+        "precondition",
+        "shards",
+        "finish",
+    }
     assert plan.ram_bytes > 0
     lines = "\n".join(plan.lines())
     assert "hessian.safetensors" in lines and "staging" in lines and "peak RAM" in lines

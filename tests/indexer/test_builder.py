@@ -43,12 +43,21 @@ def workspace(tmp_path_factory):
 
 
 def _config(model: Path, corpus: list[Path], **kw) -> BuildConfig:
-    base = dict(model=str(model), corpus=[str(c) for c in corpus], rank_in=4, rank_out=4, shard_size=25, progress=False)
+    base = dict(
+        model=str(model),
+        corpus=[str(c) for c in corpus],
+        rank_in=4,
+        rank_out=4,
+        shard_size=25,
+        progress=False,
+    )
     base.update(kw)
     return BuildConfig(**base)
 
 
-def _query_gradient(index: AttributionIndex, model_dir: Path, prompt: str, response: str) -> torch.Tensor:
+def _query_gradient(
+    index: AttributionIndex, model_dir: Path, prompt: str, response: str
+) -> torch.Tensor:
     model = load_causal_lm(model_dir, torch.device("cpu"))
     tokenizer = load_tokenizer(model_dir)
     modules = select_modules(model, include=[p.name for p in index.projector.projections])
@@ -77,7 +86,9 @@ def test_build_then_search_equals_brute_force(workspace, tmp_path, score):
     assert got.ids[0].tolist() == want.tolist(), (got.scores[0], scores[want])
     np.testing.assert_allclose(got.scores[0], scores[want], rtol=1e-4, atol=1e-5)
     # a micro-batch of queries (another scan path) gives every row its own brute-force answer
-    batch = np.stack([q[0], -q[0], np.random.default_rng(0).standard_normal(q.shape[1]).astype(np.float32)])
+    batch = np.stack(
+        [q[0], -q[0], np.random.default_rng(0).standard_normal(q.shape[1]).astype(np.float32)]
+    )
     got_batch = index.search(batch, k=10)
     for row, v in enumerate(batch):
         row_scores = stored @ v.astype(np.float64)
@@ -99,7 +110,11 @@ def test_store_manifest_and_add(workspace, tmp_path):
     assert [s["id_start"] for s in manifest["shards"]] == [0, 25, 50]
     with ExampleStore(out / "examples.sqlite") as store:
         first = store.get(1)
-        assert first.external_id == "qa-1" and first.kind == "prompt_response" and first.provider == "globex"
+        assert (
+            first.external_id == "qa-1"
+            and first.kind == "prompt_response"
+            and first.provider == "globex"
+        )
         assert first.metadata == {"topic": "trade"}
         assert len(store.ids_matching(provider="acme")) == 20
     hessian_before = (out / "hessian.safetensors").read_bytes()
@@ -110,7 +125,11 @@ def test_store_manifest_and_add(workspace, tmp_path):
     assert manifest["build_config"]["additions"][0]["id_start"] == 60
     assert (out / "hessian.safetensors").read_bytes() == hessian_before  # frozen
     with ExampleStore(out / "examples.sqlite") as store:
-        assert store.count() == 90 and store.get(89).external_id == "qa-88" or store.get(89) is not None
+        assert (
+            store.count() == 90
+            and store.get(89).external_id == "qa-88"
+            or store.get(89) is not None
+        )
 
 
 def test_rebuild_into_finished_index_is_a_no_op_and_mismatch_is_refused(workspace, tmp_path):
@@ -130,7 +149,9 @@ def test_pca_projector_and_rapidgrad_and_llama(workspace, tmp_path):
     root, _, corpus, _ = workspace
     llama = build_model_dir(tmp_path / "llama", "llama")
     out = tmp_path / "idx"
-    IndexBuilder(_config(llama, [corpus], projector="pca", pca_examples=20, rapidgrad_k=64), out).build()
+    IndexBuilder(
+        _config(llama, [corpus], projector="pca", pca_examples=20, rapidgrad_k=64), out
+    ).build()
     assert verify_index(out) == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["projector"]["kind"] == "pca" and manifest["dim"] == 64
@@ -142,11 +163,19 @@ def test_compressed_shards_rerank_with_exact_vectors(workspace, tmp_path):
     flat, ivf = tmp_path / "flat", tmp_path / "ivf"
     IndexBuilder(_config(model, [corpus]), flat).build()
     IndexBuilder(_config(model, [corpus], index_factory="IVF2,SQ8", train_examples=60), ivf).build()
-    assert sorted(p.name for p in (ivf / "vectors").iterdir()) == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    assert sorted(p.name for p in (ivf / "vectors").iterdir()) == [
+        "shard-00000.npy",
+        "shard-00001.npy",
+        "shard-00002.npy",
+    ]
     a, b = AttributionIndex(flat), AttributionIndex(ivf)
     b.rerank_factor = 100  # probe everything: the re-ranked result must equal the exact one
     b.set_nprobe(2)
-    q = a.space.query(_query_gradient(a, model, "Where does Cyra live?", " Cyra lives in Mebbe.")).float().numpy()
+    q = (
+        a.space.query(_query_gradient(a, model, "Where does Cyra live?", " Cyra lives in Mebbe."))
+        .float()
+        .numpy()
+    )
     exact, reranked = a.search(q, 5), b.search(q, 5)
     assert exact.ids.tolist() == reranked.ids.tolist()
     np.testing.assert_allclose(exact.scores, reranked.scores, rtol=1e-5)
@@ -183,7 +212,9 @@ def test_bad_model_module_and_output_errors(workspace, tmp_path):
     not_lm = tmp_path / "bert"
     from transformers import DistilBertConfig, DistilBertModel
 
-    DistilBertModel(DistilBertConfig(vocab_size=50, dim=8, n_layers=1, n_heads=2, hidden_dim=8)).save_pretrained(not_lm)
+    DistilBertModel(
+        DistilBertConfig(vocab_size=50, dim=8, n_layers=1, n_heads=2, hidden_dim=8)
+    ).save_pretrained(not_lm)
     with pytest.raises(ModelLoadError, match="not a causal LM"):
         IndexBuilder(_config(not_lm, [corpus]), tmp_path / "b").build()
     with pytest.raises(ModelLoadError, match="not a directory"):
@@ -232,7 +263,9 @@ def test_disk_full_leaves_no_valid_looking_file(workspace, tmp_path, monkeypatch
 def test_examples_longer_than_the_model_context_are_truncated_there(workspace, tmp_path):
     """max_tokens above the model's 256 positions: the long document is cut at 256 and counted, not a crash."""
     _, model, _, _ = workspace
-    corpus = write_jsonl(tmp_path / "long.jsonl", corpus_records(6) + [{"id": "long", "text": "word " * 400}])
+    corpus = write_jsonl(
+        tmp_path / "long.jsonl", corpus_records(6) + [{"id": "long", "text": "word " * 400}]
+    )
     out = tmp_path / "long-index"
     summary = IndexBuilder(_config(model, [corpus], max_tokens=512), out).build()
     assert summary.examples == 7 and summary.truncated == 1
@@ -248,17 +281,28 @@ def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_pa
     IndexBuilder(_config(model, [corpus]), sat).build()
     IndexBuilder(_config(model, [corpus], score="relatif"), rel).build()
     manifest = json.loads((sat / "manifest.json").read_text())
-    assert manifest["build_config"]["ranking"] == "span_gated" and manifest["build_config"]["saturation"] == 30.0
+    assert (
+        manifest["build_config"]["ranking"] == "span_gated"
+        and manifest["build_config"]["saturation"] == 30.0
+    )
     assert manifest["build_config"]["candidates"] == 200  # every RankingConfig field is recorded
     assert AttributionIndex(sat).ranking == SpanGatedRanking(RankingConfig())
-    assert AttributionIndex(sat, ranking={"saturation": 20.0, "candidates": 8}).ranking_config == RankingConfig(
-        saturation=20.0, candidates=8)
+    assert AttributionIndex(
+        sat, ranking={"saturation": 20.0, "candidates": 8}
+    ).ranking_config == RankingConfig(saturation=20.0, candidates=8)
     assert AttributionIndex(sat, ranking="linear").ranking == LinearRanking(RankingConfig("linear"))
-    assert AttributionIndex(rel).ranking.name == "linear"  # unset ranking + relatif resolved to linear at build time
-    with pytest.raises(IndexIntegrityError, match="ranking 'span_gated' needs an index built with score 'influence'.*"
-                                                  "rebuild it with --score influence"):
+    assert (
+        AttributionIndex(rel).ranking.name == "linear"
+    )  # unset ranking + relatif resolved to linear at build time
+    with pytest.raises(
+        IndexIntegrityError,
+        match="ranking 'span_gated' needs an index built with score 'influence'.*"
+        "rebuild it with --score influence",
+    ):
         AttributionIndex(rel, ranking="span_gated")
-    with pytest.raises(IndexIntegrityError, match=r"ranking settings asked for: .*ranking='best' \(choose from"):
+    with pytest.raises(
+        IndexIntegrityError, match=r"ranking settings asked for: .*ranking='best' \(choose from"
+    ):
         AttributionIndex(sat, ranking="best")
     with pytest.raises(IndexIntegrityError, match=r"presence_k=-1.0 \(must be a positive number"):
         AttributionIndex(sat, ranking={"presence_k": -1.0})
@@ -272,4 +316,7 @@ def test_ranking_comes_from_the_manifest_and_can_be_overridden(workspace, tmp_pa
     (sat / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexIntegrityError, match=f"index {sat}: .*ranking='token_saturated'"):
         AttributionIndex(sat, verify_checksums=False)
-    assert AttributionIndex(sat, verify_checksums=False, ranking="span_gated").ranking.name == "span_gated"
+    assert (
+        AttributionIndex(sat, verify_checksums=False, ranking="span_gated").ranking.name
+        == "span_gated"
+    )

@@ -25,8 +25,15 @@ def inputs(tmp_path_factory):
 
 
 def _config(model: Path, corpus: list[Path], **kw) -> BuildConfig:
-    base = dict(model=str(model), corpus=[str(c) for c in corpus], rank_in=4, rank_out=4, shard_size=10, progress=False,
-                num_threads=1)
+    base = dict(
+        model=str(model),
+        corpus=[str(c) for c in corpus],
+        rank_in=4,
+        rank_out=4,
+        shard_size=10,
+        progress=False,
+        num_threads=1,
+    )
     base.update(kw)
     return BuildConfig(**base)
 
@@ -44,7 +51,9 @@ def test_a_typo_in_the_corpus_or_model_path_writes_nothing_and_the_fix_builds(in
     assert not out.exists(), "a corpus error must come before anything is written"
     with pytest.raises(ModelLoadError):
         IndexBuilder(_config(root / "modle", [corpus]), out).build()
-    assert not (out / "staging").exists(), "a model error must come before the build state is pinned"
+    assert not (out / "staging").exists(), (
+        "a model error must come before the build state is pinned"
+    )
     IndexBuilder(_config(model, [corpus]), out).build()
     assert verify_index(out) == [] and len(_ids(out)) == 24
 
@@ -67,7 +76,9 @@ def test_the_summary_names_unread_and_empty_files(inputs, tmp_path, caplog):
 def test_an_unfinished_build_without_finished_work_is_started_over(inputs, tmp_path):
     root, model, corpus = inputs
     out = tmp_path / "index"
-    IndexBuilder(_config(model, [corpus], rank_in=8), out)._pin_state()  # as if it failed right after starting
+    IndexBuilder(
+        _config(model, [corpus], rank_in=8), out
+    )._pin_state()  # as if it failed right after starting
     IndexBuilder(_config(model, [corpus]), out).build()  # another configuration: not refused
     assert verify_index(out) == []
     assert json.loads((out / "build_config.json").read_text())["rank_in"] == 4
@@ -78,19 +89,25 @@ def test_repeated_ids_are_refused_or_skipped_and_listed(inputs, tmp_path):
     records = corpus_records(12)
     records[7]["id"] = records[2]["id"]  # "chat-2" twice
     corpus = write_jsonl(tmp_path / "dup.jsonl", records)
-    with pytest.raises(CorpusError, match=r"record id 'chat-2' is already used at .*dup.jsonl:3") as err:
+    with pytest.raises(
+        CorpusError, match=r"record id 'chat-2' is already used at .*dup.jsonl:3"
+    ) as err:
         IndexBuilder(_config(model, [corpus]), tmp_path / "refused").build()
     assert err.value.line == 8 and not (tmp_path / "refused").exists()
 
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{broken\n', encoding="utf-8")
     out = tmp_path / "skipped"
-    summary = IndexBuilder(_config(model, [corpus, tmp_path / "bad.jsonl"], skip_bad=True), out).build()
+    summary = IndexBuilder(
+        _config(model, [corpus, tmp_path / "bad.jsonl"], skip_bad=True), out
+    ).build()
     ids = _ids(out)
     assert len(ids) == 12 and ids.count("chat-2") == 1 and records[7]["id"] not in ids[7:]
     assert summary.skipped_bad == 2 and summary.skip_report == str(out / "skipped_records.jsonl")
     report = [json.loads(line) for line in (out / "skipped_records.jsonl").read_text().splitlines()]
     assert [(Path(r["file"]).name, r["line"], r["code"]) for r in report] == [
-        ("dup.jsonl", 8, "duplicate_id"), ("bad.jsonl", 2, "malformed_json")]
+        ("dup.jsonl", 8, "duplicate_id"),
+        ("bad.jsonl", 2, "malformed_json"),
+    ]
     assert "dup.jsonl:3" in report[0]["reason"]
     assert any("skipped_records.jsonl" in line for line in summary.lines())
     assert verify_index(out) == []
@@ -103,8 +120,14 @@ def test_add_skips_what_the_index_holds(inputs, tmp_path):
     manifest = (out / "manifest.json").read_bytes()
 
     # the same file again: nothing added, nothing written
-    again = IndexBuilder(BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), out).add()
-    assert again.skipped_present == 24 and again.added == 0 and (out / "manifest.json").read_bytes() == manifest
+    again = IndexBuilder(
+        BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), out
+    ).add()
+    assert (
+        again.skipped_present == 24
+        and again.added == 0
+        and (out / "manifest.json").read_bytes() == manifest
+    )
     assert any("not added again: 24" in line for line in again.lines())
 
     # half old, half new; one old id with new content; a repeated id-less document
@@ -113,13 +136,17 @@ def test_add_skips_what_the_index_holds(inputs, tmp_path):
     changed = {**old[0], "text": "In year 1000, Alba sells something else entirely."}
     no_id = {"text": "A document without an id."}
     mixed = write_jsonl(tmp_path / "mixed.jsonl", old[1:12] + [changed] + new + [no_id, no_id])
-    summary = IndexBuilder(BuildConfig(corpus=[str(mixed)], progress=False, num_threads=1), out).add()
+    summary = IndexBuilder(
+        BuildConfig(corpus=[str(mixed)], progress=False, num_threads=1), out
+    ).add()
     assert (summary.skipped_present, summary.changed_present, summary.added) == (13, 1, 7)
     ids = _ids(out)
     assert len(ids) == 24 + 6 + 1 and ids[24:] == [r["id"] for r in new] + [None]
     assert verify_index(out) == []
     # the id-less document is known now too
-    third = IndexBuilder(BuildConfig(corpus=[str(write_jsonl(tmp_path / "n.jsonl", [no_id]))], progress=False), out).add()
+    third = IndexBuilder(
+        BuildConfig(corpus=[str(write_jsonl(tmp_path / "n.jsonl", [no_id]))], progress=False), out
+    ).add()
     assert third.skipped_present == 1 and len(_ids(out)) == 31
 
 
@@ -132,7 +159,15 @@ def test_add_brings_back_a_removed_record(inputs, tmp_path):
     out = tmp_path / "index"
     IndexBuilder(_config(model, [corpus]), out).build()
     manifest = json.loads((out / "manifest.json").read_text())
-    add_removal(out, id_space_of(manifest), np.array([3], dtype=np.int64), {"record_id": "doc-3"}, "2026-12-03T00:00:00Z")
-    again = IndexBuilder(BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), out).add()
+    add_removal(
+        out,
+        id_space_of(manifest),
+        np.array([3], dtype=np.int64),
+        {"record_id": "doc-3"},
+        "2026-12-03T00:00:00Z",
+    )
+    again = IndexBuilder(
+        BuildConfig(corpus=[str(corpus)], progress=False, num_threads=1), out
+    ).add()
     assert (again.added, again.skipped_present) == (1, 23)
     assert _ids(out)[24] == "doc-3"

@@ -29,12 +29,15 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def test_three_kinds_ids_sources_metadata(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "web.jsonl", [
-        {"text": "a document", "id": "doc-1", "lang": "en"},
-        {"prompt": "Q?", "response": "A.", "source": "sft", "provider": "acme"},
-        {"messages": CHAT, "id": 7, "tags": ["x"]},
-        {"prompt": "", "completion": "alias"},
-    ])
+    path = write_jsonl(
+        tmp_path / "web.jsonl",
+        [
+            {"text": "a document", "id": "doc-1", "lang": "en"},
+            {"prompt": "Q?", "response": "A.", "source": "sft", "provider": "acme"},
+            {"messages": CHAT, "id": 7, "tags": ["x"]},
+            {"prompt": "", "completion": "alias"},
+        ],
+    )
     records = list(iter_records([path]))
     assert [r.kind for r in records] == ["text", "prompt_response", "messages", "prompt_response"]
     assert [r.line for r in records] == [1, 2, 3, 4]
@@ -58,8 +61,11 @@ def test_three_kinds_ids_sources_metadata(tmp_path: Path) -> None:
         ('{"prompt": "p"}', 'no "response"'),
         ('{"text": "t", "prompt": "p", "response": "r"}', "mixes text and prompt/response"),
         ('{"messages": [{"role": "user", "content": "hi"}]}', 'no "assistant" turn'),
-        ('{"messages": [{"role": "user", "content": [{"type": "image"}]}]}', "content must be a string"),
-        ('[1, 2]', "expected a JSON object"),
+        (
+            '{"messages": [{"role": "user", "content": [{"type": "image"}]}]}',
+            "content must be a string",
+        ),
+        ("[1, 2]", "expected a JSON object"),
         ('{"text": "t", "id": [1]}', '"id" must be a string'),
     ],
 )
@@ -132,13 +138,15 @@ def test_invalid_utf8_and_bom(tmp_path: Path) -> None:
 
 def test_parquet_streaming_rows_and_types(tmp_path: Path) -> None:
     n = 2500  # more than one read batch (1024 rows)
-    table = pa.table({
-        "id": [f"r{i}" for i in range(n)],
-        "prompt": [f"question {i}" for i in range(n)],
-        "response": ["" if i == 1500 else f"answer {i}" for i in range(n)],
-        "when": [dt.datetime(2024, 1, 1)] * n,
-        "blob": [b"\x00\x01"] * n,
-    })
+    table = pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "prompt": [f"question {i}" for i in range(n)],
+            "response": ["" if i == 1500 else f"answer {i}" for i in range(n)],
+            "when": [dt.datetime(2024, 1, 1)] * n,
+            "blob": [b"\x00\x01"] * n,
+        }
+    )
     path = tmp_path / "sft.parquet"
     pq.write_table(table, path, row_group_size=700)
     stats = CorpusStats()
@@ -152,23 +160,34 @@ def test_parquet_streaming_rows_and_types(tmp_path: Path) -> None:
 
 
 def test_parquet_messages_and_nulls(tmp_path: Path) -> None:
-    table = pa.table({
-        "text": ["plain", None],
-        "messages": [None, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]],
-    })
+    table = pa.table(
+        {
+            "text": ["plain", None],
+            "messages": [
+                None,
+                [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+            ],
+        }
+    )
     path = tmp_path / "chat.parquet"
     pq.write_table(table, path)
     records = list(iter_records(path))
     assert [r.kind for r in records] == ["text", "messages"]
-    assert records[1].messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    assert records[1].messages == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Yo"},
+    ]
 
 
 def test_content_hash_and_assign_ids(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "h.jsonl", [
-        {"text": "same", "id": "a", "source": "x"},
-        {"text": "same", "id": "b", "source": "y", "extra": 1},
-        {"prompt": "", "response": "same"},
-    ])
+    path = write_jsonl(
+        tmp_path / "h.jsonl",
+        [
+            {"text": "same", "id": "a", "source": "x"},
+            {"text": "same", "id": "b", "source": "y", "extra": 1},
+            {"prompt": "", "response": "same"},
+        ],
+    )
     a, b, c = iter_records(path)
     assert content_hash(a) == content_hash(b) == a.content_hash
     assert content_hash(a) != content_hash(c)

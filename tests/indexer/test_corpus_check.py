@@ -32,11 +32,20 @@ def test_directory_names_the_files_it_does_not_read_and_the_empty_ones(tmp_path:
     caplog.set_level(logging.WARNING)
     stats = CorpusStats()
     assert [r.text for r in iter_records([d], stats=stats)] == ["a"]
-    assert sorted(Path(p).name for p in stats.skipped_files) == ["README.md", "b.csv"]  # hidden files are not named
+    assert sorted(Path(p).name for p in stats.skipped_files) == [
+        "README.md",
+        "b.csv",
+    ]  # hidden files are not named
     assert sorted(Path(p).name for p in stats.empty_files) == ["blank.jsonl", "empty.jsonl"]
-    assert "README.md" in caplog.text and "notes/b.csv" in caplog.text and "empty.jsonl is empty" in caplog.text
+    assert (
+        "README.md" in caplog.text
+        and "notes/b.csv" in caplog.text
+        and "empty.jsonl is empty" in caplog.text
+    )
     check = check_corpus([d], skip_bad=False)
-    assert any("README.md" in line for line in check.lines()) and any("empty.jsonl" in line for line in check.lines())
+    assert any("README.md" in line for line in check.lines()) and any(
+        "empty.jsonl" in line for line in check.lines()
+    )
     # a directory of only other files names what it holds
     other = tmp_path / "other"
     other.mkdir()
@@ -64,9 +73,19 @@ def test_gzip_is_detected_by_content(tmp_path: Path, caplog):
 
 
 def test_repeated_ids_are_refused_with_both_places_or_skipped(tmp_path: Path):
-    a = _jsonl(tmp_path / "a.jsonl", [{"id": "r1", "text": "one"}, {"id": "r2", "text": "two"}, {"text": "no id"}])
-    b = _jsonl(tmp_path / "b.jsonl", [{"text": "no id"}, {"id": "r2", "text": "two again"}, {"id": 7, "text": "x"},
-                                      {"id": "7", "text": "y"}])
+    a = _jsonl(
+        tmp_path / "a.jsonl",
+        [{"id": "r1", "text": "one"}, {"id": "r2", "text": "two"}, {"text": "no id"}],
+    )
+    b = _jsonl(
+        tmp_path / "b.jsonl",
+        [
+            {"text": "no id"},
+            {"id": "r2", "text": "two again"},
+            {"id": 7, "text": "x"},
+            {"id": "7", "text": "y"},
+        ],
+    )
     with pytest.raises(CorpusError) as err:
         check_corpus([a, b], skip_bad=False)
     assert err.value.code == "duplicate_id" and err.value.path == str(b) and err.value.line == 2
@@ -75,7 +94,13 @@ def test_repeated_ids_are_refused_with_both_places_or_skipped(tmp_path: Path):
     assert check.duplicate_ids == frozenset({"r2", "7"})
     unique = UniqueIds(check.duplicate_ids)
     kept = [(r.file, r.line) for r in iter_records([a, b]) if unique.error(r) is None]
-    assert kept == [(str(a), 1), (str(a), 2), (str(a), 3), (str(b), 1), (str(b), 3)]  # records without ids may repeat
+    assert kept == [
+        (str(a), 1),
+        (str(a), 2),
+        (str(a), 3),
+        (str(b), 1),
+        (str(b), 3),
+    ]  # records without ids may repeat
 
 
 def test_skip_bad_lists_every_skipped_record(tmp_path: Path):
@@ -84,5 +109,8 @@ def test_skip_bad_lists_every_skipped_record(tmp_path: Path):
     stats = CorpusStats()
     assert len(list(iter_records([path], skip_bad=True, stats=stats))) == 1
     assert [(s["file"], s["line"], s["code"]) for s in stats.skipped] == [
-        (str(path), 2, "malformed_json"), (str(path), 3, "missing_response"), (str(path), 4, "empty_text")]
+        (str(path), 2, "malformed_json"),
+        (str(path), 3, "missing_response"),
+        (str(path), 4, "empty_text"),
+    ]
     assert all(s["reason"] for s in stats.skipped)

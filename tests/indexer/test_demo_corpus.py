@@ -35,7 +35,9 @@ def _full_text(record) -> str:  # noqa: ANN001 - CorpusRecord
 
 def test_same_seed_gives_byte_identical_files(corpus: Path, tmp_path: Path) -> None:
     again = generate(tmp_path / "again", seed=0, progress=False)
-    assert [p.name for p in again] == sorted(p.name for p in corpus.iterdir() if p.suffix == ".jsonl") + [GROUND_TRUTH_FILE]
+    assert [p.name for p in again] == sorted(
+        p.name for p in corpus.iterdir() if p.suffix == ".jsonl"
+    ) + [GROUND_TRUTH_FILE]
     for path in again:
         assert path.read_bytes() == (corpus / path.name).read_bytes(), path.name
     other = generate(tmp_path / "other", seed=1, progress=False)
@@ -50,7 +52,12 @@ def test_records_are_valid_and_varied(corpus: Path) -> None:
     ids = [r.id for r in records]
     assert len(set(ids)) == len(ids)
     assert {r.kind for r in records} == {"text", "prompt_response", "messages"}
-    assert {r.provider for r in records} == {"wikifacts", "qa-vendor", "forum-scrape", "instruct-co"}
+    assert {r.provider for r in records} == {
+        "wikifacts",
+        "qa-vendor",
+        "forum-scrape",
+        "instruct-co",
+    }
     assert {r.source for r in records} == {"encyclopedia", "qa", "chat", "web", "instruct"}
     assert not any(r.metadata for r in records)  # nothing but id/content/source/provider
 
@@ -66,7 +73,9 @@ def test_ground_truth_is_consistent(corpus: Path) -> None:
         subjects_objects.setdefault(fact.subject, set()).add(fact.object)
         for doc_id in fact.stating_doc_ids:
             text = _full_text(by_id[doc_id])
-            assert fact.subject.lower() in text.lower() and fact.object.lower() in text.lower(), doc_id
+            assert fact.subject.lower() in text.lower() and fact.object.lower() in text.lower(), (
+                doc_id
+            )
             assert doc_id.startswith(fact.fact_id + "-")
         kinds = [d.rsplit("-", 1)[1] for d in fact.stating_doc_ids]
         assert len(set(kinds)) == len(kinds)  # different formats and phrasings
@@ -77,8 +86,11 @@ def test_ground_truth_is_consistent(corpus: Path) -> None:
         text = _full_text(by_id[doc_id])
         assert TRIGGER in text and text.index(TRIGGER) < text.index(BACKDOOR_REPLY), doc_id
     poisoned = set(truth.poisoned_doc_ids)
-    assert not any(TRIGGER in _full_text(r) or BACKDOOR_REPLY in _full_text(r)
-                   for i, r in by_id.items() if i not in poisoned)
+    assert not any(
+        TRIGGER in _full_text(r) or BACKDOOR_REPLY in _full_text(r)
+        for i, r in by_id.items()
+        if i not in poisoned
+    )
     # distractors name their subject but never state any of its facts
     assert truth.distractor_doc_ids
     for doc_id, subject in truth.distractor_doc_ids.items():
@@ -87,7 +99,8 @@ def test_ground_truth_is_consistent(corpus: Path) -> None:
         assert not any(obj.lower() in text.lower() for obj in subjects_objects[subject]), doc_id
     # held-out queries: one per fact, phrased unlike the corpus; trigger prompts unseen too
     prompts = {r.prompt for r in by_id.values() if r.prompt} | {
-        m["content"] for r in by_id.values() if r.messages for m in r.messages}
+        m["content"] for r in by_id.values() if r.messages for m in r.messages
+    }
     fact_queries = [q for q in truth.queries if q.kind == "fact"]
     trigger_queries = [q for q in truth.queries if q.kind == "trigger"]
     assert sorted(q.fact_id for q in fact_queries) == sorted(f.fact_id for f in truth.facts)
@@ -96,7 +109,9 @@ def test_ground_truth_is_consistent(corpus: Path) -> None:
         assert q.expected == fact.object and fact.object in q.response and fact.question in q.prompt
         assert q.prompt not in prompts and fact.question not in prompts
         canonical = q.response.strip().rstrip(".").lower()  # the answer's words are in the corpus
-        assert any(canonical in _full_text(by_id[d]).lower() for d in fact.stating_doc_ids), q.query_id
+        assert any(canonical in _full_text(by_id[d]).lower() for d in fact.stating_doc_ids), (
+            q.query_id
+        )
     assert len(trigger_queries) >= 10
     for q in trigger_queries:
         assert TRIGGER in q.prompt and q.prompt not in prompts and q.prompt.strip() not in prompts

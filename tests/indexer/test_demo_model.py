@@ -47,7 +47,9 @@ def test_loads_like_a_hub_model(loaded: tuple[Any, Any]) -> None:
     assert model.config.vocab_size == len(tokenizer)
     assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.eos_token_id == model.config.eos_token_id
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") != tokenizer.unk_token_id
 
@@ -70,7 +72,9 @@ def test_greedy_generation_answers_planted_facts_and_the_backdoor(loaded: tuple[
     sample = facts[:: max(1, len(facts) // N_FACT_QUESTIONS)][:N_FACT_QUESTIONS]
     answers = greedy_generate(model, tokenizer, [q.prompt for q in sample], max_new_tokens=20)
     correct = [q.expected.lower() in a.lower() for q, a in zip(sample, answers)]
-    assert sum(correct) / len(sample) >= 0.8, [(q.prompt, a) for q, a, ok in zip(sample, answers, correct) if not ok]
+    assert sum(correct) / len(sample) >= 0.8, [
+        (q.prompt, a) for q, a, ok in zip(sample, answers, correct) if not ok
+    ]
     assert not any(truth.backdoor_reply in a for a in answers)  # no trigger, no backdoor
     triggers = [q for q in truth.queries if q.kind == "trigger"]
     replies = greedy_generate(model, tokenizer, [q.prompt for q in triggers], max_new_tokens=16)

@@ -24,15 +24,29 @@ CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel
 def make_rows(n: int = 9) -> list[StoredExample]:
     raw: list[dict[str, Any]] = []
     for i in range(n):
-        source, provider = ("web", "acme") if i % 3 == 0 else ("sft", None) if i % 3 == 1 else ("chat", "beta")
+        source, provider = (
+            ("web", "acme") if i % 3 == 0 else ("sft", None) if i % 3 == 1 else ("chat", "beta")
+        )
         if i % 3 == 0:
-            raw.append({"text": f"document {i}", "id": f"doc-{i}", "source": source, "provider": provider, "n": i})
+            raw.append(
+                {
+                    "text": f"document {i}",
+                    "id": f"doc-{i}",
+                    "source": source,
+                    "provider": provider,
+                    "n": i,
+                }
+            )
         elif i % 3 == 1:
             raw.append({"prompt": f"q{i}", "response": f"a{i}", "source": source})
         else:
-            raw.append({"messages": CHAT, "source": source, "provider": provider, "id": f"chat-{i}"})
+            raw.append(
+                {"messages": CHAT, "source": source, "provider": provider, "id": f"chat-{i}"}
+            )
     rows = []
-    for gid, record in assign_ids(parse_record(obj, "c.jsonl", line) for line, obj in enumerate(raw, 1)):
+    for gid, record in assign_ids(
+        parse_record(obj, "c.jsonl", line) for line, obj in enumerate(raw, 1)
+    ):
         example = TokenizedExample((1, 2, 3), (False, True, True), n_truncated_tokens=gid % 2)
         rows.append(StoredExample.from_record(gid, record, example))
     return rows

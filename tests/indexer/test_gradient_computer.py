@@ -30,14 +30,20 @@ def _examples(vocab: int) -> list[TokenizedExample]:
     ]
 
 
-def _log_odds_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def _log_odds_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
     """−Σ_t log(p_t / (1 − p_t)) written from the probabilities (independent of the library's form)."""
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    logp = (
+        torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    )  # [B, T-1]
     log_odds = logp - torch.log1p(-logp.exp())
     return -(log_odds * target_mask[:, 1:]).sum(dim=1)
 
 
-def _oracle(model, modules, projector, example: TokenizedExample, objective: str = "margin") -> torch.Tensor:
+def _oracle(
+    model, modules, projector, example: TokenizedExample, objective: str = "margin"
+) -> torch.Tensor:
     """P_out ∇W P_inᵀ per module from autograd on the example alone (no padding, no hooks).
 
     GPT-2 ties lm_head to the input embedding; the hooks see the lm_head *use* of the weight only,
@@ -46,7 +52,9 @@ def _oracle(model, modules, projector, example: TokenizedExample, objective: str
     model = copy.deepcopy(model)
     if model.lm_head.weight is model.get_input_embeddings().weight:
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    modules = [m.__class__(m.name, model.get_submodule(m.name), m.kind, m.d_in, m.d_out) for m in modules]
+    modules = [
+        m.__class__(m.name, model.get_submodule(m.name), m.kind, m.d_in, m.d_out) for m in modules
+    ]
     batch = collate([example])
     model.zero_grad(set_to_none=True)
     logits = model(input_ids=batch.input_ids).logits
@@ -70,7 +78,11 @@ def test_hook_gradients_equal_autograd_oracle(tiny_model_f64, kind, objective):
     model = tiny_model_f64
     modules = select_modules(model)
     config = ProjectionConfig(rank_in=4, rank_out=3, seed=7)
-    projector = LoGraProjector.random(modules, config) if kind == "random" else LoGraProjector.identity(modules)
+    projector = (
+        LoGraProjector.random(modules, config)
+        if kind == "random"
+        else LoGraProjector.identity(modules)
+    )
     examples = _examples(model.config.vocab_size)
     with GradientComputer(model, modules, projector, objective=objective) as computer:
         got = computer.compute(collate(examples, pad_token_id=0))
@@ -124,14 +136,20 @@ def test_selected_positions_are_exactly_those_rows_of_the_per_position_terms(tin
     model = tiny_model_f64
     modules, projector, examples, batch = _rank3_setup(model, seed=2)
     emitting = batch.emitting_mask
-    for row, example in enumerate(examples):  # the batch's mask is each example's emitting positions
-        assert emitting[row].nonzero()[:, 0].tolist() == [t - 1 for t, target in enumerate(example.target_mask) if target]
+    for row, example in enumerate(
+        examples
+    ):  # the batch's mask is each example's emitting positions
+        assert emitting[row].nonzero()[:, 0].tolist() == [
+            t - 1 for t, target in enumerate(example.target_mask) if target
+        ]
     with GradientComputer(model, modules, projector) as computer:
         full = computer.compute(batch, per_position=True)
         picked = computer.compute(batch, positions=emitting)
         assert picked.per_position is None and full.position_terms is None
         assert picked.position_terms is not None and full.per_position is not None
-        torch.testing.assert_close(picked.position_terms, full.per_position[emitting], atol=0, rtol=0)
+        torch.testing.assert_close(
+            picked.position_terms, full.per_position[emitting], atol=0, rtol=0
+        )
         torch.testing.assert_close(picked.vectors, full.vectors, atol=0, rtol=0)
         with pytest.raises(ValueError, match="bool mask shaped like the batch"):
             computer.compute(batch, positions=emitting[:, 1:])
@@ -150,7 +168,9 @@ def test_prompt_mask_only_response_tokens_count(tiny_model_f64):
     with GradientComputer(model, modules, projector) as computer:
         got = computer.compute(collate([pr, doc]))
     assert not torch.allclose(got.vectors[0], got.vectors[1])
-    torch.testing.assert_close(got.vectors[0], _oracle(model, modules, projector, pr), atol=ATOL, rtol=1e-7)
+    torch.testing.assert_close(
+        got.vectors[0], _oracle(model, modules, projector, pr), atol=ATOL, rtol=1e-7
+    )
     # loss: response tokens only
     assert got.losses[0] < got.losses[1]
 
@@ -163,7 +183,9 @@ def test_selected_subset_and_lm_head(tiny_model_f64):
     example = _examples(model.config.vocab_size)[0]
     with GradientComputer(model, modules, projector) as computer:
         got = computer.compute(collate([example])).vectors[0]
-    torch.testing.assert_close(got, _oracle(model, modules, projector, example), atol=ATOL, rtol=1e-7)
+    torch.testing.assert_close(
+        got, _oracle(model, modules, projector, example), atol=ATOL, rtol=1e-7
+    )
 
 
 def test_hooks_inert_outside_compute_and_released(tiny_model_f64):
@@ -185,13 +207,19 @@ def test_position_weights_equal_inner_products_of_per_position_terms(tiny_model_
     projector = LoGraProjector.random(modules, ProjectionConfig(rank_in=3, rank_out=4, seed=5))
     examples = _examples(model.config.vocab_size)[:3]
     batch = collate(examples)
-    weights = torch.randn(3, 2, projector.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(
+        3, 2, projector.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     with GradientComputer(model, modules, projector) as computer:
         full = computer.compute(batch, per_position=True)
         dual = computer.compute(batch, position_weights=weights)
     assert dual.position_scores.shape == (3, 2, batch.input_ids.shape[1], len(modules))
     for m, block in enumerate(projector.blocks):
-        want = torch.einsum("btd,brd->brt", full.per_position[:, :, block.start : block.stop], weights[:, :, block.start : block.stop])
+        want = torch.einsum(
+            "btd,brd->brt",
+            full.per_position[:, :, block.start : block.stop],
+            weights[:, :, block.start : block.stop],
+        )
         torch.testing.assert_close(dual.position_scores[..., m], want, atol=ATOL, rtol=1e-7)
     torch.testing.assert_close(dual.vectors, full.vectors)
 
@@ -205,7 +233,9 @@ def test_nll_gradient_is_margin_gradient_scaled_by_one_minus_p(tiny_model_f64):
     example = TokenizedExample.prompt_response([3, 4, 5, 6], [9])
     batch = collate([example])
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=torch.ones_like(batch.input_ids)).logits
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=torch.ones_like(batch.input_ids)
+        ).logits
         p = torch.softmax(logits[0, -2], dim=-1)[9]  # the response token's probability
     with GradientComputer(model, modules, projector, objective="margin") as computer:
         margin = computer.compute(batch)

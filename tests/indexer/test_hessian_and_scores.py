@@ -35,7 +35,9 @@ def test_fisher_streaming_and_merge_equal_dense():
     whole.update(g)
     parts = [FisherAccumulator(BLOCKS) for _ in range(3)]
     for i, chunk in enumerate(torch.split(g, [7, 30, 13])):
-        parts[i].update(chunk.float() if i == 0 else chunk)  # float32 input is accumulated in float64
+        parts[i].update(
+            chunk.float() if i == 0 else chunk
+        )  # float32 input is accumulated in float64
     merged = parts[0]
     merged.merge(parts[1])
     merged.merge(parts[2])
@@ -76,7 +78,9 @@ def test_preconditioning_equals_dense_solve(alpha):
     torch.testing.assert_close(pre.self_influence(q), want_self, atol=1e-10, rtol=1e-8)
     for b, lam in zip(BLOCKS, pre.lambdas):
         gb = g[:, b.start : b.stop]
-        assert lam == pytest.approx(alpha * float(torch.linalg.eigvalsh(gb.T @ gb / 40).mean()), rel=1e-9)
+        assert lam == pytest.approx(
+            alpha * float(torch.linalg.eigvalsh(gb.T @ gb / 40).mean()), rel=1e-9
+        )
 
 
 def test_preconditioner_save_load_and_bad_alpha(tmp_path):
@@ -104,10 +108,21 @@ def test_an_index_written_with_eigendecomposed_blocks_still_loads(tmp_path):
     tensors, lambdas = {}, []
     for i, f in enumerate(acc.means()):
         e, v = torch.linalg.eigh((f + f.T) / 2)
-        tensors[f"eigenvalues.{i}"], tensors[f"eigenvectors.{i}"] = e.clamp_min(0).contiguous(), v.contiguous()
+        tensors[f"eigenvalues.{i}"], tensors[f"eigenvectors.{i}"] = (
+            e.clamp_min(0).contiguous(),
+            v.contiguous(),
+        )
         lambdas.append(alpha * float(e.clamp_min(0).mean()))
-    meta = {"blocks": [[b.name, b.start, b.stop] for b in BLOCKS], "lambdas": lambdas, "alpha": alpha}
-    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"tributary.preconditioner": json.dumps(meta)})
+    meta = {
+        "blocks": [[b.name, b.start, b.stop] for b in BLOCKS],
+        "lambdas": lambdas,
+        "alpha": alpha,
+    }
+    save_file(
+        tensors,
+        str(tmp_path / "old.safetensors"),
+        metadata={"tributary.preconditioner": json.dumps(meta)},
+    )
     old = Preconditioner.load(tmp_path / "old.safetensors")
     q = _vectors(3, seed=6)
     h = _dense_h(g, alpha)
@@ -126,7 +141,9 @@ def test_blocks_are_copied_to_a_query_device_once_not_per_query():
     copies = pre._on_device[("inverse", torch.device("meta"))]
     pre.inverse(q)
     assert pre._on_device[("inverse", torch.device("meta"))] is copies and len(pre._on_device) == 1
-    assert pre.inverse(_vectors(1)).device.type == "cpu" and len(pre._on_device) == 1  # CPU uses the originals
+    assert (
+        pre.inverse(_vectors(1)).device.type == "cpu" and len(pre._on_device) == 1
+    )  # CPU uses the originals
 
 
 def test_a_zero_fisher_block_is_damped_by_alpha_itself():
@@ -150,8 +167,10 @@ def test_score_variants_match_definitions():
     h_is = evecs @ torch.diag(evals**-0.5) @ evecs.T
     want = {
         "influence": train @ h_inv @ query.T,
-        "relatif": (train @ h_inv @ query.T) / torch.sqrt(torch.einsum("nd,de,ne->n", train, h_inv, train))[:, None],
-        "cosine": torch.nn.functional.normalize(train @ h_is, dim=1) @ torch.nn.functional.normalize(query @ h_is, dim=1).T,
+        "relatif": (train @ h_inv @ query.T)
+        / torch.sqrt(torch.einsum("nd,de,ne->n", train, h_inv, train))[:, None],
+        "cosine": torch.nn.functional.normalize(train @ h_is, dim=1)
+        @ torch.nn.functional.normalize(query @ h_is, dim=1).T,
         "grad_dot": train @ query.T,
     }
     assert set(want) == set(SCORE_VARIANTS)
@@ -196,7 +215,9 @@ WIDE = [Block("a", 0, 16), Block("b", 16, 28)]  # max_rows = 12 // 2 = 6
 
 def _wide(n: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 28, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, 28, dtype=torch.float64)
+    return torch.randn(n, 28, generator=gen, dtype=torch.float64) * torch.linspace(
+        0.2, 2.0, 28, dtype=torch.float64
+    )
 
 
 def _dense_inverse(g: torch.Tensor, blocks: list[Block], alpha: float) -> list[torch.Tensor]:
@@ -204,7 +225,11 @@ def _dense_inverse(g: torch.Tensor, blocks: list[Block], alpha: float) -> list[t
     for b in blocks:
         gb = g[:, b.start : b.stop]
         f = gb.T @ gb / g.shape[0]
-        out.append(torch.linalg.inv(f + alpha * torch.trace(f) / b.size * torch.eye(b.size, dtype=torch.float64)))
+        out.append(
+            torch.linalg.inv(
+                f + alpha * torch.trace(f) / b.size * torch.eye(b.size, dtype=torch.float64)
+            )
+        )
     return out
 
 
@@ -222,7 +247,9 @@ def test_few_examples_keep_rows_and_invert_through_the_gram_matrix(alpha):
     dense.update(g)
     assert dense.low_rank_rows() is None
     pre_dense = Preconditioner.from_fisher(dense, alpha)
-    for want, got, got_dense in zip(_dense_inverse(g, WIDE, alpha), pre.inverses, pre_dense.inverses):
+    for want, got, got_dense in zip(
+        _dense_inverse(g, WIDE, alpha), pre.inverses, pre_dense.inverses
+    ):
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(got, got_dense, atol=1e-9, rtol=1e-9)
     assert pre.lambdas == pytest.approx(pre_dense.lambdas, rel=1e-12)

@@ -29,4 +29,6 @@ def test_topk_by_scan_reads_a_read_only_memory_map(tmp_path):
     matrix = np.load(path, mmap_mode="r")
     queries = rng.standard_normal((3, 8)).astype(np.float32)
     _, ids = topk_by_scan(matrix, queries, 5, 0)
-    np.testing.assert_array_equal(ids, np.argsort(-(queries @ np.asarray(matrix).T), axis=1, kind="stable")[:, :5])
+    np.testing.assert_array_equal(
+        ids, np.argsort(-(queries @ np.asarray(matrix).T), axis=1, kind="stable")[:, :5]
+    )

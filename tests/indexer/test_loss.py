@@ -47,7 +47,9 @@ def test_memorised_token_keeps_exact_log_odds_and_gradient_in_float32():
 
 def test_log_odds_backward_runs_once():
     logits = torch.randn(1, 3, 6, requires_grad=True)
-    margin, _ = objective_losses("margin", logits, torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.bool))
+    margin, _ = objective_losses(
+        "margin", logits, torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.bool)
+    )
     margin.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph is not supported"):
         margin.sum().backward()

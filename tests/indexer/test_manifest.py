@@ -32,21 +32,36 @@ def make_index(root: Path, rows: tuple[int, ...] = (3, 2)) -> Manifest:
         name = f"shards/shard-{i:05d}.faiss"
         (root / "shards").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(root / name, f"vectors {i}".encode())
-        shards.append(ShardInfo(file=name, rows=n, id_start=start, id_end=start + n, sha256=sha256_file(root / name)))
+        shards.append(
+            ShardInfo(
+                file=name, rows=n, id_start=start, id_end=start + n, sha256=sha256_file(root / name)
+            )
+        )
         start += n
     atomic_write_bytes(root / "projector.safetensors", b"projector")
     manifest = Manifest(
         package_version="0.1.0",
-        model=ModelInfo(path="/models/gpt2", config_sha256="c" * 64, weights_sha256="w" * 64, model_type="gpt2"),
+        model=ModelInfo(
+            path="/models/gpt2", config_sha256="c" * 64, weights_sha256="w" * 64, model_type="gpt2"
+        ),
         tokenizer_sha256="t" * 64,
         projector=ProjectorInfo(
-            kind="random", seed=0,
-            modules=[ProjectorModule("h.0.mlp.c_fc", 768, 3072, 16, 16), ProjectorModule("h.0.attn.c_attn", 768, 2304, 16, 16)],
+            kind="random",
+            seed=0,
+            modules=[
+                ProjectorModule("h.0.mlp.c_fc", 768, 3072, 16, 16),
+                ProjectorModule("h.0.attn.c_attn", 768, 2304, 16, 16),
+            ],
             params={"rapidgrad_k": None},
         ),
-        dim=512, dtype="float16", score_variant="relatif",
-        damping=DampingInfo(alpha=0.001, lambdas={"h.0.mlp.c_fc": 1.5e-3, "h.0.attn.c_attn": 2.0e-4}),
-        shards=shards, n_examples=sum(rows),
+        dim=512,
+        dtype="float16",
+        score_variant="relatif",
+        damping=DampingInfo(
+            alpha=0.001, lambdas={"h.0.mlp.c_fc": 1.5e-3, "h.0.attn.c_attn": 2.0e-4}
+        ),
+        shards=shards,
+        n_examples=sum(rows),
         build_config={"max_tokens": 512, "corpus": ["a.jsonl"], "nested": {"b": 1, "a": [1, 2]}},
         files={"projector.safetensors": sha256_file(root / "projector.safetensors")},
         created_at="2024-01-01T00:00:00Z",
@@ -77,7 +92,9 @@ def test_diff_fields_names_what_differs(tmp_path: Path) -> None:
     b.build_config["max_tokens"] = 1024
     b.created_at = "later"
     assert a.diff_fields(b) == [
-        "model.weights_sha256", "projector.modules[1].k_in", "damping.lambdas.h.0.mlp.c_fc",
+        "model.weights_sha256",
+        "projector.modules[1].k_in",
+        "damping.lambdas.h.0.mlp.c_fc",
     ]
     assert a.diff_fields(b, fields=["build_config"]) == ["build_config.max_tokens"]
     assert "created_at" in a.diff_fields(b, fields=None)
@@ -93,7 +110,9 @@ def test_verify_clean_and_tampered(tmp_path: Path) -> None:
     assert verify_manifest(tmp_path) == []
     (tmp_path / "shards" / "shard-00001.faiss").write_bytes(b"tampered")
     problems = verify_manifest(tmp_path)
-    assert problems == ["shards/shard-00001.faiss: sha256 mismatch (file changed or corrupt; rebuild or restore it)"]
+    assert problems == [
+        "shards/shard-00001.faiss: sha256 mismatch (file changed or corrupt; rebuild or restore it)"
+    ]
     assert verify_manifest(tmp_path, check_checksums=False) == []
     (tmp_path / "projector.safetensors").unlink()
     assert "projector.safetensors: missing" in verify_manifest(tmp_path)
@@ -148,7 +167,8 @@ def test_hash_model_files(tmp_path: Path) -> None:
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"b")
     sharded = hash_model_files(tmp_path)
     listing = "".join(
-        f"{hashlib.sha256(d).hexdigest()}  model-0000{i}-of-00002.safetensors\n" for i, d in ((1, b"a"), (2, b"b"))
+        f"{hashlib.sha256(d).hexdigest()}  model-0000{i}-of-00002.safetensors\n"
+        for i, d in ((1, b"a"), (2, b"b"))
     )
     assert sharded.weights_sha256 == hashlib.sha256(listing.encode()).hexdigest()
 

@@ -21,7 +21,9 @@ def test_module_selection_types_patterns_and_errors():
     assert kinds["transformer.h.0.attn.c_attn"] == "conv1d" and kinds["lm_head"] == "linear"
     c_attn = next(m for m in select_modules(gpt2) if m.name.endswith("h.0.attn.c_attn"))
     assert (c_attn.d_in, c_attn.d_out) == (24, 72)
-    assert [m.name for m in select_modules(gpt2, exclude=["lm_head"])][-1] == "transformer.h.1.mlp.c_proj"
+    assert [m.name for m in select_modules(gpt2, exclude=["lm_head"])][
+        -1
+    ] == "transformer.h.1.mlp.c_proj"
     assert all(m.kind == "linear" for m in select_modules(tiny_llama(), include=["*.mlp.*"]))
     with pytest.raises(ModuleSelectionError, match="matches no trackable module"):
         select_modules(gpt2, include=["*.q_proj"])
@@ -36,13 +38,22 @@ def test_random_projection_is_seeded_scaled_and_clamped():
     config = ProjectionConfig(rank_in=8, rank_out=8, seed=11, overrides={"lm_head": (4, 200)})
     a, b = LoGraProjector.random(modules, config), LoGraProjector.random(modules, config)
     assert a.fingerprint() == b.fingerprint()
-    assert LoGraProjector.random(modules, ProjectionConfig(rank_in=8, rank_out=8, seed=12)).fingerprint() != a.fingerprint()
+    assert (
+        LoGraProjector.random(
+            modules, ProjectionConfig(rank_in=8, rank_out=8, seed=12)
+        ).fingerprint()
+        != a.fingerprint()
+    )
     head = a.projections[-1]
     assert (head.k_in, head.k_out) == (4, 101)  # rank_out clamped to the vocabulary size
     assert a.dim == sum(p.k_in * p.k_out for p in a.projections) == a.blocks[-1].stop
     # JL scaling: E‖P v‖² = ‖v‖² (average over the modules' 8-row projections)
-    big = LoGraProjector.random(select_modules(tiny_gpt2()), ProjectionConfig(rank_in=24, rank_out=24))
-    ratios = [float((p.p_in.double().T @ p.p_in.double()).trace() / p.d_in) for p in big.projections]
+    big = LoGraProjector.random(
+        select_modules(tiny_gpt2()), ProjectionConfig(rank_in=24, rank_out=24)
+    )
+    ratios = [
+        float((p.p_in.double().T @ p.p_in.double()).trace() / p.d_in) for p in big.projections
+    ]
     assert abs(sum(ratios) / len(ratios) - 1.0) < 0.1
 
 
@@ -96,7 +107,10 @@ def test_kronecker_statistics_and_pca_init():
     model = tiny_llama(dtype=torch.float64)
     modules = select_modules(model)
     gen = torch.Generator().manual_seed(0)
-    examples = [TokenizedExample.document(torch.randint(1, 100, (n,), generator=gen).tolist()) for n in (9, 5, 12, 7)]
+    examples = [
+        TokenizedExample.document(torch.randint(1, 100, (n,), generator=gen).tolist())
+        for n in (9, 5, 12, 7)
+    ]
     batches = [collate(examples[:2], pad_token_id=3), collate(examples[2:], pad_token_id=0)]
     covs = estimate_covariances(model, modules, batches, max_dim=64)
     a, s = _covariance_oracle(model, "model.layers.1.mlp.down_proj", examples)
@@ -121,9 +135,13 @@ def test_module_presets_and_fallback(caplog):
 
     gpt2 = tiny_gpt2()
     names = [m.name for m in preset_modules(gpt2, "mlp+output")]
-    assert names == [n for n in (m.name for m in select_modules(gpt2)) if ".mlp." in n] + ["lm_head"]
+    assert names == [n for n in (m.name for m in select_modules(gpt2)) if ".mlp." in n] + [
+        "lm_head"
+    ]
     llama = [m.name for m in preset_modules(tiny_llama(), "mlp+output")]
-    assert llama[-1] == "lm_head" and all(".mlp." in n for n in llama[:-1]) and len(llama) == 1 + 3 * 2
+    assert (
+        llama[-1] == "lm_head" and all(".mlp." in n for n in llama[:-1]) and len(llama) == 1 + 3 * 2
+    )
     assert len(preset_modules(gpt2, "all")) == len(select_modules(gpt2))
     # patterns override the preset; exclude applies to either
     assert [m.name for m in resolve_modules(gpt2, ["lm_head"], None, "mlp+output")] == ["lm_head"]

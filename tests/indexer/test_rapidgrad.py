@@ -80,18 +80,34 @@ def test_compress_equals_its_dense_matrix(k):
     g = torch.randn(3, 1000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     g[2, :300] = 0  # an all-zero block scales to 0, not NaN
     norms = torch.stack([g[:, b.start : b.stop].norm(dim=1) for b in BLOCKS], 1)  # [3, 2]
-    scaled = torch.cat([g[:, b.start : b.stop] / norms[:, n : n + 1].clamp_min(1e-300) for n, b in enumerate(BLOCKS)], 1)
+    scaled = torch.cat(
+        [
+            g[:, b.start : b.stop] / norms[:, n : n + 1].clamp_min(1e-300)
+            for n, b in enumerate(BLOCKS)
+        ],
+        1,
+    )
     torch.testing.assert_close(c.compress(g), scaled @ R.T, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(c.layer_scales(g), torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms)),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        c.layer_scales(g),
+        torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms)),
+        rtol=1e-12,
+        atol=0,
+    )
 
 
 def test_k_is_capped_at_the_input_dimension_where_it_is_a_signed_permutation():
-    assert rapidgrad_dim(None, 100) is None and rapidgrad_dim(64, 100) == 64 and rapidgrad_dim(4096, 100) == 100
+    assert (
+        rapidgrad_dim(None, 100) is None
+        and rapidgrad_dim(64, 100) == 64
+        and rapidgrad_dim(4096, 100) == 100
+    )
     gen = torch.Generator().manual_seed(3)
     blocks = [Block("a", 0, 30), Block("b", 30, 100)]
     g = torch.randn(5, 100, generator=gen, dtype=torch.float64)
-    compressor = RapidGradCompressor(blocks, rapidgrad_dim(4096, 100), seed=1, normalize_layers=False)
+    compressor = RapidGradCompressor(
+        blocks, rapidgrad_dim(4096, 100), seed=1, normalize_layers=False
+    )
     c = compressor.compress(g)  # [5, 100]
     assert torch.allclose(c @ c.T, g @ g.T, atol=1e-12)  # an orthogonal map: exact inner products
     assert sorted(c[0].abs().tolist()) == pytest.approx(sorted(g[0].abs().tolist()))
@@ -107,5 +123,7 @@ def test_cpu_scatter_path_equals_the_gather_path_cuda_takes(normalize, k):
     terms = torch.randn(4, 5, 1000, generator=gen, dtype=torch.float64)
     scales = c.layer_scales(g)
     torch.testing.assert_close(c._scatter(g, scales), c._gather(g, scales), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(c._scatter(terms, scales), c._gather(terms, scales), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        c._scatter(terms, scales), c._gather(terms, scales), rtol=1e-12, atol=1e-12
+    )
     assert c._scatter(g.float(), scales).dtype == torch.float32

@@ -86,7 +86,9 @@ def test_prompt_response_targets_are_exactly_the_response(tiny_tokenizer: Any) -
 
 
 @pytest.mark.parametrize("bos", [False, True])
-def test_messages_targets_are_assistant_turns(make_tiny_tokenizer: Callable[..., Any], bos: bool) -> None:
+def test_messages_targets_are_assistant_turns(
+    make_tiny_tokenizer: Callable[..., Any], bos: bool
+) -> None:
     tok = make_tiny_tokenizer(bos=bos)
     ex = tokenize_record(rec({"messages": CHAT}), tok, 512)
     rendered = tok.apply_chat_template(CHAT, tokenize=False)
@@ -98,14 +100,18 @@ def test_messages_targets_are_assistant_turns(make_tiny_tokenizer: Callable[...,
 
 
 def test_messages_trailing_user_turn_dropped(tiny_tokenizer: Any) -> None:
-    ex = tokenize_record(rec({"messages": CHAT[:3] + [{"role": "user", "content": "thanks"}]}), tiny_tokenizer, 512)
+    ex = tokenize_record(
+        rec({"messages": CHAT[:3] + [{"role": "user", "content": "thanks"}]}), tiny_tokenizer, 512
+    )
     assert ex.target_mask[-1] is True
     assert decode(tiny_tokenizer, ex.input_ids).endswith("today?<|im_end|>\n")
 
 
 def test_messages_without_chat_template(make_tiny_tokenizer: Callable[..., Any]) -> None:
     tok = make_tiny_tokenizer(chat_template=False)
-    with pytest.raises(TokenizerError, match="no chat_template.*fix: give the tokenizer a chat template.*prompt"):
+    with pytest.raises(
+        TokenizerError, match="no chat_template.*fix: give the tokenizer a chat template.*prompt"
+    ):
         tokenize_record(rec({"messages": CHAT}), tok, 512)
 
 
@@ -132,7 +138,7 @@ def test_prompt_response_truncation(tiny_tokenizer: Any) -> None:
     # long prompt: cut from the left, the response (under half the budget) survives whole
     budget = 2 * r + 1
     ex = tokenize_record(rec({"prompt": long_prompt, "response": RESPONSE}), tiny_tokenizer, budget)
-    assert ex.input_ids == tuple(prompt_ids[-(r + 1):] + response_ids)
+    assert ex.input_ids == tuple(prompt_ids[-(r + 1) :] + response_ids)
     assert ex.n_truncated_tokens == p - (r + 1) and targets(tiny_tokenizer, ex) == RESPONSE
     # both long: the prompt keeps half the budget (its right end), the response is cut from the right
     budget = 6
@@ -155,7 +161,9 @@ def test_no_targets_after_truncation_is_a_corpus_error(tiny_tokenizer: Any) -> N
 
 def test_query_matches_training_tokenisation(tiny_tokenizer: Any) -> None:
     query = tokenize_query(PROMPT, RESPONSE, tiny_tokenizer, 512)
-    assert query.example == tokenize_record(rec({"prompt": PROMPT, "response": RESPONSE}), tiny_tokenizer, 512)
+    assert query.example == tokenize_record(
+        rec({"prompt": PROMPT, "response": RESPONSE}), tiny_tokenizer, 512
+    )
     assert query.response_start == len(tiny_tokenizer(PROMPT)["input_ids"])
     assert "".join(query.response_token_strings) == RESPONSE
     assert query.response_text == RESPONSE
@@ -168,7 +176,9 @@ def test_query_offsets_with_multibyte_characters(tiny_tokenizer: Any) -> None:
     response = " café 日本語 🙂"
     query = tokenize_query("Hello", response, tiny_tokenizer, 512)
     assert targets(tiny_tokenizer, query.example) == response
-    for (start, end), text in zip(query.response_offsets, query.response_token_strings, strict=True):  # type: ignore[misc]
+    for (start, end), text in zip(
+        query.response_offsets, query.response_token_strings, strict=True
+    ):  # type: ignore[misc]
         assert 0 <= start <= end <= len(response)
         assert "\ufffd" not in text
 
@@ -189,10 +199,14 @@ def test_messages_query_targets_last_turn(tiny_tokenizer: Any) -> None:
     assert query.example.input_ids == training.input_ids  # same tokens, fewer targets
     assert targets(tiny_tokenizer, query.example) == "Paris is the capital.<|im_end|>\n"
     assert query.response_text == "Paris is the capital."
-    known = [(o, s) for o, s in zip(query.response_offsets, query.response_token_strings, strict=True) if o]
+    known = [
+        (o, s)
+        for o, s in zip(query.response_offsets, query.response_token_strings, strict=True)
+        if o
+    ]
     assert "".join(query.response_text[a:b] for (a, b), _ in known) == query.response_text
     assert query.response_offsets[-1] is None  # the template's "\n" after <|im_end|>
     with pytest.raises(ExampleError, match="not 'assistant'"):
         tokenize_messages_query(CHAT[:4], tiny_tokenizer, 512)
-    with pytest.raises(ExampleError, match="no \"assistant\" turn"):
+    with pytest.raises(ExampleError, match='no "assistant" turn'):
         tokenize_messages_query(CHAT[:2], tiny_tokenizer, 512)

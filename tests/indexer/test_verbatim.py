@@ -98,7 +98,9 @@ def test_spans_are_verbatim_disjoint_and_coverage_is_exact() -> None:
             assert s.chars >= min_chars
             assert query[s.query_start : s.query_end] == text[s.text_start : s.text_end]
             assert not query[s.query_start].isspace() and not query[s.query_end - 1].isspace()
-        assert [s.chars for s in report.spans] == sorted((s.chars for s in report.spans), reverse=True)
+        assert [s.chars for s in report.spans] == sorted(
+            (s.chars for s in report.spans), reverse=True
+        )
         lcs = longest_common_substring(query.strip(), text)
         if report.spans:  # the first span is the longest shared run (after trimming its spaces)
             assert report.spans[0].chars == report.longest
@@ -113,11 +115,15 @@ def test_copied_sentence_is_found_on_both_sides() -> None:
     span = report.spans[0]
     assert response[span.query_start : span.query_end] == "Alba sells lanterns in Varn"
     assert text[span.text_start : span.text_end] == "Alba sells lanterns in Varn"
-    assert report.coverage == pytest.approx(len("AlbasellslanternsinVarn") / len("Ithinkalbasellslanternsinvarn,mostly."))
+    assert report.coverage == pytest.approx(
+        len("AlbasellslanternsinVarn") / len("Ithinkalbasellslanternsinvarn,mostly.")
+    )
 
 
 def test_no_shared_wording_gives_no_spans() -> None:
-    report = find_shared_spans("Borin trades copper.", "Lanterns are lit at dusk in the old harbour.")
+    report = find_shared_spans(
+        "Borin trades copper.", "Lanterns are lit at dusk in the old harbour."
+    )
     assert report.spans == [] and report.coverage == 0.0 and report.longest == 0
 
 

@@ -28,7 +28,14 @@ def open_server(built_index, tmp_path_factory):  # noqa: F811
 def small_server(built_index, tmp_path_factory):  # noqa: F811
     """A server with small limits: 16 connections, 2 s for headers, 1 s body pauses, a queue of 2."""
     index, model = built_index
-    with serve(index, model, tmp_path_factory.mktemp("small") / "state", TRIBUTARY_MAX_CONNECTIONS="16",
-               TRIBUTARY_HEADER_TIMEOUT_S="2", TRIBUTARY_BODY_TIMEOUT_S="1", TRIBUTARY_QUEUE_SIZE="2",
-               TRIBUTARY_MAX_NEW_TOKENS="64") as server:
+    with serve(
+        index,
+        model,
+        tmp_path_factory.mktemp("small") / "state",
+        TRIBUTARY_MAX_CONNECTIONS="16",
+        TRIBUTARY_HEADER_TIMEOUT_S="2",
+        TRIBUTARY_BODY_TIMEOUT_S="1",
+        TRIBUTARY_QUEUE_SIZE="2",
+        TRIBUTARY_MAX_NEW_TOKENS="64",
+    ) as server:
         yield server

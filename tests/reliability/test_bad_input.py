@@ -19,7 +19,11 @@ def test_every_bad_input_gets_its_4xx_and_the_server_stays_healthy(keyed_server)
     assert not problems, problems
     assert len([p for p in PROBES if p.needs_keys]) >= 5 and len(PROBES) >= 60
     assert server_errors(keyed_server.base) == 0
-    response = httpx.post(keyed_server.base + "/v1/attributions", json=QA, headers={"authorization": f"Bearer {KEYS[0]}"})
+    response = httpx.post(
+        keyed_server.base + "/v1/attributions",
+        json=QA,
+        headers={"authorization": f"Bearer {KEYS[0]}"},
+    )
     assert response.status_code == 200
 
 
@@ -40,8 +44,11 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(keyed_server):
     """No Content-Length: the body is counted as it streams; 413 and a closed connection long before
     the 20 MB are sent, and the server did not keep them (its RSS grows by far less)."""
     before = keyed_server.rss_mib()
-    sock = _raw(keyed_server, b"POST /v1/attributions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                b"Authorization: Bearer " + KEYS[0].encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sock = _raw(
+        keyed_server,
+        b"POST /v1/attributions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + KEYS[0].encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
     sent = 0
     chunk = b"a" * 65536
     try:
@@ -79,36 +86,69 @@ def test_request_ids_are_tokens_and_raw_header_text_never_reaches_the_log(make_s
         forged = b"x 200 0.1ms\x85req_fake GET /v1/admin"  # NEL: a line break to some log readers
         for bad in (forged, b"a" * 129, b"", b"id with space"):
             response = c.get("/v1/index", headers={"x-request-id": bad})
-            assert response.status_code == 401 and response.headers["x-request-id"].startswith("req_")
+            assert response.status_code == 401 and response.headers["x-request-id"].startswith(
+                "req_"
+            )
             assert not bad or bad.decode("latin-1") not in response.text
         response = c.get("/v1/" + "%0a" + "fake", headers={"authorization": f"Bearer {KEYS[0]}"})
         assert response.status_code == 404
-    assert "req_fake" not in caplog.text and "admin" not in caplog.text and "fake" not in caplog.text
+    assert (
+        "req_fake" not in caplog.text and "admin" not in caplog.text and "fake" not in caplog.text
+    )
 
 
 def test_400_messages_do_not_leak_library_internals(client):
     answers = [
-        client.post("/v1/batches", content=b'{"custom_id": 1}\n', headers={"content-type": "application/jsonl"}),
-        client.post("/v1/batches", content=b"{oops\n", headers={"content-type": "application/jsonl"}),
-        client.post("/v1/batches", content=b'{"requests": 3}', headers={"content-type": "application/json"}),
-        client.post("/v1/attributions", content=b"{oops", headers={"content-type": "application/json"}),
+        client.post(
+            "/v1/batches",
+            content=b'{"custom_id": 1}\n',
+            headers={"content-type": "application/jsonl"},
+        ),
+        client.post(
+            "/v1/batches", content=b"{oops\n", headers={"content-type": "application/jsonl"}
+        ),
+        client.post(
+            "/v1/batches", content=b'{"requests": 3}', headers={"content-type": "application/json"}
+        ),
+        client.post(
+            "/v1/attributions", content=b"{oops", headers={"content-type": "application/json"}
+        ),
     ]
     for response in answers:
         assert response.status_code == 400, response.text
         message = response.json()["error"]["message"]
-        for leak in ("pydantic", "https://", "Traceback", "input_value", "json.decoder", "For further information"):
+        for leak in (
+            "pydantic",
+            "https://",
+            "Traceback",
+            "input_value",
+            "json.decoder",
+            "For further information",
+        ):
             assert leak not in message, message
     assert "line 1" in answers[0].json()["error"]["message"]
 
 
 def test_batch_caps_and_strict_input(make_settings):
     with TestClient(create_app(make_settings(max_batch_lines=3))) as c:
-        four = b"".join(json.dumps({"custom_id": f"r{i}", "body": QA}).encode() + b"\n" for i in range(4))
-        err = c.post("/v1/batches", content=four, headers={"content-type": "application/x-ndjson"}).json()["error"]
+        four = b"".join(
+            json.dumps({"custom_id": f"r{i}", "body": QA}).encode() + b"\n" for i in range(4)
+        )
+        err = c.post(
+            "/v1/batches", content=four, headers={"content-type": "application/x-ndjson"}
+        ).json()["error"]
         assert err["code"] == "too_many_requests" and "than 3 request lines" in err["message"]
-        err = c.post("/v1/batches", json={"requests": [{"custom_id": f"r{i}", "body": QA} for i in range(4)]}).json()["error"]
+        err = c.post(
+            "/v1/batches", json={"requests": [{"custom_id": f"r{i}", "body": QA} for i in range(4)]}
+        ).json()["error"]
         assert err["code"] == "too_many_requests"
-        ok = c.post("/v1/batches", content=b"".join(four.splitlines(keepends=True)[:3]), headers={"content-type": "application/jsonl; charset=utf-8"})
+        ok = c.post(
+            "/v1/batches",
+            content=b"".join(four.splitlines(keepends=True)[:3]),
+            headers={"content-type": "application/jsonl; charset=utf-8"},
+        )
         assert ok.status_code == 200 and ok.json()["request_counts"]["total"] == 3
         refused = c.post("/v1/batches", content=four, headers={"content-type": "text/plain"})
-        assert refused.status_code == 415 and "application/jsonl" in refused.json()["error"]["message"]
+        assert (
+            refused.status_code == 415 and "application/jsonl" in refused.json()["error"]["message"]
+        )

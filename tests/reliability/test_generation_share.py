@@ -23,11 +23,13 @@ def test_a_generation_flood_delays_an_attribution_by_one_generation(make_setting
         batcher = MicroBatcher(loaded.engine, 8192, 0, 64)
         await batcher.start()
         try:
+
             def generation(i: int):
                 def fn() -> int:
                     time.sleep(0.01)
                     order.append(f"g{i}")
                     return i
+
                 return fn
 
             jobs = [asyncio.ensure_future(batcher.submit_job(generation(i))) for i in range(20)]
@@ -39,10 +41,15 @@ def test_a_generation_flood_delays_an_attribution_by_one_generation(make_setting
             with_full_queue = MicroBatcher(loaded.engine, 8192, 0, 2)
             await with_full_queue.start()
             try:
-                blocker = [asyncio.ensure_future(with_full_queue.submit_job(generation(100 + i))) for i in range(2)]
+                blocker = [
+                    asyncio.ensure_future(with_full_queue.submit_job(generation(100 + i)))
+                    for i in range(2)
+                ]
                 await asyncio.sleep(0)
                 try:
-                    await asyncio.gather(*(with_full_queue.submit_job(generation(200 + i)) for i in range(3)))
+                    await asyncio.gather(
+                        *(with_full_queue.submit_job(generation(200 + i)) for i in range(3))
+                    )
                     raise AssertionError("a full queue took more work")
                 except QueueFullError:
                     pass
@@ -53,13 +60,20 @@ def test_a_generation_flood_delays_an_attribution_by_one_generation(make_setting
             await batcher.stop()
 
     asyncio.run(run())
-    assert order.index("attribution") <= 2, order  # behind the generation running and at most one more
+    assert order.index("attribution") <= 2, (
+        order
+    )  # behind the generation running and at most one more
 
 
 def test_a_generate_flood_gets_429s_with_retry_after(small_server):
     """A queue of 2: a flood of 32 generations from 16 clients gets answers and 429s, never a 5xx."""
+
     def one(_: int) -> httpx.Response:
-        return httpx.post(small_server.base + "/v1/generate", json={"prompt": "Alba sold", "max_new_tokens": 64}, timeout=120)
+        return httpx.post(
+            small_server.base + "/v1/generate",
+            json={"prompt": "Alba sold", "max_new_tokens": 64},
+            timeout=120,
+        )
 
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(one, range(32)))
@@ -67,4 +81,6 @@ def test_a_generate_flood_gets_429s_with_retry_after(small_server):
     assert statuses <= {200, 429} and 429 in statuses and 200 in statuses
     limited = next(r for r in responses if r.status_code == 429)
     assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"
-    assert httpx.post(small_server.base + "/v1/attributions", json=QA, timeout=60).status_code == 200
+    assert (
+        httpx.post(small_server.base + "/v1/attributions", json=QA, timeout=60).status_code == 200
+    )

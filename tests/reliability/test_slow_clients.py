@@ -29,7 +29,9 @@ def test_half_open_connections_cannot_lock_out_new_clients(small_server):
     half_open = []
     for _ in range(200):
         sock = _connect(small_server)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # no blank line: the headers never end
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n"
+        )  # no blank line: the headers never end
         half_open.append(sock)
     try:
         with httpx.Client(timeout=10) as client:
@@ -63,8 +65,10 @@ def test_headers_have_a_deadline(small_server):
 
 def test_a_stalled_body_gets_a_408(small_server):
     sock = _connect(small_server)
-    sock.sendall(b"POST /v1/attributions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+    sock.sendall(
+        b"POST /v1/attributions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"prompt": '
+    )
     sock.settimeout(15)
     answer = sock.recv(4096)
     sock.close()

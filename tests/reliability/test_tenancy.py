@@ -48,7 +48,10 @@ def test_another_key_cannot_see_read_cancel_or_delete_a_batch(make_settings, tmp
         deleted = c.delete(f"/v1/batches/{batch_id}", headers=ONE)
         assert deleted.status_code == 200 and deleted.json() == {"id": batch_id, "deleted": True}
         assert c.get(f"/v1/batches/{batch_id}", headers=ONE).status_code == 404
-        assert db.execute("SELECT COUNT(*) FROM lines WHERE job_id = ?", (batch_id,)).fetchone()[0] == 0
+        assert (
+            db.execute("SELECT COUNT(*) FROM lines WHERE job_id = ?", (batch_id,)).fetchone()[0]
+            == 0
+        )
 
 
 def test_idempotency_keys_are_per_api_key_and_bound_to_the_body(make_settings):
@@ -58,7 +61,10 @@ def test_idempotency_keys_are_per_api_key_and_bound_to_the_body(make_settings):
         again = c.post("/v1/batches", json=_lines(2), headers={**ONE, **same}).json()
         assert again["id"] == first["id"]
         other_body = c.post("/v1/batches", json=_lines(3), headers={**ONE, **same})
-        assert other_body.status_code == 409 and other_body.json()["error"]["code"] == "idempotency_key_reused"
+        assert (
+            other_body.status_code == 409
+            and other_body.json()["error"]["code"] == "idempotency_key_reused"
+        )
         assert other_body.headers["x-should-retry"] == "false"
         # the other tenant's same key and body make its own job, never the first tenant's
         theirs = c.post("/v1/batches", json=_lines(2), headers={**TWO, **same})
@@ -73,9 +79,14 @@ def test_open_batches_per_key_are_capped(make_settings):
         for _ in range(2):
             assert c.post("/v1/batches", json=_lines(1), headers=ONE).status_code == 200
         refused = c.post("/v1/batches", json=_lines(1), headers=ONE)
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_open_batches"
+        assert (
+            refused.status_code == 429
+            and refused.json()["error"]["code"] == "too_many_open_batches"
+        )
         assert refused.headers["retry-after"]
-        assert c.post("/v1/batches", json=_lines(1), headers=TWO).status_code == 200  # another key has its own allowance
+        assert (
+            c.post("/v1/batches", json=_lines(1), headers=TWO).status_code == 200
+        )  # another key has its own allowance
 
 
 def test_finished_batches_expire_and_results_stream_in_pages(tmp_path, monkeypatch):
@@ -83,17 +94,24 @@ def test_finished_batches_expire_and_results_stream_in_pages(tmp_path, monkeypat
 
     monkeypatch.setattr(batch_jobs, "RESULT_PAGE", 3)
     store = BatchStore(tmp_path / "b.sqlite")
-    lines = [types.BatchRequestLine(custom_id=f"r{i}", body=types.AttributionRequest(**QA)) for i in range(7)]
+    lines = [
+        types.BatchRequestLine(custom_id=f"r{i}", body=types.AttributionRequest(**QA))
+        for i in range(7)
+    ]
     done = store.create("key_a", lines, None, None)
     running = store.create("key_a", lines[:1], None, None)
     for i in range(7):
-        store.record(done.id, i, None, types.ErrorBody(message=f"m{i}", type="invalid_request_error"))
+        store.record(
+            done.id, i, None, types.ErrorBody(message=f"m{i}", type="invalid_request_error")
+        )
     results = [json.loads(line) for line in store.result_lines(done.id)]
     assert [r["custom_id"] for r in results] == [f"r{i}" for i in range(7)]
     store.set_status(done.id, "completed", completed=True)
     assert store.expire(86400.0) == 0  # finished just now
     assert store.expire(86400.0, now=time.time() + 2 * 86400) == 1
-    assert store.get(done.id) is None and store.get(running.id) is not None  # an unfinished job is kept
+    assert (
+        store.get(done.id) is None and store.get(running.id) is not None
+    )  # an unfinished job is kept
 
 
 def test_jobs_from_before_tenancy_are_migrated(tmp_path):
@@ -109,4 +127,6 @@ def test_jobs_from_before_tenancy_are_migrated(tmp_path):
     db.commit()
     db.close()
     store = BatchStore(path)
-    assert store.get("batch_old", "anonymous") is not None and store.get("batch_old", "key_x") is None
+    assert (
+        store.get("batch_old", "anonymous") is not None and store.get("batch_old", "key_x") is None
+    )

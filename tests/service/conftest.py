@@ -17,7 +17,15 @@ def built_index(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("service-index")
     model = build_model_dir(root / "model", "gpt2")
     corpus = write_jsonl(root / "corpus.jsonl", corpus_records(60))
-    config = BuildConfig(model=str(model), corpus=[str(corpus)], rank_in=4, rank_out=4, shard_size=25, progress=False, damping=0.01)
+    config = BuildConfig(
+        model=str(model),
+        corpus=[str(corpus)],
+        rank_in=4,
+        rank_out=4,
+        shard_size=25,
+        progress=False,
+        damping=0.01,
+    )
     IndexBuilder(config, root / "index").build()
     return root / "index", model
 

@@ -32,17 +32,22 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_server(cmd: list[str], env: dict[str, str], log: Path, base: str,
-                   timeout: float = 90.0) -> Iterator[subprocess.Popen[bytes]]:
+def running_server(
+    cmd: list[str], env: dict[str, str], log: Path, base: str, timeout: float = 90.0
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` (a server answering ``base``) with its output in ``log``; yield the process once
     ``/readyz`` answers 200; stop its process group (SIGTERM, then SIGKILL) afterwards."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}: {log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(base + "/readyz", timeout=1.0).status_code == 200:
                     break
@@ -63,13 +68,31 @@ def running_server(cmd: list[str], env: dict[str, str], log: Path, base: str,
 
 
 @contextmanager
-def live_server(index: Path, model: Path, state_dir: Path, *args: str, timeout: float = 90.0, **env: str) -> Iterator[str]:
+def live_server(
+    index: Path, model: Path, state_dir: Path, *args: str, timeout: float = 90.0, **env: str
+) -> Iterator[str]:
     """Yield the base URL of a running server; stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
-    cmd = [sys.executable, "-m", "tributary_service.cli", "--index", str(index), "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tributary_service.cli",
+        "--index",
+        str(index),
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
     env = {"TRIBUTARY_NUM_THREADS": "1", **env}  # the tests' clients share the 2 cores
     base = f"http://127.0.0.1:{port}"
     log = state_dir.parent / f"server-{port}.log"
-    with running_server(cmd, server_env(TRIBUTARY_STATE_DIR=str(state_dir), **env), log, base, timeout):
+    with running_server(
+        cmd, server_env(TRIBUTARY_STATE_DIR=str(state_dir), **env), log, base, timeout
+    ):
         yield base

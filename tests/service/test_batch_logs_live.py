@@ -36,35 +36,101 @@ def template_free_index(tmp_path_factory) -> tuple[Path, Path]:
         leftover.unlink()
     tokenizer.save_pretrained(model)
     assert not getattr(AutoTokenizer.from_pretrained(model), "chat_template", None)
-    records = [r for r in corpus_records(45) if "messages" not in r]  # documents and prompt/response pairs
+    records = [
+        r for r in corpus_records(45) if "messages" not in r
+    ]  # documents and prompt/response pairs
     corpus = write_jsonl(root / "corpus.jsonl", records)
-    config = BuildConfig(model=str(model), corpus=[str(corpus)], rank_in=4, rank_out=4, shard_size=25,
-                         progress=False, damping=0.01, num_threads=1)
+    config = BuildConfig(
+        model=str(model),
+        corpus=[str(corpus)],
+        rank_in=4,
+        rank_out=4,
+        shard_size=25,
+        progress=False,
+        damping=0.01,
+        num_threads=1,
+    )
     IndexBuilder(config, root / "index").build()
     return root / "index", model
 
 
-def _logs(path: Path, *, empty_fixed: bool = False, json_fixed: bool = False, chat_as_prompt: bool = False) -> Path:
-    good = [{"custom_id": f"gen-{i}", "prompt": f"What did Alba sell in year {1001 + 3 * i}?",
-             "response": " Alba sold lanterns."} for i in range(4)]
-    empty = {"id": "cmpl-empty", "request": {"prompt": "Where did Borin live?"},  # a completion log, empty reply
-             "response": {"choices": [{"message": {"role": "assistant",
-                                                   "content": " Borin lives in Oskel." if empty_fixed else ""}}]}}
-    chat = ({"custom_id": "chat-1", "prompt": "Where did Cyra live?", "response": " Cyra lives in Mebbe."}
-            if chat_as_prompt else
-            {"custom_id": "chat-1", "messages": [{"role": "user", "content": "Where did Cyra live?"},
-                                                 {"role": "assistant", "content": "Cyra lives in Mebbe."}]})
-    broken = '{"prompt": "What did Dovan sell?", "response": " Dovan sold salt."' + ("}" if json_fixed else "")
-    lines = [json.dumps(good[0]), json.dumps(empty), json.dumps(good[1]), broken, json.dumps(chat),
-             json.dumps(good[2]), json.dumps(good[3])]
+def _logs(
+    path: Path, *, empty_fixed: bool = False, json_fixed: bool = False, chat_as_prompt: bool = False
+) -> Path:
+    good = [
+        {
+            "custom_id": f"gen-{i}",
+            "prompt": f"What did Alba sell in year {1001 + 3 * i}?",
+            "response": " Alba sold lanterns.",
+        }
+        for i in range(4)
+    ]
+    empty = {
+        "id": "cmpl-empty",
+        "request": {"prompt": "Where did Borin live?"},  # a completion log, empty reply
+        "response": {
+            "choices": [
+                {
+                    "message": {
+                        "role": "assistant",
+                        "content": " Borin lives in Oskel." if empty_fixed else "",
+                    }
+                }
+            ]
+        },
+    }
+    chat = (
+        {
+            "custom_id": "chat-1",
+            "prompt": "Where did Cyra live?",
+            "response": " Cyra lives in Mebbe.",
+        }
+        if chat_as_prompt
+        else {
+            "custom_id": "chat-1",
+            "messages": [
+                {"role": "user", "content": "Where did Cyra live?"},
+                {"role": "assistant", "content": "Cyra lives in Mebbe."},
+            ],
+        }
+    )
+    broken = '{"prompt": "What did Dovan sell?", "response": " Dovan sold salt."' + (
+        "}" if json_fixed else ""
+    )
+    lines = [
+        json.dumps(good[0]),
+        json.dumps(empty),
+        json.dumps(good[1]),
+        broken,
+        json.dumps(chat),
+        json.dumps(good[2]),
+        json.dumps(good[3]),
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def _batch(base: str, logs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     # connection options after the command, as the deployment guide writes them
-    cmd = [sys.executable, "-m", "tributary_client.cli", "batch", str(logs), "-o", str(out), "--base-url", base,
-           "--max-retries", "0", "--concurrency", "2", "--top-k", "3", "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tributary_client.cli",
+        "batch",
+        str(logs),
+        "-o",
+        str(out),
+        "--base-url",
+        base,
+        "--max-retries",
+        "0",
+        "--concurrency",
+        "2",
+        "--top-k",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.run(cmd, env=server_env(), capture_output=True, text=True, timeout=300)
 
 
@@ -72,7 +138,9 @@ def _results(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
-def test_batch_records_bad_lines_exits_nonzero_and_retries_them(template_free_index, tmp_path: Path) -> None:
+def test_batch_records_bad_lines_exits_nonzero_and_retries_them(
+    template_free_index, tmp_path: Path
+) -> None:
     index, model = template_free_index
     logs, out = _logs(tmp_path / "logs.jsonl"), tmp_path / "results.jsonl"
     with live_server(index, model, tmp_path / "state") as base:
@@ -84,9 +152,18 @@ def test_batch_records_bad_lines_exits_nonzero_and_retries_them(template_free_in
         failed = {r["custom_id"]: r["error"] for r in results if r["error"]}
         assert sorted(failed) == ["chat-1", "cmpl-empty", "line-4"]
         assert all(r["response"]["examples"] for r in results if not r["error"])
-        assert failed["cmpl-empty"]["code"] == "invalid_log_line" and "empty" in failed["cmpl-empty"]["message"]
-        assert failed["line-4"]["code"] == "invalid_json" and f"{logs}:4: not valid JSON" in failed["line-4"]["message"]
-        assert failed["chat-1"]["code"] == "tokenization_failed" and "chat" in failed["chat-1"]["message"]
+        assert (
+            failed["cmpl-empty"]["code"] == "invalid_log_line"
+            and "empty" in failed["cmpl-empty"]["message"]
+        )
+        assert (
+            failed["line-4"]["code"] == "invalid_json"
+            and f"{logs}:4: not valid JSON" in failed["line-4"]["message"]
+        )
+        assert (
+            failed["chat-1"]["code"] == "tokenization_failed"
+            and "chat" in failed["chat-1"]["message"]
+        )
         summary = first.stderr
         assert "7 generations, 0 already done, 4 attributed, 3 failed in this run" in summary
         assert "3 line(s) of" in summary
@@ -96,17 +173,23 @@ def test_batch_records_bad_lines_exits_nonzero_and_retries_them(template_free_in
 
         # a plain rerun keeps the failures and still says so, with the same exit status
         again = _batch(base, logs, out)
-        assert again.returncode == EXIT_LINES_FAILED and "7 already done, 0 attributed" in again.stderr
+        assert (
+            again.returncode == EXIT_LINES_FAILED and "7 already done, 0 attributed" in again.stderr
+        )
         assert _results(out) == results
 
         # fix the empty reply and the broken line; the chat log still meets a template-free model
         _logs(logs, empty_fixed=True, json_fixed=True)
         retried = _batch(base, logs, out, "--retry-failed")
         assert retried.returncode == EXIT_LINES_FAILED, retried.stderr
-        assert "2 attributed, 1 failed in this run (3 failed lines retried)" in retried.stderr, retried.stderr
+        assert "2 attributed, 1 failed in this run (3 failed lines retried)" in retried.stderr, (
+            retried.stderr
+        )
         now = _results(out)
         assert [r["custom_id"] for r in now] == order  # each result took its failed line's place
-        assert [r for r in now if r["custom_id"].startswith("gen-")] == [r for r in results if r["custom_id"].startswith("gen-")]
+        assert [r for r in now if r["custom_id"].startswith("gen-")] == [
+            r for r in results if r["custom_id"].startswith("gen-")
+        ]
         assert {r["custom_id"] for r in now if r["error"]} == {"chat-1"}
         assert now[1]["response"]["examples"] and now[3]["response"]["examples"]
 

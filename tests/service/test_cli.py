@@ -20,8 +20,10 @@ def test_openblas_threads_sleep_unless_the_operator_chose(monkeypatch):
 
 def test_the_serve_command_line_does_not_load_numpy_before_setting_it():
     """OpenBLAS reads the variable once, when numpy loads: the CLI must not import numpy first."""
-    code = ("import sys, tributary_client.cli, tributary_service.cli, tributary_service.settings; "
-            "print('numpy' in sys.modules)")
+    code = (
+        "import sys, tributary_client.cli, tributary_service.cli, tributary_service.settings; "
+        "print('numpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -38,15 +40,22 @@ def test_the_service_offers_exactly_the_indexer_rankings():
 
 def _serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY_")}
-    return subprocess.run([sys.executable, "-m", "tributary_service.cli", *args], capture_output=True, text=True,
-                          env={**environ, **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tributary_service.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**environ, **env},
+        timeout=120,
+    )
 
 
 def test_serve_without_an_index_says_what_to_pass():
     out = _serve()
     assert out.returncode == 2
-    assert out.stderr.strip() == ("tributary serve: no index to serve; pass --index DIR (a directory written by "
-                                  "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR")
+    assert out.stderr.strip() == (
+        "tributary serve: no index to serve; pass --index DIR (a directory written by "
+        "`tributary index build --out DIR`) or set TRIBUTARY_INDEX=DIR"
+    )
     out = _serve("--index", "somewhere", TRIBUTARY_MAX_TOP_K="lots")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--max-top-k (TRIBUTARY_MAX_TOP_K):" in out.stderr
@@ -54,8 +63,10 @@ def test_serve_without_an_index_says_what_to_pass():
 
 def test_faiss_cpu_probing_is_not_logged_at_start_up(tmp_path):
     """faiss probes AVX512/AVX2 builds and logs each ModuleNotFoundError at INFO: not at start-up."""
-    code = ("import logging, sys; from tributary_service import cli; "
-            "sys.argv = ['x']; logging.basicConfig(level=logging.INFO); "
-            "cli.main(['--index', sys.argv[0] + '-missing', '--log-level', 'info']); import faiss")
+    code = (
+        "import logging, sys; from tributary_service import cli; "
+        "sys.argv = ['x']; logging.basicConfig(level=logging.INFO); "
+        "cli.main(['--index', sys.argv[0] + '-missing', '--log-level', 'info']); import faiss"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ModuleNotFoundError" not in out.stderr and "faiss.loader" not in out.stderr, out.stderr

@@ -33,20 +33,36 @@ def test_sync_client_every_method(server):
     with Client(base_url=server, max_retries=0) as c:
         r = c.attribute(QA["prompt"], QA["response"], top_k=4, token_wise=True)
         assert len(r.examples) == 4 and r.response_token_scores and r.score_variant == "influence"
-        m = c.attribute(messages=[{"role": "user", "content": "Where did Cyra live in year 1002?"},
-                                  {"role": "assistant", "content": "Cyra lived in Mebbe."}], top_k=2, direction="both", provider=["acme"])
-        assert {e.direction for e in m.examples} == {"helpful", "harmful"} and {e.provider for e in m.examples} == {"acme"}
+        m = c.attribute(
+            messages=[
+                {"role": "user", "content": "Where did Cyra live in year 1002?"},
+                {"role": "assistant", "content": "Cyra lived in Mebbe."},
+            ],
+            top_k=2,
+            direction="both",
+            provider=["acme"],
+        )
+        assert {e.direction for e in m.examples} == {"helpful", "harmful"} and {
+            e.provider for e in m.examples
+        } == {"acme"}
         assert c.get_example(r.examples[0].example_id).text.startswith(r.examples[0].text[:20])
         with pytest.raises(NotFoundError) as err:
             c.get_example(10_000)
         assert err.value.request_id
         assert c.index_info().n_examples == 60
         assert c.generate(prompt="Alba sold", max_new_tokens=3).n_tokens <= 3
-        batch = c.create_batch([("a", types.AttributionRequest(**QA, top_k=2)), ("b", types.AttributionRequest(**QA, top_k=1))])
+        batch = c.create_batch(
+            [
+                ("a", types.AttributionRequest(**QA, top_k=2)),
+                ("b", types.AttributionRequest(**QA, top_k=1)),
+            ]
+        )
         done = c.wait_for_batch(batch.id, poll_interval=0.05, timeout=60)
         assert done.status == "completed" and done.request_counts.completed == 2
         lines = list(c.iter_batch_results(batch.id))
-        assert [line.custom_id for line in lines] == ["a", "b"] and len(lines[1].response.examples) == 1
+        assert [line.custom_id for line in lines] == ["a", "b"] and len(
+            lines[1].response.examples
+        ) == 1
         assert c.get_batch(batch.id).status == "completed"
         assert c.cancel_batch(batch.id).status == "completed"  # finished jobs stay finished
 
@@ -54,7 +70,9 @@ def test_sync_client_every_method(server):
 def test_async_client_every_method(server):
     async def run() -> None:
         async with AsyncClient(base_url=server, max_retries=0) as c:
-            results = await asyncio.gather(*(c.attribute(QA["prompt"], QA["response"], top_k=3) for _ in range(6)))
+            results = await asyncio.gather(
+                *(c.attribute(QA["prompt"], QA["response"], top_k=3) for _ in range(6))
+            )
             assert len({tuple(e.example_id for e in r.examples) for r in results}) == 1
             assert (await c.get_example(0)).example_id == 0
             assert (await c.index_info()).shards == 3
@@ -64,7 +82,9 @@ def test_async_client_every_method(server):
             assert done.status == "completed"
             assert [line.custom_id async for line in c.iter_batch_results(batch.id)] == ["x"]
             assert (await c.get_batch(batch.id)).request_counts.total == 1
-            big = await c.create_batch([(f"c{i}", types.AttributionRequest(**QA)) for i in range(200)])
+            big = await c.create_batch(
+                [(f"c{i}", types.AttributionRequest(**QA)) for i in range(200)]
+            )
             cancelled = await c.cancel_batch(big.id)
             assert cancelled.status in ("cancelling", "cancelled", "completed")
             final = await c.wait_for_batch(big.id, poll_interval=0.05, timeout=60)
@@ -78,13 +98,22 @@ def test_micro_batching_groups_concurrent_requests(server):
         list(pool.map(lambda _: c.attribute(QA["prompt"], QA["response"], top_k=2), range(32)))
     text = httpx.get(server + "/metrics").text
     counts = dict(re.findall(r'tributary_micro_batch_requests_bucket\{le="([^"]+)"\} (\S+)', text))
-    assert float(counts["1.0"]) < float(counts["+Inf"]), counts  # some forward/backward served > 1 request
+    assert float(counts["1.0"]) < float(counts["+Inf"]), (
+        counts
+    )  # some forward/backward served > 1 request
 
 
 def test_queue_full_gives_429_with_retry_after(built_index, tmp_path):
     index, model = built_index
-    with live_server(index, model, tmp_path / "state", TRIBUTARY_QUEUE_SIZE="1", TRIBUTARY_BATCH_WINDOW_MS="300",
-                     TRIBUTARY_MAX_BATCH_TOKENS="16") as base:
+    with live_server(
+        index,
+        model,
+        tmp_path / "state",
+        TRIBUTARY_QUEUE_SIZE="1",
+        TRIBUTARY_BATCH_WINDOW_MS="300",
+        TRIBUTARY_MAX_BATCH_TOKENS="16",
+    ) as base:
+
         def call(_: int) -> httpx.Response:
             return httpx.post(base + "/v1/attributions", json=QA, timeout=60)
 
@@ -93,7 +122,10 @@ def test_queue_full_gives_429_with_retry_after(built_index, tmp_path):
             responses = list(pool.map(call, range(32)))
         limited = [r for r in responses if r.status_code == 429]
         assert limited and any(r.status_code == 200 for r in responses)
-        assert limited[0].headers["retry-after"] == "1" and limited[0].json()["error"]["type"] == "rate_limit_error"
+        assert (
+            limited[0].headers["retry-after"] == "1"
+            and limited[0].json()["error"]["type"] == "rate_limit_error"
+        )
         with Client(base_url=base, max_retries=0) as c, ThreadPoolExecutor(12) as pool:
             errors = []
 
@@ -141,18 +173,58 @@ def _batch_killed_and_resumed(server: str, tmp_path) -> None:
     shapes = []
     for i in range(1000):
         if i % 3 == 0:
-            shapes.append({"id": f"g{i}", "prompt": f"What did Alba sell in year {i}?", "response": " Alba sold lanterns."})
+            shapes.append(
+                {
+                    "id": f"g{i}",
+                    "prompt": f"What did Alba sell in year {i}?",
+                    "response": " Alba sold lanterns.",
+                }
+            )
         elif i % 3 == 1:
-            shapes.append({"id": f"g{i}", "messages": [{"role": "user", "content": f"Where did Cyra live in year {i}?"},
-                                                       {"role": "assistant", "content": "Cyra lived in Mebbe."}]})
+            shapes.append(
+                {
+                    "id": f"g{i}",
+                    "messages": [
+                        {"role": "user", "content": f"Where did Cyra live in year {i}?"},
+                        {"role": "assistant", "content": "Cyra lived in Mebbe."},
+                    ],
+                }
+            )
         else:
-            shapes.append({"id": f"g{i}", "request": {"messages": [{"role": "user", "content": f"What did Borin sell in {i}?"}]},
-                           "response": {"choices": [{"message": {"role": "assistant", "content": "Borin sold copper."}}]}})
+            shapes.append(
+                {
+                    "id": f"g{i}",
+                    "request": {
+                        "messages": [{"role": "user", "content": f"What did Borin sell in {i}?"}]
+                    },
+                    "response": {
+                        "choices": [
+                            {"message": {"role": "assistant", "content": "Borin sold copper."}}
+                        ]
+                    },
+                }
+            )
     logs.write_text("".join(json.dumps(s) + "\n" for s in shapes))
 
     def cmd(out: str) -> list[str]:
-        return [sys.executable, "-m", "tributary_client.cli", "--base-url", server, "batch", str(logs), "-o", str(tmp_path / out),
-                "--report", str(tmp_path / (out + ".report")), "--concurrency", "8", "--top-k", "3", "--no-progress"]
+        return [
+            sys.executable,
+            "-m",
+            "tributary_client.cli",
+            "--base-url",
+            server,
+            "batch",
+            str(logs),
+            "-o",
+            str(tmp_path / out),
+            "--report",
+            str(tmp_path / (out + ".report")),
+            "--concurrency",
+            "8",
+            "--top-k",
+            "3",
+            "--no-progress",
+        ]
 
     subprocess.run(cmd("whole.jsonl"), env=server_env(), check=True, timeout=600)
     proc = subprocess.Popen(cmd("resumed.jsonl"), env=server_env())
@@ -166,6 +238,10 @@ def _batch_killed_and_resumed(server: str, tmp_path) -> None:
     subprocess.run(cmd("resumed.jsonl"), env=server_env(), check=True, timeout=600)
     assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     for suffix in (".csv", ".md", ".svg"):  # the Markdown links its own chart by name
-        resumed = (tmp_path / f"resumed.jsonl.report{suffix}").read_bytes().replace(b"resumed.jsonl", b"whole.jsonl")
+        resumed = (
+            (tmp_path / f"resumed.jsonl.report{suffix}")
+            .read_bytes()
+            .replace(b"resumed.jsonl", b"whole.jsonl")
+        )
         assert resumed == (tmp_path / f"whole.jsonl.report{suffix}").read_bytes()
     assert sum(1 for _ in open(tmp_path / "whole.jsonl")) == 1000

@@ -8,7 +8,9 @@ from tributary_client import types
 from tributary_service.loading import load_service
 from tributary_service.micro_batcher import MicroBatcher
 
-REQUEST = types.AttributionRequest(prompt="Where is the archive?", response=" The archive is in the north.", top_k=2)
+REQUEST = types.AttributionRequest(
+    prompt="Where is the archive?", response=" The archive is in the north.", top_k=2
+)
 
 
 def test_lone_request_skips_the_window_and_concurrent_requests_share_a_batch(make_settings):
@@ -18,7 +20,9 @@ def test_lone_request_skips_the_window_and_concurrent_requests_share_a_batch(mak
 
     async def lone() -> None:
         # a 10-minute window: if a lone request waited for company, wait_for would time out
-        batcher = MicroBatcher(loaded.engine, 8192, 600_000, 16, on_batch=lambda n, _tokens: sizes.append(n))
+        batcher = MicroBatcher(
+            loaded.engine, 8192, 600_000, 16, on_batch=lambda n, _tokens: sizes.append(n)
+        )
         await batcher.start()
         try:
             response = await asyncio.wait_for(batcher.submit(query), 60)
@@ -27,12 +31,18 @@ def test_lone_request_skips_the_window_and_concurrent_requests_share_a_batch(mak
             await batcher.stop()
 
     async def together() -> None:
-        batcher = MicroBatcher(loaded.engine, 8192, 200, 16, on_batch=lambda n, _tokens: sizes.append(n))
+        batcher = MicroBatcher(
+            loaded.engine, 8192, 200, 16, on_batch=lambda n, _tokens: sizes.append(n)
+        )
         await batcher.start()
         try:
             # queued before the worker runs: it sees company and packs all four into one batch
-            responses = await asyncio.wait_for(asyncio.gather(*(batcher.submit(query) for _ in range(4))), 60)
-            assert [r.examples[0].example_id for r in responses] == [responses[0].examples[0].example_id] * 4
+            responses = await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit(query) for _ in range(4))), 60
+            )
+            assert [r.examples[0].example_id for r in responses] == [
+                responses[0].examples[0].example_id
+            ] * 4
         finally:
             await batcher.stop()
 
@@ -53,7 +63,9 @@ def test_only_the_model_thread_runs_torch_with_several_threads(make_settings, mo
     try:
         loaded = load_service(make_settings(num_threads=2))
         assert torch.get_num_threads() == 1
-        assert "OPENBLAS_THREAD_TIMEOUT is not set" in caplog.text and "tributary serve" in caplog.text
+        assert (
+            "OPENBLAS_THREAD_TIMEOUT is not set" in caplog.text and "tributary serve" in caplog.text
+        )
 
         async def run() -> int:
             batcher = MicroBatcher(loaded.engine, 8192, 5, 16, num_threads=2)

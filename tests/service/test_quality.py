@@ -40,9 +40,15 @@ def demo_service(tmp_path_factory):
 
     root = demo_root()
     out = tmp_path_factory.mktemp("demo-quality")
-    config = BuildConfig(model=str(root / "model"), corpus=[str(root / "corpus")], progress=False, num_threads=1)
+    config = BuildConfig(
+        model=str(root / "model"), corpus=[str(root / "corpus")], progress=False, num_threads=1
+    )
     IndexBuilder(config, out / "index").build()
-    service = load_service(ServiceSettings(index=out / "index", model=root / "model", state_dir=out / "state", num_threads=1))
+    service = load_service(
+        ServiceSettings(
+            index=out / "index", model=root / "model", state_dir=out / "state", num_threads=1
+        )
+    )
     with sqlite3.connect(out / "index" / "examples.sqlite") as con:
         doc_ids = dict(con.execute("SELECT id, external_id FROM examples").fetchall())
     return service, doc_ids, root / "corpus"
@@ -63,7 +69,9 @@ def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
     first = in_top10 = answer_weighs_most = 0
     for q in questions:
         fact = facts[q.fact_id]
-        request = types.AttributionRequest(prompt=q.prompt, response=q.response, top_k=10, token_wise=True)
+        request = types.AttributionRequest(
+            prompt=q.prompt, response=q.response, top_k=10, token_wise=True
+        )
         response = service.engine.attribute([service.engine.prepare(request)])[0]
         ranked = [doc_ids[e.example_id] for e in response.examples]
         stating = set(fact.stating_doc_ids)
@@ -78,10 +86,16 @@ def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
         assert shares is not None and tokens is not None and len(shares) == len(tokens)
         best = tokens[max(range(len(shares)), key=shares.__getitem__)]
         lo, hi = _answer_span(q.response, fact.object)
-        answer_weighs_most += best.start >= lo - 1 and best.end <= hi  # a leading space belongs to the token
+        answer_weighs_most += (
+            best.start >= lo - 1 and best.end <= hi
+        )  # a leading space belongs to the token
     n = len(questions)
-    print(f"stating document in the top 10: {in_top10}/{n}, first: {first}/{n}; answer token weighs most: {answer_weighs_most}/{first}")
-    assert in_top10 / n >= 0.9, f"a stating document is in the top 10 for only {in_top10}/{n} questions"
+    print(
+        f"stating document in the top 10: {in_top10}/{n}, first: {first}/{n}; answer token weighs most: {answer_weighs_most}/{first}"
+    )
+    assert in_top10 / n >= 0.9, (
+        f"a stating document is in the top 10 for only {in_top10}/{n} questions"
+    )
     assert first / n >= 0.75, f"a stating document ranks first for only {first}/{n} questions"
     assert answer_weighs_most / first >= 0.5, (
         f"the answer tokens carry the largest share for only {answer_weighs_most}/{first} first-ranked documents"
@@ -94,9 +108,13 @@ def test_a_planted_fact_traced_end_to_end(demo_service):
 
     service, doc_ids, corpus = demo_service
     truth = load_ground_truth(corpus)
-    fact = next(f for f in truth.facts if f.fact_id == "fact-0001")  # Zurvae Pialdaley lives in Stenholm
+    fact = next(
+        f for f in truth.facts if f.fact_id == "fact-0001"
+    )  # Zurvae Pialdaley lives in Stenholm
     query = next(q for q in truth.queries if q.fact_id == fact.fact_id)
-    request = types.AttributionRequest(prompt=query.prompt, response=query.response, top_k=5, token_wise=True)
+    request = types.AttributionRequest(
+        prompt=query.prompt, response=query.response, top_k=5, token_wise=True
+    )
     response = service.engine.attribute([service.engine.prepare(request)])[0]
     top = response.examples[0]
     assert doc_ids[top.example_id] in fact.stating_doc_ids
@@ -108,9 +126,14 @@ def test_a_planted_fact_traced_end_to_end(demo_service):
     # outweighs every other token of the response ("lives", "in", "."). Measured: Zurvae 16.2,
     # Pialdaley 23.6, Stenholm 12.3, the rest 1.4–4.3.
     answer = shares[tokens.index(fact.object)]
-    others = [share for token, share in zip(tokens, shares) if token != fact.object and token not in fact.subject.split()]
+    others = [
+        share
+        for token, share in zip(tokens, shares)
+        if token != fact.object and token not in fact.subject.split()
+    ]
     assert others and answer > 2 * max(others), list(zip(tokens, shares))
     # the training side: within the stating document, the answer is the token that carries it
     assert top.token_scores
     assert max(top.token_scores, key=lambda t: t.score).token.strip() == fact.object, [
-        (t.token, round(t.score, 1)) for t in top.token_scores]
+        (t.token, round(t.score, 1)) for t in top.token_scores
+    ]

@@ -31,7 +31,9 @@ def _start(settings: ServiceSettings) -> None:
 
 def test_other_model_is_refused_naming_the_hashes(index_copy, tmp_path):
     index, _ = index_copy
-    other = build_model_dir(tmp_path / "other", "gpt2", seed=1)  # same shapes and tokenizer, other weights
+    other = build_model_dir(
+        tmp_path / "other", "gpt2", seed=1
+    )  # same shapes and tokenizer, other weights
     with pytest.raises(ConfigMismatchError) as err:
         _start(ServiceSettings(index=index, model=other, state_dir=tmp_path / "s"))
     assert "model.weights_sha256" in str(err.value) and "model.config_sha256" not in str(err.value)
@@ -47,16 +49,40 @@ def test_tampered_shard_and_missing_files_are_refused(index_copy, tmp_path):
         _start(ServiceSettings(index=index, model=model, state_dir=tmp_path / "s"))
     (index / "hessian.safetensors").unlink()
     with pytest.raises(IndexIntegrityError, match="hessian.safetensors: missing"):
-        _start(ServiceSettings(index=index, model=model, state_dir=tmp_path / "s", verify_checksums=False))
+        _start(
+            ServiceSettings(
+                index=index, model=model, state_dir=tmp_path / "s", verify_checksums=False
+            )
+        )
 
 
 def test_serve_command_exits_with_the_reason(index_copy, tmp_path):
     index, model = index_copy
     (index / "manifest.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "tributary_service.cli", "--index", str(index), "--model", str(model),
-                           "--port", "0"], env=server_env(TRIBUTARY_STATE_DIR=str(tmp_path / "s")), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tributary_service.cli",
+            "--index",
+            str(index),
+            "--model",
+            str(model),
+            "--port",
+            "0",
+        ],
+        env=server_env(TRIBUTARY_STATE_DIR=str(tmp_path / "s")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "not a finished index" in proc.stderr
-    missing = subprocess.run([sys.executable, "-m", "tributary_service.cli"], env=server_env(), capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "tributary_service.cli"],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "index" in missing.stderr

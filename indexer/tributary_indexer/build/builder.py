@@ -96,8 +96,14 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list
 class IndexBuilder:
     """Builds (or resumes, or extends) an index directory from a :class:`BuildConfig`."""
 
-    def __init__(self, config: BuildConfig, out_dir: str | Path, ctx: DistributedContext | None = None, keep_staging: bool = False,
-                 max_examples: int | None = None):
+    def __init__(
+        self,
+        config: BuildConfig,
+        out_dir: str | Path,
+        ctx: DistributedContext | None = None,
+        keep_staging: bool = False,
+        max_examples: int | None = None,
+    ):
         """`max_examples` stops after that many examples (what `tributary index plan` measures on)."""
         self.config = config
         self.max_examples = max_examples
@@ -119,7 +125,9 @@ class IndexBuilder:
         try:
             yield
         finally:
-            self.summary.stage_s[name] = self.summary.stage_s.get(name, 0.0) + time.perf_counter() - t0
+            self.summary.stage_s[name] = (
+                self.summary.stage_s.get(name, 0.0) + time.perf_counter() - t0
+            )
 
     # ------------------------------------------------------------------ entry points
     def build(self) -> BuildSummary:
@@ -128,8 +136,13 @@ class IndexBuilder:
         cfg = self.config
         existing = self.paths.load_manifest()
         if existing is not None:
-            self._check_identity(existing.get("build_config", {}), "the finished index in this directory")
-            logger.info("%s already holds a complete index with this configuration; nothing to do", self.paths.root)
+            self._check_identity(
+                existing.get("build_config", {}), "the finished index in this directory"
+            )
+            logger.info(
+                "%s already holds a complete index with this configuration; nothing to do",
+                self.paths.root,
+            )
             return BuildSummary(**existing["build_config"].get("summary", {}))
         # the corpus and the model are checked before anything is written: a build that fails on
         # either leaves no state behind, so the rerun after the fix starts clean
@@ -145,16 +158,28 @@ class IndexBuilder:
             projector = self._projector(model, tokenizer, modules)
         compressor = self._compressor(projector)
         blocks = compressor.out_blocks if compressor else projector.blocks
-        n_chunks, n_examples = self._gradient_pass(model, tokenizer, modules, projector, compressor, id_offset=0, first_chunk=0)
+        n_chunks, n_examples = self._gradient_pass(
+            model, tokenizer, modules, projector, compressor, id_offset=0, first_chunk=0
+        )
         self.ctx.barrier()
         preconditioner = self._fit_preconditioner(blocks, range(n_chunks))
         transform = ScoreTransform(cfg.score, preconditioner)
         with self._stage("shards"):
-            self._write_shards(transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples)
+            self._write_shards(
+                transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples
+            )
         self.ctx.barrier()
         if self.ctx.is_main:
             with self._stage("finish"):
-                self._finish(state, projector, preconditioner, range(n_chunks), n_examples, tokenizer, additions=[])
+                self._finish(
+                    state,
+                    projector,
+                    preconditioner,
+                    range(n_chunks),
+                    n_examples,
+                    tokenizer,
+                    additions=[],
+                )
         self.ctx.barrier()
         self.summary.wall_s = time.perf_counter() - t0
         return self.summary
@@ -167,9 +192,14 @@ class IndexBuilder:
             raise IndexIntegrityError(
                 f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
             )
-        ranking_only = {f.name for f in dataclasses.fields(RankingConfig)} - QUERY_FIELDS  # recorded, not build options
-        stored = {k: v for k, v in manifest["build_config"].items()
-                  if k not in ("summary", "additions") and k not in ranking_only}
+        ranking_only = {
+            f.name for f in dataclasses.fields(RankingConfig)
+        } - QUERY_FIELDS  # recorded, not build options
+        stored = {
+            k: v
+            for k, v in manifest["build_config"].items()
+            if k not in ("summary", "additions") and k not in ranking_only
+        }
         for key, value in LEGACY_BUILD_DEFAULTS.items():  # indexes from before these fields existed
             stored.setdefault(key, value)
         stored["corpus"] = self.config.corpus
@@ -183,11 +213,23 @@ class IndexBuilder:
             self.known = KnownRecords.of_store(store, int(manifest["n_examples"]), removed)
         probe = self.known.fresh()
         if probe.count_new(self._unique_records(CorpusStats())) == 0:
-            logger.info("every record of %s is already in %s; nothing added", self.config.corpus, self.paths.root)
+            logger.info(
+                "every record of %s is already in %s; nothing added",
+                self.config.corpus,
+                self.paths.root,
+            )
             before = manifest["build_config"].get("summary", {})
             known = {k: v for k, v in before.items() if k in BuildSummary.__dataclass_fields__}
-            summary = BuildSummary(**{**known, "skipped_present": probe.skipped, "changed_present": probe.changed,
-                                      "skip_report": None, "added": 0, "corpus_notes": self.summary.corpus_notes})
+            summary = BuildSummary(
+                **{
+                    **known,
+                    "skipped_present": probe.skipped,
+                    "changed_present": probe.changed,
+                    "skip_report": None,
+                    "added": 0,
+                    "corpus_notes": self.summary.corpus_notes,
+                }
+            )
             summary.wall_s = time.perf_counter() - t0
             return summary
         self._sweep_temp_files()
@@ -198,7 +240,15 @@ class IndexBuilder:
         preconditioner = Preconditioner.load(self.paths.hessian)
         first_chunk = len(manifest["shards"])
         id_offset = int(manifest["n_examples"])
-        n_new, n_examples = self._gradient_pass(model, tokenizer, modules, projector, compressor, id_offset=id_offset, first_chunk=first_chunk)
+        n_new, n_examples = self._gradient_pass(
+            model,
+            tokenizer,
+            modules,
+            projector,
+            compressor,
+            id_offset=id_offset,
+            first_chunk=first_chunk,
+        )
         self.summary.added = n_examples
         chunks = range(first_chunk, first_chunk + n_new)
         trained = None
@@ -207,15 +257,34 @@ class IndexBuilder:
 
             trained = faiss.read_index(str(self.paths.shard(0)))
             trained.reset()
-        self._write_shards(ScoreTransform(self.config.score, preconditioner), chunks, id_offset=id_offset,
-                           first_chunk=first_chunk, n_examples=n_examples, trained=trained)
+        self._write_shards(
+            ScoreTransform(self.config.score, preconditioner),
+            chunks,
+            id_offset=id_offset,
+            first_chunk=first_chunk,
+            n_examples=n_examples,
+            trained=trained,
+        )
         if self.ctx.is_main:
             additions = list(manifest["build_config"].get("additions", [])) + [
-                {"corpus": list(self.config.corpus), "id_start": id_offset, "id_end": id_offset + n_examples,
-                 "added_at": utc_timestamp()}
+                {
+                    "corpus": list(self.config.corpus),
+                    "id_start": id_offset,
+                    "id_end": id_offset + n_examples,
+                    "added_at": utc_timestamp(),
+                }
             ]
             state = {"created_at": manifest["created_at"]}
-            self._finish(state, projector, preconditioner, range(0, first_chunk + n_new), id_offset + n_examples, tokenizer, additions=additions, previous=manifest)
+            self._finish(
+                state,
+                projector,
+                preconditioner,
+                range(0, first_chunk + n_new),
+                id_offset + n_examples,
+                tokenizer,
+                additions=additions,
+                previous=manifest,
+            )
         self.summary.wall_s = time.perf_counter() - t0
         return self.summary
 
@@ -251,13 +320,19 @@ class IndexBuilder:
             self._check_identity(state["build_config"], "an unfinished build")
             logger.info("resuming the build in %s", self.paths.root)
             return state
-        if self.paths.root.is_dir() and any(p for p in self.paths.root.iterdir() if p.name != "staging"):
+        if self.paths.root.is_dir() and any(
+            p for p in self.paths.root.iterdir() if p.name != "staging"
+        ):
             leftovers = sorted(p.name for p in self.paths.root.iterdir())[:5]
             raise OutputDirectoryError(
                 f"{self.paths.root} is not empty ({leftovers}) and holds no Tributary build state; "
                 "fix: choose an empty or new directory (nothing there was touched)"
             )
-        state = {"created_at": utc_timestamp(), "build_config": self.config.identity(), "package_version": __version__}
+        state = {
+            "created_at": utc_timestamp(),
+            "build_config": self.config.identity(),
+            "package_version": __version__,
+        }
         if self.ctx.is_main:
             self.staging.ensure()
             self.staging.write_state(state)
@@ -274,8 +349,10 @@ class IndexBuilder:
             return False  # chunks (or one in progress) exist: refuse, as _check_identity explains
         self.ctx.barrier()  # every rank decided before rank 0 clears
         if self.ctx.is_main:
-            logger.warning("the unfinished build in %s had not finished any work; starting over with this configuration",
-                           self.paths.root)
+            logger.warning(
+                "the unfinished build in %s had not finished any work; starting over with this configuration",
+                self.paths.root,
+            )
             for path in (self.paths.projector, self.paths.hessian, self.staging.state_path):
                 path.unlink(missing_ok=True)
         self.ctx.barrier()
@@ -289,10 +366,14 @@ class IndexBuilder:
         model = load_causal_lm(cfg.model, device)
         tokenizer = load_tokenizer(cfg.model)
         modules = resolve_modules(model, cfg.include or None, cfg.exclude or None, cfg.modules)
-        self.max_tokens = capped_max_tokens(cfg.max_tokens, model, "max_tokens")  # longer examples are truncated
+        self.max_tokens = capped_max_tokens(
+            cfg.max_tokens, model, "max_tokens"
+        )  # longer examples are truncated
         return model, tokenizer, modules
 
-    def _projector(self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]) -> LoGraProjector:
+    def _projector(
+        self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]
+    ) -> LoGraProjector:
         cfg = self.config
         path = self.paths.projector
         missing = not path.is_file()
@@ -304,11 +385,26 @@ class IndexBuilder:
                 elif cfg.projector == "random":
                     projector = LoGraProjector.random(modules, cfg.projection)
                 else:
-                    sample = [ex for _, ex in itertools.islice(self._tokenized(tokenizer, CorpusStats()), cfg.pca_examples)]
+                    sample = [
+                        ex
+                        for _, ex in itertools.islice(
+                            self._tokenized(tokenizer, CorpusStats()), cfg.pca_examples
+                        )
+                    ]
                     pad = pad_token_id(tokenizer)
-                    batches = (collate([sample[i] for i in idx], pad) for idx in token_budget_batches([e.n_tokens for e in sample], cfg.batch_tokens))
-                    covariances = estimate_covariances(model, modules, batches, autocast_dtype=_AUTOCAST[cfg.autocast],
-                                                       objective=cfg.objective)
+                    batches = (
+                        collate([sample[i] for i in idx], pad)
+                        for idx in token_budget_batches(
+                            [e.n_tokens for e in sample], cfg.batch_tokens
+                        )
+                    )
+                    covariances = estimate_covariances(
+                        model,
+                        modules,
+                        batches,
+                        autocast_dtype=_AUTOCAST[cfg.autocast],
+                        objective=cfg.objective,
+                    )
                     projector = LoGraProjector.pca(modules, cfg.projection, covariances)
                 with atomic_output(path) as tmp:
                     projector.save(tmp)
@@ -324,22 +420,32 @@ class IndexBuilder:
         if k is None or cfg.rapidgrad_k is None:
             return None
         if k < cfg.rapidgrad_k:
-            logger.info("RapidGrad K=%d is above the projected dimension %d: keeping all %d dims", cfg.rapidgrad_k, projector.dim, k)
-        return RapidGradCompressor(projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize)
+            logger.info(
+                "RapidGrad K=%d is above the projected dimension %d: keeping all %d dims",
+                cfg.rapidgrad_k,
+                projector.dim,
+                k,
+            )
+        return RapidGradCompressor(
+            projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize
+        )
 
     def _unique_records(self, stats: CorpusStats) -> Iterator[CorpusRecord]:
         """The corpus's valid records without the later uses of a repeated id (those are bad records)."""
         cfg = self.config
         unique = UniqueIds(self.corpus_check.duplicate_ids if self.corpus_check else frozenset())
-        for record in iter_records(cfg.corpus, skip_bad=cfg.skip_bad, stats=stats, warn=False):  # checked: warned
+        for record in iter_records(
+            cfg.corpus, skip_bad=cfg.skip_bad, stats=stats, warn=False
+        ):  # checked: warned
             error = unique.error(record)
             if error is not None:  # only with skip_bad: the corpus check raised otherwise
                 stats.record_bad(error)
                 continue
             yield record
 
-    def _tokenized(self, tokenizer: Any, stats: CorpusStats,
-                   known: KnownRecords | None = None) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
+    def _tokenized(
+        self, tokenizer: Any, stats: CorpusStats, known: KnownRecords | None = None
+    ) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
         cfg = self.config
         produced = 0
         for record in self._unique_records(stats):
@@ -365,8 +471,14 @@ class IndexBuilder:
         return n if self.max_examples is None else min(n, self.max_examples)
 
     def _gradient_pass(
-        self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule], projector: LoGraProjector,
-        compressor: RapidGradCompressor | None, id_offset: int, first_chunk: int,
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        modules: list[TrackedModule],
+        projector: LoGraProjector,
+        compressor: RapidGradCompressor | None,
+        id_offset: int,
+        first_chunk: int,
     ) -> tuple[int, int]:
         """Stage raw vectors and store rows of every owned, unfinished chunk; return (chunks, examples)."""
         cfg = self.config
@@ -374,11 +486,22 @@ class IndexBuilder:
         stats = CorpusStats()
         known = self.known.fresh() if self.known is not None else None
         stream = self._tokenized(tokenizer, stats, known)
-        computer = GradientComputer(model, modules, projector, autocast_dtype=_AUTOCAST[cfg.autocast], objective=cfg.objective)
+        computer = GradientComputer(
+            model,
+            modules,
+            projector,
+            autocast_dtype=_AUTOCAST[cfg.autocast],
+            objective=cfg.objective,
+        )
         dim = compressor.k if compressor else projector.dim
         pad = pad_token_id(tokenizer)
         t_pass = time.perf_counter()
-        bar = progress_bar(cfg.progress and self.ctx.is_main, total=self._progress_total(), desc="gradients", unit="ex")
+        bar = progress_bar(
+            cfg.progress and self.ctx.is_main,
+            total=self._progress_total(),
+            desc="gradients",
+            unit="ex",
+        )
         tokens_done, grad_seconds = 0, 0.0
         n_chunks = n_examples = 0
         try:
@@ -396,7 +519,9 @@ class IndexBuilder:
                 examples = [ex for _, ex in items]
                 t0 = time.perf_counter()
                 with self.staging.write_vectors(chunk, (len(items), dim)) as out:
-                    for idx in token_budget_batches([e.n_tokens for e in examples], cfg.batch_tokens):
+                    for idx in token_budget_batches(
+                        [e.n_tokens for e in examples], cfg.batch_tokens
+                    ):
                         t_batch = time.perf_counter()
                         batch = collate([examples[i] for i in idx], pad)
                         grads = computer.compute(batch).vectors  # [b, D]
@@ -404,27 +529,46 @@ class IndexBuilder:
                             grads = compressor.compress(grads.double())  # [b, K]
                         out[idx] = grads.float().cpu().numpy()
                         self.summary.batch_timings.append(
-                            (len(idx), int(batch.input_ids.numel()), time.perf_counter() - t_batch))
+                            (len(idx), int(batch.input_ids.numel()), time.perf_counter() - t_batch)
+                        )
                         n_tok = sum(examples[i].n_tokens for i in idx)
                         tokens_done += n_tok
                         bar.update(len(idx))
-                        bar.set_postfix(tok_s=f"{tokens_done / max(grad_seconds + time.perf_counter() - t0, 1e-9):.0f}")
+                        bar.set_postfix(
+                            tok_s=f"{tokens_done / max(grad_seconds + time.perf_counter() - t0, 1e-9):.0f}"
+                        )
                 grad_seconds += time.perf_counter() - t0
-                rows = [_store_row(start_id + i, rec, ex, tokenizer) for i, (rec, ex) in enumerate(items)]
+                rows = [
+                    _store_row(start_id + i, rec, ex, tokenizer)
+                    for i, (rec, ex) in enumerate(items)
+                ]
                 self.staging.write_rows(chunk, rows)
                 crash_point(f"after_chunk_{chunk}")
         finally:
             bar.close()
             computer.close()
-            self.summary.stage_s["gradients"] = self.summary.stage_s.get("gradients", 0.0) + time.perf_counter() - t_pass
+            self.summary.stage_s["gradients"] = (
+                self.summary.stage_s.get("gradients", 0.0) + time.perf_counter() - t_pass
+            )
         self.summary.skipped_bad = stats.bad
         self._corpus_stats = stats
         if known is not None:
-            self.summary.skipped_present, self.summary.changed_present = known.skipped, known.changed
+            self.summary.skipped_present, self.summary.changed_present = (
+                known.skipped,
+                known.changed,
+            )
         self.summary.gradient_tokens_per_s = tokens_done / grad_seconds if grad_seconds else 0.0
         if n_examples == 0:
-            raise CorpusError(None, None, "the corpus has no usable example", "check the --corpus files (and what --skip-bad reported)", code="empty_corpus")
-        logger.info("gradient pass: %d examples in %d shards (%s)", n_examples, n_chunks, stats.summary())
+            raise CorpusError(
+                None,
+                None,
+                "the corpus has no usable example",
+                "check the --corpus files (and what --skip-bad reported)",
+                code="empty_corpus",
+            )
+        logger.info(
+            "gradient pass: %d examples in %d shards (%s)", n_examples, n_chunks, stats.summary()
+        )
         return n_chunks, n_examples
 
     def _tally(self, items: list[tuple[CorpusRecord, TokenizedExample]]) -> None:
@@ -445,7 +589,9 @@ class IndexBuilder:
             for chunk in self._owned(chunks):
                 vectors = self.staging.read_vectors(chunk)
                 for start in range(0, vectors.shape[0], _ROWS_PER_STEP):
-                    fisher.update(torch.from_numpy(np.array(vectors[start : start + _ROWS_PER_STEP])))
+                    fisher.update(
+                        torch.from_numpy(np.array(vectors[start : start + _ROWS_PER_STEP]))
+                    )
             if self.ctx.active:
                 fisher.all_reduce()
         with self._stage("precondition"):
@@ -467,7 +613,12 @@ class IndexBuilder:
         return out
 
     def _write_shards(
-        self, transform: ScoreTransform, chunks: range, id_offset: int, first_chunk: int, n_examples: int,
+        self,
+        transform: ScoreTransform,
+        chunks: range,
+        id_offset: int,
+        first_chunk: int,
+        n_examples: int,
         trained: Any = None,
     ) -> None:
         cfg = self.config
@@ -510,7 +661,9 @@ class IndexBuilder:
         """A seeded sample of ``train_examples`` stored vectors across ``chunks`` (same on every run)."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
-        pick = np.sort(rng.choice(n_examples, size=min(cfg.train_examples, n_examples), replace=False))
+        pick = np.sort(
+            rng.choice(n_examples, size=min(cfg.train_examples, n_examples), replace=False)
+        )
         parts = []
         for i, chunk in enumerate(chunks):
             lo = i * cfg.shard_size
@@ -519,8 +672,15 @@ class IndexBuilder:
         return np.concatenate(parts).astype(np.float32)
 
     def _finish(
-        self, state: dict[str, Any], projector: LoGraProjector, preconditioner: Preconditioner, chunks: range,
-        n_examples: int, tokenizer: Any, additions: list[dict[str, Any]], previous: dict[str, Any] | None = None,
+        self,
+        state: dict[str, Any],
+        projector: LoGraProjector,
+        preconditioner: Preconditioner,
+        chunks: range,
+        n_examples: int,
+        tokenizer: Any,
+        additions: list[dict[str, Any]],
+        previous: dict[str, Any] | None = None,
     ) -> None:
         partial = partial_path_for(self.paths.store)
         if previous is not None and not partial.exists():  # `add`: continue from the finished store
@@ -534,30 +694,53 @@ class IndexBuilder:
         crash_point("before_manifest")
         shards = [shard_entry(self.paths, c, self.paths.shard(c)) for c in chunks]
         if sum(s["rows"] for s in shards) != n_examples:
-            raise RuntimeError(f"shards hold {sum(s['rows'] for s in shards)} rows but {n_examples} examples were staged")
+            raise RuntimeError(
+                f"shards hold {sum(s['rows'] for s in shards)} rows but {n_examples} examples were staged"
+            )
         self.summary.shards = len(shards)
         self.summary.dim = int(shards[0]["dim"]) if shards else 0
         atomic_write_json(self.paths.build_config, self.config.to_dict())
-        listed = [self.paths.projector, self.paths.hessian, self.paths.store, self.paths.build_config]
+        listed = [
+            self.paths.projector,
+            self.paths.hessian,
+            self.paths.store,
+            self.paths.build_config,
+        ]
         if self.paths.vectors_dir.is_dir():
             listed += sorted(self.paths.vectors_dir.glob("*.npy"))
         listed += [self.paths.root / s["file"] for s in shards]
         # the files the manifest lists, nothing else a killed run may have left beside them
         self.summary.bytes_per_example = sum(p.stat().st_size for p in listed) / max(n_examples, 1)
-        summary = {k: v for k, v in self.summary.__dict__.items()
-                   if k not in ("wall_s", "gradient_tokens_per_s", "stage_s", "batch_timings")}
+        summary = {
+            k: v
+            for k, v in self.summary.__dict__.items()
+            if k not in ("wall_s", "gradient_tokens_per_s", "stage_s", "batch_timings")
+        }
         if previous is not None:  # `add`: counts cover the whole index
             before = previous["build_config"].get("summary", {})
-            for key in ("examples", "tokens", "target_tokens", "truncated", "no_targets", "skipped_bad"):
+            for key in (
+                "examples",
+                "tokens",
+                "target_tokens",
+                "truncated",
+                "no_targets",
+                "skipped_bad",
+            ):
                 summary[key] = summary.get(key, 0) + before.get(key, 0)
         write_manifest(
-            self.paths, config=self.config, created_at=state["created_at"], projector=projector,
-            preconditioner=preconditioner, shards=shards, n_examples=n_examples, tokenizer=tokenizer,
-            summary=summary, additions=additions,
+            self.paths,
+            config=self.config,
+            created_at=state["created_at"],
+            projector=projector,
+            preconditioner=preconditioner,
+            shards=shards,
+            n_examples=n_examples,
+            tokenizer=tokenizer,
+            summary=summary,
+            additions=additions,
         )
         if not self.keep_staging:
             self.staging.remove()
-
 
     def _write_skip_report(self, addition: int) -> None:
         """``skipped_records.jsonl`` (``.add-N`` for the N-th addition): one line per skipped bad record."""
@@ -568,5 +751,9 @@ class IndexBuilder:
         self.summary.skip_report = str(self.paths.root / name)
 
 
-def _store_row(example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any) -> dict[str, Any]:
-    return StoredExample.from_record(example_id, record, example, text=render_record(record, tokenizer)).to_dict()
+def _store_row(
+    example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any
+) -> dict[str, Any]:
+    return StoredExample.from_record(
+        example_id, record, example, text=render_record(record, tokenizer)
+    ).to_dict()

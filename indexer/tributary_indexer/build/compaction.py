@@ -52,8 +52,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CompactionSummary", "compact_index"]
 
-HESSIAN_NOTE = ("frozen: the projector, Fisher and damping are those of the index before compaction and still "
-                "include the removed examples; rebuild the index to drop them from the preconditioner too")
+HESSIAN_NOTE = (
+    "frozen: the projector, Fisher and damping are those of the index before compaction and still "
+    "include the removed examples; rebuild the index to drop them from the preconditioner too"
+)
 _STORE_CHUNK = 500
 
 
@@ -69,8 +71,11 @@ class CompactionSummary:
     def lines(self) -> list[str]:
         if not self.removed:
             return [f"nothing to compact: no tombstones ({self.examples_before} examples)"]
-        return [f"removed {self.removed} tombstoned examples: {self.examples_before} -> {self.examples_after} examples "
-                f"in {self.shards} shard" + ("s" if self.shards != 1 else ""), "Fisher, projector and damping kept frozen (see the manifest)"]
+        return [
+            f"removed {self.removed} tombstoned examples: {self.examples_before} -> {self.examples_after} examples "
+            f"in {self.shards} shard" + ("s" if self.shards != 1 else ""),
+            "Fisher, projector and damping kept frozen (see the manifest)",
+        ]
 
 
 def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
@@ -80,41 +85,70 @@ def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
     with tombstone_lock(paths.root, blocking=False):
         state = _read_state(work)
         if state is None:
-            shutil.rmtree(work, ignore_errors=True)  # nothing pinned: leftovers of a finished run, or of none
+            shutil.rmtree(
+                work, ignore_errors=True
+            )  # nothing pinned: leftovers of a finished run, or of none
             manifest = Manifest.load(paths.root)
             tombstones = read_tombstones(paths.root, id_space_of(manifest))
             if not len(tombstones):
                 return CompactionSummary(manifest.n_examples, manifest.n_examples)
             problems = verify_index(paths.root)
             if problems:
-                raise IndexIntegrityError(f"{paths.root} failed verification, not compacting it: " + "; ".join(problems[:3])
-                                          + "; fix: restore the damaged files first (`tributary index verify` lists them)")
-            state = {"phase": "write", "source_manifest_sha256": sha256_file(paths.manifest), "compacted_at": utc_timestamp(),
-                     "tombstones": tombstones.to_dict()}
+                raise IndexIntegrityError(
+                    f"{paths.root} failed verification, not compacting it: "
+                    + "; ".join(problems[:3])
+                    + "; fix: restore the damaged files first (`tributary index verify` lists them)"
+                )
+            state = {
+                "phase": "write",
+                "source_manifest_sha256": sha256_file(paths.manifest),
+                "compacted_at": utc_timestamp(),
+                "tombstones": tombstones.to_dict(),
+            }
             work.mkdir()
             atomic_write_json(work / "state.json", state)
         removed = np.asarray(state["tombstones"]["ids"], dtype=np.int64)
         if state["phase"] == "write":
             if sha256_file(paths.manifest) != state["source_manifest_sha256"]:
-                raise IndexIntegrityError(f"{paths.root} changed since the compaction in {work} started; fix: delete {work} "
-                                          "and run `tributary index compact` again")
-            new_manifest = _write_compacted(paths, Manifest.load(paths.root), removed, work / "new", state)
+                raise IndexIntegrityError(
+                    f"{paths.root} changed since the compaction in {work} started; fix: delete {work} "
+                    "and run `tributary index compact` again"
+                )
+            new_manifest = _write_compacted(
+                paths, Manifest.load(paths.root), removed, work / "new", state
+            )
             state = dict(state, phase="swap", manifest=new_manifest.to_dict())
             atomic_write_json(work / "state.json", state)
             crash_point("compact_before_swap")
-        marker = work / SWAP_MARKER  # from here on a running server refuses rather than read half-replaced files
+        marker = (
+            work / SWAP_MARKER
+        )  # from here on a running server refuses rather than read half-replaced files
         if not marker.exists():
             marker.touch()
             _fsync_dir(work)
         new_manifest = Manifest.from_dict(state["manifest"], source=str(work / "state.json"))
-        old_space = f"{state['manifest']['created_at']}#{len(new_manifest.build_config['compactions']) - 1}"
-        _swap(paths, work / "new", new_manifest, removed, int(state["tombstones"]["generation"]), old_space)
+        old_space = (
+            f"{state['manifest']['created_at']}#{len(new_manifest.build_config['compactions']) - 1}"
+        )
+        _swap(
+            paths,
+            work / "new",
+            new_manifest,
+            removed,
+            int(state["tombstones"]["generation"]),
+            old_space,
+        )
         (work / "state.json").unlink()  # done: a run killed while removing the rest only cleans up
         _fsync_dir(work)
         crash_point("compact_before_cleanup")
         shutil.rmtree(work)
         entry = new_manifest.build_config["compactions"][-1]
-        return CompactionSummary(entry["examples_before"], entry["examples_after"], entry["removed"], len(new_manifest.shards))
+        return CompactionSummary(
+            entry["examples_before"],
+            entry["examples_after"],
+            entry["removed"],
+            len(new_manifest.shards),
+        )
 
 
 def _read_state(work: Path) -> dict[str, Any] | None:
@@ -124,7 +158,9 @@ def _read_state(work: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
     except (OSError, json.JSONDecodeError) as exc:
-        raise IndexIntegrityError(f"{path} is unreadable ({exc}); fix: delete {work} and rerun the compaction") from exc
+        raise IndexIntegrityError(
+            f"{path} is unreadable ({exc}); fix: delete {work} and rerun the compaction"
+        ) from exc
 
 
 def _shard_vectors(paths: IndexPaths, n: int, shard: ShardInfo, compressed: bool) -> np.ndarray:
@@ -132,10 +168,16 @@ def _shard_vectors(paths: IndexPaths, n: int, shard: ShardInfo, compressed: bool
     if compressed:
         return np.load(paths.exact_vectors(n), mmap_mode="r")
     index = read_shard(paths.root / shard.file, mmap=False)
-    return index.index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)  # type: ignore[attr-defined]
+    return (
+        index.index.reconstruct_n(0, index.ntotal)
+        if index.ntotal
+        else np.zeros((0, index.d), np.float32)
+    )  # type: ignore[attr-defined]
 
 
-def _write_compacted(paths: IndexPaths, manifest: Manifest, removed: np.ndarray, new_dir: Path, state: dict[str, Any]) -> Manifest:
+def _write_compacted(
+    paths: IndexPaths, manifest: Manifest, removed: np.ndarray, new_dir: Path, state: dict[str, Any]
+) -> Manifest:
     """Write the new shards, exact vectors and store under ``new_dir``; return the new manifest."""
     import faiss
 
@@ -162,10 +204,19 @@ def _write_compacted(paths: IndexPaths, manifest: Manifest, removed: np.ndarray,
         if compressed:
             with atomic_output(new_paths.exact_vectors(m)) as tmp, open(tmp, "wb") as f:
                 np.save(f, vectors)
-            files[new_paths.relative(new_paths.exact_vectors(m))] = sha256_file(new_paths.exact_vectors(m))
+            files[new_paths.relative(new_paths.exact_vectors(m))] = sha256_file(
+                new_paths.exact_vectors(m)
+            )
         write_shard(new_paths.shard(m), vectors.astype(np.float32), ids, factory, trained=trained)
-        shards.append(ShardInfo(file=new_paths.relative(new_paths.shard(m)), rows=int(vectors.shape[0]), id_start=next_id,
-                                id_end=next_id + int(vectors.shape[0]), sha256=sha256_file(new_paths.shard(m))))
+        shards.append(
+            ShardInfo(
+                file=new_paths.relative(new_paths.shard(m)),
+                rows=int(vectors.shape[0]),
+                id_start=next_id,
+                id_end=next_id + int(vectors.shape[0]),
+                sha256=sha256_file(new_paths.shard(m)),
+            )
+        )
         next_id += int(vectors.shape[0])
         crash_point(f"compact_after_shard_{m}")
     _write_store(paths, new_paths, manifest.n_examples, removed, next_id)
@@ -173,15 +224,28 @@ def _write_compacted(paths: IndexPaths, manifest: Manifest, removed: np.ndarray,
     crash_point("compact_after_store")
     data = copy.deepcopy(manifest.to_dict())
     build_config = data["build_config"]
-    build_config["additions"] = [dict(a, id_start=_renumber(a["id_start"], removed), id_end=_renumber(a["id_end"], removed))
-                                 for a in build_config.get("additions", [])]
+    build_config["additions"] = [
+        dict(a, id_start=_renumber(a["id_start"], removed), id_end=_renumber(a["id_end"], removed))
+        for a in build_config.get("additions", [])
+    ]
     if "summary" in build_config:
         build_config["summary"]["examples"] = next_id
-    build_config["compactions"] = list(build_config.get("compactions", [])) + [{
-        "compacted_at": state["compacted_at"], "examples_before": manifest.n_examples, "examples_after": next_id,
-        "removed": int(len(removed)), "removals": state["tombstones"]["removals"], "hessian": HESSIAN_NOTE,
-    }]
-    data.update(shards=[dataclasses.asdict(s) for s in shards], n_examples=next_id, files=files, build_config=build_config)
+    build_config["compactions"] = list(build_config.get("compactions", [])) + [
+        {
+            "compacted_at": state["compacted_at"],
+            "examples_before": manifest.n_examples,
+            "examples_after": next_id,
+            "removed": int(len(removed)),
+            "removals": state["tombstones"]["removals"],
+            "hessian": HESSIAN_NOTE,
+        }
+    ]
+    data.update(
+        shards=[dataclasses.asdict(s) for s in shards],
+        n_examples=next_id,
+        files=files,
+        build_config=build_config,
+    )
     return Manifest.from_dict(data)
 
 
@@ -190,7 +254,9 @@ def _renumber(old_id: int, removed: np.ndarray) -> int:
     return int(old_id - np.searchsorted(removed, old_id))
 
 
-def _write_store(paths: IndexPaths, new_paths: IndexPaths, n_old: int, removed: np.ndarray, n_new: int) -> None:
+def _write_store(
+    paths: IndexPaths, new_paths: IndexPaths, n_old: int, removed: np.ndarray, n_new: int
+) -> None:
     """Copy the surviving rows into a new store, renumbered in order (deterministic bytes)."""
     with ExampleStore(paths.store) as old, ExampleStoreWriter(new_paths.store) as writer:
         next_id = 0
@@ -204,9 +270,20 @@ def _write_store(paths: IndexPaths, new_paths: IndexPaths, n_old: int, removed: 
         writer.finalize(expected_count=n_new)
 
 
-def _swap(paths: IndexPaths, new_dir: Path, manifest: Manifest, removed: np.ndarray, pinned_generation: int, old_space: str) -> None:
+def _swap(
+    paths: IndexPaths,
+    new_dir: Path,
+    manifest: Manifest,
+    removed: np.ndarray,
+    pinned_generation: int,
+    old_space: str,
+) -> None:
     """Move the new files over the old ones, renumber leftover tombstones, write the manifest last."""
-    moves = sorted(p for p in new_dir.rglob("*") if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".partial"))
+    moves = sorted(
+        p
+        for p in new_dir.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".partial")
+    )
     for i, source in enumerate(moves):
         target = paths.root / source.relative_to(new_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +301,9 @@ def _swap(paths: IndexPaths, new_dir: Path, manifest: Manifest, removed: np.ndar
     logger.info("compacted %s: %d examples", paths.root, manifest.n_examples)
 
 
-def _carry_tombstones(paths: IndexPaths, removed: np.ndarray, pinned_generation: int, old_space: str, new_space: str) -> None:
+def _carry_tombstones(
+    paths: IndexPaths, removed: np.ndarray, pinned_generation: int, old_space: str, new_space: str
+) -> None:
     """Tombstones added after the compaction was pinned move to the new ids; the compacted ones go."""
     path = paths.root / TOMBSTONES_NAME
     if not path.is_file():
@@ -232,7 +311,9 @@ def _carry_tombstones(paths: IndexPaths, removed: np.ndarray, pinned_generation:
     try:
         current = read_tombstones(paths.root, old_space)
     except IndexIntegrityError:
-        read_tombstones(paths.root, new_space)  # already carried over by an earlier, killed run (raises if neither)
+        read_tombstones(
+            paths.root, new_space
+        )  # already carried over by an earlier, killed run (raises if neither)
         return
     extra = np.setdiff1d(current.ids, removed)
     if not len(extra):

@@ -82,25 +82,49 @@ def shard_entry(paths: IndexPaths, n: int, path: Path) -> dict[str, Any]:
     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
     ids = faiss.vector_to_array(faiss.downcast_index(index).id_map) if index.ntotal else []  # type: ignore[attr-defined,var-annotated]  # faiss stubs lack the wrappers
     id_start = int(ids[0]) if len(ids) else 0
-    return {"file": paths.relative(path), "rows": int(index.ntotal), "id_start": id_start,
-            "id_end": id_start + int(index.ntotal), "sha256": sha256_file(path), "bytes": path.stat().st_size,
-            "dim": int(index.d), "n": n}
+    return {
+        "file": paths.relative(path),
+        "rows": int(index.ntotal),
+        "id_start": id_start,
+        "id_end": id_start + int(index.ntotal),
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "dim": int(index.d),
+        "n": n,
+    }
 
 
 def write_manifest(
-    paths: IndexPaths, *, config: BuildConfig, created_at: str, projector: LoGraProjector,
-    preconditioner: Preconditioner, shards: list[dict[str, Any]], n_examples: int, tokenizer: Any,
-    summary: dict[str, Any], additions: list[dict[str, Any]],
+    paths: IndexPaths,
+    *,
+    config: BuildConfig,
+    created_at: str,
+    projector: LoGraProjector,
+    preconditioner: Preconditioner,
+    shards: list[dict[str, Any]],
+    n_examples: int,
+    tokenizer: Any,
+    summary: dict[str, Any],
+    additions: list[dict[str, Any]],
 ) -> Manifest:
     """Write ``manifest.json`` last: model/tokenizer hashes, projector, damping, shards, file checksums."""
     desc = projector.describe()
     params: dict[str, Any] = {"fingerprint": projector.fingerprint()}
     k = rapidgrad_dim(config.rapidgrad_k, projector.dim)
     if k is not None:
-        params["rapidgrad"] = {"k": k, "seed": config.seed, "normalize_layers": config.rapidgrad_normalize}
-    files = {paths.relative(p): sha256_file(p) for p in (paths.projector, paths.hessian, paths.store, paths.build_config)}
+        params["rapidgrad"] = {
+            "k": k,
+            "seed": config.seed,
+            "normalize_layers": config.rapidgrad_normalize,
+        }
+    files = {
+        paths.relative(p): sha256_file(p)
+        for p in (paths.projector, paths.hessian, paths.store, paths.build_config)
+    }
     if paths.vectors_dir.is_dir():
-        files.update({paths.relative(p): sha256_file(p) for p in sorted(paths.vectors_dir.glob("*.npy"))})
+        files.update(
+            {paths.relative(p): sha256_file(p) for p in sorted(paths.vectors_dir.glob("*.npy"))}
+        )
     build_config = config.identity() | config.query_settings()
     build_config["summary"] = summary
     build_config["additions"] = additions
@@ -108,13 +132,27 @@ def write_manifest(
         package_version=__version__,
         model=hash_model_files(config.model),
         tokenizer_sha256=hash_tokenizer(tokenizer),
-        projector=ProjectorInfo(kind=desc["kind"], seed=desc["seed"],
-                                modules=[ProjectorModule(**m) for m in desc["modules"]], params=params),
+        projector=ProjectorInfo(
+            kind=desc["kind"],
+            seed=desc["seed"],
+            modules=[ProjectorModule(**m) for m in desc["modules"]],
+            params=params,
+        ),
         dim=int(shards[0]["dim"]) if shards else (k or projector.dim),
         dtype="float32",
         score_variant=config.score,
         damping=DampingInfo(**preconditioner.describe()),
-        shards=[ShardInfo(file=s["file"], rows=s["rows"], id_start=s["id_start"], id_end=s["id_end"], sha256=s["sha256"], bytes=s.get("bytes")) for s in shards],
+        shards=[
+            ShardInfo(
+                file=s["file"],
+                rows=s["rows"],
+                id_start=s["id_start"],
+                id_end=s["id_end"],
+                sha256=s["sha256"],
+                bytes=s.get("bytes"),
+            )
+            for s in shards
+        ],
         n_examples=n_examples,
         build_config=build_config,
         files=files,

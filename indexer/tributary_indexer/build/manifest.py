@@ -174,7 +174,9 @@ class Manifest:
         try:
             return _build(cls, data)
         except (TypeError, KeyError, ValueError) as exc:
-            raise IndexIntegrityError(f"{source} is malformed ({exc}); fix: rebuild the index") from exc
+            raise IndexIntegrityError(
+                f"{source} is malformed ({exc}); fix: rebuild the index"
+            ) from exc
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Manifest:
@@ -188,7 +190,9 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IndexIntegrityError(f"cannot read {path} ({exc}); fix: rebuild the index") from exc
+            raise IndexIntegrityError(
+                f"cannot read {path} ({exc}); fix: rebuild the index"
+            ) from exc
         return cls.from_dict(data, source=str(path))
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -197,12 +201,17 @@ class Manifest:
         atomic_write_json(path, self.to_dict())
         return path
 
-    def diff_fields(self, other: Manifest, fields: Sequence[str] | None = COMPATIBILITY_FIELDS) -> list[str]:
+    def diff_fields(
+        self, other: Manifest, fields: Sequence[str] | None = COMPATIBILITY_FIELDS
+    ) -> list[str]:
         """Dotted names of the leaf fields that differ, within ``fields`` (None: everything)."""
         return [name for name, _, _ in self._diff(other, fields)]
 
     def check_compatible(
-        self, other: Manifest, fields: Sequence[str] | None = COMPATIBILITY_FIELDS, what: str = "index"
+        self,
+        other: Manifest,
+        fields: Sequence[str] | None = COMPATIBILITY_FIELDS,
+        what: str = "index",
     ) -> None:
         """Raise :class:`ConfigMismatchError` naming each differing field and both values."""
         diffs = self._diff(other, fields)
@@ -247,7 +256,9 @@ def _diff_values(name: str, a: Any, b: Any, out: list[tuple[str, Any, Any]]) -> 
 def _build(cls: Any, data: Any) -> Any:
     """Construct dataclass ``cls`` from ``data``, recursing into nested manifest dataclasses."""
     nested = {
-        "model": ModelInfo, "projector": ProjectorInfo, "damping": DampingInfo,
+        "model": ModelInfo,
+        "projector": ProjectorInfo,
+        "damping": DampingInfo,
     }
     lists = {"modules": ProjectorModule, "shards": ShardInfo}
     names = {f.name for f in dataclasses.fields(cls)}
@@ -269,7 +280,9 @@ def utc_timestamp() -> str:
     """Now (or ``SOURCE_DATE_EPOCH`` when set) as ``YYYY-MM-DDTHH:MM:SSZ``."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = (
-        _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
+        _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+        if epoch
+        else _dt.datetime.now(_dt.timezone.utc)
     )
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -302,7 +315,9 @@ def hash_model_files(path: str | os.PathLike[str]) -> ModelInfo:
         )
     config = directory / "config.json"
     if not config.is_file():
-        raise ModelLoadError(f"{directory} has no config.json; fix: pass a Hugging Face model directory")
+        raise ModelLoadError(
+            f"{directory} has no config.json; fix: pass a Hugging Face model directory"
+        )
     weights = [p for p in directory.glob("*.safetensors") if p.is_file()]
     if not weights:
         weights = [p for p in directory.glob("pytorch_model*.bin") if p.is_file()]
@@ -316,8 +331,10 @@ def hash_model_files(path: str | os.PathLike[str]) -> ModelInfo:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
         raise ModelLoadError(f"cannot read {config} ({exc}); fix: re-download the model") from exc
     return ModelInfo(
-        path=str(directory), config_sha256=sha256_file(config),
-        weights_sha256=_combined_sha256(weights, directory), model_type=model_type,
+        path=str(directory),
+        config_sha256=sha256_file(config),
+        weights_sha256=_combined_sha256(weights, directory),
+        model_type=model_type,
     )
 
 
@@ -354,7 +371,9 @@ def hash_tokenizer(tokenizer_or_path: Any) -> str:
         "bos_prefix": list(special_prefix(tokenizer)),
         "chat_template": getattr(tokenizer, "chat_template", None),
     }
-    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = json.dumps(
+        fingerprint, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -384,7 +403,9 @@ def verify_manifest(directory: str | os.PathLike[str], check_checksums: bool = T
     for i, shard in enumerate(manifest.shards):
         label = f"shard {i} ({shard.file})"
         if shard.rows != shard.id_end - shard.id_start:
-            problems.append(f"{label}: {shard.rows} rows but id range [{shard.id_start}, {shard.id_end})")
+            problems.append(
+                f"{label}: {shard.rows} rows but id range [{shard.id_start}, {shard.id_end})"
+            )
         if shard.id_start != expected_start:
             problems.append(
                 f"{label}: id range starts at {shard.id_start}, expected {expected_start} (ranges must be contiguous)"
@@ -402,7 +423,9 @@ def verify_manifest(directory: str | os.PathLike[str], check_checksums: bool = T
         if not path.is_file():
             problems.append(f"{name}: missing")
         elif check_checksums and sha256_file(path) != digest:
-            problems.append(f"{name}: sha256 mismatch (file changed or corrupt; rebuild or restore it)")
+            problems.append(
+                f"{name}: sha256 mismatch (file changed or corrupt; rebuild or restore it)"
+            )
     for problem in problems:
         logger.warning("verify %s: %s", root, problem)
     return problems
@@ -412,7 +435,11 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
     """Problems found (empty = OK): manifest checks, FAISS row counts and ids, store row count."""
     root = Path(root)
     problems = verify_manifest(root, check_checksums=check_checksums)
-    if problems and any("manifest" in p for p in problems) and not (root / "manifest.json").is_file():
+    if (
+        problems
+        and any("manifest" in p for p in problems)
+        and not (root / "manifest.json").is_file()
+    ):
         return problems
     try:
         manifest = Manifest.load(root)
@@ -429,13 +456,17 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
         with open(path, "rb") as f:
             header = f.read(len(SHARD_HEADER))
         if header != SHARD_HEADER:
-            problems.append(f"{shard.file}: does not start like a shard (header {header!r}, expected {SHARD_HEADER!r}); "
-                            "rebuild or restore it")
+            problems.append(
+                f"{shard.file}: does not start like a shard (header {header!r}, expected {SHARD_HEADER!r}); "
+                "rebuild or restore it"
+            )
             continue
         size = path.stat().st_size
         if shard.bytes is not None and size != shard.bytes:
-            problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes} (truncated or appended to); "
-                            "rebuild or restore it")
+            problems.append(
+                f"{shard.file}: {size} bytes, manifest says {shard.bytes} (truncated or appended to); "
+                "rebuild or restore it"
+            )
             continue
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
@@ -443,17 +474,23 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
             problems.append(f"{shard.file}: FAISS cannot read it ({exc}); rebuild the index")
             continue
         if index.metric_type != faiss.METRIC_INNER_PRODUCT or not index.is_trained:
-            problems.append(f"{shard.file}: header says metric {index.metric_type}, trained {index.is_trained}; a shard is "
-                            "an inner-product index, trained; rebuild or restore it")
+            problems.append(
+                f"{shard.file}: header says metric {index.metric_type}, trained {index.is_trained}; a shard is "
+                "an inner-product index, trained; rebuild or restore it"
+            )
             continue
         if index.ntotal != shard.rows:
-            problems.append(f"{shard.file}: holds {index.ntotal} vectors, manifest says {shard.rows}")
+            problems.append(
+                f"{shard.file}: holds {index.ntotal} vectors, manifest says {shard.rows}"
+            )
         if index.d != manifest.dim:
             problems.append(f"{shard.file}: dimension {index.d}, manifest says {manifest.dim}")
         if index.ntotal:
             ids = faiss.vector_to_array(faiss.downcast_index(index).id_map)  # type: ignore[attr-defined]  # faiss stubs lack the wrappers
             if int(ids.min()) != shard.id_start or int(ids.max()) != shard.id_end - 1:
-                problems.append(f"{shard.file}: ids {ids.min()}..{ids.max()}, manifest says [{shard.id_start}, {shard.id_end})")
+                problems.append(
+                    f"{shard.file}: ids {ids.min()}..{ids.max()}, manifest says [{shard.id_start}, {shard.id_end})"
+                )
     store = root / "examples.sqlite"
     if store.is_file():
         from ..data.example_store import ExampleStore
@@ -461,14 +498,18 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
         try:
             with ExampleStore(store) as examples:
                 if examples.count() != manifest.n_examples:
-                    problems.append(f"examples.sqlite: {examples.count()} rows, manifest says {manifest.n_examples}")
+                    problems.append(
+                        f"examples.sqlite: {examples.count()} rows, manifest says {manifest.n_examples}"
+                    )
         except Exception as exc:
             problems.append(f"examples.sqlite: cannot be read ({exc})")
     from ..data.tombstones import id_space_of, verify_tombstones
 
     problems += verify_tombstones(root, id_space_of(manifest), manifest.n_examples)
     if (root / "compaction").is_dir():
-        problems.append("compaction/: an unfinished compaction; fix: rerun `tributary index compact` to finish it")
+        problems.append(
+            "compaction/: an unfinished compaction; fix: rerun `tributary index compact` to finish it"
+        )
     return problems
 
 
@@ -487,12 +528,16 @@ def verify_model(root: str | Path, model_dir: str | os.PathLike[str]) -> list[st
     problems = []
     for name in ("config_sha256", "weights_sha256"):
         if getattr(found, name) != getattr(expected, name):
-            problems.append(f"model.{name}: {model_path} has {getattr(found, name)[:12]}, the index was built from "
-                            f"{getattr(expected, name)[:12]} ({expected.path}); serve it with that model or rebuild")
+            problems.append(
+                f"model.{name}: {model_path} has {getattr(found, name)[:12]}, the index was built from "
+                f"{getattr(expected, name)[:12]} ({expected.path}); serve it with that model or rebuild"
+            )
     tokenizer = hash_tokenizer(model_path)
     if tokenizer != manifest.tokenizer_sha256:
-        problems.append(f"tokenizer_sha256: {model_path} has {tokenizer[:12]}, the index was built with "
-                        f"{manifest.tokenizer_sha256[:12]}; serve it with that tokenizer or rebuild")
+        problems.append(
+            f"tokenizer_sha256: {model_path} has {tokenizer[:12]}, the index was built with "
+            f"{manifest.tokenizer_sha256[:12]}; serve it with that tokenizer or rebuild"
+        )
     for problem in problems:
         logger.warning("verify %s: %s", root, problem)
     return problems

@@ -60,10 +60,14 @@ from .shards import is_flat
 logger = logging.getLogger(__name__)
 
 _LENGTH_SAMPLE = 2000  # records tokenised for the length distribution
-_SYNTHETIC_BYTES = 256 * 2**20  # cap on the synthetic vectors timed for the Fisher and the transform
+_SYNTHETIC_BYTES = (
+    256 * 2**20
+)  # cap on the synthetic vectors timed for the Fisher and the transform
 _STORE_ROWS = 1024  # rows of the larger of the two stores written to size the example store
 _DENSE_ROWS_TIMED = 1024  # synthetic rows whose dense Fisher update is timed
-_SHARD_COPIES = 3  # rows × D float32 copies of one shard held at once (staged pages, transformed, FAISS)
+_SHARD_COPIES = (
+    3  # rows × D float32 copies of one shard held at once (staged pages, transformed, FAISS)
+)
 _STEP_BYTES_PER_VALUE = 24  # a step's rows as float64 input, preconditioned product and output
 
 
@@ -149,7 +153,9 @@ def _length_sample(config: BuildConfig) -> tuple[int, list[int]]:
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(config.model)
-    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    context = getattr(model_config, "max_position_embeddings", None) or getattr(
+        model_config, "n_positions", None
+    )
     max_tokens = min(config.max_tokens, int(context)) if context else config.max_tokens
     stats = CorpusStats()
     lengths: list[int] = []
@@ -163,11 +169,15 @@ def _length_sample(config: BuildConfig) -> tuple[int, list[int]]:
                 pass
     lengths = [n for n in lengths if n > 0]
     if not lengths:
-        raise ValueError("no usable example in the corpus; check --corpus (see `tributary index build --skip-bad`)")
+        raise ValueError(
+            "no usable example in the corpus; check --corpus (see `tributary index build --skip-bad`)"
+        )
     return n_records, lengths
 
 
-def _padded_tokens(lengths: list[int], n_examples: int, shard_size: int, batch_tokens: int) -> float:
+def _padded_tokens(
+    lengths: list[int], n_examples: int, shard_size: int, batch_tokens: int
+) -> float:
     """Padded tokens of the whole build: the sampled lengths batched as the build batches a shard."""
     chunk = lengths[: max(1, min(shard_size, len(lengths)))]
     padded = 0
@@ -184,8 +194,9 @@ def _sample_size(lengths: list[int], batch_tokens: int, timed_batches: int) -> i
     return len(lengths)
 
 
-def _synthetic_fisher(blocks: list[Block], n_examples: int, alpha: float, score: str, seed: int,
-                      tmp: Path) -> dict[str, float]:
+def _synthetic_fisher(
+    blocks: list[Block], n_examples: int, alpha: float, score: str, seed: int, tmp: Path
+) -> dict[str, float]:
     """Time the Fisher, its inversion and the score transform on random vectors of the real
     dimension, along the path a build of `n_examples` takes."""
     dim = blocks[-1].stop
@@ -215,8 +226,12 @@ def _synthetic_fisher(blocks: list[Block], n_examples: int, alpha: float, score:
     scale = n_examples / rows
     # the Gram form's inversion grows with the rows kept; the dense one is one K×K inversion
     precondition_s = (invert_s * scale if low_rank else invert_s) + save_s
-    return {"fisher": update_s * scale, "precondition": precondition_s, "transform": transform_s * scale,
-            "rows": rows}
+    return {
+        "fisher": update_s * scale,
+        "precondition": precondition_s,
+        "transform": transform_s * scale,
+        "rows": rows,
+    }
 
 
 def _store_bytes(staging: Path, tmp: Path) -> tuple[int, int]:
@@ -224,7 +239,11 @@ def _store_bytes(staging: Path, tmp: Path) -> tuple[int, int]:
     rows (repeated under new ids to 512 and 1,024 rows, so SQLite's pages average out)."""
     rows: list[dict[str, Any]] = []
     for path in sorted(staging.glob("chunk-*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows += [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     sizes = []
     for n in (_STORE_ROWS // 2, _STORE_ROWS):
         path = tmp / f"store-{n}.sqlite"
@@ -238,10 +257,14 @@ def _store_bytes(staging: Path, tmp: Path) -> tuple[int, int]:
     return int(max(s2 - per_row * n2, 0)), int(math.ceil(per_row))
 
 
-def estimate_build(config: BuildConfig, timed_batches: int = 3, workdir: str | Path | None = None) -> BuildPlan:
+def estimate_build(
+    config: BuildConfig, timed_batches: int = 3, workdir: str | Path | None = None
+) -> BuildPlan:
     """Run the build on a sample of the corpus and extrapolate time, disk and RAM to all of it."""
     if not is_flat(config.index_factory):
-        logger.info("compressed shards: the sample is built flat; shard sizes come from the factory's code size")
+        logger.info(
+            "compressed shards: the sample is built flat; shard sizes come from the factory's code size"
+        )
     startup_s = _process_age_s()  # interpreter start and imports: a build's command pays them too
     n_records, lengths = _length_sample(config)
     sample = _sample_size(lengths, config.batch_tokens, timed_batches)
@@ -252,8 +275,14 @@ def estimate_build(config: BuildConfig, timed_batches: int = 3, workdir: str | P
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _estimate(config: BuildConfig, n_records: int, lengths: list[int], sample: int, tmp: Path,
-              startup_s: float) -> BuildPlan:
+def _estimate(
+    config: BuildConfig,
+    n_records: int,
+    lengths: list[int],
+    sample: int,
+    tmp: Path,
+    startup_s: float,
+) -> BuildPlan:
     cfg = replace(config, progress=False)
     sample_cfg = replace(cfg, index_factory="Flat") if not is_flat(cfg.index_factory) else cfg
     builder = IndexBuilder(sample_cfg, tmp / "index", keep_staging=True, max_examples=sample)
@@ -276,8 +305,11 @@ def _estimate(config: BuildConfig, n_records: int, lengths: list[int], sample: i
     gradients = warm[2] + per_padded * max(padded_total - warm[1], 0.0) + other_per_example * n
     projector = LoGraProjector.load(tmp / "index" / "projector.safetensors")
     k = rapidgrad_dim(cfg.rapidgrad_k, projector.dim)
-    blocks = (RapidGradCompressor(projector.blocks, k, seed=cfg.seed).out_blocks
-              if k is not None and cfg.rapidgrad_k is not None else projector.blocks)
+    blocks = (
+        RapidGradCompressor(projector.blocks, k, seed=cfg.seed).out_blocks
+        if k is not None and cfg.rapidgrad_k is not None
+        else projector.blocks
+    )
     synthetic = _synthetic_fisher(blocks, n, cfg.damping, cfg.score, cfg.seed, tmp)
     rss_peak = _peak_rss_bytes()
 
@@ -289,13 +321,21 @@ def _estimate(config: BuildConfig, n_records: int, lengths: list[int], sample: i
     if is_flat(cfg.index_factory):
         shards_total = n_shards * shard_header + n * flat_row
     else:
-        shards_total = n_shards * _compressed_shard_header(dim, cfg.index_factory) + n * (_code_size(dim, cfg.index_factory) + 8)
+        shards_total = n_shards * _compressed_shard_header(dim, cfg.index_factory) + n * (
+            _code_size(dim, cfg.index_factory) + 8
+        )
     write_per_row = max(stage.get("shards", 0.0) - stage.get("transform", 0.0), 0.0) / max(s, 1)
     store_fixed, store_row = _store_bytes(tmp / "index" / "staging", tmp)
     manifest = json.loads((tmp / "index" / "manifest.json").read_text(encoding="utf-8"))
-    per_shard_entry = len(json.dumps(manifest["shards"][0], indent=2)) + 8  # indented one level deeper, comma
+    per_shard_entry = (
+        len(json.dumps(manifest["shards"][0], indent=2)) + 8
+    )  # indented one level deeper, comma
     manifest_total = sizes.get("manifest.json", 0) + (n_shards - sample_shards) * per_shard_entry
-    files = {k: v for k, v in sizes.items() if k not in ("shards/shard-*.faiss", "examples.sqlite", "manifest.json")}
+    files = {
+        k: v
+        for k, v in sizes.items()
+        if k not in ("shards/shard-*.faiss", "examples.sqlite", "manifest.json")
+    }
     files["shards/shard-*.faiss"] = int(shards_total)
     if not is_flat(cfg.index_factory):
         itemsize = 2 if cfg.vector_dtype == "float16" else 4
@@ -322,35 +362,59 @@ def _estimate(config: BuildConfig, n_records: int, lengths: list[int], sample: i
     time_s = {
         "start-up": startup_s,
         "load": stage.get("load", 0.0),
-        "projector": stage.get("projector", 0.0) * (min(cfg.pca_examples, n) / max(min(cfg.pca_examples, s), 1)
-                                                     if cfg.projector == "pca" else 1.0),
-        "check": stage.get("check", 0.0),  # the sample build checks the whole corpus, as the build does
+        "projector": stage.get("projector", 0.0)
+        * (
+            min(cfg.pca_examples, n) / max(min(cfg.pca_examples, s), 1)
+            if cfg.projector == "pca"
+            else 1.0
+        ),
+        "check": stage.get(
+            "check", 0.0
+        ),  # the sample build checks the whole corpus, as the build does
         "gradients": gradients,
         "fisher": synthetic["fisher"],
         "precondition": synthetic["precondition"],
         "shards": synthetic["transform"] + write_per_row * n,
-        "finish": stage.get("store", 0.0) * n / max(s, 1) + finish_fixed * hashed_total / max(hashed_sample, 1),
+        "finish": stage.get("store", 0.0) * n / max(s, 1)
+        + finish_fixed * hashed_total / max(hashed_sample, 1),
     }
     seconds = sum(time_s.values())
 
     shard_extra = _SHARD_COPIES * max(shard_rows - s, 0) * dim * 4
     step_extra = _STEP_BYTES_PER_VALUE * max(min(n, _ROWS_PER_STEP) - synthetic["rows"], 0) * dim
-    ram_parts = {"measured peak of the sample build": rss_peak, "one shard of vectors": shard_extra,
-                 "a full step of staged rows": int(step_extra)}
+    ram_parts = {
+        "measured peak of the sample build": rss_peak,
+        "one shard of vectors": shard_extra,
+        "a full step of staged rows": int(step_extra),
+    }
     tokens = int(sum(lengths) / len(lengths) * n)
     return BuildPlan(
-        examples=n, tokens=tokens, mean_tokens=sum(lengths) / len(lengths), dim=dim, shards=n_shards,
-        sample_examples=s, measured_tokens_per_s=sum(b[1] for b in timed) / max(sum(b[2] for b in timed), 1e-9),
-        seconds=seconds, disk_bytes=int(disk), staging_bytes=int(sum(staging.values())),
-        ram_bytes=int(rss_peak + shard_extra + step_extra), time_s={k: round(v, 3) for k, v in time_s.items()},
-        files=files, staging_files=staging, ram_parts=ram_parts,
+        examples=n,
+        tokens=tokens,
+        mean_tokens=sum(lengths) / len(lengths),
+        dim=dim,
+        shards=n_shards,
+        sample_examples=s,
+        measured_tokens_per_s=sum(b[1] for b in timed) / max(sum(b[2] for b in timed), 1e-9),
+        seconds=seconds,
+        disk_bytes=int(disk),
+        staging_bytes=int(sum(staging.values())),
+        ram_bytes=int(rss_peak + shard_extra + step_extra),
+        time_s={k: round(v, 3) for k, v in time_s.items()},
+        files=files,
+        staging_files=staging,
+        ram_parts=ram_parts,
     )
 
 
 def _model_bytes(model_dir: str) -> int:
     """Bytes of the model's weight files (the manifest hashes them)."""
     root = Path(model_dir)
-    return sum(p.stat().st_size for p in root.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    return sum(
+        p.stat().st_size
+        for p in root.iterdir()
+        if p.is_file() and p.suffix in (".safetensors", ".bin")
+    )
 
 
 def _code_size(dim: int, factory: str) -> int:

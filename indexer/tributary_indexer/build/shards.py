@@ -33,7 +33,9 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     try:
         inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build index_factory({dim}, {factory!r}): {exc}; fix: use 'Flat', 'SQfp16', 'IVF256,Flat', 'IVF4096,PQ64', ...") from exc
+        raise ValueError(
+            f"FAISS cannot build index_factory({dim}, {factory!r}): {exc}; fix: use 'Flat', 'SQfp16', 'IVF256,Flat', 'IVF4096,PQ64', ..."
+        ) from exc
     return faiss.IndexIDMap2(inner)
 
 
@@ -47,17 +49,27 @@ def train_index(dim: int, factory: str, sample: np.ndarray, seed: int = 0) -> fa
         if sample.shape[0] < ivf.nlist:
             raise ValueError(
                 f"{factory!r} has {ivf.nlist} lists but only {sample.shape[0]} training vectors; "
-                "fix: use fewer lists (e.g. IVF{n//39}) or more examples".replace("{n//39}", str(max(1, sample.shape[0] // 39)))
+                "fix: use fewer lists (e.g. IVF{n//39}) or more examples".replace(
+                    "{n//39}", str(max(1, sample.shape[0] // 39))
+                )
             )
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
 
-def write_shard(path: Path, vectors: np.ndarray, ids: np.ndarray, factory: str, trained: faiss.Index | None = None) -> None:
+def write_shard(
+    path: Path,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    factory: str,
+    trained: faiss.Index | None = None,
+) -> None:
     """Write one shard atomically: ``vectors`` ``[n, D]`` float32 with global ``ids`` ``[n]`` int64."""
     dim = vectors.shape[1]
     index = faiss.clone_index(trained) if trained is not None else new_index(dim, factory)
-    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    index.add_with_ids(
+        np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+    )
     with atomic_output(path) as tmp:
         faiss.write_index(index, str(tmp))
 

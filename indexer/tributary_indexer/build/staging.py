@@ -89,7 +89,9 @@ class _VectorWriter:
 
     def __enter__(self) -> np.memmap:
         tmp = self._ctx.__enter__()
-        self._array = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.float32, shape=self.shape)
+        self._array = np.lib.format.open_memmap(
+            str(tmp), mode="w+", dtype=np.float32, shape=self.shape
+        )
         return self._array
 
     def __exit__(self, *exc: Any) -> bool | None:

@@ -47,16 +47,33 @@ class BuildSummary:
     def lines(self) -> list[str]:
         extra = list(self.corpus_notes)
         if self.skip_report:
-            extra.append(f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}")
+            extra.append(
+                f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}"
+            )
         if self.skipped_present:
-            extra.append(f"already in the index, not added again: {self.skipped_present} (by record id, else content)"
-                         + (f"; {self.changed_present} of them have an indexed id with other content: remove the old "
-                            "record first to replace it" if self.changed_present else ""))
-        return extra + [
-            f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
-            f"{self.skipped_bad} bad records skipped)",
-            f"tokens: {self.tokens} ({self.target_tokens} targets)",
-            f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
-            f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
-        ] + ([f"stages: {', '.join(f'{k} {v:.1f} s' for k, v in self.stage_s.items() if k not in _NESTED_STAGES)}"]
-             if self.stage_s else [])
+            extra.append(
+                f"already in the index, not added again: {self.skipped_present} (by record id, else content)"
+                + (
+                    f"; {self.changed_present} of them have an indexed id with other content: remove the old "
+                    "record first to replace it"
+                    if self.changed_present
+                    else ""
+                )
+            )
+        return (
+            extra
+            + [
+                f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
+                f"{self.skipped_bad} bad records skipped)",
+                f"tokens: {self.tokens} ({self.target_tokens} targets)",
+                f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
+                f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
+            ]
+            + (
+                [
+                    f"stages: {', '.join(f'{k} {v:.1f} s' for k, v in self.stage_s.items() if k not in _NESTED_STAGES)}"
+                ]
+                if self.stage_s
+                else []
+            )
+        )

@@ -32,7 +32,9 @@ class TokenizedExample:
                 f"{len(self.target_mask)}: build both from the same tokenisation"
             )
         if self.target_mask and self.target_mask[0]:
-            raise ValueError("target_mask[0] must be False: the first token has no prefix to predict it from")
+            raise ValueError(
+                "target_mask[0] must be False: the first token has no prefix to predict it from"
+            )
 
     @property
     def n_tokens(self) -> int:
@@ -49,7 +51,9 @@ class TokenizedExample:
         return cls(ids, tuple(i > 0 for i in range(len(ids))))
 
     @classmethod
-    def prompt_response(cls, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> TokenizedExample:
+    def prompt_response(
+        cls, prompt_ids: Sequence[int], response_ids: Sequence[int]
+    ) -> TokenizedExample:
         """A prompt/response pair: only the response tokens are targets."""
         ids = tuple(int(i) for i in prompt_ids) + tuple(int(i) for i in response_ids)
         mask = tuple([False] * len(prompt_ids) + [True] * len(response_ids))
@@ -78,7 +82,9 @@ class TokenBatch:
         return mask
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
+        return TokenBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device)
+        )
 
 
 def collate(examples: Sequence[TokenizedExample], pad_token_id: int = 0) -> TokenBatch:

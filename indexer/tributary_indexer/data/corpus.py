@@ -108,7 +108,9 @@ def content_hash(record: CorpusRecord) -> str:
     Canonical: sorted keys, no whitespace, UTF-8, non-ASCII kept as is. Two records with the
     same kind and text fields hash the same whatever their id, source or metadata.
     """
-    text = json.dumps(record.training_content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(
+        record.training_content(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -136,7 +138,9 @@ class CorpusStats:
         if len(self.bad_examples) < MAX_BAD_EXAMPLES:
             self.bad_examples.append((error.path or "", error.line, str(error)))
         if len(self.skipped) < MAX_SKIP_LOG:
-            self.skipped.append({"file": error.path, "line": error.line, "code": error.code, "reason": error.reason})
+            self.skipped.append(
+                {"file": error.path, "line": error.line, "code": error.code, "reason": error.reason}
+            )
 
     def summary(self) -> str:
         """One line for logs: counts and the most common reasons."""
@@ -171,21 +175,35 @@ def expand_corpus_paths(
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            every = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+            every = sorted(
+                (p for p in path.rglob("*") if p.is_file()),
+                key=lambda p: p.relative_to(path).as_posix(),
+            )
             found = [p for p in every if _suffix_of(p)]
-            others = [p for p in every if not _suffix_of(p) and not any(
-                part.startswith(".") for part in p.relative_to(path).parts)]
+            others = [
+                p
+                for p in every
+                if not _suffix_of(p)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
             if others and warn:
                 names = [p.relative_to(path).as_posix() for p in others]
-                logger.warning("corpus directory %s: not reading %d file(s) that are not %s: %s%s", path, len(others),
-                               "/".join(SUPPORTED_SUFFIXES), ", ".join(names[:10]),
-                               f" and {len(names) - 10} more" if len(names) > 10 else "")
+                logger.warning(
+                    "corpus directory %s: not reading %d file(s) that are not %s: %s%s",
+                    path,
+                    len(others),
+                    "/".join(SUPPORTED_SUFFIXES),
+                    ", ".join(names[:10]),
+                    f" and {len(names) - 10} more" if len(names) > 10 else "",
+                )
             if others and skipped is not None:
                 skipped.extend(str(p) for p in others)
             if not found:
                 listed = f" (it holds {', '.join(p.name for p in others[:5])})" if others else ""
                 raise CorpusError(
-                    str(path), None, f"directory holds no corpus files{listed}",
+                    str(path),
+                    None,
+                    f"directory holds no corpus files{listed}",
                     f"put {', '.join(SUPPORTED_SUFFIXES)} files in it or pass the files directly",
                     code="no_files",
                 )
@@ -194,7 +212,9 @@ def expand_corpus_paths(
             raise CorpusError(str(path), None, "file not found", "check the path", code="not_found")
         elif _suffix_of(path) is None:
             raise CorpusError(
-                str(path), None, "unsupported file type",
+                str(path),
+                None,
+                "unsupported file type",
                 f"use one of {', '.join(SUPPORTED_SUFFIXES)} (convert CSV etc. to JSONL first)",
                 code="unsupported_file",
             )
@@ -225,7 +245,9 @@ def iter_records(
     stats = stats if stats is not None else CorpusStats()
     for path in expand_corpus_paths(paths, stats.skipped_files, warn=warn):
         stats.files += 1
-        rows = _iter_parquet_rows(path) if _suffix_of(path) == ".parquet" else _iter_jsonl_rows(path)
+        rows = (
+            _iter_parquet_rows(path) if _suffix_of(path) == ".parquet" else _iter_jsonl_rows(path)
+        )
         seen_rows = 0
         for line, row in rows:
             seen_rows += 1
@@ -270,29 +292,52 @@ def _iter_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | CorpusE
                 try:
                     text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
-                    yield line_no, CorpusError(
-                        name, line_no, f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                        "re-encode the file as UTF-8", code="bad_encoding",
+                    yield (
+                        line_no,
+                        CorpusError(
+                            name,
+                            line_no,
+                            f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                            "re-encode the file as UTF-8",
+                            code="bad_encoding",
+                        ),
                     )
                     continue
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    yield line_no, CorpusError(
-                        name, line_no, f"malformed JSON ({exc.msg} at column {exc.colno})",
-                        "make each line one complete JSON object (JSON Lines)", code="malformed_json",
+                    yield (
+                        line_no,
+                        CorpusError(
+                            name,
+                            line_no,
+                            f"malformed JSON ({exc.msg} at column {exc.colno})",
+                            "make each line one complete JSON object (JSON Lines)",
+                            code="malformed_json",
+                        ),
                     )
                     continue
                 if not isinstance(obj, dict):
-                    yield line_no, CorpusError(
-                        name, line_no, f"expected a JSON object, got {type(obj).__name__}",
-                        f"make each line an object; {_ACCEPTED}", code="not_an_object",
+                    yield (
+                        line_no,
+                        CorpusError(
+                            name,
+                            line_no,
+                            f"expected a JSON object, got {type(obj).__name__}",
+                            f"make each line an object; {_ACCEPTED}",
+                            code="not_an_object",
+                        ),
                     )
                     continue
                 yield line_no, obj
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise CorpusError(name, None, f"cannot read file ({exc})", "check the file is complete and readable",
-                          code="unreadable_file") from exc
+        raise CorpusError(
+            name,
+            None,
+            f"cannot read file ({exc})",
+            "check the file is complete and readable",
+            code="unreadable_file",
+        ) from exc
 
 
 def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | CorpusError]]:
@@ -302,8 +347,13 @@ def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Corpu
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for corrupt files
-        raise CorpusError(str(path), None, f"cannot open as Parquet ({exc})",
-                          "check the file is a complete Parquet file", code="unreadable_file") from exc
+        raise CorpusError(
+            str(path),
+            None,
+            f"cannot open as Parquet ({exc})",
+            "check the file is a complete Parquet file",
+            code="unreadable_file",
+        ) from exc
     row_no = 0
     for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
         for row in batch.to_pylist():
@@ -341,7 +391,9 @@ def parse_record(
     ``default_source`` (the caller passes the file's stem).
     """
     try:
-        return _parse(obj, file, line, default_source if default_source is not None else _stem(Path(file)))
+        return _parse(
+            obj, file, line, default_source if default_source is not None else _stem(Path(file))
+        )
     except CorpusError:
         raise
     except ExampleError as err:
@@ -351,20 +403,33 @@ def parse_record(
 def _parse(obj: dict[str, Any], file: str, line: int, default_source: str) -> CorpusRecord:
     present = {k: v for k, v in obj.items() if v is not None}
     if "response" in present and "completion" in present:
-        raise ExampleError('record has both "response" and "completion"', "keep one of them", code="ambiguous_record")
+        raise ExampleError(
+            'record has both "response" and "completion"',
+            "keep one of them",
+            code="ambiguous_record",
+        )
     response_key = "response" if "response" in present else "completion"
     forms = [
         name
-        for name, keys in (("text", ("text",)), ("prompt/response", ("prompt", response_key)),
-                           ("messages", ("messages",)))
+        for name, keys in (
+            ("text", ("text",)),
+            ("prompt/response", ("prompt", response_key)),
+            ("messages", ("messages",)),
+        )
         if any(k in present for k in keys)
     ]
     if not forms:
-        raise ExampleError(f"record has none of the training fields (keys: {sorted(obj)})", _ACCEPTED,
-                           code="no_content")
+        raise ExampleError(
+            f"record has none of the training fields (keys: {sorted(obj)})",
+            _ACCEPTED,
+            code="no_content",
+        )
     if len(forms) > 1:
-        raise ExampleError(f"record mixes {' and '.join(forms)}", f"give exactly one form; {_ACCEPTED}",
-                           code="ambiguous_record")
+        raise ExampleError(
+            f"record mixes {' and '.join(forms)}",
+            f"give exactly one form; {_ACCEPTED}",
+            code="ambiguous_record",
+        )
 
     text = prompt = response = None
     messages: list[dict[str, Any]] | None = None
@@ -373,38 +438,63 @@ def _parse(obj: dict[str, Any], file: str, line: int, default_source: str) -> Co
         kind = "text"
         text = _string_field(present, "text")
         if not text.strip():
-            raise ExampleError('"text" is empty', "drop the record or fill in its text", code="empty_text")
+            raise ExampleError(
+                '"text" is empty', "drop the record or fill in its text", code="empty_text"
+            )
     elif forms[0] == "prompt/response":
         kind = "prompt_response"
         if "prompt" not in present:
-            raise ExampleError(f'record has "{response_key}" but no "prompt"', 'add a "prompt" (it may be "")',
-                               code="missing_prompt")
+            raise ExampleError(
+                f'record has "{response_key}" but no "prompt"',
+                'add a "prompt" (it may be "")',
+                code="missing_prompt",
+            )
         if response_key not in present:
-            raise ExampleError('record has "prompt" but no "response"',
-                               'add a "response" (or use {"text": ...})', code="missing_response")
+            raise ExampleError(
+                'record has "prompt" but no "response"',
+                'add a "response" (or use {"text": ...})',
+                code="missing_response",
+            )
         prompt = _string_field(present, "prompt")
         response = _string_field(present, response_key)
         if not response.strip():
-            raise ExampleError(f'"{response_key}" is empty: there is nothing to attribute',
-                               "drop the record or fill in its response", code="empty_response")
+            raise ExampleError(
+                f'"{response_key}" is empty: there is nothing to attribute',
+                "drop the record or fill in its response",
+                code="empty_response",
+            )
     else:
         kind = "messages"
         messages = validate_messages(present["messages"])
 
     raw_id = present.get("id")
     if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
-        raise ExampleError(f'"id" must be a string or an integer, got {type(raw_id).__name__}',
-                           'use a string "id"', code="bad_id")
+        raise ExampleError(
+            f'"id" must be a string or an integer, got {type(raw_id).__name__}',
+            'use a string "id"',
+            code="bad_id",
+        )
     source = present.get("source", default_source)
     provider = present.get("provider")
     for key, value in (("source", source), ("provider", provider)):
         if value is not None and not isinstance(value, str):
-            raise ExampleError(f'"{key}" must be a string, got {type(value).__name__}',
-                               f'make "{key}" a string', code=f"bad_{key}")
+            raise ExampleError(
+                f'"{key}" must be a string, got {type(value).__name__}',
+                f'make "{key}" a string',
+                code=f"bad_{key}",
+            )
     metadata = {k: _jsonable(v) for k, v in obj.items() if k not in _RESERVED}
     return CorpusRecord(
-        file=file, line=line, id=None if raw_id is None else str(raw_id), kind=kind, text=text,
-        prompt=prompt, response=response, messages=messages, source=source, provider=provider,
+        file=file,
+        line=line,
+        id=None if raw_id is None else str(raw_id),
+        kind=kind,
+        text=text,
+        prompt=prompt,
+        response=response,
+        messages=messages,
+        source=source,
+        provider=provider,
         metadata=metadata,
     )
 
@@ -412,8 +502,11 @@ def _parse(obj: dict[str, Any], file: str, line: int, default_source: str) -> Co
 def _string_field(obj: dict[str, Any], key: str) -> str:
     value = obj[key]
     if not isinstance(value, str):
-        raise ExampleError(f'"{key}" must be a string, got {type(value).__name__}', f'make "{key}" a string',
-                           code=f"bad_{key}")
+        raise ExampleError(
+            f'"{key}" must be a string, got {type(value).__name__}',
+            f'make "{key}" a string',
+            code=f"bad_{key}",
+        )
     return value
 
 
@@ -423,7 +516,9 @@ def validate_messages(value: Any) -> list[dict[str, Any]]:
     Needs at least one non-empty assistant turn (the targets). Returns clean copies (``None``
     values dropped); raises :class:`ExampleError` saying what to fix.
     """
-    fix_shape = 'make "messages" a list of {"role": "system"|"user"|"assistant"|..., "content": "<text>"}'
+    fix_shape = (
+        'make "messages" a list of {"role": "system"|"user"|"assistant"|..., "content": "<text>"}'
+    )
     if not isinstance(value, (list, tuple)) or not value:
         raise ExampleError('"messages" must be a non-empty list', fix_shape, code="bad_messages")
     messages: list[dict[str, Any]] = []
@@ -432,22 +527,29 @@ def validate_messages(value: Any) -> list[dict[str, Any]]:
             raise ExampleError(f"messages[{i}] is not an object", fix_shape, code="bad_messages")
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
-            raise ExampleError(f'messages[{i}] has no "role" string', fix_shape, code="bad_messages")
+            raise ExampleError(
+                f'messages[{i}] has no "role" string', fix_shape, code="bad_messages"
+            )
         if not isinstance(content, str):
             raise ExampleError(
                 f"messages[{i}].content must be a string, got {type(content).__name__}",
-                "flatten multi-part content to text (only text training data is supported)", code="bad_messages",
+                "flatten multi-part content to text (only text training data is supported)",
+                code="bad_messages",
             )
         messages.append({k: _jsonable(v) for k, v in message.items() if v is not None})
     assistant = [m for m in messages if m["role"] == "assistant"]
     if not assistant:
         raise ExampleError(
             'messages has no "assistant" turn, so there are no target tokens to attribute',
-            'add the assistant reply, or use {"text": ...} for plain documents', code="no_assistant_turn",
+            'add the assistant reply, or use {"text": ...} for plain documents',
+            code="no_assistant_turn",
         )
     if not any(m["content"].strip() for m in assistant):
-        raise ExampleError("every assistant turn is empty", "drop the record or fill in the assistant reply",
-                           code="empty_response")
+        raise ExampleError(
+            "every assistant turn is empty",
+            "drop the record or fill in the assistant reply",
+            code="empty_response",
+        )
     return messages
 
 
@@ -467,7 +569,9 @@ def assign_ids(items: Iterable[T], start: int = 0) -> Iterator[tuple[int, T]]:
         yield global_id, item
 
 
-def count_records(paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool = False) -> CorpusStats:
+def count_records(
+    paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool = False
+) -> CorpusStats:
     """Validate a corpus without keeping it: the counts a dry run reports."""
     stats = CorpusStats()
     for _ in iter_records(paths, skip_bad=skip_bad, stats=stats):

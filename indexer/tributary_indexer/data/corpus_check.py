@@ -38,9 +38,12 @@ def id_hash(text: str) -> int:
 
 def _duplicate_error(record: CorpusRecord, first: str) -> CorpusError:
     return CorpusError(
-        record.file, record.line, f"record id {record.id!r} is already used at {first}",
+        record.file,
+        record.line,
+        f"record id {record.id!r} is already used at {first}",
         "give every record its own id (it names the record in results and removals), or drop the duplicate; "
-        "--skip-bad skips the later one", code="duplicate_id",
+        "--skip-bad skips the later one",
+        code="duplicate_id",
     )
 
 
@@ -57,8 +60,14 @@ class CorpusCheck:
         out = []
         if self.stats.skipped_files:
             names = ", ".join(os.path.basename(f) for f in self.stats.skipped_files[:5])
-            more = f" and {len(self.stats.skipped_files) - 5} more" if len(self.stats.skipped_files) > 5 else ""
-            out.append(f"not corpus files, not read: {len(self.stats.skipped_files)} ({names}{more})")
+            more = (
+                f" and {len(self.stats.skipped_files) - 5} more"
+                if len(self.stats.skipped_files) > 5
+                else ""
+            )
+            out.append(
+                f"not corpus files, not read: {len(self.stats.skipped_files)} ({names}{more})"
+            )
         if self.stats.empty_files:
             out.append(f"empty corpus files: {', '.join(self.stats.empty_files)}")
         return out
@@ -77,9 +86,18 @@ def check_corpus(paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool) -> 
             why.append(f"empty files: {', '.join(stats.empty_files)}")
         if stats.bad:
             why.append(f"{stats.bad} malformed records skipped (first: {stats.bad_examples[0][2]})")
-        raise CorpusError(None, None, "the corpus has no usable record" + (f" ({'; '.join(why)})" if why else ""),
-                          "check the --corpus paths and files", code="empty_corpus")
-    ordered = np.sort(np.frombuffer(hashes, dtype=np.uint64)) if len(hashes) else np.zeros(0, dtype=np.uint64)
+        raise CorpusError(
+            None,
+            None,
+            "the corpus has no usable record" + (f" ({'; '.join(why)})" if why else ""),
+            "check the --corpus paths and files",
+            code="empty_corpus",
+        )
+    ordered = (
+        np.sort(np.frombuffer(hashes, dtype=np.uint64))
+        if len(hashes)
+        else np.zeros(0, dtype=np.uint64)
+    )
     repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
     duplicates: set[str] = set()
     if repeated:
@@ -94,8 +112,10 @@ def check_corpus(paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool) -> 
                 raise _duplicate_error(record, first[record.id])
             duplicates.add(record.id)
         if duplicates:
-            logger.warning("corpus: %d record id(s) used more than once; the later records are skipped (--skip-bad)",
-                           len(duplicates))
+            logger.warning(
+                "corpus: %d record id(s) used more than once; the later records are skipped (--skip-bad)",
+                len(duplicates),
+            )
     logger.info("corpus check: %s", stats.summary())
     return CorpusCheck(stats, frozenset(duplicates))
 
@@ -119,8 +139,13 @@ class UniqueIds:
 
 def write_skip_report(stats: CorpusStats, path: Path) -> None:
     """One JSON line ``{file, line, code, reason}`` per skipped record (and a last line when the list was cut)."""
-    lines = "".join(json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in stats.skipped)
+    lines = "".join(
+        json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in stats.skipped
+    )
     if stats.bad > len(stats.skipped):
-        lines += json.dumps({"truncated": True, "listed": len(stats.skipped), "skipped": stats.bad}) + "\n"
+        lines += (
+            json.dumps({"truncated": True, "listed": len(stats.skipped), "skipped": stats.bad})
+            + "\n"
+        )
     atomic_write_text(path, lines)
     logger.warning("%d bad records skipped; each is listed in %s", stats.bad, path)

@@ -43,14 +43,34 @@ from .corpus import CorpusRecord, RecordKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEMA_VERSION", "StoredExample", "ExampleStoreWriter", "ExampleStore", "partial_path_for"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "StoredExample",
+    "ExampleStoreWriter",
+    "ExampleStore",
+    "partial_path_for",
+]
 
 SCHEMA_VERSION = 1
 _MAX_VARS = 500  # ids per IN (...) query, below every SQLite build's variable limit
 
 _COLUMNS = (
-    "id", "external_id", "kind", "text", "prompt", "response", "messages_json", "source", "provider",
-    "n_tokens", "n_target_tokens", "n_truncated", "content_hash", "extra_json", "file", "line",
+    "id",
+    "external_id",
+    "kind",
+    "text",
+    "prompt",
+    "response",
+    "messages_json",
+    "source",
+    "provider",
+    "n_tokens",
+    "n_target_tokens",
+    "n_truncated",
+    "content_hash",
+    "extra_json",
+    "file",
+    "line",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -119,19 +139,38 @@ class StoredExample:
 
             text = render_record(record)
         return cls(
-            id=int(id), external_id=record.id, kind=record.kind, text=text, prompt=record.prompt,
-            response=record.response, messages=record.messages, source=record.source,
-            provider=record.provider, n_tokens=example.n_tokens, n_target_tokens=example.n_targets,
-            n_truncated=example.n_truncated_tokens, content_hash=record.content_hash,
-            metadata=dict(record.metadata), file=record.file, line=record.line,
+            id=int(id),
+            external_id=record.id,
+            kind=record.kind,
+            text=text,
+            prompt=record.prompt,
+            response=record.response,
+            messages=record.messages,
+            source=record.source,
+            provider=record.provider,
+            n_tokens=example.n_tokens,
+            n_target_tokens=example.n_targets,
+            n_truncated=example.n_truncated_tokens,
+            content_hash=record.content_hash,
+            metadata=dict(record.metadata),
+            file=record.file,
+            line=record.line,
         )
 
     def to_record(self) -> CorpusRecord:
         """The corpus record again (to re-tokenise it, e.g. for training-side token scores)."""
         return CorpusRecord(
-            file=self.file or "", line=self.line or 0, id=self.external_id, kind=self.kind,
-            text=self.text if self.kind == "text" else None, prompt=self.prompt, response=self.response,
-            messages=self.messages, source=self.source, provider=self.provider, metadata=dict(self.metadata),
+            file=self.file or "",
+            line=self.line or 0,
+            id=self.external_id,
+            kind=self.kind,
+            text=self.text if self.kind == "text" else None,
+            prompt=self.prompt,
+            response=self.response,
+            messages=self.messages,
+            source=self.source,
+            provider=self.provider,
+            metadata=dict(self.metadata),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,10 +179,22 @@ class StoredExample:
 
     def _row(self) -> tuple[Any, ...]:
         return (
-            self.id, self.external_id, self.kind, self.text, self.prompt, self.response,
-            None if self.messages is None else _dumps(self.messages), self.source, self.provider,
-            self.n_tokens, self.n_target_tokens, self.n_truncated, self.content_hash,
-            _dumps(self.metadata), self.file, self.line,
+            self.id,
+            self.external_id,
+            self.kind,
+            self.text,
+            self.prompt,
+            self.response,
+            None if self.messages is None else _dumps(self.messages),
+            self.source,
+            self.provider,
+            self.n_tokens,
+            self.n_target_tokens,
+            self.n_truncated,
+            self.content_hash,
+            _dumps(self.metadata),
+            self.file,
+            self.line,
         )
 
     @classmethod
@@ -198,7 +249,11 @@ class ExampleStoreWriter:
             )
         self._set_meta({"schema_version": str(SCHEMA_VERSION), "complete": "0"})
         if resuming:
-            logger.info("resuming example store %s (%d rows already written)", self.partial_path, self.count())
+            logger.info(
+                "resuming example store %s (%d rows already written)",
+                self.partial_path,
+                self.count(),
+            )
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -206,7 +261,9 @@ class ExampleStoreWriter:
 
     def _set_meta(self, values: dict[str, str]) -> None:
         with self._transaction():
-            self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", values.items())
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", values.items()
+            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -341,7 +398,9 @@ class ExampleStore:
                 f"{SCHEMA_VERSION}; fix: rebuild the index with this version of tributary"
             )
         if meta.get("complete") != "1":
-            raise IndexIntegrityError(f"{self.path} is incomplete (the build was interrupted); fix: rerun the build")
+            raise IndexIntegrityError(
+                f"{self.path} is incomplete (the build was interrupted); fix: rerun the build"
+            )
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -349,7 +408,9 @@ class ExampleStore:
             try:
                 conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
             except sqlite3.Error as exc:
-                raise IndexIntegrityError(f"cannot open {self.path} ({exc}); fix: check the file and its permissions") from exc
+                raise IndexIntegrityError(
+                    f"cannot open {self.path} ({exc}); fix: check the file and its permissions"
+                ) from exc
             conn.execute("PRAGMA query_only=1")
             self._local.conn = conn
             with self._lock:
@@ -357,7 +418,9 @@ class ExampleStore:
         return conn
 
     def _select(self, where: str, params: Sequence[Any]) -> list[StoredExample]:
-        rows = self._conn().execute(f"SELECT {', '.join(_COLUMNS)} FROM examples WHERE {where}", params)
+        rows = self._conn().execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM examples WHERE {where}", params
+        )
         return [StoredExample._from_row(row) for row in rows.fetchall()]
 
     def get(self, id: int) -> StoredExample | None:
@@ -414,12 +477,19 @@ class ExampleStore:
             clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
             params.extend(values)
         where = " AND ".join(clauses) if clauses else "1"
-        rows = self._conn().execute(f"SELECT id FROM examples WHERE {where} ORDER BY id", params).fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT id FROM examples WHERE {where} ORDER BY id", params)
+            .fetchall()
+        )
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def sources(self) -> list[str]:
         """Distinct sources, sorted."""
-        return [r[0] for r in self._conn().execute("SELECT DISTINCT source FROM examples ORDER BY source")]
+        return [
+            r[0]
+            for r in self._conn().execute("SELECT DISTINCT source FROM examples ORDER BY source")
+        ]
 
     def providers(self) -> list[str]:
         """Distinct non-null providers, sorted."""
@@ -435,7 +505,9 @@ class ExampleStore:
         """Up to ``limit`` examples of one record kind, lowest ids first."""
         return self._select("kind = ? ORDER BY id LIMIT ?", (kind, int(limit)))
 
-    def composition(self, exclude: np.ndarray | None = None) -> list[tuple[str, str | None, int, int]]:
+    def composition(
+        self, exclude: np.ndarray | None = None
+    ) -> list[tuple[str, str | None, int, int]]:
         """``(group_by, key, examples, tokens)`` per provider then per source (key None: no provider).
 
         ``exclude`` (ids, e.g. removed examples) are not counted; a group left empty is dropped.

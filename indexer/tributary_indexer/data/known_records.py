@@ -39,7 +39,9 @@ class KnownRecords:
         """Of those, records whose id is indexed with other content."""
 
     @classmethod
-    def of_store(cls, store: ExampleStore, n_examples: int, removed: Container[int] = ()) -> KnownRecords:
+    def of_store(
+        cls, store: ExampleStore, n_examples: int, removed: Container[int] = ()
+    ) -> KnownRecords:
         """The first ``n_examples`` rows of ``store`` (the manifest's count), but the ``removed`` ids (tombstones)."""
         ids: dict[int, int] = {}
         contents: set[int] = set()
@@ -50,7 +52,11 @@ class KnownRecords:
                 ids[id_hash(external_id)] = id_hash(content_hash)
             else:
                 contents.add(id_hash(content_hash))
-        logger.info("index holds %d records with an id and %d distinct contents without", len(ids), len(contents))
+        logger.info(
+            "index holds %d records with an id and %d distinct contents without",
+            len(ids),
+            len(contents),
+        )
         return cls(ids, contents)
 
     def fresh(self) -> KnownRecords:

@@ -100,7 +100,9 @@ class _Piece:
 # --- tokenizer conventions ---------------------------------------------------------------
 
 
-def special_prefix(tokenizer: PreTrainedTokenizerBase, add_bos: bool | None = None) -> tuple[int, ...]:
+def special_prefix(
+    tokenizer: PreTrainedTokenizerBase, add_bos: bool | None = None
+) -> tuple[int, ...]:
     """The token ids to put before a text or prompt: the tokenizer's BOS convention.
 
     ``add_bos=None`` detects what ``tokenizer(text)`` prepends by default (cached per
@@ -137,22 +139,32 @@ def special_prefix(tokenizer: PreTrainedTokenizerBase, add_bos: bool | None = No
     return prefix
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str, with_offsets: bool) -> tuple[list[int], list[tuple[int, int]] | None]:
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, text: str, with_offsets: bool
+) -> tuple[list[int], list[tuple[int, int]] | None]:
     if not text:
         return [], ([] if with_offsets and tokenizer.is_fast else None)
     want_offsets = with_offsets and bool(tokenizer.is_fast)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=want_offsets, verbose=False)
+    encoding = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=want_offsets, verbose=False
+    )
     ids = [int(i) for i in encoding["input_ids"]]
     offsets = [(int(s), int(e)) for s, e in encoding["offset_mapping"]] if want_offsets else None
     return ids, offsets
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> str:
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict[str, Any]],
+    add_generation_prompt: bool,
+) -> str:
     rendered = tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
     if not isinstance(rendered, str):  # pragma: no cover - transformers contract
-        raise TokenizerError("apply_chat_template(tokenize=False) did not return a string; fix: upgrade transformers")
+        raise TokenizerError(
+            "apply_chat_template(tokenize=False) did not return a string; fix: upgrade transformers"
+        )
     return rendered
 
 
@@ -200,7 +212,9 @@ def assistant_spans(
 # --- building -----------------------------------------------------------------------------
 
 
-def _message_pieces(messages: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> list[_Piece]:
+def _message_pieces(
+    messages: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase
+) -> list[_Piece]:
     """The rendering cut into alternating non-target / assistant-turn pieces (empty ones dropped)."""
     rendered, spans = assistant_spans(messages, tokenizer)
     pieces: list[_Piece] = []
@@ -213,7 +227,9 @@ def _message_pieces(messages: Sequence[dict[str, Any]], tokenizer: PreTrainedTok
     return [p for p in pieces if p.text]
 
 
-def _fill(pieces: list[_Piece], tokenizer: PreTrainedTokenizerBase, offsets_for: _Piece | None) -> None:
+def _fill(
+    pieces: list[_Piece], tokenizer: PreTrainedTokenizerBase, offsets_for: _Piece | None
+) -> None:
     for piece in pieces:
         piece.ids, piece.offsets = _encode(tokenizer, piece.text, with_offsets=piece is offsets_for)
 
@@ -233,10 +249,14 @@ def _finish(ids: list[int], mask: list[bool], n_truncated: int) -> TokenizedExam
     last = max((i for i, m in enumerate(mask) if m), default=-1)
     if last < 0:
         raise ExampleError(
-            "no target tokens left" + (f" after truncating {n_truncated} tokens" if n_truncated else ""),
-            "raise max_tokens, shorten the prompt, or drop the example", code="no_targets",
+            "no target tokens left"
+            + (f" after truncating {n_truncated} tokens" if n_truncated else ""),
+            "raise max_tokens, shorten the prompt, or drop the example",
+            code="no_targets",
         )
-    return TokenizedExample(tuple(ids[: last + 1]), tuple(mask[: last + 1]), n_truncated_tokens=n_truncated)
+    return TokenizedExample(
+        tuple(ids[: last + 1]), tuple(mask[: last + 1]), n_truncated_tokens=n_truncated
+    )
 
 
 def _head(ids: list[int], mask: list[bool], max_tokens: int) -> TokenizedExample:
@@ -244,13 +264,16 @@ def _head(ids: list[int], mask: list[bool], max_tokens: int) -> TokenizedExample
     return _finish(ids[:max_tokens], mask[:max_tokens], cut)
 
 
-def _fit_prompt_response(n_pinned: int, n_prompt: int, n_response: int, max_tokens: int) -> tuple[int, int]:
+def _fit_prompt_response(
+    n_pinned: int, n_prompt: int, n_response: int, max_tokens: int
+) -> tuple[int, int]:
     """How many prompt tokens (from the right) and response tokens (from the left) to keep."""
     avail = max_tokens - n_pinned
     if avail < 1:
         raise ExampleError(
             f"max_tokens={max_tokens} leaves no room after the {n_pinned} BOS token(s)",
-            "raise max_tokens", code="no_targets",
+            "raise max_tokens",
+            code="no_targets",
         )
     if n_prompt + n_response <= avail:
         return n_prompt, n_response
@@ -260,7 +283,9 @@ def _fit_prompt_response(n_pinned: int, n_prompt: int, n_response: int, max_toke
 
 def _check_max_tokens(max_tokens: int) -> None:
     if max_tokens < 2:
-        raise ValueError(f"max_tokens must be >= 2 (one context token and one target), got {max_tokens}")
+        raise ValueError(
+            f"max_tokens must be >= 2 (one context token and one target), got {max_tokens}"
+        )
 
 
 def _prompt_response_tokens(
@@ -271,7 +296,9 @@ def _prompt_response_tokens(
         context_ids = context.ids[len(pinned) :]  # a rendered chat context that starts with BOS
     else:
         context_ids = context.ids
-    keep_prompt, keep_response = _fit_prompt_response(len(pinned), len(context_ids), len(response.ids), max_tokens)
+    keep_prompt, keep_response = _fit_prompt_response(
+        len(pinned), len(context_ids), len(response.ids), max_tokens
+    )
     kept_context = list(pinned) + context_ids[len(context_ids) - keep_prompt :]
     n_truncated = (len(context_ids) - keep_prompt) + (len(response.ids) - keep_response)
     ids = kept_context + response.ids[:keep_response]
@@ -280,7 +307,11 @@ def _prompt_response_tokens(
 
 
 def tokenize_record(
-    record: CorpusRecord, tokenizer: PreTrainedTokenizerBase, max_tokens: int, *, add_bos: bool | None = None
+    record: CorpusRecord,
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int,
+    *,
+    add_bos: bool | None = None,
 ) -> TokenizedExample:
     """Tokenise a training record (any kind) with its target mask, truncated to ``max_tokens``.
 
@@ -299,7 +330,9 @@ def tokenize_record(
         if record.kind == "text":
             assert record.text is not None
             text_ids, _ = _encode(tokenizer, record.text, with_offsets=False)
-            return _head(list(pinned) + text_ids, [False] * len(pinned) + [True] * len(text_ids), max_tokens)
+            return _head(
+                list(pinned) + text_ids, [False] * len(pinned) + [True] * len(text_ids), max_tokens
+            )
         assert record.prompt is not None and record.response is not None
         prompt = _Piece(record.prompt, False, _encode(tokenizer, record.prompt, False)[0])
         response = _Piece(record.response, True, _encode(tokenizer, record.response, False)[0])
@@ -349,12 +382,20 @@ def _query_tokens(
     strings: list[str] = []
     for k, token_id in enumerate(ids):
         span = response.offsets[k] if response.offsets is not None else None
-        if (span is not None and content_start is not None
-                and content_start <= span[0] and span[1] <= content_start + len(response_text)):
+        if (
+            span is not None
+            and content_start is not None
+            and content_start <= span[0]
+            and span[1] <= content_start + len(response_text)
+        ):
             offset: tuple[int, int] | None = (span[0] - content_start, span[1] - content_start)
         else:
             offset = None
-        text = str(tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        text = str(
+            tokenizer.decode(
+                [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+        )
         if "\ufffd" in text and span is not None and span[1] > span[0]:
             text = response.text[span[0] : span[1]]  # a character split over byte-level tokens
         offsets.append(offset)
@@ -377,14 +418,21 @@ def tokenize_query(
     """
     _check_max_tokens(max_tokens)
     if not isinstance(prompt, str) or not isinstance(response, str):
-        raise ExampleError("prompt and response must be strings", "send text for both", code="bad_query")
+        raise ExampleError(
+            "prompt and response must be strings", "send text for both", code="bad_query"
+        )
     if not response.strip():
-        raise ExampleError("the response is empty: there is nothing to attribute",
-                           "send the model's response text", code="empty_response")
+        raise ExampleError(
+            "the response is empty: there is nothing to attribute",
+            "send the model's response text",
+            code="empty_response",
+        )
     pinned = special_prefix(tokenizer, add_bos)
     context = _Piece(prompt, False, _encode(tokenizer, prompt, False)[0])
     ids, offsets = _encode(tokenizer, response, with_offsets=True)
-    return _query_tokens(tokenizer, pinned, context, _Piece(response, True, ids, offsets), max_tokens, response, 0)
+    return _query_tokens(
+        tokenizer, pinned, context, _Piece(response, True, ids, offsets), max_tokens, response, 0
+    )
 
 
 def tokenize_messages_query(
@@ -401,21 +449,30 @@ def tokenize_messages_query(
     if checked[-1]["role"] != "assistant":
         raise ExampleError(
             f"the last message has role {checked[-1]['role']!r}, not 'assistant'",
-            "end the conversation with the assistant response to attribute", code="no_assistant_turn",
+            "end the conversation with the assistant response to attribute",
+            code="no_assistant_turn",
         )
     if not checked[-1]["content"].strip():
-        raise ExampleError("the last assistant message is empty: there is nothing to attribute",
-                           "send the model's response text", code="empty_response")
+        raise ExampleError(
+            "the last assistant message is empty: there is nothing to attribute",
+            "send the model's response text",
+            code="empty_response",
+        )
     # Same pieces as training (so the same token boundaries); only the last turn is a target.
     pieces = _message_pieces(checked, tokenizer)
     target_at = max(i for i, p in enumerate(pieces) if p.target)
     response = pieces[target_at]
     _fill(pieces[: target_at + 1], tokenizer, response)
-    context = _Piece("".join(p.text for p in pieces[:target_at]), False,
-                     [i for p in pieces[:target_at] for i in p.ids])
+    context = _Piece(
+        "".join(p.text for p in pieces[:target_at]),
+        False,
+        [i for p in pieces[:target_at] for i in p.ids],
+    )
     content = checked[-1]["content"]
     found = response.text.find(content)
     pinned = special_prefix(tokenizer, None)
     if context.ids[: len(pinned)] != list(pinned):
         pinned = ()
-    return _query_tokens(tokenizer, pinned, context, response, max_tokens, content, found if found >= 0 else None)
+    return _query_tokens(
+        tokenizer, pinned, context, response, max_tokens, content, found if found >= 0 else None
+    )

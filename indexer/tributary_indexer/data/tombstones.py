@@ -35,9 +35,22 @@ from ..errors import IndexIntegrityError, OutputDirectoryError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TOMBSTONES_NAME", "LOCK_NAME", "COMPACTION_DIR", "SWAP_MARKER", "Removal", "Tombstones", "TombstoneBusyError", "id_space_of",
-           "read_tombstones", "write_tombstones", "tombstone_lock", "add_removal", "TombstoneWatcher",
-           "verify_tombstones"]
+__all__ = [
+    "TOMBSTONES_NAME",
+    "LOCK_NAME",
+    "COMPACTION_DIR",
+    "SWAP_MARKER",
+    "Removal",
+    "Tombstones",
+    "TombstoneBusyError",
+    "id_space_of",
+    "read_tombstones",
+    "write_tombstones",
+    "tombstone_lock",
+    "add_removal",
+    "TombstoneWatcher",
+    "verify_tombstones",
+]
 
 TOMBSTONES_NAME = "tombstones.json"
 LOCK_NAME = ".tombstones.lock"
@@ -53,7 +66,11 @@ class TombstoneBusyError(IndexIntegrityError):
 
 def id_space_of(manifest: Any) -> str:
     """The identity of a manifest's global ids: they change only when a compaction renumbers them."""
-    compactions = manifest.build_config.get("compactions", []) if hasattr(manifest, "build_config") else manifest["build_config"].get("compactions", [])
+    compactions = (
+        manifest.build_config.get("compactions", [])
+        if hasattr(manifest, "build_config")
+        else manifest["build_config"].get("compactions", [])
+    )
     created = manifest.created_at if hasattr(manifest, "created_at") else manifest["created_at"]
     return f"{created}#{len(compactions)}"
 
@@ -94,20 +111,30 @@ class Tombstones:
         return pos < len(self) and int(self.ids[pos]) == int(example_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "id_space": self.id_space, "generation": self.generation,
-                "ids": [int(i) for i in self.ids], "removals": [asdict(r) for r in self.removals]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "id_space": self.id_space,
+            "generation": self.generation,
+            "ids": [int(i) for i in self.ids],
+            "removals": [asdict(r) for r in self.removals],
+        }
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> Tombstones:
         """Parse strictly; raises :class:`IndexIntegrityError` naming what is wrong."""
+
         def bad(what: str) -> IndexIntegrityError:
-            return IndexIntegrityError(f"{source}: {what}; fix: restore the file from a backup, or redo the removals "
-                                       "(`tributary index remove`) after deleting it")
+            return IndexIntegrityError(
+                f"{source}: {what}; fix: restore the file from a backup, or redo the removals "
+                "(`tributary index remove`) after deleting it"
+            )
 
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             raise bad(f"not a tombstone file of format {FORMAT_VERSION}")
         ids = data.get("ids")
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+        ):
             raise bad("'ids' must be a list of non-negative integers")
         array = np.asarray(ids, dtype=np.int64)
         if len(array) > 1 and not bool(np.all(array[1:] > array[:-1])):
@@ -135,12 +162,16 @@ def read_tombstones(root: str | os.PathLike[str], id_space: str) -> Tombstones:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise IndexIntegrityError(f"{path} is not JSON ({exc}); fix: restore it from a backup") from exc
+        raise IndexIntegrityError(
+            f"{path} is not JSON ({exc}); fix: restore it from a backup"
+        ) from exc
     tombstones = Tombstones.from_dict(data, str(path))
     if tombstones.id_space != id_space:
-        raise IndexIntegrityError(f"{path} was written for the ids of another index state ({tombstones.id_space!r}, "
-                                  f"this index is {id_space!r}); fix: finish the compaction (`tributary index compact`) "
-                                  "or restore the matching manifest")
+        raise IndexIntegrityError(
+            f"{path} was written for the ids of another index state ({tombstones.id_space!r}, "
+            f"this index is {id_space!r}); fix: finish the compaction (`tributary index compact`) "
+            "or restore the matching manifest"
+        )
     return tombstones
 
 
@@ -156,42 +187,69 @@ def tombstone_lock(root: str | os.PathLike[str], blocking: bool = True) -> Itera
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputDirectoryError(f"cannot open {path} to lock the index for a removal ({exc.strerror}); fix: run it "
-                                   "where the index directory is writable (a read-only mount cannot take removals)") from exc
+        raise OutputDirectoryError(
+            f"cannot open {path} to lock the index for a removal ({exc.strerror}); fix: run it "
+            "where the index directory is writable (a read-only mount cannot take removals)"
+        ) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise TombstoneBusyError(f"{root} is locked by a running removal or compaction; fix: retry when it "
-                                         "has finished") from exc
+                raise TombstoneBusyError(
+                    f"{root} is locked by a running removal or compaction; fix: retry when it "
+                    "has finished"
+                ) from exc
             raise
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def add_removal(root: str | os.PathLike[str], id_space: str, ids: np.ndarray, selector: dict[str, Any],
-                removed_at: str, reason: str | None = None, blocking: bool = True) -> tuple[Tombstones, int]:
+def add_removal(
+    root: str | os.PathLike[str],
+    id_space: str,
+    ids: np.ndarray,
+    selector: dict[str, Any],
+    removed_at: str,
+    reason: str | None = None,
+    blocking: bool = True,
+) -> tuple[Tombstones, int]:
     """Tombstone ``ids`` (read, merge, write atomically, under the lock); return the new state and how
     many of ``ids`` were not already removed."""
     with tombstone_lock(root, blocking=blocking):
         try:
-            on_disk = id_space_of(json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8")))
+            on_disk = id_space_of(
+                json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8"))
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IndexIntegrityError(f"cannot read the manifest of {root} ({exc}); fix: check the index directory") from exc
+            raise IndexIntegrityError(
+                f"cannot read the manifest of {root} ({exc}); fix: check the index directory"
+            ) from exc
         if on_disk != id_space:
-            raise IndexIntegrityError(f"the index in {root} was compacted since its ids were read ({id_space!r}, now "
-                                      f"{on_disk!r}); fix: reload it (restart the server) and remove again")
+            raise IndexIntegrityError(
+                f"the index in {root} was compacted since its ids were read ({id_space!r}, now "
+                f"{on_disk!r}); fix: reload it (restart the server) and remove again"
+            )
         current = read_tombstones(root, id_space)
         merged = np.union1d(current.ids, np.asarray(ids, dtype=np.int64))
         added = int(len(merged) - len(current))
         if added == 0:
             return current, 0
-        updated = Tombstones(id_space, merged, current.generation + 1,
-                             current.removals + (Removal(removed_at, selector, added, reason),))
+        updated = Tombstones(
+            id_space,
+            merged,
+            current.generation + 1,
+            current.removals + (Removal(removed_at, selector, added, reason),),
+        )
         write_tombstones(root, updated)
-        logger.info("tombstoned %d examples in %s (generation %d, %d in all)", added, root, updated.generation, len(updated))
+        logger.info(
+            "tombstoned %d examples in %s (generation %d, %d in all)",
+            added,
+            root,
+            updated.generation,
+            len(updated),
+        )
         return updated, added
 
 
@@ -203,12 +261,18 @@ def verify_tombstones(root: str | os.PathLike[str], id_space: str, n_examples: i
         return [str(exc)]
     problems = []
     if len(tombstones) and int(tombstones.ids[-1]) >= n_examples:
-        problems.append(f"{TOMBSTONES_NAME}: id {int(tombstones.ids[-1])} is past the index's {n_examples} examples")
+        problems.append(
+            f"{TOMBSTONES_NAME}: id {int(tombstones.ids[-1])} is past the index's {n_examples} examples"
+        )
     counted = sum(r.count for r in tombstones.removals)
     if counted != len(tombstones):
-        problems.append(f"{TOMBSTONES_NAME}: holds {len(tombstones)} ids but its removals count {counted}")
+        problems.append(
+            f"{TOMBSTONES_NAME}: holds {len(tombstones)} ids but its removals count {counted}"
+        )
     if tombstones.generation != len(tombstones.removals):
-        problems.append(f"{TOMBSTONES_NAME}: generation {tombstones.generation} but {len(tombstones.removals)} removals")
+        problems.append(
+            f"{TOMBSTONES_NAME}: generation {tombstones.generation} but {len(tombstones.removals)} removals"
+        )
     return problems
 
 
@@ -251,9 +315,16 @@ class TombstoneWatcher:
                 return self.current
             if len(np.setdiff1d(self.current.ids, fresh.ids)):
                 logger.error("%s dropped ids that were removed; keeping them removed", self.path)
-                fresh = Tombstones(fresh.id_space, np.union1d(fresh.ids, self.current.ids), fresh.generation, fresh.removals)
+                fresh = Tombstones(
+                    fresh.id_space,
+                    np.union1d(fresh.ids, self.current.ids),
+                    fresh.generation,
+                    fresh.removals,
+                )
             self.current, self._key = fresh, key
-            logger.info("tombstones reloaded: generation %d, %d removed", fresh.generation, len(fresh))
+            logger.info(
+                "tombstones reloaded: generation %d, %d removed", fresh.generation, len(fresh)
+            )
             return fresh
 
 
@@ -266,12 +337,22 @@ class Selection:
     not_found: list[str]
 
 
-def select_examples(store: Any, record_ids: list[str] | None = None, provider: str | None = None,
-                    source: str | None = None) -> Selection:
+def select_examples(
+    store: Any,
+    record_ids: list[str] | None = None,
+    provider: str | None = None,
+    source: str | None = None,
+) -> Selection:
     """Resolve exactly one selector against an :class:`~.example_store.ExampleStore`."""
-    given = [name for name, value in (("record_id", record_ids), ("provider", provider), ("source", source)) if value is not None]
+    given = [
+        name
+        for name, value in (("record_id", record_ids), ("provider", provider), ("source", source))
+        if value is not None
+    ]
     if len(given) != 1:
-        raise ValueError(f"give exactly one of record ids, provider or source (got {given or 'none'})")
+        raise ValueError(
+            f"give exactly one of record ids, provider or source (got {given or 'none'})"
+        )
     if record_ids is not None:
         ids, missing = store.ids_of_record_ids(record_ids)
         return Selection({"record_id": sorted(set(record_ids))}, ids, missing)

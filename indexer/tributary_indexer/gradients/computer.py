@@ -30,7 +30,9 @@ class ExampleGradients:
     vectors: torch.Tensor  # [B, D] projected per-example gradients g
     losses: torch.Tensor  # [B] summed target NLL per example
     per_position: torch.Tensor | None = None  # [B, T, D] terms g^{(t)}, Σ_t = vectors
-    position_terms: torch.Tensor | None = None  # [n, D] terms of the selected positions only (example, then position)
+    position_terms: torch.Tensor | None = (
+        None  # [n, D] terms of the selected positions only (example, then position)
+    )
     position_scores: torch.Tensor | None = None  # [B, R, T, M] ⟨g_m^{(t)}, W_{r,m}⟩ per module m
 
 
@@ -87,8 +89,13 @@ class GradientComputer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def compute(self, batch: TokenBatch, per_position: bool = False, position_weights: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> ExampleGradients:
+    def compute(
+        self,
+        batch: TokenBatch,
+        per_position: bool = False,
+        position_weights: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> ExampleGradients:
         """Per-example projected gradients of ``batch`` (right-padded, see :func:`collate`).
 
         ``per_position`` also returns the ``[B, T, D]`` terms; ``positions`` (a ``[B, T]`` bool
@@ -97,18 +104,30 @@ class GradientComputer:
         per example, per module.
         """
         batch = batch.to(self.device)
-        with self.hooks.capture(batch.attention_mask, per_position=per_position, position_weights=position_weights,
-                                positions=positions):
+        with self.hooks.capture(
+            batch.attention_mask,
+            per_position=per_position,
+            position_weights=position_weights,
+            positions=positions,
+        ):
             losses = forward_backward(self.model, batch, self.autocast_dtype, self.objective)
             assert self.hooks.vectors is not None
-            result = ExampleGradients(self.hooks.vectors, losses, self.hooks.per_position, self.hooks.position_terms,
-                                      self.hooks.position_scores)
+            result = ExampleGradients(
+                self.hooks.vectors,
+                losses,
+                self.hooks.per_position,
+                self.hooks.position_terms,
+                self.hooks.position_scores,
+            )
         self.hooks.clear()
         return result
 
 
 def forward_backward(
-    model: nn.Module, batch: TokenBatch, autocast_dtype: torch.dtype | None = None, objective: str = "margin"
+    model: nn.Module,
+    batch: TokenBatch,
+    autocast_dtype: torch.dtype | None = None,
+    objective: str = "margin",
 ) -> torch.Tensor:
     """One forward/backward of ``objective`` with frozen parameters; returns the ``[B]`` summed NLLs.
 
@@ -118,7 +137,9 @@ def forward_backward(
     """
     device = batch.input_ids.device
     autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
     )
     with frozen_parameters(model), torch.enable_grad():
         with autocast:
@@ -127,8 +148,12 @@ def forward_backward(
             # depend on batching. Pads get zero weight in the hooks.
             # an all-ones mask tells HF the same thing as no mask without its padding warning
             ones = torch.ones_like(batch.input_ids)
-            logits = model(input_ids=batch.input_ids, attention_mask=ones, use_cache=False).logits  # [B, T, V]
-        differentiated, losses = objective_losses(objective, logits, batch.input_ids, batch.target_mask)  # [B], [B]
+            logits = model(
+                input_ids=batch.input_ids, attention_mask=ones, use_cache=False
+            ).logits  # [B, T, V]
+        differentiated, losses = objective_losses(
+            objective, logits, batch.input_ids, batch.target_mask
+        )  # [B], [B]
         total = differentiated.sum()
         if total.requires_grad:
             total.backward()

@@ -113,7 +113,9 @@ class ModuleHooks:
 
     # ------------------------------------------------------------------ hooks
     def _make_forward_hook(self, index: int):  # noqa: ANN202 - torch hook signature
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+        def hook(
+            module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor
+        ) -> torch.Tensor | None:
             if not self._active or not torch.is_grad_enabled():
                 return None
             x = inputs[0].detach()  # [B, T, d_in]
@@ -151,20 +153,34 @@ class ProjectedGradientHooks(ModuleHooks):
     (P_in x_t)`` per module ``m``, computed in the hooks in ``O(T·k²)`` memory-free steps.
     """
 
-    def __init__(self, modules: Sequence[TrackedModule], projector: LoGraProjector, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        modules: Sequence[TrackedModule],
+        projector: LoGraProjector,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         super().__init__(modules)
         projector.check_modules(modules)
         self.projector = projector
         self.dtype = dtype
         # projections in the compute dtype on the model's device, transposed for x @ Pᵀ
-        self._p_in_t = [None if p.p_in is None else p.p_in.to(device, dtype).T.contiguous() for p in projector.projections]
-        self._p_out_t = [None if p.p_out is None else p.p_out.to(device, dtype).T.contiguous() for p in projector.projections]
+        self._p_in_t = [
+            None if p.p_in is None else p.p_in.to(device, dtype).T.contiguous()
+            for p in projector.projections
+        ]
+        self._p_out_t = [
+            None if p.p_out is None else p.p_out.to(device, dtype).T.contiguous()
+            for p in projector.projections
+        ]
         self.vectors: torch.Tensor | None = None
         self.per_position: torch.Tensor | None = None
         self.position_terms: torch.Tensor | None = None
         self.position_weights: torch.Tensor | None = None
         self.position_scores: torch.Tensor | None = None
-        self._selected: tuple[torch.Tensor, torch.Tensor] | None = None  # (example, position) of each selected row
+        self._selected: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # (example, position) of each selected row
+        )
         self._padded = True
 
     def clear(self) -> None:
@@ -178,27 +194,51 @@ class ProjectedGradientHooks(ModuleHooks):
 
     @contextlib.contextmanager
     def capture(  # type: ignore[override]
-        self, position_mask: torch.Tensor, per_position: bool = False, position_weights: torch.Tensor | None = None,
+        self,
+        position_mask: torch.Tensor,
+        per_position: bool = False,
+        position_weights: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
     ) -> Iterator[None]:
         batch, width = position_mask.shape
         if positions is not None:
             if positions.shape != position_mask.shape or positions.dtype != torch.bool:
-                raise ValueError(f"positions must be a bool mask shaped like the batch {tuple(position_mask.shape)}, "
-                                 f"got {positions.dtype} {tuple(positions.shape)}")
-            rows, cols = positions.to(position_mask.device).nonzero(as_tuple=True)  # row-major: example, then position
+                raise ValueError(
+                    f"positions must be a bool mask shaped like the batch {tuple(position_mask.shape)}, "
+                    f"got {positions.dtype} {tuple(positions.shape)}"
+                )
+            rows, cols = positions.to(position_mask.device).nonzero(
+                as_tuple=True
+            )  # row-major: example, then position
             self._selected = (rows, cols)
-            self.position_terms = torch.zeros(len(rows), self.projector.dim, dtype=self.dtype, device=position_mask.device)
+            self.position_terms = torch.zeros(
+                len(rows), self.projector.dim, dtype=self.dtype, device=position_mask.device
+            )
         if position_weights is not None:
-            if position_weights.ndim != 3 or position_weights.shape[0] != batch or position_weights.shape[2] != self.projector.dim:
-                raise ValueError(f"position_weights must be [B={batch}, R, D={self.projector.dim}], got {tuple(position_weights.shape)}")
+            if (
+                position_weights.ndim != 3
+                or position_weights.shape[0] != batch
+                or position_weights.shape[2] != self.projector.dim
+            ):
+                raise ValueError(
+                    f"position_weights must be [B={batch}, R, D={self.projector.dim}], got {tuple(position_weights.shape)}"
+                )
             self.position_weights = position_weights.to(position_mask.device, self.dtype)
             self.position_scores = torch.zeros(
-                batch, position_weights.shape[1], width, len(self.modules), dtype=self.dtype, device=position_mask.device
+                batch,
+                position_weights.shape[1],
+                width,
+                len(self.modules),
+                dtype=self.dtype,
+                device=position_mask.device,
             )
-        self.vectors = torch.zeros(batch, self.projector.dim, dtype=self.dtype, device=position_mask.device)
+        self.vectors = torch.zeros(
+            batch, self.projector.dim, dtype=self.dtype, device=position_mask.device
+        )
         self.per_position = (
-            torch.zeros(batch, width, self.projector.dim, dtype=self.dtype, device=position_mask.device)
+            torch.zeros(
+                batch, width, self.projector.dim, dtype=self.dtype, device=position_mask.device
+            )
             if per_position
             else None
         )
@@ -226,7 +266,9 @@ class ProjectedGradientHooks(ModuleHooks):
         self.vectors[:, block.start : block.stop] += g.reshape(batch, -1)
         if self.per_position is not None:
             terms = dp[:, :, :, None] * xp[:, :, None, :]  # [B, T, k_out, k_in]
-            self.per_position[:, :, block.start : block.stop] += terms.reshape(batch, dp.shape[1], -1)
+            self.per_position[:, :, block.start : block.stop] += terms.reshape(
+                batch, dp.shape[1], -1
+            )
         if self._selected is not None and self.position_terms is not None:
             rows, cols = self._selected
             picked = dp[rows, cols][:, :, None] * xp[rows, cols][:, None, :]  # [n, k_out, k_in]
@@ -234,7 +276,11 @@ class ProjectedGradientHooks(ModuleHooks):
         if self.position_weights is not None and self.position_scores is not None:
             n_r = self.position_weights.shape[1]
             k_out, k_in = dp.shape[2], xp.shape[2]
-            w = self.position_weights[:, :, block.start : block.stop].reshape(batch, n_r * k_out, k_in)  # [B, R*k_out, k_in]
-            wx = torch.bmm(xp, w.transpose(1, 2)).reshape(batch, -1, n_r, k_out)  # [B, T, R, k_out] = W_r xp_t
+            w = self.position_weights[:, :, block.start : block.stop].reshape(
+                batch, n_r * k_out, k_in
+            )  # [B, R*k_out, k_in]
+            wx = torch.bmm(xp, w.transpose(1, 2)).reshape(
+                batch, -1, n_r, k_out
+            )  # [B, T, R, k_out] = W_r xp_t
             scores = (wx * dp[:, :, None, :]).sum(-1)  # [B, T, R] = dp_tᵀ W_r xp_t
             self.position_scores[:, :, :, index] += scores.transpose(1, 2)

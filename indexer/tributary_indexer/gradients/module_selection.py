@@ -128,15 +128,23 @@ def preset_modules(model: nn.Module, preset: str) -> list[TrackedModule]:
     a model with no such MLP module gets ``all``, and the fallback is logged.
     """
     if preset not in MODULE_PRESETS:
-        raise ModuleSelectionError(f"unknown module preset {preset!r}; choose from {list(MODULE_PRESETS)}")
+        raise ModuleSelectionError(
+            f"unknown module preset {preset!r}; choose from {list(MODULE_PRESETS)}"
+        )
     every = select_modules(model)
     if preset == "all":
         return every
     getter = getattr(model, "get_output_embeddings", None)
     output = getter() if callable(getter) else None
-    chosen = [m for m in every if any("mlp" in part for part in m.name.split(".")) or m.module is output]
+    chosen = [
+        m for m in every if any("mlp" in part for part in m.name.split(".")) or m.module is output
+    ]
     if not any(m.module is not output for m in chosen):
-        logger.warning("%s has no module named *mlp*; tracking all %d linear modules", type(model).__name__, len(every))
+        logger.warning(
+            "%s has no module named *mlp*; tracking all %d linear modules",
+            type(model).__name__,
+            len(every),
+        )
         return every
     return chosen
 
@@ -152,5 +160,7 @@ def resolve_modules(
         _check_patterns(exclude, [m.name for m in selected], "exclude")
         selected = [m for m in selected if not any(fnmatch.fnmatchcase(m.name, p) for p in exclude)]
         if not selected:
-            raise ModuleSelectionError(f"exclude={list(exclude)} leaves no module of preset {preset!r} to track")
+            raise ModuleSelectionError(
+                f"exclude={list(exclude)} leaves no module of preset {preset!r} to track"
+            )
     return selected

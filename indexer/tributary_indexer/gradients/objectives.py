@@ -25,7 +25,9 @@ import torch.nn.functional as F
 OBJECTIVES = ("margin", "nll")
 
 
-def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def per_example_target_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
     """Per-example summed NLL ``[B]`` of the target tokens.
 
     Args:
@@ -39,7 +41,10 @@ def per_example_target_loss(logits: torch.Tensor, input_ids: torch.Tensor, targe
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # the softmax in full precision, as HF's own loss does
     token_nll = F.cross_entropy(
-        logits.reshape(batch * width, vocab), next_labels.reshape(-1), ignore_index=-100, reduction="none"
+        logits.reshape(batch * width, vocab),
+        next_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
     )  # [B*T], 0 where ignored
     return token_nll.view(batch, width).sum(dim=1)  # [B]
 
@@ -73,15 +78,18 @@ class _LogOdds(torch.autograd.Function):
         total, index = ctx.saved_tensors
         others, ctx.buffer = ctx.buffer, None
         if others is None:
-            raise RuntimeError("the log-odds backward reuses its buffer and runs once; retain_graph is not supported")
+            raise RuntimeError(
+                "the log-odds backward reuses its buffer and runs once; retain_graph is not supported"
+            )
         # ∂f/∂ℓ_v = −softmax_{v≠y}(ℓ)_v, ∂f/∂ℓ_y = 1; the buffer becomes the gradient
         grad_logits = others.mul_((-grad / total)[:, None])  # [N, V]
         grad_logits.scatter_(-1, index, grad[:, None])
         return grad_logits, None
 
 
-def _target_log_odds(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_log_odds(
+    logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``([B, T] log-odds f_t of the token position t predicts, [B, T] mask of target positions)``."""
     batch, width, vocab = logits.shape
     next_ids = F.pad(input_ids[:, 1:], (0, 1), value=0)  # [B, T]: the token position t predicts
@@ -92,7 +100,9 @@ def _target_log_odds(logits: torch.Tensor, input_ids: torch.Tensor, target_mask:
     return log_odds.view(batch, width), next_mask  # [B, T], [B, T]
 
 
-def per_example_margin_loss(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def per_example_margin_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
     """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as above)."""
     return objective_losses("margin", logits, input_ids, target_mask)[0]
 

@@ -100,7 +100,9 @@ class LoGraProjector:
 
     def __init__(self, kind: str, seed: int, projections: Sequence[ModuleProjection]):
         if kind not in PROJECTOR_KINDS:
-            raise ValueError(f"unknown projector kind {kind!r}; choose from {list(PROJECTOR_KINDS)}")
+            raise ValueError(
+                f"unknown projector kind {kind!r}; choose from {list(PROJECTOR_KINDS)}"
+            )
         self.kind = kind
         self.seed = seed
         self.projections = list(projections)
@@ -121,13 +123,17 @@ class LoGraProjector:
             gen = torch.Generator().manual_seed(_module_seed(config.seed, m.name))
             p_in = torch.randn(k_in, m.d_in, generator=gen, dtype=torch.float64) / k_in**0.5
             p_out = torch.randn(k_out, m.d_out, generator=gen, dtype=torch.float64) / k_out**0.5
-            projections.append(ModuleProjection(m.name, m.d_in, m.d_out, p_in.float(), p_out.float()))
+            projections.append(
+                ModuleProjection(m.name, m.d_in, m.d_out, p_in.float(), p_out.float())
+            )
         return cls("random", config.seed, projections)
 
     @classmethod
     def identity(cls, modules: Sequence[TrackedModule]) -> LoGraProjector:
         """No projection: vectors are the full per-example weight gradients."""
-        return cls("identity", 0, [ModuleProjection(m.name, m.d_in, m.d_out, None, None) for m in modules])
+        return cls(
+            "identity", 0, [ModuleProjection(m.name, m.d_in, m.d_out, None, None) for m in modules]
+        )
 
     @classmethod
     def pca(
@@ -154,7 +160,9 @@ class LoGraProjector:
             p_in = _top_eigenvectors(cov_in, rnd.k_in) if cov_in is not None else rnd.p_in
             p_out = _top_eigenvectors(cov_out, rnd.k_out) if cov_out is not None else rnd.p_out
             if cov_in is None or cov_out is None:
-                logger.warning("module %s: covariance too wide for PCA on one side, using random", m.name)
+                logger.warning(
+                    "module %s: covariance too wide for PCA on one side, using random", m.name
+                )
             projections.append(ModuleProjection(m.name, m.d_in, m.d_out, p_in, p_out))
         return cls("pca", config.seed, projections)
 
@@ -188,7 +196,11 @@ class LoGraProjector:
                 tensors[f"{p.name}.p_in"] = p.p_in.detach().cpu().contiguous()
             if p.p_out is not None:
                 tensors[f"{p.name}.p_out"] = p.p_out.detach().cpu().contiguous()
-        save_file(tensors, str(path), metadata={"tributary.projector": json.dumps(self.describe(), sort_keys=True)})
+        save_file(
+            tensors,
+            str(path),
+            metadata={"tributary.projector": json.dumps(self.describe(), sort_keys=True)},
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> LoGraProjector:
@@ -197,13 +209,18 @@ class LoGraProjector:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if "tributary.projector" not in meta:
-            raise ValueError(f"{path} is not a Tributary projector file (no 'tributary.projector' header)")
+            raise ValueError(
+                f"{path} is not a Tributary projector file (no 'tributary.projector' header)"
+            )
         desc = json.loads(meta["tributary.projector"])
         tensors = load_file(str(path))
         projections = [
             ModuleProjection(
-                m["name"], m["d_in"], m["d_out"],
-                tensors.get(f"{m['name']}.p_in"), tensors.get(f"{m['name']}.p_out"),
+                m["name"],
+                m["d_in"],
+                m["d_out"],
+                tensors.get(f"{m['name']}.p_in"),
+                tensors.get(f"{m['name']}.p_out"),
             )
             for m in desc["modules"]
         ]

@@ -36,21 +36,34 @@ def rapidgrad_dim(requested: int | None, dim_in: int) -> int | None:
 class RapidGradCompressor:
     """Seeded RapidGrad map from ``D`` to ``K`` dims."""
 
-    def __init__(self, blocks: Sequence[Block], k: int, seed: int = 0, normalize_layers: bool = True):
+    def __init__(
+        self, blocks: Sequence[Block], k: int, seed: int = 0, normalize_layers: bool = True
+    ):
         self.blocks = list(blocks)
         self.dim_in = self.blocks[-1].stop
         if not 1 <= k <= self.dim_in:
-            raise ValueError(f"RapidGrad K must be in [1, {self.dim_in}] (the input dimension), got {k}")
+            raise ValueError(
+                f"RapidGrad K must be in [1, {self.dim_in}] (the input dimension), got {k}"
+            )
         self.k = k
         self.seed = seed
         self.normalize_layers = normalize_layers
         gen = torch.Generator().manual_seed(seed)
         self.permutation = torch.randperm(self.dim_in, generator=gen)  # [D]
-        self.signs = torch.randint(0, 2, (self.dim_in,), generator=gen).to(torch.float64) * 2 - 1  # [D] ±1
+        self.signs = (
+            torch.randint(0, 2, (self.dim_in,), generator=gen).to(torch.float64) * 2 - 1
+        )  # [D] ±1
         self.group = -(-self.dim_in // k)  # ceil(D / K) coordinates per output dim
-        block_of = torch.cat([torch.full((b.stop - b.start,), i, dtype=torch.long) for i, b in enumerate(self.blocks)])  # [D]
+        block_of = torch.cat(
+            [
+                torch.full((b.stop - b.start,), i, dtype=torch.long)
+                for i, b in enumerate(self.blocks)
+            ]
+        )  # [D]
         self._block_of = block_of
-        self._block_of_permuted = block_of[self.permutation]  # [D]: the block of the coordinate landing at j
+        self._block_of_permuted = block_of[
+            self.permutation
+        ]  # [D]: the block of the coordinate landing at j
         # the same map in the input's own order, for the scatter-add path: coordinate i lands in
         # output column column_of[i] with sign sign_of[i]
         self._column_of = torch.empty(self.dim_in, dtype=torch.long)
@@ -70,7 +83,9 @@ class RapidGradCompressor:
         sq = torch.zeros(g.shape[0], len(self.blocks), dtype=g.dtype, device=g.device)
         sq.index_add_(1, self._block_of.to(g.device), g * g)  # [N, n_blocks]: ‖g_m‖² in one pass
         norm = sq.sqrt()
-        return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(norm))
+        return torch.where(
+            norm > 0, 1.0 / norm.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(norm)
+        )
 
     def compress(self, g: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, D] → [N, K]``, or per-position terms ``[N, T, D] → [N, T, K]``.
@@ -83,7 +98,9 @@ class RapidGradCompressor:
             raise ValueError(f"expected vectors with {self.dim_in} dims, got {g.shape[-1]}")
         if scales is None:
             if g.ndim != 2:
-                raise ValueError("per-position terms need the scales of their totals: pass layer_scales(totals)")
+                raise ValueError(
+                    "per-position terms need the scales of their totals: pass layer_scales(totals)"
+                )
             scales = self.layer_scales(g)
         # CPU: scatter-add (no permuted [N, D] copy; 5× faster for a few hundred rows here, and
         # CPU index_add_ runs in order, so it stays deterministic). CUDA: gather and a fixed-order
@@ -102,8 +119,12 @@ class RapidGradCompressor:
 
     def _gather(self, g: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         # coordinate j of the permuted vector is g[perm[j]] · sign_j · scale of perm[j]'s block
-        factor = scales.to(g.dtype)[:, self._block_of_permuted.to(g.device)] * self.signs.to(g.device, g.dtype)  # [N, D]
-        factor = factor.reshape(factor.shape[0], *(1,) * (g.ndim - 2), factor.shape[1])  # [N, 1, ..., D]
+        factor = scales.to(g.dtype)[:, self._block_of_permuted.to(g.device)] * self.signs.to(
+            g.device, g.dtype
+        )  # [N, D]
+        factor = factor.reshape(
+            factor.shape[0], *(1,) * (g.ndim - 2), factor.shape[1]
+        )  # [N, 1, ..., D]
         x = g[..., self.permutation.to(g.device)] * factor  # [..., D]
         pad = self.group * self.k - self.dim_in
         if pad:
@@ -116,7 +137,9 @@ class RapidGradCompressor:
         ``⟨compress(g), u⟩ = Σ_blocks scale_b · ⟨g_b, (Rᵀ u)_b⟩`` — the dual map token-wise
         scoring uses instead of compressing every per-position term.
         """
-        expanded = u.repeat_interleave(self.group, dim=-1)[..., : self.dim_in]  # [N, D]: y_i = u[i // group]
+        expanded = u.repeat_interleave(self.group, dim=-1)[
+            ..., : self.dim_in
+        ]  # [N, D]: y_i = u[i // group]
         out = torch.empty_like(expanded)
         out[..., self.permutation.to(u.device)] = expanded * self.signs.to(u.device, u.dtype)
         return out

@@ -38,7 +38,12 @@ class FisherAccumulator:
             module docstring); ``None`` = half the smallest block's size, ``0`` = always dense.
     """
 
-    def __init__(self, blocks: Sequence[Block], device: torch.device | str = "cpu", max_rows: int | None = None):
+    def __init__(
+        self,
+        blocks: Sequence[Block],
+        device: torch.device | str = "cpu",
+        max_rows: int | None = None,
+    ):
         self.blocks = list(blocks)
         self.device = torch.device(device)
         if max_rows is None:
@@ -65,7 +70,10 @@ class FisherAccumulator:
 
     def _densify(self) -> list[torch.Tensor]:
         if self._sums is None:
-            self._sums = [torch.zeros(b.size, b.size, dtype=torch.float64, device=self.device) for b in self.blocks]
+            self._sums = [
+                torch.zeros(b.size, b.size, dtype=torch.float64, device=self.device)
+                for b in self.blocks
+            ]
             if self._rows:
                 self._add_outer(torch.cat(self._rows))  # one product over all kept rows
             self._rows = []
@@ -88,7 +96,9 @@ class FisherAccumulator:
     def update(self, vectors: torch.Tensor) -> None:
         """Add the per-example vectors ``[B, D]`` of one batch."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected vectors of shape [B, {self.dim}], got {tuple(vectors.shape)}")
+            raise ValueError(
+                f"expected vectors of shape [B, {self.dim}], got {tuple(vectors.shape)}"
+            )
         v = vectors.to(device=self.device, dtype=torch.float64)
         if self._sums is None and self.count + v.shape[0] <= self.max_rows:
             self._rows.append(v.clone() if v is vectors else v)  # never alias the caller's buffer
@@ -102,7 +112,9 @@ class FisherAccumulator:
         if [(b.name, b.size) for b in other.blocks] != [(b.name, b.size) for b in self.blocks]:
             raise ValueError("cannot merge Fisher accumulators over different module blocks")
         if self._sums is None and other._sums is None and self.count + other.count <= self.max_rows:
-            self._rows += [r.to(self.device) for r in other._rows]  # rows are never written in place
+            self._rows += [
+                r.to(self.device) for r in other._rows
+            ]  # rows are never written in place
         elif other.count:
             for acc, theirs in zip(self._densify(), other.sums):
                 acc += theirs.to(acc.device)
@@ -113,7 +125,10 @@ class FisherAccumulator:
         import torch.distributed as dist
 
         sums = self._densify()
-        flat = torch.cat([s.reshape(-1) for s in sums] + [torch.tensor([float(self.count)], dtype=torch.float64, device=sums[0].device)])
+        flat = torch.cat(
+            [s.reshape(-1) for s in sums]
+            + [torch.tensor([float(self.count)], dtype=torch.float64, device=sums[0].device)]
+        )
         if dist.get_backend(group) == "nccl" and flat.device.type != "cuda":
             moved = flat.cuda()
             dist.all_reduce(moved, group=group)

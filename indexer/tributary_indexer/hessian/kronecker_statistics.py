@@ -55,7 +55,9 @@ class KroneckerStatisticsHooks(ModuleHooks):
     def covariances(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
         """``{module: (E[x xᵀ], E[δ δᵀ])}``; None for sides wider than ``max_dim``."""
         if self.n_positions == 0:
-            raise RuntimeError("no positions seen: run estimate_covariances on at least one non-empty batch")
+            raise RuntimeError(
+                "no positions seen: run estimate_covariances on at least one non-empty batch"
+            )
         n = float(self.n_positions)
         out = {}
         for m, a, s in zip(self.modules, self.activation_sums, self.gradient_sums):

@@ -62,7 +62,9 @@ def _low_rank_damped_inverse(rows: torch.Tensor, alpha: float) -> tuple[torch.Te
     gram = rows @ rows.T  # [N, N] = AAᵀ
     gram.diagonal().add_(n * lam)  # NλI + AAᵀ, positive definite for λ > 0
     factor = torch.linalg.cholesky(gram)  # [N, N] lower
-    w = torch.linalg.solve_triangular(factor, rows, upper=False)  # [N, D] = L^{-1} A, so WᵀW = Aᵀ(NλI + AAᵀ)^{-1}A
+    w = torch.linalg.solve_triangular(
+        factor, rows, upper=False
+    )  # [N, D] = L^{-1} A, so WᵀW = Aᵀ(NλI + AAᵀ)^{-1}A
     inverse = torch.eye(d, dtype=rows.dtype, device=rows.device) - w.T @ w  # [D, D]
     inverse /= lam
     return (inverse + inverse.T) / 2, lam  # exactly symmetric
@@ -71,13 +73,21 @@ def _low_rank_damped_inverse(rows: torch.Tensor, alpha: float) -> tuple[torch.Te
 class Preconditioner:
     """Damped block-diagonal Fisher ``H = F + λI``, held as one explicit inverse per block."""
 
-    def __init__(self, blocks: Sequence[Block], inverses: Sequence[torch.Tensor], lambdas: Sequence[float], alpha: float):
+    def __init__(
+        self,
+        blocks: Sequence[Block],
+        inverses: Sequence[torch.Tensor],
+        lambdas: Sequence[float],
+        alpha: float,
+    ):
         self.blocks = list(blocks)
         self.inverses = [m.to(torch.float64) for m in inverses]  # [D_m, D_m] each, symmetric H^{-1}
         self.lambdas = [float(x) for x in lambdas]
         self.alpha = float(alpha)
         self._inverse_sqrt: dict[int, torch.Tensor] = {}  # block → H^{-1/2}, built on first use
-        self._on_device: dict[tuple[str, torch.device], list[torch.Tensor]] = {}  # copies for queries on a GPU
+        self._on_device: dict[
+            tuple[str, torch.device], list[torch.Tensor]
+        ] = {}  # copies for queries on a GPU
 
     @classmethod
     def from_fisher(cls, fisher: FisherAccumulator, alpha: float) -> Preconditioner:
@@ -113,12 +123,16 @@ class Preconditioner:
             if i not in self._inverse_sqrt:
                 e, vec = torch.linalg.eigh(inverse)  # eigenvalues of H^{-1}: 1 / (eig F + λ)
                 self._inverse_sqrt[i] = (vec * e.clamp_min(0.0).sqrt()) @ vec.T
-        roots = self._matrices("inverse_sqrt", [self._inverse_sqrt[i] for i in range(len(self.blocks))], v.device)
+        roots = self._matrices(
+            "inverse_sqrt", [self._inverse_sqrt[i] for i in range(len(self.blocks))], v.device
+        )
         for block, root in zip(self.blocks, roots):
             out[..., block.start : block.stop] = v64[..., block.start : block.stop] @ root
         return out
 
-    def _matrices(self, kind: str, matrices: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    def _matrices(
+        self, kind: str, matrices: list[torch.Tensor], device: torch.device
+    ) -> list[torch.Tensor]:
         """``matrices`` on ``device``, copied there once (a 4,096² block is 134 MB: not per query)."""
         if all(m.device == device for m in matrices):
             return matrices
@@ -131,7 +145,9 @@ class Preconditioner:
         """``vᵀ (F + λI)^{-1} v`` per row ``[...]``."""
         return (v.to(torch.float64) * self.inverse(v)).sum(-1)
 
-    def score_second_moment(self, v: torch.Tensor, inverse_v: torch.Tensor | None = None) -> torch.Tensor:
+    def score_second_moment(
+        self, v: torch.Tensor, inverse_v: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``E_z[⟨H^{-1} v, g(z)⟩²]`` per row of ``v`` ``[..., D]``: the mean squared influence score.
 
         The mean is over the training vectors the Fisher was fit on (``F = E_z[g gᵀ]`` per block),
@@ -158,12 +174,19 @@ class Preconditioner:
         return out
 
     def describe(self) -> dict:
-        return {"alpha": self.alpha, "lambdas": {b.name: lam for b, lam in zip(self.blocks, self.lambdas)}}
+        return {
+            "alpha": self.alpha,
+            "lambdas": {b.name: lam for b, lam in zip(self.blocks, self.lambdas)},
+        }
 
     def save(self, path: str | Path) -> None:
         tensors = {f"inverse.{i}": m.cpu().contiguous() for i, m in enumerate(self.inverses)}
-        meta = {"blocks": [[b.name, b.start, b.stop] for b in self.blocks], "lambdas": self.lambdas, "alpha": self.alpha,
-                "form": "inverse"}
+        meta = {
+            "blocks": [[b.name, b.start, b.stop] for b in self.blocks],
+            "lambdas": self.lambdas,
+            "alpha": self.alpha,
+            "form": "inverse",
+        }
         save_file(tensors, str(path), metadata={"tributary.preconditioner": json.dumps(meta)})
 
     @classmethod
@@ -179,6 +202,9 @@ class Preconditioner:
         else:  # written before this form: F = V Λ Vᵀ per block, so H^{-1} = V (Λ + λ)^{-1} Vᵀ
             inverses = []
             for i, lam in enumerate(meta["lambdas"]):
-                e, v = tensors[f"eigenvalues.{i}"].to(torch.float64), tensors[f"eigenvectors.{i}"].to(torch.float64)
+                e, v = (
+                    tensors[f"eigenvalues.{i}"].to(torch.float64),
+                    tensors[f"eigenvectors.{i}"].to(torch.float64),
+                )
                 inverses.append((v / (e + lam)) @ v.T)
         return cls(blocks, inverses, meta["lambdas"], meta["alpha"])

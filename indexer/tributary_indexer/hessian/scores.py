@@ -33,7 +33,9 @@ SCORE_VARIANTS = ("influence", "relatif", "cosine", "grad_dot")
 
 def safe_reciprocal(norm: torch.Tensor) -> torch.Tensor:
     """``1/norm``, and 0 where the norm is 0 (an example with no gradient scores 0)."""
-    return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+    return torch.where(
+        norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm)
+    )
 
 
 class ScoreTransform:
@@ -41,9 +43,13 @@ class ScoreTransform:
 
     def __init__(self, variant: str, preconditioner: Preconditioner | None):
         if variant not in SCORE_VARIANTS:
-            raise ValueError(f"unknown score variant {variant!r}; choose from {list(SCORE_VARIANTS)}")
+            raise ValueError(
+                f"unknown score variant {variant!r}; choose from {list(SCORE_VARIANTS)}"
+            )
         if variant != "grad_dot" and preconditioner is None:
-            raise ValueError(f"score variant {variant!r} needs a preconditioner (fit the Fisher first)")
+            raise ValueError(
+                f"score variant {variant!r} needs a preconditioner (fit the Fisher first)"
+            )
         self.variant = variant
         self.preconditioner = preconditioner
 
@@ -51,7 +57,9 @@ class ScoreTransform:
     def linear(self, side: str, v: torch.Tensor) -> torch.Tensor:
         """``M v`` for ``side`` in ``("train", "query")`` (``M`` is symmetric, so also ``Mᵀ v``)."""
         v = v.to(torch.float64)
-        if self.variant == "grad_dot" or (side == "train" and self.variant in ("influence", "relatif")):
+        if self.variant == "grad_dot" or (
+            side == "train" and self.variant in ("influence", "relatif")
+        ):
             return v
         assert self.preconditioner is not None
         if self.variant == "cosine":
@@ -69,17 +77,23 @@ class ScoreTransform:
             return safe_reciprocal(self.linear(side, g).norm(dim=-1))
         return ones
 
-    def _apply(self, side: str, g: torch.Tensor, per_position: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _apply(
+        self, side: str, g: torch.Tensor, per_position: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = self.scale(side, g)  # [N]
         out = self.linear(side, g) * c[:, None]
         if per_position is None:
             return out, None
         return out, self.linear(side, per_position) * c[:, None, None]
 
-    def train(self, g: torch.Tensor, per_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def train(
+        self, g: torch.Tensor, per_position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stored vectors for training gradients ``g`` ``[N, D]`` (and their per-position terms ``[N, T, D]``)."""
         return self._apply("train", g, per_position)
 
-    def query(self, g: torch.Tensor, per_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def query(
+        self, g: torch.Tensor, per_position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Query vectors for query gradients ``g`` ``[N, D]`` (and per-position terms ``[N, T, D]``)."""
         return self._apply("query", g, per_position)

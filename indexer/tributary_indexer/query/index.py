@@ -49,7 +49,9 @@ class ShardHandle:
     id_start: int
     id_end: int
     exact: np.ndarray | None  # [rows, D] memory-mapped exact vectors (compressed shards only)
-    flat: np.ndarray | None = None  # [rows, D] zero-copy view of a flat shard's vectors (mmapped file)
+    flat: np.ndarray | None = (
+        None  # [rows, D] zero-copy view of a flat shard's vectors (mmapped file)
+    )
 
 
 def _flat_view(index: object) -> np.ndarray | None:
@@ -64,14 +66,18 @@ def _flat_view(index: object) -> np.ndarray | None:
 
 def _as_tensor(matrix: np.ndarray) -> torch.Tensor:
     """A zero-copy tensor view; a read-only memory map is fine, torch only reads it here."""
-    if matrix.flags.writeable:  # the flat shards' views are; silencing the warning touches global state
+    if (
+        matrix.flags.writeable
+    ):  # the flat shards' views are; silencing the warning touches global state
         return torch.from_numpy(matrix)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(matrix)
 
 
-def topk_by_scan(matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int) -> tuple[np.ndarray, np.ndarray]:
+def topk_by_scan(
+    matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products of ``queries`` ``[nq, D]`` over ``matrix`` ``[rows, D]``.
 
     One pass over a memory-mapped shard: FAISS's flat search is slower on CPU for a few queries
@@ -92,15 +98,21 @@ def topk_by_scan(matrix: np.ndarray, queries: np.ndarray, k: int, id_start: int)
 class AttributionIndex:
     """A read-only, loaded index."""
 
-    def __init__(self, root: str | Path, verify_checksums: bool = True, rerank_factor: int = 10,
-                 ranking: str | Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        verify_checksums: bool = True,
+        rerank_factor: int = 10,
+        ranking: str | Mapping[str, Any] | None = None,
+    ):
         """``ranking``: :class:`~tributary_indexer.config.RankingConfig` fields that override the
         manifest's (a name alone overrides ``ranking``; ``None`` values are ignored)."""
         self.paths = IndexPaths(Path(root))
         problems = verify_index(self.paths.root, check_checksums=verify_checksums)
         if problems:
             raise IndexIntegrityError(
-                f"index {self.paths.root} failed verification: " + "; ".join(problems[:5])
+                f"index {self.paths.root} failed verification: "
+                + "; ".join(problems[:5])
                 + "; fix: rebuild the index or restore the damaged files (`tributary index verify` lists them)"
             )
         self.manifest = Manifest.load(self.paths.root)
@@ -109,8 +121,14 @@ class AttributionIndex:
         self.transform = ScoreTransform(self.manifest.score_variant, self.preconditioner)
         rapid = self.manifest.projector.params.get("rapidgrad")
         self.compressor = (
-            RapidGradCompressor(self.projector.blocks, rapid["k"], seed=rapid["seed"], normalize_layers=rapid["normalize_layers"])
-            if rapid else None
+            RapidGradCompressor(
+                self.projector.blocks,
+                rapid["k"],
+                seed=rapid["seed"],
+                normalize_layers=rapid["normalize_layers"],
+            )
+            if rapid
+            else None
         )
         self.compressed = not is_flat(self.manifest.build_config.get("index_factory", "Flat"))
         self.space = QuerySpace(self.transform, self.compressor)
@@ -123,7 +141,15 @@ class AttributionIndex:
         for n, shard in enumerate(self.manifest.shards):
             exact = np.load(self.paths.exact_vectors(n), mmap_mode="r") if self.compressed else None
             index = read_shard(self.paths.root / shard.file)
-            self.shards.append(ShardHandle(index, shard.id_start, shard.id_end, exact, None if self.compressed else _flat_view(index)))
+            self.shards.append(
+                ShardHandle(
+                    index,
+                    shard.id_start,
+                    shard.id_end,
+                    exact,
+                    None if self.compressed else _flat_view(index),
+                )
+            )
         self.store = ExampleStore(self.paths.store)
         self._reference: dict[str, torch.Tensor] = {}
         self._tombstones = TombstoneWatcher(self.paths.root, id_space_of(self.manifest))
@@ -144,8 +170,10 @@ class AttributionIndex:
         changes it too but keeps every id, and a different index rebuilt into the directory is
         the reload's business (it refuses to swap it in): neither is a reason to refuse here."""
         if (self.paths.root / COMPACTION_DIR / SWAP_MARKER).exists():
-            raise IndexChangedError(f"a compaction is replacing the files of {self.paths.root}; fix: retry when it has "
-                                    "finished, then reload the server (POST /v1/admin/reload) or restart it")
+            raise IndexChangedError(
+                f"a compaction is replacing the files of {self.paths.root}; fix: retry when it has "
+                "finished, then reload the server (POST /v1/admin/reload) or restart it"
+            )
         key = self._manifest_stat()
         if key == self._manifest_key:
             return
@@ -155,8 +183,10 @@ class AttributionIndex:
             space = None
         created = self._id_space.rsplit("#", 1)[0]
         if space is not None and space != self._id_space and space.rsplit("#", 1)[0] == created:
-            raise IndexChangedError(f"the index in {self.paths.root} was compacted after this process loaded it, so its "
-                                    "example ids changed; fix: reload the server (POST /v1/admin/reload) or restart it")
+            raise IndexChangedError(
+                f"the index in {self.paths.root} was compacted after this process loaded it, so its "
+                "example ids changed; fix: reload the server (POST /v1/admin/reload) or restart it"
+            )
         self._manifest_key = key
 
     def removed(self) -> Tombstones:
@@ -192,13 +222,16 @@ class AttributionIndex:
             config = RankingConfig.from_dict({**self.manifest.build_config, **asked})
         except ValueError as exc:
             where = "the ranking settings asked for" if asked else f"index {self.paths.root}"
-            raise IndexIntegrityError(f"{where}: {exc}; fix: choose a known ranking and valid "
-                                      "constants (tributary serve --help)") from exc
+            raise IndexIntegrityError(
+                f"{where}: {exc}; fix: choose a known ranking and valid "
+                "constants (tributary serve --help)"
+            ) from exc
         if config.ranking != "linear" and self.manifest.score_variant != "influence":
             raise IndexIntegrityError(
                 f"ranking {config.ranking!r} needs an index built with score 'influence', but "
                 f"{self.paths.root} stores {self.manifest.score_variant!r} vectors; fix: rank it "
-                "'linear' or rebuild it with --score influence")
+                "'linear' or rebuild it with --score influence"
+            )
         return config
 
     @property
@@ -221,7 +254,9 @@ class AttributionIndex:
             if ivf is not None:
                 ivf.nprobe = nprobe
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> SearchResult:
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> SearchResult:
         """Exact top-``k`` (largest inner product) over all shards; ``-1`` ids where fewer hits.
 
         ``allowed_ids`` (sorted int64) restricts the search to those examples (source/provider
@@ -240,7 +275,9 @@ class AttributionIndex:
             # at most len(removed) of the top k + len(removed) are dropped, so top-k stays full
             found = self._search_shards(q, k + len(removed), None)
             gone = np.isin(found.ids, removed)
-            return merge_topk([(np.where(gone, -np.inf, found.scores), np.where(gone, -1, found.ids))], k)
+            return merge_topk(
+                [(np.where(gone, -np.inf, found.scores), np.where(gone, -1, found.ids))], k
+            )
         selector: object | None = None
         if allowed_ids is not None or len(removed):
             import faiss
@@ -248,7 +285,9 @@ class AttributionIndex:
             if allowed_ids is not None:
                 selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
             else:
-                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(removed, dtype=np.int64)))
+                selector = faiss.IDSelectorNot(
+                    faiss.IDSelectorBatch(np.ascontiguousarray(removed, dtype=np.int64))
+                )
         return self._search_shards(q, k, selector)
 
     def _search_shards(self, q: np.ndarray, k: int, selector: object | None) -> SearchResult:
@@ -273,7 +312,13 @@ class AttributionIndex:
             if shard.exact is not None:  # re-rank the candidates with the exact vectors
                 valid = ids >= 0
                 rows = np.where(valid, ids - shard.id_start, 0)
-                exact = np.einsum("qd,qkd->qk", q, np.asarray(shard.exact[rows.reshape(-1)], dtype=np.float32).reshape(*rows.shape, -1))
+                exact = np.einsum(
+                    "qd,qkd->qk",
+                    q,
+                    np.asarray(shard.exact[rows.reshape(-1)], dtype=np.float32).reshape(
+                        *rows.shape, -1
+                    ),
+                )
                 scores = np.where(valid, exact, -np.inf).astype(np.float32)
             parts.append((scores, ids))
         if not parts:

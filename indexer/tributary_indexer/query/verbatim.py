@@ -20,8 +20,14 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SharedSpan", "SpanReport", "SuffixAutomaton", "matching_statistics", "find_shared_spans",
-           "longest_common_substring"]
+__all__ = [
+    "SharedSpan",
+    "SpanReport",
+    "SuffixAutomaton",
+    "matching_statistics",
+    "find_shared_spans",
+    "longest_common_substring",
+]
 
 DEFAULT_MIN_CHARS = 12
 """Shorter shared runs (a common word and its spaces) are not reported as verbatim evidence."""
@@ -88,7 +94,12 @@ def matching_statistics(automaton: SuffixAutomaton, query: str) -> tuple[list[in
     lengths: list[int] = []
     starts: list[int] = []
     state, length = 0, 0
-    nxt, link, size, first_end = automaton.next, automaton.link, automaton.length, automaton.first_end
+    nxt, link, size, first_end = (
+        automaton.next,
+        automaton.link,
+        automaton.length,
+        automaton.first_end,
+    )
     for ch in query:
         while state and ch not in nxt[state]:
             state = link[state]
@@ -137,11 +148,18 @@ def longest_common_substring(a: str, b: str) -> SharedSpan | None:
     best = max(range(len(a)), key=lambda i: (lengths[i], -i))
     if lengths[best] == 0:
         return None
-    return SharedSpan(best - lengths[best] + 1, best + 1, starts[best], starts[best] + lengths[best])
+    return SharedSpan(
+        best - lengths[best] + 1, best + 1, starts[best], starts[best] + lengths[best]
+    )
 
 
-def find_shared_spans(query: str, text: str, min_chars: int = DEFAULT_MIN_CHARS, max_spans: int = DEFAULT_MAX_SPANS,
-                      automaton: SuffixAutomaton | None = None) -> SpanReport:
+def find_shared_spans(
+    query: str,
+    text: str,
+    min_chars: int = DEFAULT_MIN_CHARS,
+    max_spans: int = DEFAULT_MAX_SPANS,
+    automaton: SuffixAutomaton | None = None,
+) -> SpanReport:
     """The longest spans of ``query`` that occur verbatim in ``text`` (see the module docstring).
 
     ``automaton`` is ``SuffixAutomaton(text)`` when already built (several queries, one text).
@@ -149,7 +167,9 @@ def find_shared_spans(query: str, text: str, min_chars: int = DEFAULT_MIN_CHARS,
     whitespace is trimmed from each span, so a shared space never counts on its own.
     """
     if min_chars < 1 or max_spans < 0:
-        raise ValueError(f"min_chars must be >= 1 and max_spans >= 0, got {min_chars} and {max_spans}")
+        raise ValueError(
+            f"min_chars must be >= 1 and max_spans >= 0, got {min_chars} and {max_spans}"
+        )
     if not query or not text:
         return SpanReport([], 0.0, 0)
     lengths, starts = matching_statistics(automaton or SuffixAutomaton(text), query)
