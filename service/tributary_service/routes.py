@@ -20,6 +20,7 @@ from tributary_indexer.query.index import IndexChangedError
 
 from .batch_input import MEDIA_TYPES, parse_batch_body
 from .batch_jobs import IdempotencyConflict, TooManyOpenBatches
+from .collector_pause import paused_collection
 from .engine import RequestError
 from .errors import ServiceError
 from .micro_batcher import QueueFullError
@@ -407,21 +408,25 @@ async def create_batch(
         chunk
     ) in request.stream():  # the middleware counts the bytes against the limit as they arrive
         raw += chunk
-    body = await asyncio.to_thread(
-        parse_batch_body, bytes(raw), media_type, state.settings.max_batch_lines
-    )
-    del raw
-    for i, line in enumerate(body.requests):
-        _check_limits(state, line.body, param_prefix=f"requests.{i}.body.")
+    tenant = request.state.tenant
+
+    def intake() -> types.Batch:
+        # hundreds of thousands of acyclic objects live here until the batch is stored: the
+        # collector is paused so that it does not walk them while the event loop waits
+        with paused_collection():
+            body = parse_batch_body(bytes(raw), media_type, state.settings.max_batch_lines)
+            for i, line in enumerate(body.requests):
+                _check_limits(state, line.body, param_prefix=f"requests.{i}.body.")
+            return state.batch_store.create(
+                tenant,
+                body.requests,
+                body.metadata,
+                idempotency_key,
+                state.settings.max_open_batches,
+            )
+
     try:
-        batch = await asyncio.to_thread(
-            state.batch_store.create,
-            request.state.tenant,
-            body.requests,
-            body.metadata,
-            idempotency_key,
-            state.settings.max_open_batches,
-        )
+        batch = await asyncio.to_thread(intake)
     except IdempotencyConflict:
         raise ServiceError(
             409,
