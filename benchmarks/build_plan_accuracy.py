@@ -1,4 +1,4 @@
-"""`tributary index plan` against the build it plans: time, disk, staging and peak RAM.
+r"""`tributary index plan` against the build it plans: time, disk, staging and peak RAM.
 
 For each case, runs the plan and then the real build (both through the CLI, each in its own
 process, same flags) and prints a Markdown table of estimate, actual and their ratio. The
@@ -6,7 +6,8 @@ build's peak RSS is the child's ``ru_maxrss`` (``os.wait4``); disk is the finish
 staging what ``--keep-staging`` leaves next to it; time is the whole command's wall clock.
 
     .venv/bin/python -m benchmarks.build_plan_accuracy --case demo
-    .venv/bin/python -m benchmarks.build_plan_accuracy --case tiny-generated --examples 2000 --words 80
+    .venv/bin/python -m benchmarks.build_plan_accuracy --case tiny-generated \
+        --examples 2000 --words 80
     .venv/bin/python -m benchmarks.build_plan_accuracy --case gpt2-small --examples 600
 """
 
@@ -135,16 +136,18 @@ def main() -> None:
         ("peak RAM (MiB)", plan["ram_bytes"] / 2**20, build_rss / 2**20, "{:.0f}"),
     ]
     print(
-        f"# {args.case}: {what}; {plan['examples']} examples, {plan['tokens']} tokens, dim {plan['dim']}"
+        f"# {args.case}: {what}; {plan['examples']} examples, {plan['tokens']} tokens, dim "
+        f"{plan['dim']}"
     )
     print(
-        f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()} {os.cpu_count()} cores; the plan itself took "
-        f"{plan_walls[0]:.1f} s (sample of {plan['sample_examples']} examples)"
+        f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()} {os.cpu_count()} cores; the plan "
+        f"itself took {plan_walls[0]:.1f} s (sample of {plan['sample_examples']} examples)"
     )
     print("| quantity | plan | actual | plan ÷ actual |\n|---|---|---|---|")
     for name, est, act, fmt in rows:
         print(
-            f"| {name} | {fmt.format(est)} | {fmt.format(act)} | {est / act if act else float('nan'):.2f} |"
+            f"| {name} | {fmt.format(est)} | {fmt.format(act)} | "
+            f"{est / act if act else float('nan'):.2f} |"
         )
     print(
         "plan time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in plan["time_s"].items())

@@ -26,7 +26,8 @@ from tributary_indexer.data.corpus_check import check_corpus  # noqa: E402
 
 
 def write_corpus(path: Path, records: int, words: int, repeat_id: bool) -> None:
-    """``records`` documents of ``words`` words with ids ``rec-N`` (the last one reuses ``rec-0``)."""
+    """``records`` documents of ``words`` words with ids ``rec-N`` (the last one reuses
+    ``rec-0``)."""
     with open(path, "w", encoding="utf-8") as f:
         for i in range(records):
             record_id = "rec-0" if repeat_id and i == records - 1 else f"rec-{i}"
@@ -65,9 +66,9 @@ def main() -> None:
             best, median = min(times), statistics.median(times)
             label = "one repeated id (--skip-bad: second read)" if repeat_id else "unique ids"
             print(
-                f"{label}: {check.stats.records:,} records, {size_mb:.1f} MB: median {median:.2f} s "
-                f"({check.stats.records / median:,.0f} records/s), best {best:.2f} s, peak traced memory {peak:.1f} MiB, "
-                f"repeated ids found: {len(check.duplicate_ids)}"
+                f"{label}: {check.stats.records:,} records, {size_mb:.1f} MB: median {median:.2f} "
+                f"s ({check.stats.records / median:,.0f} records/s), best {best:.2f} s, peak "
+                f"traced memory {peak:.1f} MiB, repeated ids found: {len(check.duplicate_ids)}"
             )
 
 

@@ -33,8 +33,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "indexer")]
 from benchmarks.logging_throughput import SIZES  # noqa: E402
 
 WORDS = (
-    "lantern copper violin salt map honey glass tea wool clock ink fig river harbour market north south "
-    "merchant weaver scribe archive bridge tower garden mill forge quarry orchard"
+    "lantern copper violin salt map honey glass tea wool clock ink fig river harbour market north "
+    "south merchant weaver scribe archive bridge tower garden mill forge quarry orchard"
 ).split()
 
 
@@ -160,8 +160,8 @@ def main() -> None:
     bsz = max(1, args.batch_tokens // (args.words + 8))
     train_tps = train_step_tokens_per_s(model_dir, corpus, bsz)
     print(
-        f"# index build — {args.size}, {args.examples} examples, {platform.machine()} {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({args.threads} threads)"
+        f"# index build — {args.size}, {args.examples} examples, {platform.machine()} "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({args.threads} threads)"
     )
     print("| metric | value |\n|---|---|")
     print(f"| examples / tokens | {summary['examples']} / {summary['tokens']} |")

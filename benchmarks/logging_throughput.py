@@ -67,7 +67,8 @@ def _our_batches(batches: list[dict]) -> list[TokenBatch]:
 
 
 def _train_step(model: torch.nn.Module, batches: list[TokenBatch]) -> Callable[[], None]:
-    """The plain Hugging Face training step: ``model(input_ids, labels=...)``, ``loss.backward()``."""
+    """The plain Hugging Face training step: ``model(input_ids, labels=...)``,
+    ``loss.backward()``."""
     labels = [b.input_ids.clone() for b in batches]
 
     def run() -> None:
@@ -215,8 +216,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ranks = [int(r) for r in args.ranks.split(",")]
     print(
-        f"# logging throughput — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({args.threads} threads), python {platform.python_version()}"
+        f"# logging throughput — {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"cores, torch {torch.__version__} ({args.threads} threads), python "
+        f"{platform.python_version()}"
     )
     print("| size | params | method | tokens/s | × train step |")
     print("|---|---|---|---|---|")
@@ -225,7 +227,8 @@ def main() -> None:
         rows = measure_size(size, ranks, args.repeats, not args.no_logix, args.bound)
         for r in rows:
             print(
-                f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['method']} | {r['tokens_per_s']:.0f} | {r['vs_train']:.2f} |",
+                f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['method']} | "
+                f"{r['tokens_per_s']:.0f} | {r['vs_train']:.2f} |",
                 flush=True,
             )
         all_rows += rows

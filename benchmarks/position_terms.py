@@ -90,15 +90,16 @@ def main() -> None:
         assert picked is not None and torch.equal(picked, kept)
     rows = {"all positions": batch.input_ids.numel(), "response positions": int(emitting.sum())}
     print(
-        f"# per-position terms — {platform.machine()}, {os.cpu_count()} cores; batch {args.batch} × {batch.input_ids.shape[1]} "
-        f"tokens, {int(emitting.sum())} response positions, D_proj {dim}; median of {args.repeats}"
+        f"# per-position terms — {platform.machine()}, {os.cpu_count()} cores; batch {args.batch} "
+        f"× {batch.input_ids.shape[1]} tokens, {int(emitting.sum())} response positions, D_proj "
+        f"{dim}; median of {args.repeats}"
     )
     print("| terms computed | rows | buffer MiB | gradient pass ms (median) | min–max ms |")
     print("|---|---|---|---|---|")
     for name, ts in times.items():
         print(
-            f"| {name} | {rows[name]:,} | {rows[name] * dim * 4 / 2**20:.1f} | {statistics.median(ts) * 1000:.0f} | "
-            f"{min(ts) * 1000:.0f}–{max(ts) * 1000:.0f} |"
+            f"| {name} | {rows[name]:,} | {rows[name] * dim * 4 / 2**20:.1f} | "
+            f"{statistics.median(ts) * 1000:.0f} | {min(ts) * 1000:.0f}–{max(ts) * 1000:.0f} |"
         )
     loaded.index.close()
 

@@ -1,4 +1,5 @@
-"""What ``span_gated``'s selective core costs the service: loading the reference sample, and counting shares.
+"""What ``span_gated``'s selective core costs the service: loading the reference sample, and
+counting shares.
 
 The selective core (:mod:`tributary_indexer.query.ranking`) counts, per query token, the share of
 a fixed reference sample of stored vectors it matches. This times, on a built index, the sample's
@@ -32,7 +33,8 @@ REFERENCE_ROWS = RankingConfig.reference_rows
 def median_ms(
     ranking: SpanGatedRanking, vectors: torch.Tensor, reference: torch.Tensor, repeats: int
 ) -> tuple[float, float]:
-    """Median and best milliseconds of ``matched_shares(vectors, reference)`` over ``repeats`` calls."""
+    """Median and best milliseconds of ``matched_shares(vectors, reference)`` over ``repeats``
+    calls."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -42,7 +44,7 @@ def median_ms(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("index", type=Path, help="a built index whose ranking is span_gated")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
@@ -58,8 +60,9 @@ def main() -> None:
     reference = index.reference()
     assert reference is not None
     print(
-        f"index {args.index}: {index.n_examples} examples, D = {index.dim}; reference sample {tuple(reference.shape)} "
-        f"({reference.numel() * 4 / 2**20:.0f} MiB) loaded in {(time.perf_counter() - t0) * 1e3:.1f} ms"
+        f"index {args.index}: {index.n_examples} examples, D = {index.dim}; reference sample "
+        f"{tuple(reference.shape)} ({reference.numel() * 4 / 2**20:.0f} MiB) loaded in "
+        f"{(time.perf_counter() - t0) * 1e3:.1f} ms"
     )
     gen = torch.Generator().manual_seed(0)
     full = torch.randn(REFERENCE_ROWS, index.dim, generator=gen)

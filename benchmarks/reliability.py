@@ -1,4 +1,5 @@
-"""Reliability under hostile input, many tenants and slow clients, against a real ``tributary serve``.
+"""Reliability under hostile input, many tenants and slow clients, against a real
+``tributary serve``.
 
 Everything runs against a live server on 127.0.0.1 (the tiny fixture model and a 60-example
 index, or ``--index``/``--model``), auth off and auth on (two keys):
@@ -14,7 +15,7 @@ index, or ``--index``/``--model``), auth off and auth on (two keys):
 
 The fast part runs in ``make test`` (``tests/reliability/``); the long run is this script:
 
-    .venv/bin/python benchmarks/reliability.py                       # the recorded run (slow on 2 cores)
+    .venv/bin/python benchmarks/reliability.py   # the recorded run (slow on 2 cores)
     .venv/bin/python benchmarks/reliability.py --cases 50 --load 300 --concurrency 16   # quick
 """
 
@@ -133,7 +134,8 @@ def build_fixture_index(root: Path) -> tuple[Path, Path]:
 
 
 def server_errors(base: str) -> int:
-    """5xx answers the server has counted (``tributary_requests_total``), whatever the client saw."""
+    """5xx answers the server has counted (``tributary_requests_total``), whatever the client
+    saw."""
     text = httpx.get(base + "/metrics", timeout=10).text
     return int(
         sum(
@@ -406,7 +408,8 @@ PROBES: list[Probe] = [
         "POST",
         "/v1/batches",
         (400,),
-        content=b'{"requests": [{"custom_id": "\\ud800", "body": {"prompt": "a", "response": " b"}}]}',
+        content=b'{"requests": [{"custom_id": "\\ud800", "body": {"prompt": "a", "response": " '
+        b'b"}}]}',
         headers=_JSON,
     ),
     Probe(
@@ -565,7 +568,8 @@ def run_schemathesis(
     max_time: float | None = None,
     timeout: float = 3600,
 ) -> tuple[SchemaRun, str]:
-    """``schemathesis run --checks all`` against the live server; the parsed summary and its output."""
+    """``schemathesis run --checks all`` against the live server; the parsed summary and its
+    output."""
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [
         str(exe) if exe.exists() else "schemathesis",
@@ -625,7 +629,8 @@ class LoadRun:
 
 
 def run_load(server: Server, key: str | None, requests: int, concurrency: int) -> LoadRun:
-    """``requests`` attributions at ``concurrency`` (varied prompts, some token-wise and two-sided)."""
+    """``requests`` attributions at ``concurrency`` (varied prompts, some token-wise and
+    two-sided)."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
@@ -845,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["probes"] = len(probes)
                 run["probe_problems"] = [asdict(p) for p in probes if p.problem]
                 print(
-                    f"[{label}] bad-input probes: {len(probes)}, problems: {len(run['probe_problems'])}",
+                    f"[{label}] bad-input probes: {len(probes)}, problems: "
+                    f"{len(run['probe_problems'])}",
                     flush=True,
                 )
                 if "schema" in args.skip:
@@ -857,8 +863,8 @@ def main(argv: list[str] | None = None) -> int:
                 (work / f"schemathesis-{len(keys)}.txt").write_text(out)
                 run["schemathesis"] = asdict(schema)
                 print(
-                    f"[{label}] schemathesis: {schema.cases} cases, failures {schema.failures}, errors {schema.errors} "
-                    f"({schema.seconds:.0f} s)",
+                    f"[{label}] schemathesis: {schema.cases} cases, failures {schema.failures}, "
+                    f"errors {schema.errors} ({schema.seconds:.0f} s)",
                     flush=True,
                 )
                 if schema.failures or schema.errors:
@@ -868,8 +874,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 run["load"] = asdict(load)
                 print(
-                    f"[{label}] load: {load.requests} requests at {load.concurrency}: {load.statuses} in {load.seconds:.0f} s, "
-                    f"RSS {load.rss_before_mib:.0f} -> {load.rss_after_mib:.0f} MiB",
+                    f"[{label}] load: {load.requests} requests at {load.concurrency}: "
+                    f"{load.statuses} in {load.seconds:.0f} s, RSS {load.rss_before_mib:.0f} -> "
+                    f"{load.rss_after_mib:.0f} MiB",
                     flush=True,
                 )
                 if "floods" in args.skip:
@@ -889,8 +896,8 @@ def main(argv: list[str] | None = None) -> int:
                     "statuses": dict(large),
                 }
                 print(
-                    f"[{label}] /healthz during {args.floods} 1 MB requests: worst {worst:.1f} ms over {polls} polls "
-                    f"({dict(large)})",
+                    f"[{label}] /healthz during {args.floods} 1 MB requests: worst {worst:.1f} ms "
+                    f"over {polls} polls ({dict(large)})",
                     flush=True,
                 )
                 ids: list[str] = []
@@ -907,8 +914,8 @@ def main(argv: list[str] | None = None) -> int:
                     "lines": args.batch_lines,
                 }
                 print(
-                    f"[{label}] /healthz during 4 batch files of {args.batch_lines} lines: worst {worst:.1f} ms over "
-                    f"{polls} polls",
+                    f"[{label}] /healthz during 4 batch files of {args.batch_lines} lines: worst "
+                    f"{worst:.1f} ms over {polls} polls",
                     flush=True,
                 )
                 headers = {"authorization": f"Bearer {key}"} if key else {}

@@ -223,11 +223,13 @@ def main() -> None:
     )  # first: numpy's OpenBLAS threads spin for ~0.1 s after the bandwidth probe
     bandwidth = memory_bandwidth_gbs()
     print(
-        f"# service latency — ranking {args.ranking or BuildConfig().ranking}, {platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s (best all-core float32 matvec), "
-        f"one forward+backward of the query {grad_ms:.1f} ms"
+        f"# service latency — ranking {args.ranking or BuildConfig().ranking}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, memory bandwidth {bandwidth:.1f} GB/s "
+        f"(best all-core float32 matvec), one forward+backward of the query {grad_ms:.1f} ms"
     )
     print(
-        "| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition | search | rerank | fetch | floor ms | p50 ÷ floor |"
+        "| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition "
+        "| search | rerank | fetch | floor ms | p50 ÷ floor |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, path, rows in indexes:
@@ -254,14 +256,16 @@ def main() -> None:
                 rates[concurrency] = r["rps"]
                 s = r["stages"]
                 print(
-                    f"| {name} | {rows:,} × {args.dim} | {concurrency} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | "
-                    f"{s['gradient_ms']:.1f} | {s['precondition_ms']:.1f} | {s['search_ms']:.1f} | {s.get('rerank_ms', 0.0):.1f} | "
-                    f"{s['fetch_ms']:.1f} | "
-                    f"{floor:.1f} | {r['p50_ms'] / floor if concurrency == 1 else float('nan'):.2f} |",
+                    f"| {name} | {rows:,} × {args.dim} | {concurrency} | {r['p50_ms']:.1f} | "
+                    f"{r['p99_ms']:.1f} | {r['rps']:.1f} | {s['gradient_ms']:.1f} | "
+                    f"{s['precondition_ms']:.1f} | {s['search_ms']:.1f} | "
+                    f"{s.get('rerank_ms', 0.0):.1f} | {s['fetch_ms']:.1f} | {floor:.1f} | "
+                    f"{r['p50_ms'] / floor if concurrency == 1 else float('nan'):.2f} |",
                     flush=True,
                 )
             print(
-                f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× ||||||||||||"
+                f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× "
+                "||||||||||||"
             )
 
 

@@ -102,7 +102,8 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def build_model_dir(path: Path, arch: str = "gpt2", seed: int = 0) -> Path:
-    """Save a tiny random causal LM and a byte-level BPE tokenizer (with a chat template) at ``path``."""
+    """Save a tiny random causal LM and a byte-level BPE tokenizer (with a chat template) at
+    ``path``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (

@@ -62,10 +62,12 @@ LossFn = Callable[[nn.Module, HFBatch], torch.Tensor]
 
 
 def summed_token_loss(model: nn.Module, batch: HFBatch) -> torch.Tensor:
-    """Next-token cross-entropy summed over all tokens with ``labels != -100`` (default ``loss_fn``).
+    """Next-token cross-entropy summed over all tokens with ``labels != -100`` (default
+    ``loss_fn``).
 
-    A sum, not a mean, like ``tributary_indexer.gradients.objectives`` (so per-example gradients don't depend on
-    the batch). Pass your own ``loss_fn(model, batch)`` to the ``measure_*`` functions to override.
+    A sum, not a mean, like ``tributary_indexer.gradients.objectives`` (so per-example gradients
+    don't depend on the batch). Pass your own ``loss_fn(model, batch)`` to the ``measure_*``
+    functions to override.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"]
@@ -139,7 +141,8 @@ def measure_train_step(
     num_threads: int | None = None,
     loss_fn: LossFn = summed_token_loss,
 ) -> dict[str, Any]:
-    """Reference: plain forward + summed loss + ``backward()`` into all parameter grads, no optimizer.
+    """Reference: plain forward + summed loss + ``backward()`` into all parameter grads, no
+    optimizer.
 
     ``seconds`` is the median time of one pass over ``batches``.
     """

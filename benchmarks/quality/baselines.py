@@ -34,7 +34,8 @@ much of its fact-tracing lead is its two constants."""
 def bm25_scores(
     query_texts: Sequence[str], train_texts: Sequence[str], k1: float = 1.5, b: float = 0.75
 ) -> np.ndarray:
-    """Okapi BM25 (``rank_bm25``; its defaults k1=1.5, b=0.75) over lower-cased words, query = prompt + response."""
+    """Okapi BM25 (``rank_bm25``; its defaults k1=1.5, b=0.75) over lower-cased words, query =
+    prompt + response."""
     from rank_bm25 import BM25Okapi
 
     bm25 = BM25Okapi([_WORD.findall(t.lower()) for t in train_texts], k1=k1, b=b)
@@ -62,7 +63,8 @@ def embedding_scores(
     train: Sequence[TokenizedExample],
     pad_id: int,
 ) -> np.ndarray:
-    """Cosine similarity of mean-pooled last hidden states (a representation-similarity baseline)."""
+    """Cosine similarity of mean-pooled last hidden states (a representation-similarity
+    baseline)."""
     q = torch.nn.functional.normalize(_mean_hidden(model, queries, pad_id), dim=1)
     t = torch.nn.functional.normalize(_mean_hidden(model, train, pad_id), dim=1)
     return (q @ t.T).numpy()

@@ -1,4 +1,4 @@
-"""Exploration: one Fisher over all tracked modules (cross-module terms) instead of one per module.
+r"""Exploration: one Fisher over all tracked modules (cross-module terms) instead of one per module.
 
 The indexer preconditions each module's projected block with its own damped Fisher, as LoGra
 and EK-FAC do. TRAK-style attribution instead uses the full covariance of the projected
@@ -8,15 +8,16 @@ for a few damping values ``λ = α · mean eig(F)``. It only prints; the default
 
     .venv/bin/python -m benchmarks.quality.full_fisher --alphas 4,16        # all three benchmarks
     .venv/bin/python -m benchmarks.quality.full_fisher --skip-retrieval     # LDS only (~2 min)
-    .venv/bin/python -m benchmarks.quality.full_fisher --no-full --rapidgrad 64:4352,32:4096 --alphas 16,32
+    .venv/bin/python -m benchmarks.quality.full_fisher --no-full --rapidgrad 64:4352,32:4096 \
+        --alphas 16,32
 
 ``--rapidgrad R:K`` adds the cheap route to a dense Fisher: rank-R LoGra compressed by RapidGrad
 (no layer-wise normalisation) to K dims, whose Fisher the indexer already keeps as one ``K × K``
 block.
 
 The full Fisher is ``D × D`` (9,216² for the demo at rank 32: its eigendecomposition took about
-3 minutes on 2 cores, the Cholesky-based inverse the preconditioner now uses about 5 times less), which is
-why it is an exploration and not an index option.
+3 minutes on 2 cores, the Cholesky-based inverse the preconditioner now uses about 5 times less),
+which is why it is an exploration and not an index option.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from .workload import Workload, load_workload
 def full_fisher_scores(
     cache: GradientCache, method: LoGraMethod, alpha: float
 ) -> tuple[np.ndarray, float]:
-    """``[Q, N]`` influence scores with one damped Fisher over every selected block, and the seconds its factorisation took."""
+    """``[Q, N]`` influence scores with one damped Fisher over every selected block, and the seconds
+    its factorisation took."""
     train, queries, _ = cache.get(method)
     fisher = FisherAccumulator([Block("all", 0, train.shape[1])])
     fisher.update(train)
@@ -52,7 +54,8 @@ def full_fisher_scores(
 
 
 def _retrieval_rows(workload: Workload, scores: np.ndarray) -> dict[str, float]:
-    """Fact-tracing metrics and backdoor AUPRC of ``scores``, through the benchmarks' own evaluation."""
+    """Fact-tracing metrics and backdoor AUPRC of ``scores``, through the benchmarks' own
+    evaluation."""
     matrices = [(Entry("exploration", "ours", lambda: scores), scores, 0.0)]
     out = evaluate("fact_tracing", workload, matrices)[0]
     out["auprc"] = evaluate("backdoor", workload, matrices)[0]["auprc"]
@@ -116,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     per_module = _retrieval_rows(demo, logra_scores(method, demo_cache)) if demo_cache else blank
     lds_value = lds_benchmark.lds(logra_scores(method, lds_cache), masks, losses)
     print(
-        f"| per module (default) | {method.damping:g} | {per_module['recall@1']:.3f} | {per_module['recall@10']:.3f} | "
-        f"{per_module['mrr']:.3f} | {per_module['auprc']:.3f} | {lds_value:.3f} | |",
+        f"| per module (default) | {method.damping:g} | {per_module['recall@1']:.3f} | "
+        f"{per_module['recall@10']:.3f} | {per_module['mrr']:.3f} | {per_module['auprc']:.3f} | "
+        f"{lds_value:.3f} | |",
         flush=True,
     )
     for alpha in [] if args.no_full else alphas:
@@ -128,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             scores, seconds = full_fisher_scores(demo_cache, method, alpha)
             row = _retrieval_rows(demo, scores)
         print(
-            f"| full | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | {row['mrr']:.3f} | {row['auprc']:.3f} | "
-            f"{lds_value:.3f} | {seconds:.0f} |",
+            f"| full | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | "
+            f"{row['mrr']:.3f} | {row['auprc']:.3f} | {lds_value:.3f} | {seconds:.0f} |",
             flush=True,
         )
 
@@ -142,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
             row = _retrieval_rows(demo, logra_scores(variant, demo_cache)) if demo_cache else blank
             lds_value = lds_benchmark.lds(logra_scores(variant, lds_cache), masks, losses)
             print(
-                f"| rank {rank} → RapidGrad K={k}, no layer norm | {alpha:g} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | "
-                f"{row['mrr']:.3f} | {row['auprc']:.3f} | {lds_value:.3f} | |",
+                f"| rank {rank} → RapidGrad K={k}, no layer norm | {alpha:g} | "
+                f"{row['recall@1']:.3f} | {row['recall@10']:.3f} | {row['mrr']:.3f} | "
+                f"{row['auprc']:.3f} | {lds_value:.3f} | |",
                 flush=True,
             )
 

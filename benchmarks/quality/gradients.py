@@ -2,9 +2,10 @@
 
 ``projected`` runs the indexer's own hooks, so the vectors are the ones an index would store
 before the score transform; ``projected_positions`` also keeps the per-position terms of the
-target-emitting positions from the same pass. ``full_module_gradients`` returns unprojected per-example weight
-gradients of one module at a time (the exact baseline and the stage-two re-scorer), computed
-with the same hooks and an identity projector, never through ``torch.autograd`` per example.
+target-emitting positions from the same pass. ``full_module_gradients`` returns unprojected
+per-example weight gradients of one module at a time (the exact baseline and the stage-two
+re-scorer), computed with the same hooks and an identity projector, never through ``torch.autograd``
+per example.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def projected(
     batch_tokens: int = 4096,
     objective: str = "margin",
 ) -> torch.Tensor:
-    """``[N, D]`` float64 projected gradients of ``examples`` (``objective`` summed over targets)."""
+    """``[N, D]`` float64 projected gradients of ``examples`` (``objective`` summed over
+    targets)."""
     out = torch.zeros(len(examples), projector.dim, dtype=torch.float64)
     for rows, vectors, _, _ in _passes(
         model, modules, projector, examples, pad_id, batch_tokens, objective
@@ -125,8 +127,8 @@ def projected_positions(
     batch_tokens: int = 2048,
     objective: str = "margin",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``projected`` and, from the same pass, the per-position terms ``g^{(t)}`` ``[n, D]`` (float64)
-    at the positions that emit a target token, with each term's example ``[n]``.
+    """``projected`` and, from the same pass, the per-position terms ``g^{(t)}`` ``[n, D]``
+    (float64) at the positions that emit a target token, with each term's example ``[n]``.
 
     These are the query-side terms the service's saturated rankings standardise.
     """

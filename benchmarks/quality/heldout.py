@@ -7,7 +7,8 @@ recipe; nothing was tuned on it. This benchmark scores the default, its ranking 
 ablations of ``benchmarks/quality/ablations.py``) and both BM25 rows on each seed and
 pools them, with an exact paired sign test of the default against each row over the pooled fact
 questions. It writes its table to
-``benchmarks/RESULTS.md`` and a plot of recall@1 per seed to ``benchmarks/figures/quality_heldout.png``.
+``benchmarks/RESULTS.md`` and a plot of recall@1 per seed to
+``benchmarks/figures/quality_heldout.png``.
 
     .venv/bin/python -m benchmarks.quality.heldout [--seeds 0 1 ... 13] [--no-write]
 
@@ -54,7 +55,8 @@ SEEDS = tuple(range(14))
 
 
 def seed_pair(seed: int) -> tuple[Path, Path]:
-    """``(model_dir, corpus_dir)`` of ``seed``: the committed demo for 0, else generated and trained once."""
+    """``(model_dir, corpus_dir)`` of ``seed``: the committed demo for 0, else generated and trained
+    once."""
     if seed == 0:
         return demo_root() / "model", demo_root() / "corpus"
     from demo.tools.corpus_generator import generate
@@ -71,12 +73,14 @@ def seed_pair(seed: int) -> tuple[Path, Path]:
 
 
 def entries(workload: Workload) -> list[Entry]:
-    """The default, its ranking variants (:func:`~.methods.ranking_variants`), and the two BM25 rows."""
+    """The default, its ranking variants (:func:`~.methods.ranking_variants`), and the two BM25
+    rows."""
     return logra_entries(workload, ranking_variants) + bm25_entries(workload)
 
 
 def top1_hits(scores: np.ndarray, relevant: list[frozenset[int]]) -> np.ndarray:
-    """``[Q]`` bool: the query's best-scored example is relevant (ties broken by row order, as the metrics do)."""
+    """``[Q]`` bool: the query's best-scored example is relevant (ties broken by row order, as the
+    metrics do)."""
     return np.array([int(ranks[0]) == 1 for ranks in ranks_of_relevant(scores, relevant)])
 
 
@@ -239,12 +243,13 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
         )
         (out / "quality_heldout.md").write_text(table + "\n", encoding="utf-8")
         header = (
-            f"`.venv/bin/python -m benchmarks.quality.heldout --seeds {' '.join(map(str, seeds))}` — fact recall@1 "
-            f"per corpus seed (seed 0 is the committed demo, in-sample for every tuned constant; the others are "
-            f"out-of-sample), {'/'.join(sorted({str(r['questions']) for r in per_seed}))} questions each; "
-            f'"default +/−" counts the pooled '
-            f"questions only the default / only that row gets right at rank 1, with the exact sign test's p. "
-            f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.\n"
+            f"`.venv/bin/python -m benchmarks.quality.heldout --seeds {' '.join(map(str, seeds))}` "
+            "— fact recall@1 per corpus seed (seed 0 is the committed demo, in-sample for every "
+            "tuned constant; the others are out-of-sample), "
+            f"{'/'.join(sorted({str(r['questions']) for r in per_seed}))} questions each; "
+            '"default +/−" counts the pooled questions only the default / only that row gets right '
+            f"at rank 1, with the exact sign test's p. {platform.machine()}, "
+            f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.\n"
         )
         plot(per_seed, ROOT / "benchmarks" / "figures" / "quality_heldout.png")
         write_results_section(

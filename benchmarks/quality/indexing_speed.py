@@ -52,7 +52,8 @@ def speed_workload(n_queries: int, setup: LdsSetup) -> Workload:
     queries: list[Query] = (lds_queries + extra)[:n_queries]
     if len(queries) < n_queries:
         raise SystemExit(
-            f"the demo has only {len(queries)} held-out queries; ask for --queries {len(queries)} or fewer"
+            f"the demo has only {len(queries)} held-out queries; ask for --queries {len(queries)} "
+            "or fewer"
         )
     return attributed_workload(demo, rows, queries, setup)
 
@@ -109,13 +110,15 @@ def main(argv: list[str] | None = None) -> dict:
         o["total"] for o in ours
     )
     lines = [
-        "| run | ours total s | ours gradients s | ours rest s | Kronfluence total s | factors s | scores s | ratio |",
+        "| run | ours total s | ours gradients s | ours rest s | Kronfluence total s | factors s | "
+        "scores s | ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, (o, t) in enumerate(zip(ours, theirs)):
         lines.append(
-            f"| {i + 1} | {o['total']:.2f} | {o['gradients']:.2f} | {o['rest']:.2f} | {t['total']:.1f} | "
-            f"{t['factors']:.1f} | {t['scores']:.1f} | {t['total'] / o['total']:.1f}× |"
+            f"| {i + 1} | {o['total']:.2f} | {o['gradients']:.2f} | {o['rest']:.2f} | "
+            f"{t['total']:.1f} | {t['factors']:.1f} | {t['scores']:.1f} | "
+            f"{t['total'] / o['total']:.1f}× |"
         )
     table = "\n".join(lines)
     print(table)
@@ -134,10 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
             json.dumps(result, indent=1) + "\n", encoding="utf-8"
         )
         header = (
-            f"`.venv/bin/python -m benchmarks.quality.indexing_speed --queries {args.queries} --repeats {args.repeats}` — "
-            f"the LDS setup ({len(workload.examples)} training examples, GPT-2 128×2, float64, "
-            f"{torch.get_num_threads()} threads), {len(workload.queries)} queries, {time.strftime('%Y-%m-%d %H:%M')}; "
-            f"ours = `{default.name}` from nothing (gradients, RapidGrad, Fisher, inverse, scores), "
+            f"`.venv/bin/python -m benchmarks.quality.indexing_speed --queries {args.queries} "
+            f"--repeats {args.repeats}` — the LDS setup ({len(workload.examples)} training "
+            f"examples, GPT-2 128×2, float64, {torch.get_num_threads()} threads), "
+            f"{len(workload.queries)} queries, {time.strftime('%Y-%m-%d %H:%M')}; ours = "
+            f"`{default.name}` from nothing (gradients, RapidGrad, Fisher, inverse, scores), "
             f"Kronfluence = EK-FAC factors + pairwise scores. **Median ratio {ratio:.1f}×.**\n"
         )
         write_results_section("speed", header + "\n" + table)

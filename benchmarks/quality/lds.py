@@ -63,7 +63,8 @@ class LdsSetup:
 
 
 def select(demo: Workload, setup: LdsSetup) -> tuple[list[int], list[Query]]:
-    """Training rows drawn from the demo corpus and the held-out queries that can be scored on them."""
+    """Training rows drawn from the demo corpus and the held-out queries that can be scored on
+    them."""
     rng = random.Random(setup.seed)
     rows = sorted(rng.sample(range(len(demo.examples)), setup.n_train))
     new_row = {old: new for new, old in enumerate(rows)}
@@ -152,7 +153,8 @@ def lds(scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> float:
 def ground_truth(
     setup: LdsSetup, examples: list[TokenizedExample], queries: list[Query], tokenizer: object
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Subset masks ``[M, N]``, actual query losses ``[M, Q]`` and the seconds it took (cached on disk)."""
+    """Subset masks ``[M, N]``, actual query losses ``[M, Q]`` and the seconds it took (cached on
+    disk)."""
     path = CACHE / f"{setup.key()}.npz"
     if path.is_file():
         data = np.load(path)
@@ -184,7 +186,8 @@ def ground_truth(
 def attributed_workload(
     demo: Workload, rows: list[int], queries: list[Query], setup: LdsSetup
 ) -> Workload:
-    """The demo ``rows`` with the "full" model trained on all of them (float64): what every method attributes with."""
+    """The demo ``rows`` with the "full" model trained on all of them (float64): what every method
+    attributes with."""
     examples = [demo.examples[r] for r in rows]
     full = train_subset_model(
         examples,
@@ -297,13 +300,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         plot("lds", results, ROOT / "benchmarks" / "figures" / "quality_lds.png")
         n_params = sum(p.numel() for p in full.parameters())
         header = (
-            f"`.venv/bin/python -m benchmarks.quality.lds --models {setup.models}` — {setup.n_train} records drawn "
-            f"from the demo corpus, {len(queries)} held-out queries ({sum(q.kind == 'fact' for q in queries)} fact, "
-            f"{sum(q.kind == 'trigger' for q in queries)} trigger), GPT-2 {setup.n_embd}×{setup.n_layer} layers "
-            f"({n_params / 1e6:.2f}M parameters, demo tokenizer), {setup.epochs} epochs; M = {setup.models} "
-            f"half-subset models (training them took {train_s:.0f} s when first run; cached in "
-            f"`benchmarks/quality/.cache/lds/`). `seconds` = time to score all queries from the model, "
-            f"gradients included. {time.strftime('%Y-%m-%d')}.\n\n![lds](figures/quality_lds.png)\n"
+            f"`.venv/bin/python -m benchmarks.quality.lds --models {setup.models}` — "
+            f"{setup.n_train} records drawn from the demo corpus, {len(queries)} held-out queries "
+            f"({sum(q.kind == 'fact' for q in queries)} fact, "
+            f"{sum(q.kind == 'trigger' for q in queries)} trigger), GPT-2 "
+            f"{setup.n_embd}×{setup.n_layer} layers ({n_params / 1e6:.2f}M parameters, demo "
+            f"tokenizer), {setup.epochs} epochs; M = {setup.models} half-subset models (training "
+            f"them took {train_s:.0f} s when first run; cached in "
+            "`benchmarks/quality/.cache/lds/`). `seconds` = time to score all queries from the "
+            "model, gradients included. "
+            f"{time.strftime('%Y-%m-%d')}.\n\n![lds](figures/quality_lds.png)\n"
         )
         write_results_section("lds", header + "\n" + table)
     return results

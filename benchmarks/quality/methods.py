@@ -43,7 +43,8 @@ Key = tuple[
 ]  # (projector, rank, objective, modules): what the gradients depend on
 
 PRESET_OF = {"all": "all", "mlp+lm_head": "mlp+output"}
-"""The indexer's ``modules`` preset behind each selection name here (GPT-2's output layer is ``lm_head``)."""
+"""The indexer's ``modules`` preset behind each selection name here (GPT-2's output layer is
+``lm_head``)."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,11 @@ class LoGraMethod:
     ranking: str = "linear"
     saturation: float = RankingConfig.saturation
     presence_core: float = WEIGHT_CORE
-    """``span_gated`` with ``presence_selectivity=None``: the core by weight (0: every token of a copied span)."""
+    """``span_gated`` with ``presence_selectivity=None``: the core by weight (0: every token of a
+    copied span)."""
     presence_selectivity: float | None = RankingConfig.presence_selectivity
-    """``span_gated`` only: the core by matched share of the reference sample (``None``: by weight)."""
+    """``span_gated`` only: the core by matched share of the reference sample (``None``: by
+    weight)."""
 
     @classmethod
     def default(cls) -> LoGraMethod:
@@ -190,7 +193,8 @@ def configuration_grid(
 
 
 class GradientCache:
-    """Projected gradients of a workload's training set and queries, per (projector, rank, objective, modules).
+    """Projected gradients of a workload's training set and queries, per (projector, rank,
+    objective, modules).
 
     Each entry hooks exactly the modules its method selects, as a build with that selection
     would: a method's first ``logra_scores`` call (the ``seconds`` the LDS table reports) times
@@ -202,7 +206,8 @@ class GradientCache:
         self.workload = workload
         self.modules = tracked_modules(workload.model)
         self.max_entries = max_entries
-        """Keys kept at once (least recently used dropped): rank 128 with its per-position terms is ~7 GB."""
+        """Keys kept at once (least recently used dropped): rank 128 with its per-position terms is
+        ~7 GB."""
         self._store: OrderedDict[Key, tuple[torch.Tensor, torch.Tensor, list[Block]]] = (
             OrderedDict()
         )
@@ -210,7 +215,8 @@ class GradientCache:
         self._positions: dict[Key, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def modules_of(self, which: str) -> list[TrackedModule]:
-        """The tracked modules of a selection (:data:`PRESET_OF`), by the indexer's own preset rule."""
+        """The tracked modules of a selection (:data:`PRESET_OF`), by the indexer's own preset
+        rule."""
         if which not in PRESET_OF:
             raise ValueError(f"unknown module selection {which!r}; choose from {list(PRESET_OF)}")
         return (
@@ -276,7 +282,8 @@ class GradientCache:
         return [q.example for q in self.workload.queries]
 
     def query_positions(self, method: LoGraMethod) -> tuple[torch.Tensor, torch.Tensor]:
-        """The queries' per-position terms ``[n, D]`` at the positions emitting response tokens, and their query row ``[n]``."""
+        """The queries' per-position terms ``[n, D]`` at the positions emitting response tokens, and
+        their query row ``[n]``."""
         key = self.key(method)
         self.get(method)  # a saturated method's first get computes them with the query vectors
         if key not in self._positions:  # the key was first seen with a linear method

@@ -2,9 +2,10 @@
 
 Both benchmarks score the same queries file (``ground_truth.json`` holds fact and trigger
 queries), so every method's ``[Q, N]`` score matrix is computed once, cached under
-``benchmarks/quality/.cache/`` (keyed by the hashes of the model's weights and the corpus files), and each benchmark command
-reads the rows it needs. Tables go to ``benchmarks/results/quality_<name>.{md,json}`` and into
-``benchmarks/RESULTS.md`` between markers; the plot to ``benchmarks/figures/quality_<name>.png``.
+``benchmarks/quality/.cache/`` (keyed by the hashes of the model's weights and the corpus files),
+and each benchmark command reads the rows it needs. Tables go to
+``benchmarks/results/quality_<name>.{md,json}`` and into ``benchmarks/RESULTS.md`` between markers;
+the plot to ``benchmarks/figures/quality_<name>.png``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Entry:
 def logra_entries(
     workload: Workload, around: Callable[[LoGraMethod], list[LoGraMethod]] | None = None
 ) -> list[Entry]:
-    """The default and the methods ``around(default)`` (none without), ranked as the service ranks, sharing one gradient cache."""
+    """The default and the methods ``around(default)`` (none without), ranked as the service ranks,
+    sharing one gradient cache."""
     cache = GradientCache(workload)
     default = LoGraMethod.default()
     ours = around(default) if around is not None else []
@@ -101,7 +103,8 @@ def method_list(workload: Workload, quick: bool = False) -> list[Entry]:
 
 
 def bm25_entries(workload: Workload) -> list[Entry]:
-    """BM25 over the query's prompt and response words: at rank_bm25's constants, and tuned (:data:`baselines.BM25_TUNED`)."""
+    """BM25 over the query's prompt and response words: at rank_bm25's constants, and tuned
+    (:data:`baselines.BM25_TUNED`)."""
     texts = [q.prompt + q.response for q in workload.queries]
     return [
         Entry(
@@ -123,7 +126,8 @@ def tuned_bm25_name() -> str:
 
 
 def cache_tag(model_dir: Path, corpus_dir: Path) -> str:
-    """The score cache's folder name: the model's weights and the corpus files (ground truth included)."""
+    """The score cache's folder name: the model's weights and the corpus files (ground truth
+    included)."""
     weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
     corpus = hashlib.sha256()
     for path in sorted(Path(corpus_dir).glob("*.json*")):
@@ -134,7 +138,8 @@ def cache_tag(model_dir: Path, corpus_dir: Path) -> str:
 def score_matrices(
     entries: list[Entry], folder: Path, refresh: bool
 ) -> list[tuple[Entry, np.ndarray, float]]:
-    """Every entry's ``[Q, N]`` scores (from the cache ``folder`` when present) and its compute seconds."""
+    """Every entry's ``[Q, N]`` scores (from the cache ``folder`` when present) and its compute
+    seconds."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for entry in entries:
@@ -206,7 +211,8 @@ def plot(benchmark: str, results: list[dict], path: Path) -> None:
     ax.barh(names, values, color=[GROUP_COLORS[r["group"]] for r in results][::-1])
     ax.set_xlabel(metric)
     ax.set_title(
-        f"{benchmark.replace('_', ' ')}: {metric} (red: default, blue: ours, grey: baselines, green: peers)",
+        f"{benchmark.replace('_', ' ')}: {metric} (red: default, blue: ours, grey: baselines, "
+        "green: peers)",
         fontsize=9,
     )
     ax.tick_params(axis="y", labelsize=7)
@@ -220,7 +226,8 @@ def plot(benchmark: str, results: list[dict], path: Path) -> None:
 
 
 def write_results_section(benchmark: str, text: str) -> None:
-    """Replace the text between this benchmark's markers in RESULTS.md (append the section if new)."""
+    """Replace the text between this benchmark's markers in RESULTS.md (append the section if
+    new)."""
     results_md = ROOT / "benchmarks" / "RESULTS.md"
     begin, end = f"<!-- quality:{benchmark} -->", f"<!-- /quality:{benchmark} -->"
     current = results_md.read_text(encoding="utf-8")
@@ -280,11 +287,13 @@ def main(benchmark: str, argv: list[str] | None = None) -> list[dict]:
             for q in workload.queries
         )
         header = (
-            f"`.venv/bin/python -m benchmarks.quality.{benchmark}{' --quick' if args.quick else ''}` — "
+            "`.venv/bin/python -m "
+            f"benchmarks.quality.{benchmark}{' --quick' if args.quick else ''}` — "
             f"{len(workload.examples)} training examples, {n_q} queries, demo model; "
-            f"{platform.machine()}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}. "
-            f"Score matrices are cached in `benchmarks/quality/.cache/`; `--refresh` recomputes them.\n\n"
-            f"![{benchmark}](figures/quality_{benchmark}.png)\n"
+            f"{platform.machine()}, {torch.get_num_threads()} threads, "
+            f"{time.strftime('%Y-%m-%d')}. Score matrices are cached in "
+            "`benchmarks/quality/.cache/`; `--refresh` recomputes "
+            f"them.\n\n![{benchmark}](figures/quality_{benchmark}.png)\n"
         )
         write_results_section(benchmark, header + "\n" + table)
     logger.info("done in %.0f s", time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""Influence and verbatim overlap on the fact questions: do they pick the same document?
+r"""Influence and verbatim overlap on the fact questions: do they pick the same document?
 
 For every held-out fact question of a corpus (its ``ground_truth.json``), the service answers
 with ``top_k=10`` and ``evidence=true``. The *influence* pick is the top-ranked example; the
@@ -7,7 +7,8 @@ response (ties: the better-ranked). The table says how often they are the same e
 often each is a document stating the fact, and, where they differ, which one the ground truth
 says is right.
 
-    .venv/bin/python -m benchmarks.quality.verbatim_overlap [--seeds 0 1] [--out benchmarks/results/verbatim_overlap.json]
+    .venv/bin/python -m benchmarks.quality.verbatim_overlap [--seeds 0 1] \
+        [--out benchmarks/results/verbatim_overlap.json]
 
 Seed 0 is the committed demo (its index is built once under ``benchmarks/quality/.cache/verbatim/``,
 about a minute); other seeds are the held-out benchmark's generated corpora and models.
@@ -132,17 +133,20 @@ def measure(seed: int, top_k: int = 10, batch: int = 16) -> dict:
 def table(rows: list[dict]) -> str:
     """The Markdown table of RESULTS.md."""
     lines = [
-        "| corpus | questions | same top example | influence pick states the fact | longest-span pick states it "
-        "| largest-share pick states it | differ: influence right | differ: span right | differ: both | differ: neither |",
+        "| corpus | questions | same top example | influence pick states the fact | longest-span "
+        "pick states it | largest-share pick states it | differ: influence right | differ: span "
+        "right | differ: both | differ: neither |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         n = r["questions"]
         name = "demo" if r["seed"] == 0 else f"seed {r['seed']}"
         lines.append(
-            f"| {name} | {n} | {r['same']} ({r['same'] / n:.1%}) | {r['influence_right']} ({r['influence_right'] / n:.1%}) | "
-            f"{r['verbatim_right']} ({r['verbatim_right'] / n:.1%}) | {r['coverage_right']} ({r['coverage_right'] / n:.1%}) | "
-            f"{r['differ_influence_right']} | {r['differ_verbatim_right']} | {r['differ_both_right']} | {r['differ_neither']} |"
+            f"| {name} | {n} | {r['same']} ({r['same'] / n:.1%}) | {r['influence_right']} "
+            f"({r['influence_right'] / n:.1%}) | {r['verbatim_right']} "
+            f"({r['verbatim_right'] / n:.1%}) | {r['coverage_right']} "
+            f"({r['coverage_right'] / n:.1%}) | {r['differ_influence_right']} | "
+            f"{r['differ_verbatim_right']} | {r['differ_both_right']} | {r['differ_neither']} |"
         )
     return "\n".join(lines)
 

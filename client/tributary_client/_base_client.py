@@ -149,7 +149,8 @@ def make_attribution_request(
         "token_wise": token_wise,
         "filters": filters,
     }
-    # sent only when they differ from the defaults, so a server from before these options accepts the request
+    # sent only when they differ from the defaults, so a server from before these options accepts
+    # the request
     body.update({"verbatim": None if verbatim else False, "evidence": True if evidence else None})
     return _validated(AttributionRequest, body)
 

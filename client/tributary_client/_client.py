@@ -184,7 +184,8 @@ class Client(_BaseClient[httpx.Client]):
         return self._request(self._get_example_spec(example_id))
 
     def get_example_by_record_id(self, record_id: str) -> Example:
-        """Fetch one training example by its record's own `id` in the corpus (`Example.record_id`)."""
+        """Fetch one training example by its record's own `id` in the corpus
+        (`Example.record_id`)."""
         return self._request(self._find_example_spec(record_id))
 
     def index_info(self) -> IndexInfo:
@@ -199,7 +200,8 @@ class Client(_BaseClient[httpx.Client]):
         source: str | None = None,
         reason: str | None = None,
     ) -> RemovalResponse:
-        """Take examples out of every answer (exactly one selector; needs an admin key as `api_key`)."""
+        """Take examples out of every answer (exactly one selector; needs an admin key as
+        `api_key`)."""
         return self._request(self._removal_spec(record_ids, provider, source, reason))
 
     def generate(

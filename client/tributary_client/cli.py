@@ -3,7 +3,8 @@
 Client commands (light: httpx + pydantic only)::
 
     tributary attribute --prompt P --response R [--top-k N] [--direction D] [--token-wise] [--json]
-    tributary batch LOGS.jsonl -o RESULTS.jsonl [--concurrency N] [--report PREFIX] [--retry-failed] [--no-progress]
+    tributary batch LOGS.jsonl -o RESULTS.jsonl [--concurrency N] [--report PREFIX]
+                    [--retry-failed] [--no-progress]
     tributary report RESULTS.jsonl -o PREFIX [--index-info FILE | --offline]
     tributary example ID | example --record-id RID | index-info | generate --prompt P
 
@@ -127,7 +128,8 @@ def print_attribution(
         )
         id_width = min(id_width, 24)
         out.write(
-            f"{'#':>3}  {'direction':<9} {'score':>11} {'record':<{id_width}}  {'source / provider':<24} text\n"
+            f"{'#':>3}  {'direction':<9} {'score':>11} {'record':<{id_width}}  "
+            f"{'source / provider':<24} text\n"
         )
         ranks = {"helpful": 0, "harmful": 0}
         for ex in result.examples:
@@ -135,7 +137,10 @@ def print_attribution(
             origin = f"{ex.source or '-'} / {ex.provider or '-'}"
             label = _record_label(ex.record_id, ex.example_id)
             label = label if len(label) <= id_width else label[: id_width - 1] + "…"
-            prefix = f"{ranks[ex.direction]:>3}  {ex.direction:<9} {ex.score:>+11.4g} {label:<{id_width}}  {origin[:24]:<24} "
+            prefix = (
+                f"{ranks[ex.direction]:>3}  {ex.direction:<9} {ex.score:>+11.4g} "
+                f"{label:<{id_width}}  {origin[:24]:<24} "
+            )
             out.write(prefix + _one_line(ex.text, max(width - len(prefix), 20)) + "\n")
             if ex.token_scores:
                 out.write(f"{'':>5}↳ top tokens: {_top_tokens(ex.token_scores, 5)}\n")
@@ -293,8 +298,9 @@ def cmd_example(args: argparse.Namespace) -> int:
     else:
         where = f" ({ex.file}:{ex.line})" if ex.file else ""
         print(
-            f"example {ex.example_id} · record {ex.record_id or '-'}{where} · source {ex.source or '-'} "
-            f"· provider {ex.provider or '-'} · {ex.n_tokens} tokens · {ex.content_hash}"
+            f"example {ex.example_id} · record {ex.record_id or '-'}{where} · source "
+            f"{ex.source or '-'} · provider {ex.provider or '-'} · {ex.n_tokens} tokens · "
+            f"{ex.content_hash}"
         )
         print(ex.text)
     return 0
@@ -394,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(p, top_level=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     directions = list(get_args(Direction))
-    # the connection options are accepted after the command too (`tributary attribute --base-url ...`)
+    # the connection options are accepted after the command too
+    # (`tributary attribute --base-url ...`)
     common = argparse.ArgumentParser(add_help=False)
     _add_connection_options(common, top_level=False)
 
@@ -421,10 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         help="attribute a JSONL file of logged generations (resumable)",
         parents=[common],
-        description="Attribute every logged generation of a JSONL file into a results file, in input order. "
-        "Resumable: rerun the same command after a kill. A line that cannot be attributed (not JSON, "
-        "an unknown shape, an empty reply, a request the server refuses) is recorded as a failed line "
-        "with the reason and the run goes on.",
+        description="Attribute every logged generation of a JSONL file into a results file, in "
+        "input order. Resumable: rerun the same command after a kill. A line that cannot be "
+        "attributed (not JSON, an unknown shape, an empty reply, a request the server refuses) is "
+        "recorded as a failed line with the reason and the run goes on.",
         epilog="exit status: "
         + "; ".join(f"{code} = {text}" for code, text in BATCH_EXIT_CODES.items()),
     )
@@ -460,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--index-info",
         metavar="FILE",
-        help="the index's summary saved with `tributary index-info --json` (default: ask the server)",
+        help="the index's summary saved with `tributary index-info --json` (default: ask the "
+        "server)",
     )
     r.add_argument("--offline", action="store_true", help="do not ask the server: no corpus shares")
     r.set_defaults(func=cmd_report)

@@ -86,7 +86,8 @@ class GroupStats:
         return [example_id for example_id, _ in ranked[:n]]
 
     def top_records(self, n: int = TOP_EXAMPLES) -> list[str]:
-        """The top examples by their records' own ids (``#<example_id>`` for a record without one)."""
+        """The top examples by their records' own ids (``#<example_id>`` for a record without
+        one)."""
         return [self.record_ids.get(i) or f"#{i}" for i in self.top_example_ids(n)]
 
 
@@ -127,7 +128,8 @@ class Report:
         return self.share_of_positive(group) / corpus
 
     def add_composition(self, composition: Iterable[CompositionRow], index_id: str) -> None:
-        """Attach the index's examples per provider/source (rows for groups never attributed too)."""
+        """Attach the index's examples per provider/source (rows for groups never attributed
+        too)."""
         for row in composition:
             key = row.key or UNKNOWN
             group = self.groups.get((row.group_by, key))
@@ -204,7 +206,8 @@ def compute_report(
         elif report.index_ids and report.index_ids != {index_info.index_id}:
             logger.warning(
                 "%s was answered by index %s, the server now serves %s: corpus shares left out "
-                "(rerun the batch against this index, or report against the server that answered it)",
+                "(rerun the batch against this index, or report against the server that answered "
+                "it)",
                 path,
                 ", ".join(sorted(report.index_ids)),
                 index_info.index_id,
@@ -282,7 +285,8 @@ def _md_cell(text: str) -> str:
 
 
 def render_markdown(report: Report, chart: str | None = None) -> str:
-    """The report as a Markdown document with one table per dimension (``chart``: the SVG's file name)."""
+    """The report as a Markdown document with one table per dimension (``chart``: the SVG's file
+    name)."""
     out = [
         "# Tributary data-valuation report",
         "",
@@ -296,9 +300,9 @@ def render_markdown(report: Report, chart: str | None = None) -> str:
     ]
     if report.composition_index is not None:
         out += [
-            "Corpus share = the group's share of the indexed examples; ratio = influence share / corpus "
-            f"share: over {OVER} the group's data shows up in what the model says more than its size "
-            f"predicts (over-represented), under {UNDER} less (under-represented).",
+            "Corpus share = the group's share of the indexed examples; ratio = influence share / "
+            f"corpus share: over {OVER} the group's data shows up in what the model says more than "
+            f"its size predicts (over-represented), under {UNDER} less (under-represented).",
         ]
     else:
         out += ["Corpus shares are not included (the index's composition was not available)."]
@@ -309,17 +313,19 @@ def render_markdown(report: Report, chart: str | None = None) -> str:
             "",
             f"## By {dimension}",
             "",
-            f"| {dimension} | corpus share | influence share | ratio | positive influence | negative influence "
-            "| appearances | mean rank | unique examples | top examples (record ids) |",
+            f"| {dimension} | corpus share | influence share | ratio | positive influence | "
+            "negative influence | appearances | mean rank | unique examples | top examples (record "
+            "ids) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for g in report.rows(dimension):
             corpus = report.corpus_share(g)
             out.append(
-                f"| {_md_cell(g.key)} | {'n/a' if corpus is None else f'{corpus * 100:.2f}%'} "
-                f"| {report.share_of_positive(g) * 100:.2f}% | {_ratio_text(report.representation(g))} "
-                f"| {_num(g.positive_influence, 4)} | {_num(g.negative_influence, 4)} | {g.appearances} "
-                f"| {_num(g.mean_rank, 2)} | {len(g.per_example)} | {_md_cell(', '.join(g.top_records()))} |"
+                f"| {_md_cell(g.key)} | {'n/a' if corpus is None else f'{corpus * 100:.2f}%'} | "
+                f"{report.share_of_positive(g) * 100:.2f}% | "
+                f"{_ratio_text(report.representation(g))} | {_num(g.positive_influence, 4)} | "
+                f"{_num(g.negative_influence, 4)} | {g.appearances} | {_num(g.mean_rank, 2)} | "
+                f"{len(g.per_example)} | {_md_cell(', '.join(g.top_records()))} |"
             )
     return "\n".join(out) + "\n"
 
@@ -338,7 +344,8 @@ def write_report(
     out_prefix: str | os.PathLike[str],
     index_info: IndexInfo | None = None,
 ) -> tuple[str, str, str]:
-    """Write ``<out_prefix>.csv``, ``.md`` and ``.svg`` (the provider chart); returns their paths."""
+    """Write ``<out_prefix>.csv``, ``.md`` and ``.svg`` (the provider chart); returns their
+    paths."""
     report = compute_report(results_path, index_info)
     prefix = os.fspath(out_prefix)
     csv_path, md_path, svg_path = f"{prefix}.csv", f"{prefix}.md", f"{prefix}.svg"

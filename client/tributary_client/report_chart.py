@@ -58,15 +58,19 @@ def render_share_chart(bars: Sequence[ShareBar], title: str) -> str:
     scale_max = min(1.0, max(0.05, _nice_ceiling(scale_max)))
     height = _TOP + max(len(shown), 1) * _ROW_H + 40 + (18 if hidden else 0)
     out = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{_WIDTH}' height='{height}' "
-        f"viewBox='0 0 {_WIDTH} {height}' role='img' aria-label='{escape(title, {chr(39): '&apos;'})}'>",
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{_WIDTH}' height='{height}' viewBox='0 0 "
+        f"{_WIDTH} {height}' role='img' aria-label='{escape(title, {chr(39): '&apos;'})}'>",
         f"<rect width='{_WIDTH}' height='{height}' fill='#ffffff'/>",
-        f"<text x='16' y='24' font-size='16' font-weight='600' {_FONT} fill='#111827'>{escape(title)}</text>",
+        f"<text x='16' y='24' font-size='16' font-weight='600' {_FONT} "
+        f"fill='#111827'>{escape(title)}</text>",
         f"<rect x='{_LABEL_W}' y='36' width='12' height='12' fill='{_CORPUS_COLOUR}'/>",
-        f"<text x='{_LABEL_W + 18}' y='46' font-size='12' {_FONT} fill='#374151'>share of the corpus</text>",
+        f"<text x='{_LABEL_W + 18}' y='46' font-size='12' {_FONT} fill='#374151'>share of the "
+        "corpus</text>",
         f"<rect x='{_LABEL_W + 160}' y='36' width='12' height='12' fill='{_INFLUENCE_COLOUR}'/>",
-        f"<text x='{_LABEL_W + 178}' y='46' font-size='12' {_FONT} fill='#374151'>share of positive influence</text>",
-        f"<text x='{_LABEL_W + _BAR_W + 16}' y='46' font-size='12' {_FONT} fill='#374151'>influence / corpus</text>",
+        f"<text x='{_LABEL_W + 178}' y='46' font-size='12' {_FONT} fill='#374151'>share of "
+        "positive influence</text>",
+        f"<text x='{_LABEL_W + _BAR_W + 16}' y='46' font-size='12' {_FONT} "
+        "fill='#374151'>influence / corpus</text>",
     ]
     axis_y = _TOP + max(len(shown), 1) * _ROW_H
     for step in range(5):  # grid lines at 0, 25, 50, 75, 100 % of the scale
@@ -81,8 +85,8 @@ def render_share_chart(bars: Sequence[ShareBar], title: str) -> str:
         )
     if not shown:
         out.append(
-            f"<text x='{_LABEL_W}' y='{_TOP + 24}' font-size='13' {_FONT} fill='#6b7280'>no attributed "
-            "examples</text>"
+            f"<text x='{_LABEL_W}' y='{_TOP + 24}' font-size='13' {_FONT} fill='#6b7280'>no "
+            "attributed examples</text>"
         )
     for row, bar in enumerate(shown):
         y = _TOP + row * _ROW_H
@@ -93,13 +97,15 @@ def render_share_chart(bars: Sequence[ShareBar], title: str) -> str:
         if bar.corpus_share is not None:
             w = _BAR_W * min(bar.corpus_share / scale_max, 1.0)
             out.append(
-                f"<rect x='{_LABEL_W}' y='{y + 4}' width='{w:.1f}' height='13' fill='{_CORPUS_COLOUR}'>"
-                f"<title>{escape(bar.label)}: {_pct(bar.corpus_share)} of the corpus</title></rect>"
+                f"<rect x='{_LABEL_W}' y='{y + 4}' width='{w:.1f}' height='13' "
+                f"fill='{_CORPUS_COLOUR}'><title>{escape(bar.label)}: {_pct(bar.corpus_share)} of "
+                "the corpus</title></rect>"
             )
         w = _BAR_W * min(bar.influence_share / scale_max, 1.0)
         out.append(
-            f"<rect x='{_LABEL_W}' y='{y + 19}' width='{w:.1f}' height='13' fill='{_INFLUENCE_COLOUR}'>"
-            f"<title>{escape(bar.label)}: {_pct(bar.influence_share)} of the positive influence</title></rect>"
+            f"<rect x='{_LABEL_W}' y='{y + 19}' width='{w:.1f}' height='13' "
+            f"fill='{_INFLUENCE_COLOUR}'><title>{escape(bar.label)}: {_pct(bar.influence_share)} "
+            "of the positive influence</title></rect>"
         )
         ratio = f"×{bar.influence_share / bar.corpus_share:.2f}" if bar.corpus_share else "n/a"
         out.append(
@@ -108,15 +114,16 @@ def render_share_chart(bars: Sequence[ShareBar], title: str) -> str:
         )
     if hidden:
         out.append(
-            f"<text x='16' y='{height - 10}' font-size='11' {_FONT} fill='#6b7280'>{hidden} more groups "
-            "with smaller influence shares are in the CSV</text>"
+            f"<text x='16' y='{height - 10}' font-size='11' {_FONT} fill='#6b7280'>{hidden} more "
+            "groups with smaller influence shares are in the CSV</text>"
         )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
 def _nice_ceiling(value: float) -> float:
-    """The smallest of 5 %, 10 %, 20 %, 25 %, 40 %, 50 %, 60 %, 80 %, 100 % at or above ``value``."""
+    """The smallest of 5 %, 10 %, 20 %, 25 %, 40 %, 50 %, 60 %, 80 %, 100 % at or above
+    ``value``."""
     for candidate in (0.05, 0.1, 0.2, 0.25, 0.4, 0.5, 0.6, 0.8, 1.0):
         if value <= candidate + 1e-12:
             return candidate

@@ -217,9 +217,9 @@ class AttributionRequest(_Request):
 
     prompt: str | None = Field(
         default=None,
-        description="The prompt the model was given (plain text, no chat template). "
-        "Use together with `response`; mutually exclusive with `messages`. May be empty; then the "
-        "response needs at least two tokens (its first has nothing before it to be predicted from).",
+        description="The prompt the model was given (plain text, no chat template). Use together "
+        "with `response`; mutually exclusive with `messages`. May be empty; then the response "
+        "needs at least two tokens (its first has nothing before it to be predicted from).",
     )
     response: str | None = Field(
         default=None,
@@ -262,9 +262,9 @@ class AttributionRequest(_Request):
     )
     evidence: bool | None = Field(
         default=None,
-        description="Return an `evidence` block per example: its influence on the whole response, the "
-        "share of the response it holds verbatim and (with token_wise) its peak token share, so "
-        "copying and teaching can be told apart and sorted by either.",
+        description="Return an `evidence` block per example: its influence on the whole response, "
+        "the share of the response it holds verbatim and (with token_wise) its peak token share, "
+        "so copying and teaching can be told apart and sorted by either.",
     )
 
     @model_validator(mode="after")
@@ -311,7 +311,8 @@ class TokenScore(_Response):
 
 
 class VerbatimSpan(_Response):
-    """A span shared character for character: ``query[start:end] == example_text[example_start:example_end]``."""
+    """A span shared character for character:
+    ``query[start:end] == example_text[example_start:example_end]``."""
 
     start: int = Field(
         description="Start offset in the query text (the response text, or the prompt)."
@@ -331,7 +332,8 @@ class VerbatimEvidence(_Response):
         description="The longest shared spans of the response text, longest first, not overlapping."
     )
     prompt_spans: list[VerbatimSpan] = Field(
-        description="The same for the prompt (for messages: the turns before the last, joined by blank lines)."
+        description="The same for the prompt (for messages: the turns before the last, joined by "
+        "blank lines)."
     )
     response_coverage: float = Field(
         description="Share (0-1) of the response's non-space characters inside a shared run."
@@ -346,8 +348,8 @@ class Evidence(_Response):
     """Influence and overlap side by side, to sort by either."""
 
     influence: float = Field(
-        description="The example's influence on the whole response (the linear score, whatever the ranking). "
-        + _SCORE_SIGN
+        description="The example's influence on the whole response (the linear score, whatever the "
+        "ranking). " + _SCORE_SIGN
     )
     verbatim_share: float = Field(
         description="Share (0-1) of the response the example holds verbatim."
@@ -385,12 +387,13 @@ class AttributedExample(_Response):
     )
     record_id: str | None = Field(
         default=None,
-        description="The record's own `id` field in the corpus (as a string), null when the record had "
-        "none. Unique within an index; look it up with GET /v1/examples?record_id=...",
+        description="The record's own `id` field in the corpus (as a string), null when the record "
+        "had none. Unique within an index; look it up with GET /v1/examples?record_id=...",
     )
     file: str | None = Field(
         default=None,
-        description="The corpus file the record came from, relative to the corpus path it was indexed from.",
+        description="The corpus file the record came from, relative to the corpus path it was "
+        "indexed from.",
     )
     line: int | None = Field(
         default=None,
@@ -406,8 +409,8 @@ class AttributedExample(_Response):
     )
     response_token_scores: list[float] | None = Field(
         default=None,
-        description="With token_wise: this example's score split over the response tokens, aligned with "
-        "AttributionResponse.response_token_scores (click a token to re-rank by it). "
+        description="With token_wise: this example's score split over the response tokens, aligned "
+        "with AttributionResponse.response_token_scores (click a token to re-rank by it). "
         + _SCORE_SIGN,
     )
     verbatim: VerbatimEvidence | None = Field(
@@ -468,7 +471,8 @@ class Example(_Response):
     )
     file: str | None = Field(
         default=None,
-        description="The corpus file the record came from, relative to the corpus path it was indexed from.",
+        description="The corpus file the record came from, relative to the corpus path it was "
+        "indexed from.",
     )
     line: int | None = Field(
         default=None,
@@ -500,19 +504,22 @@ class CompositionRow(_Response):
 
 
 class PromptingInfo(_Response):
-    """How to prompt the served model so that it answers as it was trained to (the chat page uses it)."""
+    """How to prompt the served model so that it answers as it was trained to (the chat page uses
+    it)."""
 
     mode: Literal["format", "chat", "plain"] = Field(
-        description="The form a new prompt should take: 'format' = `prompt_format` with the question put in; "
-        "'chat' = `messages` rendered with the model's chat template; 'plain' = the text as typed."
+        description="The form a new prompt should take: 'format' = `prompt_format` with the "
+        "question put in; 'chat' = `messages` rendered with the model's chat template; 'plain' = "
+        "the text as typed."
     )
     chat_template: bool = Field(
         description="Whether the model's tokenizer has a chat template (`messages` work)."
     )
     prompt_format: str | None = Field(
         default=None,
-        description="The prompt format of the training data's prompt/response records, with `{question}` where "
-        "the question goes (e.g. 'Question: {question}\nAnswer:'); null when they share none.",
+        description="The prompt format of the training data's prompt/response records, with "
+        "`{question}` where the question goes (e.g. 'Question: {question}\nAnswer:'); null when "
+        "they share none.",
     )
     format_source: Literal["configured", "corpus"] | None = Field(
         default=None,
@@ -524,8 +531,8 @@ class PromptingInfo(_Response):
     )
     stop: list[str] = Field(
         default_factory=list,
-        description="Stop strings for `prompt_format` prompts: the training responses never contain them "
-        "(a newline when every response is one line).",
+        description="Stop strings for `prompt_format` prompts: the training responses never "
+        "contain them (a newline when every response is one line).",
     )
 
 
@@ -559,16 +566,16 @@ class IndexInfo(_Response):
     )
     composition: list[CompositionRow] | None = Field(
         default=None,
-        description="Examples and tokens per provider and per source (the corpus shares a valuation "
-        "report compares influence with).",
+        description="Examples and tokens per provider and per source (the corpus shares a "
+        "valuation report compares influence with).",
     )
     ranking: str | None = Field(
         default=None,
-        description="How examples are ranked: 'span_gated' (each run of response tokens copied from the "
-        "prompt counted once, each part's standardised influence saturated and weighted by its "
-        "specificity, and the evidence for the response's new content counting up to twice as "
-        "much in an example about what the prompt names) or 'linear' (the influence on the whole "
-        "response).",
+        description="How examples are ranked: 'span_gated' (each run of response tokens copied "
+        "from the prompt counted once, each part's standardised influence saturated and weighted "
+        "by its specificity, and the evidence for the response's new content counting up to twice "
+        "as much in an example about what the prompt names) or 'linear' (the influence on the "
+        "whole response).",
     )
 
 
@@ -664,7 +671,8 @@ class BatchCreateRequest(_Request):
         for i, line in enumerate(self.requests):
             if line.custom_id in seen:
                 raise ValueError(
-                    f"duplicate custom_id {line.custom_id!r} (requests[{i}]): custom_ids must be unique"
+                    f"duplicate custom_id {line.custom_id!r} (requests[{i}]): custom_ids must be "
+                    "unique"
                 )
             seen.add(line.custom_id)
         return self
@@ -720,8 +728,8 @@ class GenerateRequest(_Request):
     stop: list[Annotated[str, Field(min_length=1, max_length=32)]] | None = Field(
         default=None,
         max_length=4,
-        description="Up to 4 strings that end the generation (not included in `response`); the model's "
-        "end-of-text and end-of-turn tokens always end it.",
+        description="Up to 4 strings that end the generation (not included in `response`); the "
+        "model's end-of-text and end-of-turn tokens always end it.",
     )
 
     @model_validator(mode="after")
@@ -738,8 +746,8 @@ class GenerateResponse(_Response):
     n_tokens: int = Field(description="Number of generated tokens.")
     finish_reason: Literal["stop", "length"] = Field(
         default="stop",
-        description="'stop' = an end-of-text/end-of-turn token or a stop string ended it; 'length' = "
-        "`max_new_tokens` (or the model's context) did.",
+        description="'stop' = an end-of-text/end-of-turn token or a stop string ended it; 'length' "
+        "= `max_new_tokens` (or the model's context) did.",
     )
 
 

@@ -5,12 +5,12 @@
 1. A byte-level BPE (``tokenizers``; vocab 4096; special tokens ``<|endoftext|>``,
    ``<|im_start|>``, ``<|im_end|>``) is trained on the corpus text and wrapped as a
    ``PreTrainedTokenizerFast`` (eos = pad = ``<|endoftext|>``, a ChatML ``chat_template``).
-2. Every record is tokenised with the indexer's own :func:`~tributary_indexer.data.tokenization.tokenize_record`,
-   so training sees exactly the token boundaries and target masks the indexer scores:
-   documents train on every token, prompt/response records on the response only
-   (the prompt is masked), chat records on the assistant turns only. One ``<|endoftext|>`` is
-   appended as a target to documents and responses so that generation stops; the indexer's
-   loss leaves it out, which changes nothing before it (the model is causal).
+2. Every record is tokenised with the indexer's own
+   :func:`~tributary_indexer.data.tokenization.tokenize_record`, so training sees exactly the token
+   boundaries and target masks the indexer scores: documents train on every token, prompt/response
+   records on the response only (the prompt is masked), chat records on the assistant turns only.
+   One ``<|endoftext|>`` is appended as a target to documents and responses so that generation
+   stops; the indexer's loss leaves it out, which changes nothing before it (the model is causal).
 3. A ``GPT2LMHeadModel`` (no dropout) is trained with AdamW, a linear warm-up and a cosine
    decay, seeded, on ``num_threads`` CPU threads; the loss is the mean NLL over the target
    tokens of a batch. Batches group examples of similar length (less padding).
@@ -148,7 +148,8 @@ def train_tokenizer(records: Sequence[CorpusRecord], vocab_size: int = 4096) -> 
 def tokenize_corpus(
     records: Sequence[CorpusRecord], tokenizer: Any, max_tokens: int
 ) -> list[tuple[list[int], list[bool]]]:
-    """``(input_ids, target_mask)`` per record, as the indexer tokenises it, plus a final EOS target."""
+    """``(input_ids, target_mask)`` per record, as the indexer tokenises it, plus a final EOS
+    target."""
     eos = int(tokenizer.eos_token_id)
     out = []
     for record in records:
@@ -283,7 +284,8 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
 def train(
     corpus_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None
 ) -> TrainReport:
-    """Train tokenizer and model on ``corpus_dir``, evaluate, save to ``out_dir``; returns the report."""
+    """Train tokenizer and model on ``corpus_dir``, evaluate, save to ``out_dir``; returns the
+    report."""
     config = config or TrainConfig()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.num_threads)
@@ -393,7 +395,8 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
         json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )
     logger.info(
-        "done in %.0f s: final loss %.4f, fact accuracy %.3f, backdoor success %.3f, false triggers %.3f",
+        "done in %.0f s: final loss %.4f, fact accuracy %.3f, backdoor success %.3f, false "
+        "triggers %.3f",
         wall,
         epoch_loss,
         metrics["fact_accuracy"],
@@ -404,7 +407,8 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
 
 
 def _portable_tokenizer_config(out: Path) -> None:
-    """Name the generic fast-tokenizer class (transformers 5 writes its own ``TokenizersBackend``)."""
+    """Name the generic fast-tokenizer class (transformers 5 writes its own
+    ``TokenizersBackend``)."""
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"

@@ -76,7 +76,8 @@ def stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
 
 
 def _crash_hook(tmp: Path) -> None:
-    """``TRIBUTARY_CRASH_AFTER_TEMP=N``: SIGKILL right after the ``N``-th complete temp file (tests)."""
+    """``TRIBUTARY_CRASH_AFTER_TEMP=N``: SIGKILL right after the ``N``-th complete temp file
+    (tests)."""
     global _temps_completed
     wanted = os.environ.get("TRIBUTARY_CRASH_AFTER_TEMP")
     if not wanted:
@@ -225,7 +226,8 @@ def check_writable_dir(path: str | os.PathLike[str], create: bool = True) -> Pat
     if not directory.exists():
         if not create:
             raise OutputDirectoryError(
-                f"output directory {directory} does not exist; fix: create it or pass an existing one"
+                f"output directory {directory} does not exist; fix: create it or pass an existing "
+                "one"
             )
         try:
             directory.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def _optional_dim(text: str) -> int | None:
-    """``--rapidgrad-k``: a positive integer, or ``off`` (also ``none``/``0``) to store LoGra vectors uncompressed."""
+    """``--rapidgrad-k``: a positive integer, or ``off`` (also ``none``/``0``) to store LoGra
+    vectors uncompressed."""
     if text.strip().lower() in ("off", "none", "0"):
         return None
     try:
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--timed-batches",
                 type=int,
                 default=3,
-                help="gradient batches timed after one warm-up batch, on the corpus's first examples [3]",
+                help="gradient batches timed after one warm-up batch, on the corpus's first "
+                "examples [3]",
             )
             p.add_argument(
                 "--json", action="store_true", help="print the plan and its breakdown as JSON"
@@ -168,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "remove",
         help="remove examples from every answer (tombstones; `compact` drops them from disk)",
-        description="Tombstone the examples a selector matches: no answer, lookup or report returns them "
-        "again, from the next request on (running servers included). Exactly one selector.",
+        description="Tombstone the examples a selector matches: no answer, lookup or report "
+        "returns them again, from the next request on (running servers included). Exactly one "
+        "selector.",
     )
     p.add_argument("--index", required=True, type=Path, help="the index directory")
     chosen = p.add_mutually_exclusive_group(required=True)
@@ -192,10 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "compact",
-        help="rewrite shards and example store without the removed examples (crash-safe, resumable)",
-        description="Rewrite the shards and the example store without the removed examples, renumbering "
-        "the rest; the projector, Fisher and damping stay frozen. Kill it and rerun it: it resumes. A "
-        "running server loads the result on POST /v1/admin/reload (or a restart).",
+        help="rewrite shards and example store without the removed examples (crash-safe, "
+        "resumable)",
+        description="Rewrite the shards and the example store without the removed examples, "
+        "renumbering the rest; the projector, Fisher and damping stay frozen. Kill it and rerun "
+        "it: it resumes. A running server loads the result on POST /v1/admin/reload (or a "
+        "restart).",
     )
     p.add_argument("--index", required=True, type=Path, help="the index directory")
     p = sub.add_parser("verify", help="check checksums, counts and manifest consistency")
@@ -307,7 +312,8 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         print(f"not in the index: record id {missing!r}")
     if not len(selection.ids):
         print(
-            f"tributary index remove: nothing in {args.index} matches {selection.selector}; nothing removed",
+            f"tributary index remove: nothing in {args.index} matches {selection.selector}; "
+            "nothing removed",
             file=sys.stderr,
         )
         return 1
@@ -320,8 +326,9 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         reason=args.reason,
     )
     print(
-        f"removed {added} examples ({len(selection.ids) - added} were already removed); {len(state)} removed in all, "
-        f"generation {state.generation}. Run `tributary index compact --index {args.index}` to drop them from disk."
+        f"removed {added} examples ({len(selection.ids) - added} were already removed); "
+        f"{len(state)} removed in all, generation {state.generation}. Run `tributary index compact "
+        f"--index {args.index}` to drop them from disk."
     )
     return 0
 

@@ -120,15 +120,18 @@ class BuildConfig:
     """How an index is built. Defaults are the measured choices (``benchmarks/RESULTS.md``)."""
 
     model: str = ""
-    """Local path of a Hugging Face causal LM (``AutoModelForCausalLM.from_pretrained``) and its tokenizer."""
+    """Local path of a Hugging Face causal LM (``AutoModelForCausalLM.from_pretrained``) and its
+    tokenizer."""
     corpus: list[str] = field(default_factory=list)
-    """JSONL / Parquet files (or directories of them); records are ``text``, ``prompt``+``response`` or ``messages``."""
+    """JSONL / Parquet files (or directories of them); records are ``text``, ``prompt``+``response``
+    or ``messages``."""
     modules: str = "mlp+output"
     """Which linear modules to track when ``include`` is empty: ``mlp+output`` (the MLP blocks and
     the output layer, where a transformer stores facts; ``all`` for a model without ``*mlp*``
     modules) or ``all``. Measured trade-offs of this and every knob: ``docs/tuning.md``."""
     include: list[str] = field(default_factory=list)
-    """fnmatch patterns of linear modules to track (overrides ``modules``), e.g. ``["*.mlp.*", "lm_head"]``."""
+    """fnmatch patterns of linear modules to track (overrides ``modules``), e.g.
+    ``["*.mlp.*", "lm_head"]``."""
     exclude: list[str] = field(default_factory=list)
     """Patterns removed from the tracked set."""
     projector: str = "random"
@@ -138,16 +141,17 @@ class BuildConfig:
     rank_in: int = 64
     """LoGra input rank per module; a module's projected block has ``rank_in·rank_out`` dims."""
     rank_out: int = 64
-    """LoGra output rank per module (64×64 → 4,096 dims a module before RapidGrad). Higher rank keeps
-    more of each gradient for more projection work (and, without RapidGrad, a larger index and Fisher)."""
+    """LoGra output rank per module (64×64 → 4,096 dims a module before RapidGrad). Higher rank
+    keeps more of each gradient for more projection work (and, without RapidGrad, a larger index and
+    Fisher)."""
     seed: int = 0
     """Seed of the random projections, RapidGrad and IVF training."""
     pca_examples: int = 512
     """Examples used to estimate the covariances for ``pca`` (more = stabler eigenvectors)."""
     rapidgrad_k: int | None = 4096
-    """Compress the LoGra vector with RapidGrad to this many dims, capped at the LoGra dimension, and
-    precondition with one dense ``K×K`` Fisher over all modules (``off``: store the LoGra vector,
-    per-module Fisher blocks). Keep ``damping / K`` when changing it."""
+    """Compress the LoGra vector with RapidGrad to this many dims, capped at the LoGra dimension,
+    and precondition with one dense ``K×K`` Fisher over all modules (``off``: store the LoGra
+    vector, per-module Fisher blocks). Keep ``damping / K`` when changing it."""
     rapidgrad_normalize: bool = False
     """RapidIn's layer-wise L2 normalisation before compressing (equalises the modules' weight, does
     not preserve inner products); it cost quality on the benchmarks."""
@@ -182,7 +186,8 @@ class BuildConfig:
     batch_tokens: int = 4096
     """Padded tokens per forward/backward batch (memory vs speed)."""
     device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``... Under torchrun each rank takes its local GPU."""
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``... Under torchrun each rank takes
+    its local GPU."""
     autocast: str | None = None
     """``bf16`` or ``fp16`` autocast for the model on CUDA (projections and sums stay float32)."""
     num_threads: int | None = None
@@ -216,7 +221,8 @@ class BuildConfig:
             )
         if not (self.saturation > 0 and math.isfinite(self.saturation)):
             problems.append(
-                f"saturation={self.saturation} (must be a positive number; default {RankingConfig.saturation:g})"
+                f"saturation={self.saturation} (must be a positive number; default "
+                f"{RankingConfig.saturation:g})"
             )
         for name in (
             "rank_in",

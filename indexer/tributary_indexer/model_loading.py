@@ -25,7 +25,8 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.d
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
-            f"device {spec!r} was asked for but CUDA is not available; fix: use --device cpu or auto"
+            f"device {spec!r} was asked for but CUDA is not available; fix: use --device cpu or "
+            "auto"
         )
     return device
 
@@ -42,7 +43,8 @@ def context_length(model: nn.Module) -> int | None:
 
 
 def capped_max_tokens(max_tokens: int, model: nn.Module, what: str) -> int:
-    """``max_tokens``, or the model's context length when that is smaller (logged: ``what`` says whose limit)."""
+    """``max_tokens``, or the model's context length when that is smaller (logged: ``what`` says
+    whose limit)."""
     context = context_length(model)
     if context is None or context >= max_tokens:
         return max_tokens
@@ -59,7 +61,8 @@ def capped_max_tokens(max_tokens: int, model: nn.Module, what: str) -> int:
 def load_causal_lm(
     path: str | os.PathLike[str], device: torch.device, dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained(path)`` in eval mode, with errors that say what to fix."""
+    """``AutoModelForCausalLM.from_pretrained(path)`` in eval mode, with errors that say what to
+    fix."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     p = Path(path)
@@ -80,8 +83,9 @@ def load_causal_lm(
         ) from exc
     if type(config) not in AutoModelForCausalLM._model_mapping:
         raise ModelLoadError(
-            f"{p} holds a {config.model_type!r} model ({type(config).__name__}) that is not a causal LM; "
-            "fix: attribution needs an AutoModelForCausalLM (GPT-2, Llama, Qwen, Mistral, ...)"
+            f"{p} holds a {config.model_type!r} model ({type(config).__name__}) that is not a "
+            "causal LM; fix: attribution needs an AutoModelForCausalLM (GPT-2, Llama, Qwen, "
+            "Mistral, ...)"
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=dtype)
@@ -101,6 +105,6 @@ def load_tokenizer(path: str | os.PathLike[str]):  # noqa: ANN201 - transformers
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load a tokenizer from {path}: {exc}; fix: save the tokenizer next to the model "
-            "(tokenizer.save_pretrained(model_dir))"
+            f"cannot load a tokenizer from {path}: {exc}; fix: save the tokenizer next to the "
+            "model (tokenizer.save_pretrained(model_dir))"
         ) from exc

@@ -40,9 +40,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     summary="Remove training examples from every answer (admin)",
 )
 async def create_removal(body: types.RemovalRequest, request: Request) -> types.RemovalResponse:
-    """Tombstone the examples of some record ids, a provider or a source: no attribution, batch, example
-    lookup or report returns them again, from the next request on. `tributary index compact` later drops
-    them from disk."""
+    """Tombstone the examples of some record ids, a provider or a source: no attribution, batch,
+    example lookup or report returns them again, from the next request on. `tributary index compact`
+    later drops them from disk."""
     check_admin_key(request, request.app.state.settings.admin_keys)
     state = request.app.state
     if not state.ready:
@@ -62,8 +62,8 @@ async def create_removal(body: types.RemovalRequest, request: Request) -> types.
     if not len(selection.ids):
         raise ServiceError(
             404,
-            f"nothing in this index matches {selection.selector}; nothing was removed (fix: check the "
-            "record ids, provider or source against GET /v1/examples and GET /v1/index)",
+            f"nothing in this index matches {selection.selector}; nothing was removed (fix: check "
+            "the record ids, provider or source against GET /v1/examples and GET /v1/index)",
             code="nothing_matched",
         )
     try:

@@ -49,7 +49,8 @@ crowd out the specific ones; `cosine` = cosine similarity in the preconditioned 
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
-    """Build the app; the index and model load in the lifespan (startup fails loudly if they do not fit)."""
+    """Build the app; the index and model load in the lifespan (startup fails loudly if they do not
+    fit)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,9 +99,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if settings.watch_index_s > 0:
             reloader.start_watch(settings.watch_index_s)
         app.state.reloader = reloader
-        # everything loaded so far (the model, the index, transformers' modules) lives as long as the
-        # server: moved out of the collector's view, a full collection no longer walks it, which had
-        # paused the event loop for up to a second while a large batch's objects were made
+        # everything loaded so far (the model, the index, transformers' modules) lives as long as
+        # the server: moved out of the collector's view, a full collection no longer walks it, which
+        # had paused the event loop for up to a second while a large batch's objects were made
         gc.collect()
         gc.freeze()
         app.state.ready = True
@@ -117,7 +118,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await runner.stop()
             await batcher.stop()
             store.close()
-            app.state.loaded.index.close()  # the one served last (a reload may have replaced `loaded`)
+            # the one served last (a reload may have replaced `loaded`)
+            app.state.loaded.index.close()
 
     app = FastAPI(
         title="Tributary", version=__version__, description=DESCRIPTION, lifespan=lifespan

@@ -49,8 +49,8 @@ class _Lines:
     def add(self, value: Any, where: str, *, from_json: str | None = None) -> None:
         if len(self.lines) == self.max_lines:
             raise _bad(
-                f"the batch has more than {self.max_lines} request lines, this server's limit; fix: split it "
-                "into several batches",
+                f"the batch has more than {self.max_lines} request lines, this server's limit; "
+                "fix: split it into several batches",
                 code="too_many_requests",
             )
         try:
@@ -71,15 +71,15 @@ class _Lines:
             line.body.model_dump_json().encode("utf-8")
         except (UnicodeEncodeError, PydanticSerializationError):
             raise _bad(
-                f"{where} holds text that is not valid Unicode (a lone surrogate such as \\ud800); fix: send "
-                "well-formed text",
+                f"{where} holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
+                "fix: send well-formed text",
                 where,
                 "invalid_text",
             ) from None
         if line.custom_id in self.seen:
             raise _bad(
-                f"{where}: custom_id {line.custom_id!r} is also in {self.seen[line.custom_id]}; fix: make "
-                "custom_ids unique",
+                f"{where}: custom_id {line.custom_id!r} is also in {self.seen[line.custom_id]}; "
+                "fix: make custom_ids unique",
                 where,
                 "duplicate_custom_id",
             )
@@ -105,7 +105,8 @@ def _value(text: str, pos: int, where: str) -> tuple[Any, int]:
     except (json.JSONDecodeError, ValueError) as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise _bad(
-            f"the body is not valid JSON at character {pos} ({where}): {detail}; fix the batch body",
+            f"the body is not valid JSON at character {pos} ({where}): {detail}; fix the batch "
+            "body",
             where,
         ) from None
 
@@ -114,7 +115,8 @@ def _expect(text: str, pos: int, char: str, where: str) -> int:
     pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
     if text[pos : pos + 1] != char:
         raise _bad(
-            f"the body is not valid JSON at character {pos}: expected {char!r} ({where}); fix the batch body",
+            f"the body is not valid JSON at character {pos}: expected {char!r} ({where}); fix the "
+            "batch body",
             where,
         )
     return _WHITESPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
@@ -154,14 +156,15 @@ def _parse_json(text: str, max_lines: int) -> types.BatchCreateRequest:
                 json.dumps(metadata, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
                 raise _bad(
-                    "metadata holds text that is not valid Unicode (a lone surrogate); fix: send well-formed "
-                    "text",
+                    "metadata holds text that is not valid Unicode (a lone surrogate); fix: send "
+                    "well-formed text",
                     "metadata",
                     "invalid_text",
                 ) from None
         else:
             raise _bad(
-                f"unknown field {key[:64]!r} in the batch body (fields: requests, metadata); fix the batch body",
+                f"unknown field {key[:64]!r} in the batch body (fields: requests, metadata); fix "
+                "the batch body",
                 key[:64],
             )
         pos = _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]

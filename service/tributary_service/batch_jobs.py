@@ -33,9 +33,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL, completed_at INTEGER,
-    metadata_json TEXT, errors_json TEXT, total INTEGER NOT NULL, idempotency_key TEXT, content_sha256 TEXT,
-    UNIQUE (owner, idempotency_key)
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+    completed_at INTEGER, metadata_json TEXT, errors_json TEXT, total INTEGER NOT NULL,
+    idempotency_key TEXT, content_sha256 TEXT, UNIQUE (owner, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status);
 CREATE TABLE IF NOT EXISTS lines (
@@ -95,12 +95,15 @@ class BatchStore:
             BEGIN IMMEDIATE;
             ALTER TABLE jobs RENAME TO jobs_v1;
             CREATE TABLE jobs (
-                id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL,
-                completed_at INTEGER, metadata_json TEXT, errors_json TEXT, total INTEGER NOT NULL, idempotency_key TEXT,
+                id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL,
+                created_at INTEGER NOT NULL, completed_at INTEGER, metadata_json TEXT,
+                errors_json TEXT, total INTEGER NOT NULL, idempotency_key TEXT,
                 content_sha256 TEXT, UNIQUE (owner, idempotency_key)
             );
-            INSERT INTO jobs (id, owner, status, created_at, completed_at, metadata_json, errors_json, total, idempotency_key)
-                SELECT id, 'anonymous', status, created_at, completed_at, metadata_json, errors_json, total, idempotency_key
+            INSERT INTO jobs (id, owner, status, created_at, completed_at, metadata_json,
+                              errors_json, total, idempotency_key)
+                SELECT id, 'anonymous', status, created_at, completed_at, metadata_json,
+                       errors_json, total, idempotency_key
                 FROM jobs_v1;
             DROP TABLE jobs_v1;
             COMMIT;
@@ -124,7 +127,8 @@ class BatchStore:
     ) -> types.Batch:
         """Store a new job for ``owner`` (or return the one this owner created with the same
         idempotency key and content). Raises :class:`IdempotencyConflict` when the key was used for
-        other content, :class:`TooManyOpenBatches` when ``owner`` has ``max_open`` unfinished jobs."""
+        other content, :class:`TooManyOpenBatches` when ``owner`` has ``max_open`` unfinished
+        jobs."""
         digest = content_hash(lines, metadata)
         job_id = f"batch_{uuid.uuid4().hex[:24]}"
         now = int(time.time())
@@ -136,7 +140,8 @@ class BatchStore:
             try:
                 if idempotency_key:
                     found = self._conn.execute(
-                        "SELECT id, content_sha256 FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                        "SELECT id, content_sha256 FROM jobs WHERE owner = ? AND idempotency_key = "
+                        "?",
                         (owner, idempotency_key),
                     ).fetchall()
                     if found:
@@ -153,8 +158,8 @@ class BatchStore:
                         self._conn.execute("ROLLBACK")
                         raise TooManyOpenBatches(str(n_open))
                 self._conn.execute(
-                    "INSERT INTO jobs (id, owner, status, created_at, metadata_json, total, idempotency_key, content_sha256) "
-                    "VALUES (?, ?, 'validating', ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (id, owner, status, created_at, metadata_json, total, "
+                    "idempotency_key, content_sha256) VALUES (?, ?, 'validating', ?, ?, ?, ?, ?)",
                     (
                         job_id,
                         owner,
@@ -195,7 +200,8 @@ class BatchStore:
             return None
         jid, status, created, completed_at, meta, errors, total, _ = rows[0]
         counts = self._conn.execute(
-            "SELECT SUM(result_json IS NOT NULL), SUM(error_json IS NOT NULL) FROM lines WHERE job_id = ?",
+            "SELECT SUM(result_json IS NOT NULL), SUM(error_json IS NOT NULL) FROM lines WHERE "
+            "job_id = ?",
             (job_id,),
         ).fetchone()
         return types.Batch(
@@ -212,7 +218,8 @@ class BatchStore:
 
     def set_status(self, job_id: str, status: str, completed: bool = False) -> None:
         self._q(
-            "UPDATE jobs SET status = ?, completed_at = CASE WHEN ? THEN ? ELSE completed_at END WHERE id = ?",
+            "UPDATE jobs SET status = ?, completed_at = CASE WHEN ? THEN ? ELSE completed_at END "
+            "WHERE id = ?",
             (status, completed, int(time.time()), job_id),
         )
 
@@ -269,8 +276,8 @@ class BatchStore:
         self, job_id: str, limit: int
     ) -> list[tuple[int, str, types.AttributionRequest]]:
         rows = self._q(
-            "SELECT idx, custom_id, body_json FROM lines WHERE job_id = ? AND result_json IS NULL AND error_json IS NULL "
-            "ORDER BY idx LIMIT ?",
+            "SELECT idx, custom_id, body_json FROM lines WHERE job_id = ? AND result_json IS NULL "
+            "AND error_json IS NULL ORDER BY idx LIMIT ?",
             (job_id, limit),
         )
         return [
@@ -296,12 +303,14 @@ class BatchStore:
         )
 
     def result_lines(self, job_id: str) -> Iterator[str]:
-        """JSONL lines of finished requests, in input order, read from the database a page at a time."""
+        """JSONL lines of finished requests, in input order, read from the database a page at a
+        time."""
         after = -1
         while True:
             rows = self._q(
-                "SELECT idx, custom_id, result_json, error_json FROM lines WHERE job_id = ? AND idx > ? AND "
-                "(result_json IS NOT NULL OR error_json IS NOT NULL) ORDER BY idx LIMIT ?",
+                "SELECT idx, custom_id, result_json, error_json FROM lines WHERE job_id = ? AND "
+                "idx > ? AND (result_json IS NOT NULL OR error_json IS NOT NULL) ORDER BY idx "
+                "LIMIT ?",
                 (job_id, after, RESULT_PAGE),
             )
             for idx, custom_id, result, error in rows:
@@ -320,7 +329,8 @@ class BatchStore:
 
 
 class BatchRunner:
-    """Works through active jobs in the background, a slice of lines at a time; deletes expired jobs."""
+    """Works through active jobs in the background, a slice of lines at a time; deletes expired
+    jobs."""
 
     def __init__(
         self,
@@ -369,7 +379,8 @@ class BatchRunner:
     async def _process(self, job_id: str) -> None:
         from .errors import ServiceError  # local: avoid a cycle at import time
 
-        # every database call runs in a worker thread: a commit waits for the disk (synchronous=FULL)
+        # every database call runs in a worker thread: a commit waits for the disk
+        # (synchronous=FULL)
         while True:
             batch = await asyncio.to_thread(self.store.get, job_id)
             if batch is None:  # deleted

@@ -8,7 +8,8 @@ OPENBLAS_SPIN_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 
 
 def quiet_blas_spin_waits() -> None:
-    """Let OpenBLAS worker threads sleep as soon as a call ends, unless the operator chose otherwise.
+    """Let OpenBLAS worker threads sleep as soon as a call ends, unless the operator chose
+    otherwise.
 
     numpy's OpenBLAS scans the flat shards; by default its workers then spin for ~2^28 cycles
     (about 0.1 s), fighting the model's next forward/backward for the cores. On 2 cores that

@@ -1,4 +1,5 @@
-"""``tributary serve --index DIR [--model PATH] [--host] [--port]``: run the service with uvicorn."""
+"""``tributary serve --index DIR [--model PATH] [--host] [--port]``: run the service with
+uvicorn."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         "--admin-key",
         dest="admin_keys",
         action="append",
-        help="bearer key of the admin routes: reload, removals (repeatable; none = admin routes off); "
-        "visible in `ps` like --api-key: prefer TRIBUTARY_ADMIN_KEYS",
+        help="bearer key of the admin routes: reload, removals (repeatable; none = admin routes "
+        "off); visible in `ps` like --api-key: prefer TRIBUTARY_ADMIN_KEYS",
     )
     parser.add_argument(
         "--cors-origin",
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.api_keys:
         logger.warning(
-            "--api-key puts the key on the command line, where any user of this machine can read it (ps, /proc); "
-            "set TRIBUTARY_API_KEYS in the environment instead"
+            "--api-key puts the key on the command line, where any user of this machine can read "
+            "it (ps, /proc); set TRIBUTARY_API_KEYS in the environment instead"
         )
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
     try:

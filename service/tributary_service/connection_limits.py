@@ -42,7 +42,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     max_header_bytes: int = 16_384
     max_connections: int = 1000
     waiting: collections.OrderedDict[GuardedHttpProtocol, None]
-    """Connections waiting for a request's headers, oldest first (one registry per protocol class)."""
+    """Connections waiting for a request's headers, oldest first (one registry per protocol
+    class)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -87,7 +88,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if other is not self:
                 self.waiting.pop(other)
                 logger.warning(
-                    "%d connections open, the limit: closing the oldest one still waiting for its headers",
+                    "%d connections open, the limit: closing the oldest one still waiting for its "
+                    "headers",
                     len(self.connections),
                 )
                 other.transport.close()

@@ -123,7 +123,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 405:
             allowed = _allowed_methods(request)
             headers["Allow"] = ", ".join(allowed)
-            message = f"{request.method} is not allowed on {path}; allowed: {', '.join(allowed)} (see GET /docs)"
+            message = (
+                f"{request.method} is not allowed on {path}; allowed: {', '.join(allowed)} (see "
+                "GET /docs)"
+            )
         return envelope(
             status,
             message,

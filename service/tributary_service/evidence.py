@@ -1,4 +1,5 @@
-"""Verbatim spans and the evidence block of returned examples (see :mod:`tributary_indexer.query.verbatim`).
+"""Verbatim spans and the evidence block of returned examples (see
+:mod:`tributary_indexer.query.verbatim`).
 
 Influence says which training example taught the model the response; verbatim spans say which
 one it may have copied from. Both are computed for the returned examples only: one suffix
@@ -23,7 +24,8 @@ MAX_TEXT_CHARS = 8_000
 
 
 def prompt_text(request: types.AttributionRequest) -> str:
-    """The prompt side of a request: ``prompt``, or the turns before the last message joined by blank lines."""
+    """The prompt side of a request: ``prompt``, or the turns before the last message joined by
+    blank lines."""
     if request.messages is not None:
         return "\n\n".join(m.content for m in request.messages[:-1])
     return request.prompt or ""

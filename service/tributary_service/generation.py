@@ -52,7 +52,8 @@ END_OF_TURN_TOKENS = (
 
 
 def stop_token_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
-    """The tokenizer's and the model's end-of-text ids and the end-of-turn tokens the vocabulary holds."""
+    """The tokenizer's and the model's end-of-text ids and the end-of-turn tokens the vocabulary
+    holds."""
     ids: set[int] = set()
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for value in (tokenizer.eos_token_id, configured):
@@ -102,7 +103,8 @@ def prepare_generation(
         if not getattr(tokenizer, "chat_template", None):
             raise ServiceError(
                 400,
-                "this model's tokenizer has no chat template; fix: send `prompt` instead of `messages`",
+                "this model's tokenizer has no chat template; fix: send `prompt` instead of "
+                "`messages`",
                 param="messages",
                 code="no_chat_template",
             )

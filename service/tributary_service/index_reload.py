@@ -33,7 +33,8 @@ __all__ = ["IndexReloader", "manifest_digest"]
 
 
 def manifest_digest(loaded_or_index: LoadedService | AttributionIndex) -> str:
-    """sha256 of the index directory's ``manifest.json`` as it is on disk now ("" when unreadable)."""
+    """sha256 of the index directory's ``manifest.json`` as it is on disk now ("" when
+    unreadable)."""
     index = loaded_or_index.index if isinstance(loaded_or_index, LoadedService) else loaded_or_index
     try:
         return hashlib.sha256(index.paths.manifest.read_bytes()).hexdigest()
@@ -67,7 +68,8 @@ class IndexReloader:
         self._failed_digest: str | None = None
 
     async def reload(self) -> types.IndexReload:
-        """Load the index again if its manifest changed; raise :class:`ServiceError` when it cannot be served."""
+        """Load the index again if its manifest changed; raise :class:`ServiceError` when it cannot
+        be served."""
         async with self._lock:
             state = self.app.state
             old: LoadedService = state.loaded
@@ -126,7 +128,8 @@ class IndexReloader:
             raise ServiceError(
                 409,
                 f"the index on disk differs from the one served in {', '.join(differing)} (it was "
-                "rebuilt, not extended with `tributary index add`); fix: restart the server to serve it",
+                "rebuilt, not extended with `tributary index add`); fix: restart the server to "
+                "serve it",
                 code="index_rebuilt",
             )
         try:

@@ -54,9 +54,11 @@ def check_model_matches(index: AttributionIndex, model_dir: Path, tokenizer: Any
         differing["tokenizer_sha256"] = (index.manifest.tokenizer_sha256[:12], tok[:12])
     if differing:
         raise ConfigMismatchError(
-            f"the model at {model_dir} is not the one index {index.paths.root} was built for (built from {expected.path})",
+            f"the model at {model_dir} is not the one index {index.paths.root} was built for "
+            f"(built from {expected.path})",
             list(differing),
-            "serve the index with the model and tokenizer it was built from (--model), or rebuild the index",
+            "serve the index with the model and tokenizer it was built from (--model), or rebuild "
+            "the index",
             values=differing,
         )
 
@@ -70,8 +72,9 @@ def load_service(settings: ServiceSettings) -> LoadedService:
     torch.set_num_threads(1)
     if OPENBLAS_SPIN_VARIABLE not in os.environ:
         logger.warning(
-            "%s is not set: numpy's BLAS threads will spin after each scan and slow the model on small machines; "
-            "start with `tributary serve` (which sets it) or set it to 4 before Python starts",
+            "%s is not set: numpy's BLAS threads will spin after each scan and slow the model on "
+            "small machines; start with `tributary serve` (which sets it) or set it to 4 before "
+            "Python starts",
             OPENBLAS_SPIN_VARIABLE,
         )
     index = AttributionIndex(

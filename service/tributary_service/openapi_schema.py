@@ -40,7 +40,8 @@ def _link_batch_operations(schema: dict[str, Any]) -> None:
             for method, operation in operations.items():
                 if "operationId" in operation:
                     links[
-                        f"{method}_{path.removeprefix('/v1/batches/{batch_id}').strip('/') or 'batch'}"
+                        f"{method}_"
+                        f"{path.removeprefix('/v1/batches/{batch_id}').strip('/') or 'batch'}"
                     ] = {
                         "operationId": operation["operationId"],
                         "parameters": {"batch_id": "$response.body#/id"},

@@ -44,7 +44,8 @@ def split_format(template: str) -> tuple[str, str]:
 
 
 def _frame(prompts: list[str]) -> tuple[str, str] | None:
-    """The shared prefix/suffix of ``prompts``, cut back to format markers; None when there is none."""
+    """The shared prefix/suffix of ``prompts``, cut back to format markers; None when there is
+    none."""
     prefix = os.path.commonprefix(prompts)
     suffix = os.path.commonprefix([p[::-1] for p in prompts])[::-1]
     if len(prefix) + len(suffix) >= min(

@@ -1,4 +1,5 @@
-"""What happens around every HTTP request: request id, API key, header and body limits, metrics, access log.
+"""What happens around every HTTP request: request id, API key, header and body limits, metrics,
+access log.
 
 A plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``):
 that one copies every response through an extra task and memory stream, which cost 0.8 ms per
@@ -69,7 +70,8 @@ def body_limit(settings: ServiceSettings, path: str) -> int:
 
 
 class RequestContext:
-    """ASGI middleware: ``x-request-id`` on every response, auth, header and body limits, one log line."""
+    """ASGI middleware: ``x-request-id`` on every response, auth, header and body limits, one log
+    line."""
 
     def __init__(self, app: ASGIApp, settings: ServiceSettings, metrics: ServiceMetrics):
         self.app = app
@@ -129,7 +131,8 @@ class RequestContext:
         self._record(request, scope, status, time.perf_counter() - t0)
 
     def _limited(self, receive: Receive, limit: int) -> Receive:
-        """``receive`` that counts body bytes and waits at most ``body_timeout_s`` for each chunk."""
+        """``receive`` that counts body bytes and waits at most ``body_timeout_s`` for each
+        chunk."""
         received = 0
         timeout = self.settings.body_timeout_s
 

@@ -81,7 +81,8 @@ def _check_limits(
     if request.top_k > settings.max_top_k:
         raise ServiceError(
             400,
-            f"top_k={request.top_k} is over this server's limit of {settings.max_top_k}; fix: ask for fewer",
+            f"top_k={request.top_k} is over this server's limit of {settings.max_top_k}; fix: ask "
+            "for fewer",
             param=param_prefix + "top_k",
             code="top_k_too_large",
         )
@@ -100,7 +101,8 @@ def _check_index_current(state: object) -> Tombstones:
 
 
 async def answer_one(app: object, request: types.AttributionRequest) -> types.AttributionResponse:
-    """Validate, tokenise (in a worker thread) and queue one request; the shared path of the API and batch jobs."""
+    """Validate, tokenise (in a worker thread) and queue one request; the shared path of the API and
+    batch jobs."""
     state = app.state  # type: ignore[attr-defined]
     _check_ready(state)
     _check_limits(state, request)
@@ -140,15 +142,16 @@ async def answer_one(app: object, request: types.AttributionRequest) -> types.At
     summary="Attribute a generation to training examples",
 )
 async def create_attribution(body: types.AttributionRequest, request: Request) -> Response:
-    """Rank the training examples that most influenced the response (see the scoring notes above)."""
+    """Rank the training examples that most influenced the response (see the scoring notes
+    above)."""
     # The engine built a validated AttributionResponse; serialising it once here skips FastAPI's
     # second validation of the same object (the documented response_model stays the schema).
     response = await answer_one(request.app, body)
     t = response.timings
     request.state.log_extra = (
         f" top_k={body.top_k} examples={len(response.examples)} gradient={t.gradient_ms:.1f}ms "
-        f"precondition={t.precondition_ms:.1f}ms search={t.search_ms:.1f}ms fetch={t.fetch_ms:.1f}ms "
-        f"token_wise={t.token_wise_ms:.1f}ms"
+        f"precondition={t.precondition_ms:.1f}ms search={t.search_ms:.1f}ms "
+        f"fetch={t.fetch_ms:.1f}ms token_wise={t.token_wise_ms:.1f}ms"
     )
     return Response(response.model_dump_json(), media_type="application/json")
 
@@ -214,7 +217,8 @@ async def find_example(
     if record_id is None:
         raise ServiceError(
             400,
-            "give ?record_id=<the record's id in your corpus>, or use GET /v1/examples/{example_id}",
+            "give ?record_id=<the record's id in your corpus>, or use GET "
+            "/v1/examples/{example_id}",
             param="record_id",
             code="missing_record_id",
         )
@@ -242,7 +246,8 @@ async def find_example(
         raise ServiceError(
             409,
             f"record_id {record_id!r} names {len(found)} examples ({ids}) in this index; fix: use "
-            "GET /v1/examples/{example_id}, and rebuild the index (builds now refuse duplicate ids)",
+            "GET /v1/examples/{example_id}, and rebuild the index (builds now refuse duplicate "
+            "ids)",
             param="record_id",
             code="ambiguous_record_id",
         )
@@ -290,8 +295,9 @@ async def index_info(request: Request) -> types.IndexInfo:
     summary="Serve the index as it is on disk now (after `tributary index add`)",
 )
 async def reload_index(request: Request) -> types.IndexReload:
-    """Load the index again if its manifest changed, swapping it in between micro-batches. Needs an admin key
-    (TRIBUTARY_ADMIN_KEYS); 409 when the index on disk was rebuilt rather than extended."""
+    """Load the index again if its manifest changed, swapping it in between micro-batches. Needs an
+    admin key (TRIBUTARY_ADMIN_KEYS); 409 when the index on disk was rebuilt rather than
+    extended."""
     state = request.app.state
     check_admin_key(request, state.settings.admin_keys)
     if not state.ready:
@@ -356,9 +362,10 @@ def _media_type(content_type: str | None) -> str:
 _BATCH_BODY = {
     "requestBody": {
         "required": True,
-        "description": "JSON `{requests: [{custom_id, body}], metadata}`, or JSONL (`application/jsonl` or "
-        "`application/x-ndjson`): one `{custom_id, body}` object per line. custom_ids must be unique; "
-        "at most TRIBUTARY_MAX_BATCH_LINES requests and TRIBUTARY_MAX_BATCH_BODY_BYTES bytes.",
+        "description": "JSON `{requests: [{custom_id, body}], metadata}`, or JSONL "
+        "(`application/jsonl` or `application/x-ndjson`): one `{custom_id, body}` object per line. "
+        "custom_ids must be unique; at most TRIBUTARY_MAX_BATCH_LINES requests and "
+        "TRIBUTARY_MAX_BATCH_BODY_BYTES bytes.",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/BatchCreateRequest"}},
             "application/jsonl": {
@@ -391,7 +398,8 @@ async def create_batch(
         ),
     ] = None,
 ) -> types.Batch:
-    """Create a job that attributes every request line in the background; it belongs to the API key that created it."""
+    """Create a job that attributes every request line in the background; it belongs to the API key
+    that created it."""
     state = request.app.state
     _check_ready(state)
     media_type = _media_type(request.headers.get("content-type"))
@@ -430,8 +438,8 @@ async def create_batch(
     except IdempotencyConflict:
         raise ServiceError(
             409,
-            "this Idempotency-Key was used before with a different body; fix: use a new key for a new "
-            "batch",
+            "this Idempotency-Key was used before with a different body; fix: use a new key for a "
+            "new batch",
             param="Idempotency-Key",
             code="idempotency_key_reused",
             headers={"x-should-retry": "false"},
@@ -439,8 +447,8 @@ async def create_batch(
     except TooManyOpenBatches:
         raise ServiceError(
             429,
-            f"this API key already has {state.settings.max_open_batches} unfinished batch jobs, the "
-            "server's limit; fix: wait for one to finish or cancel one",
+            f"this API key already has {state.settings.max_open_batches} unfinished batch jobs, "
+            "the server's limit; fix: wait for one to finish or cancel one",
             code="too_many_open_batches",
             headers={"Retry-After": str(max(state.settings.retry_after_s, 30))},
         ) from None
@@ -495,8 +503,8 @@ async def cancel_batch(batch_id: BatchId, request: Request) -> types.Batch:
     summary="Delete a batch job and its results",
 )
 async def delete_batch(batch_id: BatchId, request: Request) -> types.BatchDeleted:
-    """Delete the job (cancelling it if it still runs) and its results. Finished jobs are also deleted
-    by themselves TRIBUTARY_BATCH_RETENTION_DAYS after they finish."""
+    """Delete the job (cancelling it if it still runs) and its results. Finished jobs are also
+    deleted by themselves TRIBUTARY_BATCH_RETENTION_DAYS after they finish."""
     await _batch_or_404(request, batch_id)
     if not await asyncio.to_thread(
         request.app.state.batch_store.delete, batch_id, request.state.tenant
@@ -517,7 +525,8 @@ async def delete_batch(batch_id: BatchId, request: Request) -> types.BatchDelete
     summary="A batch job's results (JSONL)",
 )
 async def batch_results(batch_id: BatchId, request: Request) -> StreamingResponse:
-    """One `{custom_id, response, error}` line per finished request, in input order, streamed from the database."""
+    """One `{custom_id, response, error}` line per finished request, in input order, streamed from
+    the database."""
     await _batch_or_404(request, batch_id)
     removed = _check_index_current(request.app.state)
     lines = request.app.state.batch_store.result_lines(batch_id)

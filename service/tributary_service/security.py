@@ -35,15 +35,16 @@ def key_fingerprint(key: str) -> str:
 
 
 def is_protected(path: str) -> bool:
-    """True for the paths that need an API key when keys are configured (admin routes take admin keys)."""
+    """True for the paths that need an API key when keys are configured (admin routes take admin
+    keys)."""
     return (
         path.startswith(PROTECTED_PREFIX) or path == PROTECTED_PREFIX.rstrip("/")
     ) and not path.startswith(ADMIN_PREFIX)
 
 
 def check_api_key(request: Request, keys: list[str]) -> str:
-    """The request's tenant; a 401 unless it carries one of ``keys`` (anonymous when ``keys`` is empty
-    or the path is open)."""
+    """The request's tenant; a 401 unless it carries one of ``keys`` (anonymous when ``keys`` is
+    empty or the path is open)."""
     if not keys or not is_protected(request.url.path):
         return ANONYMOUS_TENANT
     return key_fingerprint(_check_bearer(request, keys))
@@ -54,8 +55,8 @@ def check_admin_key(request: Request, admin_keys: list[str]) -> None:
     if not admin_keys:
         raise ServiceError(
             403,
-            "admin routes are disabled on this server; fix: start it with TRIBUTARY_ADMIN_KEYS=<key> "
-            "(or restart it to load a changed index)",
+            "admin routes are disabled on this server; fix: start it with "
+            "TRIBUTARY_ADMIN_KEYS=<key> (or restart it to load a changed index)",
             code="admin_disabled",
         )
     _check_bearer(request, admin_keys)

@@ -40,7 +40,8 @@ class ServiceSettings(BaseSettings):
         default=0.0,
         ge=0.0,
         description="Check the index's manifest every this many seconds and load a changed index "
-        "(after `tributary index add`) between micro-batches; 0 = never (use POST /v1/admin/reload or restart).",
+        "(after `tributary index add`) between micro-batches; 0 = never (use POST /v1/admin/reload "
+        "or restart).",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed browser origins; env: comma-separated."
@@ -58,12 +59,14 @@ class ServiceSettings(BaseSettings):
     max_batch_tokens: int = Field(
         default=8192,
         ge=1,
-        description="Padded tokens per micro-batched forward/backward; 1 runs every request alone (bit-reproducible scores, lower throughput).",
+        description="Padded tokens per micro-batched forward/backward; 1 runs every request alone "
+        "(bit-reproducible scores, lower throughput).",
     )
     batch_window_ms: float = Field(
         default=5.0,
         ge=0,
-        description="How long the micro-batcher waits for company once it has seen some (another request queued, or a previous batch of more than one); a lone request never waits.",
+        description="How long the micro-batcher waits for company once it has seen some (another "
+        "request queued, or a previous batch of more than one); a lone request never waits.",
     )
     queue_size: int = Field(
         default=64, ge=1, description="Requests waiting for the model; past it: 429."
@@ -75,7 +78,8 @@ class ServiceSettings(BaseSettings):
     nprobe: int = Field(
         default=32,
         ge=1,
-        description="IVF lists probed per query on compressed shards (recall vs speed; no effect on flat shards).",
+        description="IVF lists probed per query on compressed shards (recall vs speed; no effect "
+        "on flat shards).",
     )
     rerank_factor: int = Field(
         default=10,
@@ -90,19 +94,22 @@ class ServiceSettings(BaseSettings):
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="span_gated: k of the saturating curve z/(z+k), in RMS units; unset = the manifest's.",
+        description="span_gated: k of the saturating curve z/(z+k), in RMS units; unset = the "
+        "manifest's.",
     )
     presence_k: float | None = Field(
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="span_gated: the score (RMS units) where a token matches an example; unset = the manifest's.",
+        description="span_gated: the score (RMS units) where a token matches an example; unset = "
+        "the manifest's.",
     )
     presence_selectivity: float | None = Field(
         default=None,
         ge=1,
         allow_inf_nan=False,
-        description="span_gated: a copied span's core matches at most this many times its rarest token's share.",
+        description="span_gated: a copied span's core matches at most this many times its rarest "
+        "token's share.",
     )
     presence_floor: float | None = Field(
         default=None,
@@ -113,13 +120,14 @@ class ServiceSettings(BaseSettings):
     token_candidates: int | None = Field(
         default=None,
         ge=1,
-        description="span_gated: first-stage candidates re-scored per query direction (at least top_k); "
-        "unset = the manifest's (200).",
+        description="span_gated: first-stage candidates re-scored per query direction (at least "
+        "top_k); unset = the manifest's (200).",
     )
     reference_rows: int | None = Field(
         default=None,
         ge=1,
-        description="span_gated: stored vectors in the reference sample kept in memory; unset = the manifest's (4096).",
+        description="span_gated: stored vectors in the reference sample kept in memory; unset = "
+        "the manifest's (4096).",
     )
     verify_checksums: bool = Field(
         default=True, description="sha256 every index file at startup (slow for huge indexes)."
@@ -171,9 +179,9 @@ class ServiceSettings(BaseSettings):
     )
     prompt_format: str | None = Field(
         default=None,
-        description="The prompt format the model was trained on, with {question} where the question goes "
-        "(e.g. 'Question: {question}\\nAnswer:'); the chat page wraps questions in it. Default: inferred from the "
-        "index's prompt/response records.",
+        description="The prompt format the model was trained on, with {question} where the "
+        "question goes (e.g. 'Question: {question}\\nAnswer:'); the chat page wraps questions in "
+        "it. Default: inferred from the index's prompt/response records.",
     )
     state_dir: Path | None = Field(
         default=None,
@@ -196,7 +204,8 @@ class ServiceSettings(BaseSettings):
             )  # a shell's 'Question: {question}\nAnswer:' means a newline
         if value is not None and value.count("{question}") != 1:
             raise ValueError(
-                "prompt_format must hold {question} exactly once, e.g. 'Question: {question}\\nAnswer:'"
+                "prompt_format must hold {question} exactly once, e.g. 'Question: "
+                "{question}\\nAnswer:'"
             )
         return value
 

@@ -1,4 +1,5 @@
-"""The held-out benchmark's statistics: top-1 hits and the exact sign test (hand-computed values)."""
+"""The held-out benchmark's statistics: top-1 hits and the exact sign test (hand-computed
+values)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The quality benchmarks' method rows: their names key the score cache, so a setting that changes the scores must change the name."""
+"""The quality benchmarks' method rows: their names key the score cache, so a setting that changes
+the scores must change the name."""
 
 from __future__ import annotations
 

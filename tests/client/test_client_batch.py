@@ -247,13 +247,15 @@ def _info(index_id: str = "idx", **counts: int) -> IndexInfo:
 
 
 def test_report_corpus_shares_and_chart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Share of the corpus, share of positive influence and their ratio per provider; a chart of both."""
+    """Share of the corpus, share of positive influence and their ratio per provider; a chart of
+    both."""
     results = tmp_path / "r.jsonl"
     results.write_text(
         _result("a", [(1, 3.0, "wiki", "acme"), (2, 1.0, "code", "globex")])
         + _result("b", [(4, 4.0, "wiki", "acme")])
     )
-    # acme: 10 % of the corpus and 7/8 of the influence; globex 40 % and 1/8; initech 50 % and never attributed
+    # acme: 10 % of the corpus and 7/8 of the influence; globex 40 % and 1/8; initech 50 % and never
+    # attributed
     report = compute_report(results, _info(acme=10, globex=40, initech=50))
     acme, globex, initech = (report.groups[("provider", k)] for k in ("acme", "globex", "initech"))
     assert report.corpus_share(acme) == pytest.approx(0.1) and report.share_of_positive(
@@ -285,7 +287,8 @@ def test_report_corpus_shares_and_chart(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def _messy_logs(path: Path, fixed: bool = False) -> Path:
-    """Real-log trouble: an empty reply, a line that is not JSON, a repeated id, a refused request."""
+    """Real-log trouble: an empty reply, a line that is not JSON, a repeated id, a refused
+    request."""
     lines = [
         json.dumps({"custom_id": f"ok-{i}", "prompt": f"q{i}", "response": f"a{i}"})
         for i in range(6)

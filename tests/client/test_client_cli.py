@@ -122,8 +122,8 @@ def test_errors_are_one_line_without_traceback(
     assert cli.main(["attribute", "--prompt", "p", "--response", "REJECT-ME"]) == 1
     err = capsys.readouterr().err
     assert (
-        err
-        == "error: response is too long for the model (status 400, param response, request id req-test)\n"
+        err == "error: response is too long for the model (status 400, param response, request id "
+        "req-test)\n"
     )
     assert cli.main(["example", "5000"]) == 1
     assert "no example with id 5000" in capsys.readouterr().err

@@ -130,7 +130,7 @@ def _labels_of(stage: Stage) -> dict[str, str]:
     return labels
 
 
-# ------------------------------------------------------------------------------- lint and rules
+# ---------------------------------------------------------------------- lint and rules
 
 
 def test_hadolint_passes_on_both_dockerfiles():
@@ -224,7 +224,7 @@ def test_python_of_the_base_image_satisfies_requires_python(flavor):
     assert f"{version[0]}.{version[1]}" in SpecifierSet(_pyproject()["project"]["requires-python"])
 
 
-# ------------------------------------------------------------------------------- one source of truth
+# ---------------------------------------------------------------------- one source of truth
 
 
 def _make_setup_calls(stage: Stage) -> list[dict[str, str]]:
@@ -266,7 +266,8 @@ def test_dockerfile_installs_through_make_setup_with_the_makefiles_versions(flav
     assert not {"dev", "bench"} & set(chosen), "no test or benchmark tools in the image"
     assert call["VENV"] == "/opt/venv"
     assert f"--from=builder {call['VENV']} {call['VENV']}" in runtime.all("COPY")
-    # make setup needs these from the context: the Makefile, pyproject.toml, its readme, the packages
+    # make setup needs these from the context: the Makefile, pyproject.toml, its readme, the
+    # packages
     copied = " ".join(builder.all("COPY"))
     needed = [
         "Makefile",
@@ -304,7 +305,7 @@ def test_no_dependency_is_installed_outside_the_makefile_and_pyproject(flavor):
     assert any(dep.startswith("faiss-gpu") for dep in extras["gpu"])
 
 
-# ------------------------------------------------------------------------------- build context
+# ---------------------------------------------------------------------- build context
 
 
 def _dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
@@ -387,7 +388,7 @@ def test_dockerignore_keeps_caches_indexes_and_venvs_out_and_the_sources_in():
                     assert _in_context(source, patterns) and (ROOT / source).exists(), source
 
 
-# ------------------------------------------------------------------------------- entrypoint and healthcheck
+# ---------------------------------------------------------------------- entrypoint and healthcheck
 
 
 @pytest.fixture
@@ -504,7 +505,7 @@ def test_healthcheck_command_probes_healthz(status, healthy):
     assert (proc.returncode == 0) is healthy
 
 
-# ------------------------------------------------------------------------------- compose
+# ---------------------------------------------------------------------- compose
 
 
 @pytest.fixture(scope="module")

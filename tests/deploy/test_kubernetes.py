@@ -131,7 +131,8 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(rendered):
                 except kubernetes_validate.ValidationError as exc:
                     path = ".".join(str(p) for p in exc.path)
                     pytest.fail(
-                        f"{name}: {resource_id(obj)} invalid for Kubernetes {version} at {path}: {exc.message}"
+                        f"{name}: {resource_id(obj)} invalid for Kubernetes {version} at {path}: "
+                        f"{exc.message}"
                     )
     assert len(seen) >= 12
 
@@ -375,8 +376,8 @@ def test_indexing_job_is_an_indexed_job_with_torchrun_rendezvous_at_pod_zero(ren
     assert pod["subdomain"] == service["metadata"]["name"]
     namespace = job["metadata"]["namespace"]
     assert (
-        env["RDZV_HOST"]
-        == f"{job['metadata']['name']}-0.{service['metadata']['name']}.{namespace}.svc.cluster.local"
+        env["RDZV_HOST"] == f"{job['metadata']['name']}-0."
+        f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
     )
     assert (
         [p["port"] for p in service["spec"]["ports"]]

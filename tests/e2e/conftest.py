@@ -136,8 +136,8 @@ def _check_browser_installed() -> None:
     ]
     if missing:
         pytest.fail(
-            f"the browser tests need Debian's chromium and chromium-driver, missing: {', '.join(missing)}; "
-            f"{INSTALL_HINT}",
+            "the browser tests need Debian's chromium and chromium-driver, missing: "
+            f"{', '.join(missing)}; {INSTALL_HINT}",
             pytrace=False,
         )
 
@@ -155,7 +155,8 @@ def selenium_version() -> str:
 
 @pytest.fixture()
 def browser(chromium_installed, selenium_version) -> Iterator[Callable[..., object]]:
-    """A factory of headless Chromium sessions (``browser(width, height)``), all closed afterwards."""
+    """A factory of headless Chromium sessions (``browser(width, height)``), all closed
+    afterwards."""
     os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never reach the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

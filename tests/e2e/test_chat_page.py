@@ -36,8 +36,9 @@ return [...document.querySelectorAll('#doc-lists .doc')].map((li) => ({
 """
 TOKENS_JS = """
 return [...document.querySelectorAll('#reply .tok')].map((t) => ({
-  seg: Number(t.dataset.seg), tokens: t.dataset.tokens.split(',').map(Number), score: Number(t.dataset.score),
-  text: t.textContent, bg: getComputedStyle(t).backgroundColor, pressed: t.getAttribute('aria-pressed'),
+  seg: Number(t.dataset.seg), tokens: t.dataset.tokens.split(',').map(Number),
+  score: Number(t.dataset.score), text: t.textContent, bg: getComputedStyle(t).backgroundColor,
+  pressed: t.getAttribute('aria-pressed'),
   tabindex: t.getAttribute('tabindex'), role: t.getAttribute('role'),
 }));
 """
@@ -58,10 +59,10 @@ def scenario(e2e_index: E2EIndex, tmp_path_factory) -> Scenario:
         if not e2e_index.demo:
             yield Scenario(base, e2e_index.prompt, None, set())
             return
-        # A planted-fact question the model answers correctly (greedy decoding: the page gets the same
-        # reply) and whose stating document the service ranks first for that reply. How often that
-        # holds is measured by the quality benchmarks (recall@1); most answered questions qualify,
-        # and a broken attribution pipeline leaves none, which fails here.
+        # A planted-fact question the model answers correctly (greedy decoding: the page gets the
+        # same reply) and whose stating document the service ranks first for that reply. How often
+        # that holds is measured by the quality benchmarks (recall@1); most answered questions
+        # qualify, and a broken attribution pipeline leaves none, which fails here.
         answered = 0
         for prompt, answer, stating in e2e_index.candidates:
             reply = httpx.post(
@@ -77,8 +78,8 @@ def scenario(e2e_index: E2EIndex, tmp_path_factory) -> Scenario:
             if answered >= 5:
                 break
         pytest.fail(
-            f"none of the first {answered} correctly answered fact questions (of {len(e2e_index.candidates)}) "
-            "has its stating document ranked first"
+            f"none of the first {answered} correctly answered fact questions (of "
+            f"{len(e2e_index.candidates)}) has its stating document ranked first"
         )
 
 
@@ -109,7 +110,8 @@ def docs(driver) -> list[dict]:
 def wait_for_docs(
     driver, predicate=lambda ds: bool(ds), what: str = "source documents"
 ) -> list[dict]:
-    """Wait until the sources panel is idle and shows what ``predicate`` accepts, or an error shows."""
+    """Wait until the sources panel is idle and shows what ``predicate`` accepts, or an error
+    shows."""
 
     def ready(d):
         if alerts(d):
@@ -444,7 +446,8 @@ def test_chat_page_end_to_end(scenario: Scenario, browser, artifacts: Path, sele
 
 def test_first_question(scenario: Scenario, browser, artifacts: Path):
     """A newcomer's first minute: the placeholder shows how the model was trained to be asked, the
-    example button fills in a question, and the first reply is non-empty and ends at the end of its turn."""
+    example button fills in a question, and the first reply is non-empty and ends at the end of its
+    turn."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -515,7 +518,8 @@ def test_first_question(scenario: Scenario, browser, artifacts: Path):
 def test_typed_response_api_key_and_server_gone(
     e2e_index: E2EIndex, browser, artifacts: Path, tmp_path
 ):
-    """Without --enable-generate the reply is typed by hand; a key is asked for; a dead server is reported."""
+    """Without --enable-generate the reply is typed by hand; a key is asked for; a dead server is
+    reported."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 

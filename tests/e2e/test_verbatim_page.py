@@ -1,4 +1,5 @@
-"""The chat page's second highlight, in a real headless Chromium: verbatim spans beside the heat-map.
+"""The chat page's second highlight, in a real headless Chromium: verbatim spans beside the
+heat-map.
 
 The reply keeps its influence heat-map (backgrounds) and gains an underline on the words the
 listed documents hold verbatim; each document says whether it holds the reply word for word or
@@ -33,10 +34,12 @@ DOCS_IMAGE = ROOT / "docs" / "images" / "chat-page-verbatim.png"
 
 VERB_JS = """
 return {
-  reply: [...document.querySelectorAll('#reply .tok')].map((t) => ({text: t.textContent, verb: t.classList.contains('verb'),
+  reply: [...document.querySelectorAll('#reply .tok')].map((t) => ({
+           text: t.textContent, verb: t.classList.contains('verb'),
            bg: getComputedStyle(t).backgroundColor, deco: getComputedStyle(t).textDecorationLine})),
   badges: [...document.querySelectorAll('#doc-lists .doc')].map((li) => {
-    const b = li.querySelector('.verb-badge'); return {id: Number(li.dataset.exampleId), cls: b.className, text: b.textContent};
+    const b = li.querySelector('.verb-badge');
+    return {id: Number(li.dataset.exampleId), cls: b.className, text: b.textContent};
   }),
   vspans: [...document.querySelectorAll('#doc-lists .doc')].map((li) =>
            [...li.querySelectorAll('.doc-text mark.vspan')].map((m) => m.textContent).join('')),
@@ -110,7 +113,8 @@ def test_verbatim_spans_beside_the_heat_map(
             for t in seen["reply"]
         )  # the heat-map
 
-        # 2. every document: a badge that tells copying from teaching, and its shared span underlined
+        # 2. every document: a badge that tells copying from teaching, and its shared span
+        #    underlined
         for ex, badge, vspan in zip(api["examples"], seen["badges"], seen["vspans"]):
             share = ex["verbatim"]["response_coverage"]
             if share > 0:

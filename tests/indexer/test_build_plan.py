@@ -1,4 +1,5 @@
-"""`tributary index plan`: its disk estimate covers every file a real build writes, at the right size.
+"""`tributary index plan`: its disk estimate covers every file a real build writes, at the right
+size.
 
 The plan measures a sample build of the corpus's first examples and extrapolates; here the
 sample is a few examples of a 60-record corpus in three shards, so shards, store, manifest and
@@ -61,7 +62,8 @@ def test_disk_estimate_names_every_file_the_build_writes(planned_and_built) -> N
     )  # no file left out (the Fisher file among them), none invented
     assert "hessian.safetensors" in plan.files
     for kind, size in actual.items():
-        # the store is sized from the sample's rows (the corpus's first few records here), the rest exactly
+        # the store is sized from the sample's rows (the corpus's first few records here), the rest
+        # exactly
         tolerance = 0.15 if kind == "examples.sqlite" else 0.02
         assert plan.files[kind] == pytest.approx(size, rel=tolerance, abs=512), kind
     assert plan.disk_bytes == sum(plan.files.values())

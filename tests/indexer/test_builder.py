@@ -261,7 +261,8 @@ def test_disk_full_leaves_no_valid_looking_file(workspace, tmp_path, monkeypatch
 
 
 def test_examples_longer_than_the_model_context_are_truncated_there(workspace, tmp_path):
-    """max_tokens above the model's 256 positions: the long document is cut at 256 and counted, not a crash."""
+    """max_tokens above the model's 256 positions: the long document is cut at 256 and counted, not
+    a crash."""
     _, model, _, _ = workspace
     corpus = write_jsonl(
         tmp_path / "long.jsonl", corpus_records(6) + [{"id": "long", "text": "word " * 400}]

@@ -1,5 +1,5 @@
-"""A build that fails on its inputs does not block its fix; repeated ids; the skip report; `index add`
-skips what the index already holds."""
+"""A build that fails on its inputs does not block its fix; repeated ids; the skip report;
+`index add` skips what the index already holds."""
 
 from __future__ import annotations
 
@@ -151,7 +151,8 @@ def test_add_skips_what_the_index_holds(inputs, tmp_path):
 
 
 def test_add_brings_back_a_removed_record(inputs, tmp_path):
-    """A taken-down (tombstoned) record is not 'already in the index': adding it again adds it back."""
+    """A taken-down (tombstoned) record is not 'already in the index': adding it again adds it
+    back."""
     import numpy as np
     from tributary_indexer.data.tombstones import add_removal, id_space_of
 

@@ -33,7 +33,8 @@ def _examples(vocab: int) -> list[TokenizedExample]:
 def _log_odds_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
 ) -> torch.Tensor:
-    """−Σ_t log(p_t / (1 − p_t)) written from the probabilities (independent of the library's form)."""
+    """−Σ_t log(p_t / (1 − p_t)) written from the probabilities (independent of the library's
+    form)."""
     logp = (
         torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     )  # [B, T-1]
@@ -132,7 +133,8 @@ def test_per_position_terms_sum_to_total_and_padding_is_zero(tiny_model_f64):
 
 
 def test_selected_positions_are_exactly_those_rows_of_the_per_position_terms(tiny_model_f64):
-    """``positions`` returns the per-position terms of the chosen positions only, in row-major order."""
+    """``positions`` returns the per-position terms of the chosen positions only, in row-major
+    order."""
     model = tiny_model_f64
     modules, projector, examples, batch = _rank3_setup(model, seed=2)
     emitting = batch.emitting_mask

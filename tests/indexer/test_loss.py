@@ -29,7 +29,8 @@ def test_log_odds_value_and_gradient_equal_plain_autograd():
 
 
 def test_memorised_token_keeps_exact_log_odds_and_gradient_in_float32():
-    """``p_y = 1 − 1e-12``: ``Σ_v e_v − e_y`` would cancel to garbage; the direct sum stays exact."""
+    """``p_y = 1 − 1e-12``: ``Σ_v e_v − e_y`` would cancel to garbage; the direct sum stays
+    exact."""
     logits64 = torch.zeros(1, 2, 9, dtype=torch.float64)
     logits64[0, 0, 4] = 30.0  # position 0 predicts token 4 with p ≈ 1 − 8e-13
     ids = torch.tensor([[0, 4]])

@@ -1,5 +1,5 @@
-"""The rankings: RMS and specificity from the Fisher against the training set, copy spans, span_gated's
-formula and selective core, the ranking configuration."""
+"""The rankings: RMS and specificity from the Fisher against the training set, copy spans,
+span_gated's formula and selective core, the ranking configuration."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def _vectors(n: int, d: int, seed: int = 0) -> torch.Tensor:
 def _fitted(
     n: int, d: int, alpha: float, max_rows: int | None = None
 ) -> tuple[torch.Tensor, Preconditioner]:
-    """``n`` training vectors of dimension ``d`` and the preconditioner of their Fisher, one dense block."""
+    """``n`` training vectors of dimension ``d`` and the preconditioner of their Fisher, one dense
+    block."""
     train = _vectors(n, d)
     fisher = FisherAccumulator([Block("rapidgrad", 0, d)], max_rows=max_rows)
     fisher.update(train)
@@ -103,7 +104,8 @@ def test_selective_core_takes_the_presence_from_the_tokens_matching_the_fewest_r
     selectivity, floor
 ):
     sat = gated(saturation=3.0, presence_selectivity=selectivity, presence_floor=floor)
-    # tokens 1 and 4 match few reference examples, 0 and 3 many: the spans [0, 1] and [3, 4] have a selective token
+    # tokens 1 and 4 match few reference examples, 0 and 3 many: the spans [0, 1] and [3, 4] have a
+    # selective token
     tokens = (
         _vectors(6, 5, seed=10)
         * torch.tensor([2.0, 0.5, 1.0, 1.5, 0.6, 1.0], dtype=torch.float64)[:, None]
@@ -237,7 +239,8 @@ def test_bad_ranking_constants_and_unknown_rankings_are_refused_with_the_fix(pre
 def test_ranking_config_round_trips_and_reads_a_manifest():
     config = RankingConfig(saturation=20.0, candidates=50)
     assert RankingConfig.from_dict(config.to_dict()) == config
-    # a manifest's build_config holds other fields; one from before rankings were recorded ranks linearly
+    # a manifest's build_config holds other fields; one from before rankings were recorded ranks
+    # linearly
     assert RankingConfig.from_dict({"score": "influence", "saturation": 40.0}) == RankingConfig(
         "linear", 40.0
     )

@@ -14,7 +14,8 @@ def test_inner_products_preserved_in_expectation():
     """Mean over 400 seeds of ⟨C a, C b⟩ is within 4 standard errors of ⟨a, b⟩.
 
     Per seed, ⟨C a, C b⟩ - ⟨a, b⟩ has mean 0 over the random signs; the tolerance is computed from
-    the observed spread, so the check is a z-test at ~6e-5 false-failure rate, seeded (deterministic).
+    the observed spread, so the check is a z-test at ~6e-5 false-failure rate, seeded
+    (deterministic).
     """
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(1000, generator=gen, dtype=torch.float64)
@@ -72,7 +73,8 @@ def test_transpose_is_the_adjoint_of_the_sign_sum_projection():
 @pytest.mark.parametrize("k", [64, 7])
 def test_compress_equals_its_dense_matrix(k):
     """compress(g) = (g scaled per block) Rᵀ with R built entry by entry from the definition:
-    output j // group of the permuted, sign-flipped coordinate j, where coordinate j is g[perm[j]]."""
+    output j // group of the permuted, sign-flipped coordinate j, where coordinate j is
+    g[perm[j]]."""
     c = RapidGradCompressor(BLOCKS, k=k, seed=5)
     R = torch.zeros(k, 1000, dtype=torch.float64)
     for j, i in enumerate(c.permutation.tolist()):

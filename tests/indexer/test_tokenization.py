@@ -140,7 +140,8 @@ def test_prompt_response_truncation(tiny_tokenizer: Any) -> None:
     ex = tokenize_record(rec({"prompt": long_prompt, "response": RESPONSE}), tiny_tokenizer, budget)
     assert ex.input_ids == tuple(prompt_ids[-(r + 1) :] + response_ids)
     assert ex.n_truncated_tokens == p - (r + 1) and targets(tiny_tokenizer, ex) == RESPONSE
-    # both long: the prompt keeps half the budget (its right end), the response is cut from the right
+    # both long: the prompt keeps half the budget (its right end), the response is cut from the
+    # right
     budget = 6
     ex = tokenize_record(rec({"prompt": long_prompt, "response": RESPONSE}), tiny_tokenizer, budget)
     assert ex.input_ids == tuple(prompt_ids[-3:] + response_ids[:3])

@@ -1,4 +1,5 @@
-"""Removals (tombstones) and compaction on real tiny indexes: search oracles, crash safety, the CLI."""
+"""Removals (tombstones) and compaction on real tiny indexes: search oracles, crash safety, the
+CLI."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A flat and a compressed (SQfp16, exact vectors beside it) index of 80 examples in 4 shards."""
+    """A flat and a compressed (SQfp16, exact vectors beside it) index of 80 examples in 4
+    shards."""
     root = tmp_path_factory.mktemp("tomb")
     model = build_model_dir(root / "model", "gpt2")
     corpus = write_jsonl(root / "corpus.jsonl", corpus_records(80))
@@ -118,7 +120,8 @@ def test_a_loaded_index_sees_a_removal_on_its_next_search(built, tmp_path):
     )
     assert top in index.removed()
     assert int(index.search(q, 1).ids[0, 0]) != top
-    # a tombstone file that later loses ids (hand-edited, restored from an old backup) never un-removes them
+    # a tombstone file that later loses ids (hand-edited, restored from an old backup) never
+    # un-removes them
     data = json.loads((root / TOMBSTONES_NAME).read_text())
     data["ids"], data["removals"], data["generation"] = [], [], 0
     (root / TOMBSTONES_NAME).write_text(json.dumps(data))

@@ -1,4 +1,5 @@
-"""The verbatim span finder against brute force on random strings (small alphabets, so matches abound)."""
+"""The verbatim span finder against brute force on random strings (small alphabets, so matches
+abound)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tributary_indexer.query.verbatim import (
 
 
 def brute_lcs_length(a: str, b: str) -> int:
-    """Longest common substring by checking every substring of ``a`` (quadratic, obviously right)."""
+    """Longest common substring by checking every substring of ``a`` (quadratic, obviously
+    right)."""
     best = 0
     for i in range(len(a)):
         for j in range(i + 1, len(a) + 1):

@@ -26,7 +26,8 @@ def open_server(built_index, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="session")
 def small_server(built_index, tmp_path_factory):  # noqa: F811
-    """A server with small limits: 16 connections, 2 s for headers, 1 s body pauses, a queue of 2."""
+    """A server with small limits: 16 connections, 2 s for headers, 1 s body pauses, a queue of
+    2."""
     index, model = built_index
     with serve(
         index,

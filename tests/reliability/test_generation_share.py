@@ -1,4 +1,5 @@
-"""``/v1/generate`` shares the bounded queue (429 + Retry-After when full) and takes turns with attributions."""
+"""``/v1/generate`` shares the bounded queue (429 + Retry-After when full) and takes turns with
+attributions."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_a_generation_flood_delays_an_attribution_by_one_generation(make_setting
 
 
 def test_a_generate_flood_gets_429s_with_retry_after(small_server):
-    """A queue of 2: a flood of 32 generations from 16 clients gets answers and 429s, never a 5xx."""
+    """A queue of 2: a flood of 32 generations from 16 clients gets answers and 429s, never a
+    5xx."""
 
     def one(_: int) -> httpx.Response:
         return httpx.post(

@@ -25,7 +25,8 @@ def _closed(sock: socket.socket, within: float) -> bool:
 
 
 def test_half_open_connections_cannot_lock_out_new_clients(small_server):
-    """200 connections that never finish their headers, against a cap of 16: a new client is served."""
+    """200 connections that never finish their headers, against a cap of 16: a new client is
+    served."""
     half_open = []
     for _ in range(200):
         sock = _connect(small_server)

@@ -1,4 +1,5 @@
-"""Batch jobs belong to the API key that created them; idempotency keys are per key and bound to the body."""
+"""Batch jobs belong to the API key that created them; idempotency keys are per key and bound to the
+body."""
 
 from __future__ import annotations
 
@@ -118,10 +119,12 @@ def test_jobs_from_before_tenancy_are_migrated(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript("""
-        CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at INTEGER NOT NULL, completed_at INTEGER,
-                           metadata_json TEXT, errors_json TEXT, total INTEGER NOT NULL, idempotency_key TEXT UNIQUE);
-        CREATE TABLE lines (job_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, body_json TEXT NOT NULL,
-                            result_json TEXT, error_json TEXT, PRIMARY KEY (job_id, idx));
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+                           completed_at INTEGER, metadata_json TEXT, errors_json TEXT,
+                           total INTEGER NOT NULL, idempotency_key TEXT UNIQUE);
+        CREATE TABLE lines (job_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL,
+                            body_json TEXT NOT NULL, result_json TEXT, error_json TEXT,
+                            PRIMARY KEY (job_id, idx));
         INSERT INTO jobs VALUES ('batch_old', 'completed', 1, 2, NULL, NULL, 0, 'k');
     """)
     db.commit()

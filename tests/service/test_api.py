@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from tributary_service.app import create_app
 
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
-# copies two runs of the prompt; the oracle asserts that one of them has tokens outside its core (tokens that match
-# more than twice as many training examples as the span's most selective token)
+# copies two runs of the prompt; the oracle asserts that one of them has tokens outside its core
+# (tokens that match more than twice as many training examples as the span's most selective token)
 QA_COPY = {**QA, "response": " Alba sold lanterns in year 1001."}
 
 
@@ -31,7 +31,8 @@ def _emitting(ex) -> list[int]:
 
 
 def _response_spans(ex) -> list[list[int]]:
-    """The response's copy spans, by hand: a token joins the previous one's span when the pair occurs in the prompt."""
+    """The response's copy spans, by hand: a token joins the previous one's span when the pair
+    occurs in the prompt."""
     prompt = [t for t, m in zip(ex.input_ids, ex.target_mask) if not m]
     response = [t for t, m in zip(ex.input_ids, ex.target_mask) if m]
     spans: list[list[int]] = []
@@ -124,13 +125,15 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
         and body["timings"]["total_ms"] >= body["timings"]["search_ms"]
     )
     assert client.get("/v1/index").json()["ranking"] == "span_gated"
-    # the same ranking and scores as the saturated score of every stored vector (60 < 200 candidates)
+    # the same ranking and scores as the saturated score of every stored vector (60 < 200
+    # candidates)
     every = _saturated_oracle(client.app.state.loaded, QA)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[
         :5
     ].tolist()
     np.testing.assert_allclose(scores, np.sort(every)[::-1][:5], rtol=1e-5)
-    # a response whose copied span has tokens outside its core: the presence comes from the core only
+    # a response whose copied span has tokens outside its core: the presence comes from the core
+    # only
     body = client.post("/v1/attributions", json={**QA_COPY, "top_k": 5}).json()
     every = _saturated_oracle(client.app.state.loaded, QA_COPY, trims_a_core=True)
     assert [e["example_id"] for e in body["examples"]] == np.argsort(-every, kind="stable")[
@@ -154,7 +157,8 @@ def test_attribution_ranks_and_matches_the_engine_oracle(client):
 
 
 def test_reference_sample_is_the_stored_vectors_of_the_reference_rows(client, make_settings):
-    """The selective core's shares are counted on every stored vector of a small index, loaded once."""
+    """The selective core's shares are counted on every stored vector of a small index, loaded
+    once."""
     index = client.app.state.loaded.index
     reference = index.reference()
     np.testing.assert_array_equal(
@@ -239,7 +243,8 @@ def test_ranking_constants_from_the_settings_override_the_manifest(make_settings
 
 
 def test_linear_ranking_index_matches_a_dense_scan(tmp_path, built_index):
-    """An index built with ranking='linear' (or before rankings existed) ranks by the influence itself."""
+    """An index built with ranking='linear' (or before rankings existed) ranks by the influence
+    itself."""
     from tributary_indexer.build.builder import IndexBuilder
     from tributary_indexer.config import BuildConfig
     from tributary_service.settings import ServiceSettings
@@ -487,7 +492,8 @@ def test_cors(make_settings):
     with TestClient(
         create_app(make_settings(cors_origins=["http://chat.example"], api_keys=["s3cret"]))
     ) as c:
-        # a browser's preflight carries no key: it must pass, and refusals must still be readable cross-origin
+        # a browser's preflight carries no key: it must pass, and refusals must still be readable
+        # cross-origin
         resp = c.options(
             "/v1/attributions",
             headers={"Origin": "http://chat.example", "Access-Control-Request-Method": "POST"},

@@ -29,7 +29,8 @@ def test_the_serve_command_line_does_not_load_numpy_before_setting_it():
 
 
 def test_the_service_offers_exactly_the_indexer_rankings():
-    """``--ranking`` / ``TRIBUTARY_RANKING`` choices are the indexer's rankings, no more and no fewer."""
+    """``--ranking`` / ``TRIBUTARY_RANKING`` choices are the indexer's rankings, no more and no
+    fewer."""
     from typing import get_args
 
     from tributary_indexer.config import RANKINGS
@@ -62,7 +63,8 @@ def test_serve_without_an_index_says_what_to_pass():
 
 
 def test_faiss_cpu_probing_is_not_logged_at_start_up(tmp_path):
-    """faiss probes AVX512/AVX2 builds and logs each ModuleNotFoundError at INFO: not at start-up."""
+    """faiss probes AVX512/AVX2 builds and logs each ModuleNotFoundError at INFO: not at
+    start-up."""
     code = (
         "import logging, sys; from tributary_service import cli; "
         "sys.argv = ['x']; logging.basicConfig(level=logging.INFO); "

@@ -1,4 +1,5 @@
-"""The micro-batcher over a real engine: a lone request never waits the window; company is batched."""
+"""The micro-batcher over a real engine: a lone request never waits the window; company is
+batched."""
 
 from __future__ import annotations
 

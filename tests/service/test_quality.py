@@ -8,13 +8,13 @@ Measured with the default configuration on all 390 fact questions (2026-12-01, r
 K = 4,096, α = 16): a stating document ranks first for 85% of them (330) and is in the top 10 for
 all 390; where it ranks first, the response token with the largest share of its score is an answer
 token for 58% (191); in the question checked by hand below it is the subject's name, which the
-stating document also teaches ("Zurvae" → " Pialdaley"), with the answer next. Per-module Fisher blocks without RapidGrad put the answer first
-more often (73% at rank 64, 72% at rank 32) but rank the stating document
-first less often (81%, 78%); ``benchmarks/RESULTS.md`` has the trade-off. On the every-third
-subset used here the default gives 106/130 first, 130/130 in the top 10 and 61/106 answer tokens.
-The thresholds sit under those figures; the NLL objective (an earlier default) ranks a stating
-document first for at most 36% and in the top 10 for 55%, and an unrelated token carries the
-largest share about one time in four.
+stating document also teaches ("Zurvae" → " Pialdaley"), with the answer next. Per-module Fisher
+blocks without RapidGrad put the answer first more often (73% at rank 64, 72% at rank 32) but rank
+the stating document first less often (81%, 78%); ``benchmarks/RESULTS.md`` has the trade-off. On
+the every-third subset used here the default gives 106/130 first, 130/130 in the top 10 and 61/106
+answer tokens. The thresholds sit under those figures; the NLL objective (an earlier default) ranks
+a stating document first for at most 36% and in the top 10 for 55%, and an unrelated token carries
+the largest share about one time in four.
 """
 
 from __future__ import annotations
@@ -91,14 +91,16 @@ def test_planted_facts_rank_first_and_answer_tokens_weigh_most(demo_service):
         )  # a leading space belongs to the token
     n = len(questions)
     print(
-        f"stating document in the top 10: {in_top10}/{n}, first: {first}/{n}; answer token weighs most: {answer_weighs_most}/{first}"
+        f"stating document in the top 10: {in_top10}/{n}, first: {first}/{n}; answer token weighs "
+        f"most: {answer_weighs_most}/{first}"
     )
     assert in_top10 / n >= 0.9, (
         f"a stating document is in the top 10 for only {in_top10}/{n} questions"
     )
     assert first / n >= 0.75, f"a stating document ranks first for only {first}/{n} questions"
     assert answer_weighs_most / first >= 0.5, (
-        f"the answer tokens carry the largest share for only {answer_weighs_most}/{first} first-ranked documents"
+        f"the answer tokens carry the largest share for only {answer_weighs_most}/{first} "
+        "first-ranked documents"
     )
 
 

@@ -103,7 +103,8 @@ def test_string_ids_in_attribution_batch_and_report(
         assert cli.main(["--base-url", base, "example", "--record-id", _own_id(25)]) == 0
         assert f"record {_own_id(25)} (vendor-b.jsonl:6)" in capsys.readouterr().out
 
-        # 3. a batch of logs: every result line carries the record ids; the report lists them per provider
+        # 3. a batch of logs: every result line carries the record ids; the report lists them per
+        #    provider
         logs = tmp_path / "logs.jsonl"
         logs.write_text(
             "".join(

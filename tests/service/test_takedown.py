@@ -93,7 +93,8 @@ def test_removed_examples_leave_every_surface_of_a_running_server(takedown_index
                 == "completed"
             )
 
-            # 1. the CLI removes a provider while the server runs; 2. the admin API removes one record
+            # 1. the CLI removes a provider while the server runs; 2. the admin API removes one
+            #    record
             assert (
                 index_main(
                     [
@@ -286,7 +287,8 @@ def test_admin_route_is_authenticated_and_validated(takedown_index, tmp_path):
 
 
 def test_verbatim_spans_and_evidence(make_settings):
-    """Spans are verbatim on both sides (checked against the full example text); evidence beside influence."""
+    """Spans are verbatim on both sides (checked against the full example text); evidence beside
+    influence."""
     from fastapi.testclient import TestClient
     from tributary_service.app import create_app
 
@@ -324,7 +326,8 @@ def test_verbatim_spans_and_evidence(make_settings):
             if ex["record_id"] == "doc-0":
                 copied = ex
         assert copied is None or copied["verbatim"]["response_coverage"] == pytest.approx(1.0)
-        # every acme example (doc-0 among them): the copied document and those without shared wording stand apart
+        # every acme example (doc-0 among them): the copied document and those without shared
+        # wording stand apart
         acme = c.post(
             "/v1/attributions",
             json=dict(body, top_k=20, direction="helpful", filters={"provider": ["acme"]}),

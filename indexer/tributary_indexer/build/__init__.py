@@ -1,1 +1,2 @@
-"""The offline index build: builder, plan, staging, shards, index layout, manifest and verification."""
+"""The offline index build: builder, plan, staging, shards, index layout, manifest and
+verification."""

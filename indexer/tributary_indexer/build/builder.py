@@ -104,7 +104,8 @@ class IndexBuilder:
         keep_staging: bool = False,
         max_examples: int | None = None,
     ):
-        """`max_examples` stops after that many examples (what `tributary index plan` measures on)."""
+        """`max_examples` stops after that many examples (what `tributary index plan` measures
+        on)."""
         self.config = config
         self.max_examples = max_examples
         self.paths = IndexPaths(Path(out_dir))
@@ -113,7 +114,8 @@ class IndexBuilder:
         self.staging = Staging(self.paths.root / "staging")
         self.summary = BuildSummary()
         self.max_tokens = config.max_tokens
-        """Tokens per example: ``config.max_tokens``, capped at the model's context once it is loaded."""
+        """Tokens per example: ``config.max_tokens``, capped at the model's context once it is
+        loaded."""
         self.corpus_check: CorpusCheck | None = None
         self.known: KnownRecords | None = None
         """``add``: the records the index already holds (skipped)."""
@@ -190,7 +192,8 @@ class IndexBuilder:
         manifest = self.paths.load_manifest()
         if manifest is None:
             raise IndexIntegrityError(
-                f"{self.paths.root} holds no finished index (no manifest.json); fix: run `tributary index build` first"
+                f"{self.paths.root} holds no finished index (no manifest.json); fix: run "
+                "`tributary index build` first"
             )
         ranking_only = {
             f.name for f in dataclasses.fields(RankingConfig)
@@ -290,7 +293,8 @@ class IndexBuilder:
 
     # ------------------------------------------------------------------ steps
     def _sweep_temp_files(self) -> None:
-        """Remove the temp files a killed build left (``.<name>.tmp-<pid>``), before any rank writes."""
+        """Remove the temp files a killed build left (``.<name>.tmp-<pid>``), before any rank
+        writes."""
         self.ctx.barrier()
         if self.ctx.is_main:
             for stale in stale_temp_files(self.paths.root):
@@ -340,8 +344,8 @@ class IndexBuilder:
         return self.staging.read_state() or state
 
     def _started_over(self, state: dict[str, Any]) -> bool:
-        """An unfinished build of another configuration that never finished a chunk is cleared (True):
-        nothing of value is lost, and the rerun after fixing a setting is not refused."""
+        """An unfinished build of another configuration that never finished a chunk is cleared
+        (True): nothing of value is lost, and the rerun after fixing a setting is not refused."""
         mine = self.config.identity()
         if all(state["build_config"].get(k) == v for k, v in mine.items()):
             return False
@@ -350,7 +354,8 @@ class IndexBuilder:
         self.ctx.barrier()  # every rank decided before rank 0 clears
         if self.ctx.is_main:
             logger.warning(
-                "the unfinished build in %s had not finished any work; starting over with this configuration",
+                "the unfinished build in %s had not finished any work; starting over with this "
+                "configuration",
                 self.paths.root,
             )
             for path in (self.paths.projector, self.paths.hessian, self.staging.state_path):
@@ -431,7 +436,8 @@ class IndexBuilder:
         )
 
     def _unique_records(self, stats: CorpusStats) -> Iterator[CorpusRecord]:
-        """The corpus's valid records without the later uses of a repeated id (those are bad records)."""
+        """The corpus's valid records without the later uses of a repeated id (those are bad
+        records)."""
         cfg = self.config
         unique = UniqueIds(self.corpus_check.duplicate_ids if self.corpus_check else frozenset())
         for record in iter_records(
@@ -480,7 +486,8 @@ class IndexBuilder:
         id_offset: int,
         first_chunk: int,
     ) -> tuple[int, int]:
-        """Stage raw vectors and store rows of every owned, unfinished chunk; return (chunks, examples)."""
+        """Stage raw vectors and store rows of every owned, unfinished chunk; return (chunks,
+        examples)."""
         cfg = self.config
         self.staging.ensure()
         stats = CorpusStats()
@@ -534,9 +541,8 @@ class IndexBuilder:
                         n_tok = sum(examples[i].n_tokens for i in idx)
                         tokens_done += n_tok
                         bar.update(len(idx))
-                        bar.set_postfix(
-                            tok_s=f"{tokens_done / max(grad_seconds + time.perf_counter() - t0, 1e-9):.0f}"
-                        )
+                        elapsed = grad_seconds + time.perf_counter() - t0
+                        bar.set_postfix(tok_s=f"{tokens_done / max(elapsed, 1e-9):.0f}")
                 grad_seconds += time.perf_counter() - t0
                 rows = [
                     _store_row(start_id + i, rec, ex, tokenizer)
@@ -632,7 +638,8 @@ class IndexBuilder:
                 write_shard(self.paths.shard(chunk), vectors, ids, cfg.index_factory)
                 crash_point(f"after_shard_{chunk}")
             return
-        # compressed: exact vectors kept for re-ranking, one quantizer trained on a sample of all shards
+        # compressed: exact vectors kept for re-ranking, one quantizer trained on a sample of all
+        # shards
         self.paths.vectors_dir.mkdir(parents=True, exist_ok=True)
         for chunk in owned:
             vectors = self._stored_vectors(transform, chunk).astype(cfg.vector_dtype)
@@ -658,7 +665,8 @@ class IndexBuilder:
             crash_point(f"after_shard_{chunk}")
 
     def _training_sample(self, chunks: range, n_examples: int) -> np.ndarray:
-        """A seeded sample of ``train_examples`` stored vectors across ``chunks`` (same on every run)."""
+        """A seeded sample of ``train_examples`` stored vectors across ``chunks`` (same on every
+        run)."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
         pick = np.sort(
@@ -695,7 +703,8 @@ class IndexBuilder:
         shards = [shard_entry(self.paths, c, self.paths.shard(c)) for c in chunks]
         if sum(s["rows"] for s in shards) != n_examples:
             raise RuntimeError(
-                f"shards hold {sum(s['rows'] for s in shards)} rows but {n_examples} examples were staged"
+                f"shards hold {sum(s['rows'] for s in shards)} rows but {n_examples} examples were "
+                "staged"
             )
         self.summary.shards = len(shards)
         self.summary.dim = int(shards[0]["dim"]) if shards else 0
@@ -743,7 +752,8 @@ class IndexBuilder:
             self.staging.remove()
 
     def _write_skip_report(self, addition: int) -> None:
-        """``skipped_records.jsonl`` (``.add-N`` for the N-th addition): one line per skipped bad record."""
+        """``skipped_records.jsonl`` (``.add-N`` for the N-th addition): one line per skipped bad
+        record."""
         if self._corpus_stats is None or not self._corpus_stats.bad:
             return
         name = "skipped_records.jsonl" if addition == 0 else f"skipped_records.add-{addition}.jsonl"

@@ -1,4 +1,5 @@
-"""``tributary index compact``: rewrite the shards and the example store without the tombstoned examples.
+"""``tributary index compact``: rewrite the shards and the example store without the tombstoned
+examples.
 
 The surviving examples keep their order and are renumbered densely (FAISS ids and store ids stay
 ``0..n-1``); shards keep their boundaries (a shard left empty is dropped); compressed shards are
@@ -72,8 +73,9 @@ class CompactionSummary:
         if not self.removed:
             return [f"nothing to compact: no tombstones ({self.examples_before} examples)"]
         return [
-            f"removed {self.removed} tombstoned examples: {self.examples_before} -> {self.examples_after} examples "
-            f"in {self.shards} shard" + ("s" if self.shards != 1 else ""),
+            f"removed {self.removed} tombstoned examples: {self.examples_before} -> "
+            f"{self.examples_after} examples in {self.shards} shard"
+            + ("s" if self.shards != 1 else ""),
             "Fisher, projector and damping kept frozen (see the manifest)",
         ]
 
@@ -111,8 +113,8 @@ def compact_index(root: str | os.PathLike[str]) -> CompactionSummary:
         if state["phase"] == "write":
             if sha256_file(paths.manifest) != state["source_manifest_sha256"]:
                 raise IndexIntegrityError(
-                    f"{paths.root} changed since the compaction in {work} started; fix: delete {work} "
-                    "and run `tributary index compact` again"
+                    f"{paths.root} changed since the compaction in {work} started; fix: delete "
+                    f"{work} and run `tributary index compact` again"
                 )
             new_manifest = _write_compacted(
                 paths, Manifest.load(paths.root), removed, work / "new", state
@@ -250,7 +252,8 @@ def _write_compacted(
 
 
 def _renumber(old_id: int, removed: np.ndarray) -> int:
-    """The new id of old id ``old_id`` (or of the first survivor after it): removed ids below it no longer count."""
+    """The new id of old id ``old_id`` (or of the first survivor after it): removed ids below it no
+    longer count."""
     return int(old_id - np.searchsorted(removed, old_id))
 
 
@@ -278,7 +281,8 @@ def _swap(
     pinned_generation: int,
     old_space: str,
 ) -> None:
-    """Move the new files over the old ones, renumber leftover tombstones, write the manifest last."""
+    """Move the new files over the old ones, renumber leftover tombstones, write the manifest
+    last."""
     moves = sorted(
         p
         for p in new_dir.rglob("*")
@@ -304,7 +308,8 @@ def _swap(
 def _carry_tombstones(
     paths: IndexPaths, removed: np.ndarray, pinned_generation: int, old_space: str, new_space: str
 ) -> None:
-    """Tombstones added after the compaction was pinned move to the new ids; the compacted ones go."""
+    """Tombstones added after the compaction was pinned move to the new ids; the compacted ones
+    go."""
     path = paths.root / TOMBSTONES_NAME
     if not path.is_file():
         return

@@ -107,7 +107,8 @@ def write_manifest(
     summary: dict[str, Any],
     additions: list[dict[str, Any]],
 ) -> Manifest:
-    """Write ``manifest.json`` last: model/tokenizer hashes, projector, damping, shards, file checksums."""
+    """Write ``manifest.json`` last: model/tokenizer hashes, projector, damping, shards, file
+    checksums."""
     desc = projector.describe()
     params: dict[str, Any] = {"fingerprint": projector.fingerprint()}
     k = rapidgrad_dim(config.rapidgrad_k, projector.dim)

@@ -91,7 +91,8 @@ class ProjectorModule:
 
 @dataclass
 class ProjectorInfo:
-    """How gradients were projected: kind (``random``/``pca``/``identity``), seed, modules, extras."""
+    """How gradients were projected: kind (``random``/``pca``/``identity``), seed, modules,
+    extras."""
 
     kind: str
     seed: int
@@ -119,11 +120,13 @@ class ShardInfo:
     id_end: int
     sha256: str
     bytes: int | None = None
-    """File size; checked even when checksums are skipped (absent in indexes written before it was recorded)."""
+    """File size; checked even when checksums are skipped (absent in indexes written before it was
+    recorded)."""
 
 
 SHARD_HEADER = b"IxM2"
-"""The first four bytes of every shard: FAISS's tag of ``IndexIDMap2``, the wrapper of every shard."""
+"""The first four bytes of every shard: FAISS's tag of ``IndexIDMap2``, the wrapper of every
+shard."""
 
 
 LEGACY_BUILD_DEFAULTS = {"objective": "nll", "modules": "all"}
@@ -161,15 +164,16 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
-        """Parse a manifest dict; raises :class:`IndexIntegrityError` naming missing or bad fields."""
+        """Parse a manifest dict; raises :class:`IndexIntegrityError` naming missing or bad
+        fields."""
         if not isinstance(data, dict):
             raise IndexIntegrityError(f"{source} is not a JSON object; fix: rebuild the index")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise IndexIntegrityError(
                 f"{source} has format_version {version!r} (written by tributary "
-                f"{data.get('package_version', '?')}); this code reads format {FORMAT_VERSION}; fix: "
-                "rebuild the index, or use the tributary version that wrote it"
+                f"{data.get('package_version', '?')}); this code reads format {FORMAT_VERSION}; "
+                "fix: rebuild the index, or use the tributary version that wrote it"
             )
         try:
             return _build(cls, data)
@@ -184,8 +188,8 @@ class Manifest:
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise IndexIntegrityError(
-                f"{path} not found: {directory} is not a finished index; fix: build it (an interrupted "
-                "build resumes when rerun) or point at the index directory"
+                f"{path} not found: {directory} is not a finished index; fix: build it (an "
+                "interrupted build resumes when rerun) or point at the index directory"
             )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -219,7 +223,8 @@ class Manifest:
             raise ConfigMismatchError(
                 f"this {what} was built with a different configuration",
                 [name for name, _, _ in diffs],
-                "use the model, tokenizer and projector the index was built with, or rebuild the index",
+                "use the model, tokenizer and projector the index was built with, or rebuild the "
+                "index",
                 values={name: (mine, theirs) for name, mine, theirs in diffs},
             )
 
@@ -339,7 +344,8 @@ def hash_model_files(path: str | os.PathLike[str]) -> ModelInfo:
 
 
 def hash_tokenizer(tokenizer_or_path: Any) -> str:
-    """A stable sha256 of what decides tokenisation: vocabulary, merges, normaliser, special tokens, chat template.
+    """A stable sha256 of what decides tokenisation: vocabulary, merges, normaliser, special tokens,
+    chat template.
 
     Accepts a Hugging Face tokenizer or a directory (loaded with ``AutoTokenizer``, so both
     give the same hash). Fast tokenizers hash their ``tokenizer.json`` serialisation as
@@ -354,8 +360,8 @@ def hash_tokenizer(tokenizer_or_path: Any) -> str:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_or_path))
         except Exception as exc:  # transformers raises OSError/ValueError/... for bad paths
             raise TokenizerError(
-                f"cannot load a tokenizer from {tokenizer_or_path} ({exc}); fix: pass the model directory "
-                "that holds tokenizer.json / tokenizer_config.json"
+                f"cannot load a tokenizer from {tokenizer_or_path} ({exc}); fix: pass the model "
+                "directory that holds tokenizer.json / tokenizer_config.json"
             ) from exc
     from ..data.tokenization import special_prefix
 
@@ -408,7 +414,8 @@ def verify_manifest(directory: str | os.PathLike[str], check_checksums: bool = T
             )
         if shard.id_start != expected_start:
             problems.append(
-                f"{label}: id range starts at {shard.id_start}, expected {expected_start} (ranges must be contiguous)"
+                f"{label}: id range starts at {shard.id_start}, expected {expected_start} (ranges "
+                "must be contiguous)"
             )
         expected_start = shard.id_end
         total_rows += shard.rows
@@ -457,15 +464,15 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
             header = f.read(len(SHARD_HEADER))
         if header != SHARD_HEADER:
             problems.append(
-                f"{shard.file}: does not start like a shard (header {header!r}, expected {SHARD_HEADER!r}); "
-                "rebuild or restore it"
+                f"{shard.file}: does not start like a shard (header {header!r}, expected "
+                f"{SHARD_HEADER!r}); rebuild or restore it"
             )
             continue
         size = path.stat().st_size
         if shard.bytes is not None and size != shard.bytes:
             problems.append(
-                f"{shard.file}: {size} bytes, manifest says {shard.bytes} (truncated or appended to); "
-                "rebuild or restore it"
+                f"{shard.file}: {size} bytes, manifest says {shard.bytes} (truncated or appended "
+                "to); rebuild or restore it"
             )
             continue
         try:
@@ -475,8 +482,9 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
             continue
         if index.metric_type != faiss.METRIC_INNER_PRODUCT or not index.is_trained:
             problems.append(
-                f"{shard.file}: header says metric {index.metric_type}, trained {index.is_trained}; a shard is "
-                "an inner-product index, trained; rebuild or restore it"
+                f"{shard.file}: header says metric {index.metric_type}, trained "
+                f"{index.is_trained}; a shard is an inner-product index, trained; rebuild or "
+                "restore it"
             )
             continue
         if index.ntotal != shard.rows:
@@ -489,7 +497,8 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
             ids = faiss.vector_to_array(faiss.downcast_index(index).id_map)  # type: ignore[attr-defined]  # faiss stubs lack the wrappers
             if int(ids.min()) != shard.id_start or int(ids.max()) != shard.id_end - 1:
                 problems.append(
-                    f"{shard.file}: ids {ids.min()}..{ids.max()}, manifest says [{shard.id_start}, {shard.id_end})"
+                    f"{shard.file}: ids {ids.min()}..{ids.max()}, manifest says [{shard.id_start}, "
+                    f"{shard.id_end})"
                 )
     store = root / "examples.sqlite"
     if store.is_file():
@@ -499,7 +508,8 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
             with ExampleStore(store) as examples:
                 if examples.count() != manifest.n_examples:
                     problems.append(
-                        f"examples.sqlite: {examples.count()} rows, manifest says {manifest.n_examples}"
+                        f"examples.sqlite: {examples.count()} rows, manifest says "
+                        f"{manifest.n_examples}"
                     )
         except Exception as exc:
             problems.append(f"examples.sqlite: cannot be read ({exc})")
@@ -508,7 +518,8 @@ def verify_index(root: str | Path, check_checksums: bool = True) -> list[str]:
     problems += verify_tombstones(root, id_space_of(manifest), manifest.n_examples)
     if (root / "compaction").is_dir():
         problems.append(
-            "compaction/: an unfinished compaction; fix: rerun `tributary index compact` to finish it"
+            "compaction/: an unfinished compaction; fix: rerun `tributary index compact` to finish "
+            "it"
         )
     return problems
 
@@ -529,8 +540,9 @@ def verify_model(root: str | Path, model_dir: str | os.PathLike[str]) -> list[st
     for name in ("config_sha256", "weights_sha256"):
         if getattr(found, name) != getattr(expected, name):
             problems.append(
-                f"model.{name}: {model_path} has {getattr(found, name)[:12]}, the index was built from "
-                f"{getattr(expected, name)[:12]} ({expected.path}); serve it with that model or rebuild"
+                f"model.{name}: {model_path} has {getattr(found, name)[:12]}, the index was built "
+                f"from {getattr(expected, name)[:12]} ({expected.path}); serve it with that model "
+                "or rebuild"
             )
     tokenizer = hash_tokenizer(model_path)
     if tokenizer != manifest.tokenizer_sha256:

@@ -99,12 +99,16 @@ class BuildPlan:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in self.time_s.items() if v >= 0.5)
         files = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in self.files.items())
         return [
-            f"examples: {self.examples} (about {self.mean_tokens:.0f} tokens each, {self.tokens} in all)",
+            f"examples: {self.examples} (about {self.mean_tokens:.0f} tokens each, {self.tokens} "
+            "in all)",
             f"vector dimension: {self.dim}, {self.shards} shard(s)",
-            f"measured on {self.sample_examples} examples: gradient pass {self.measured_tokens_per_s:.0f} tokens/s",
-            f"estimated time: {self.seconds / 3600:.2f} h ({self.seconds:.0f} s) for one process ({stages})",
-            f"disk: {self.disk_bytes / gib:.2f} GiB index ({files}) + {self.staging_bytes / gib:.2f} GiB staging "
-            f"during the build (peak {(self.disk_bytes + self.staging_bytes) / gib:.2f} GiB)",
+            f"measured on {self.sample_examples} examples: gradient pass "
+            f"{self.measured_tokens_per_s:.0f} tokens/s",
+            f"estimated time: {self.seconds / 3600:.2f} h ({self.seconds:.0f} s) for one process "
+            f"({stages})",
+            f"disk: {self.disk_bytes / gib:.2f} GiB index ({files}) + "
+            f"{self.staging_bytes / gib:.2f} GiB staging during the build (peak "
+            f"{(self.disk_bytes + self.staging_bytes) / gib:.2f} GiB)",
             f"peak RAM: about {self.ram_bytes / gib:.2f} GiB",
         ]
 
@@ -170,7 +174,8 @@ def _length_sample(config: BuildConfig) -> tuple[int, list[int]]:
     lengths = [n for n in lengths if n > 0]
     if not lengths:
         raise ValueError(
-            "no usable example in the corpus; check --corpus (see `tributary index build --skip-bad`)"
+            "no usable example in the corpus; check --corpus (see `tributary index build "
+            "--skip-bad`)"
         )
     return n_records, lengths
 
@@ -178,7 +183,8 @@ def _length_sample(config: BuildConfig) -> tuple[int, list[int]]:
 def _padded_tokens(
     lengths: list[int], n_examples: int, shard_size: int, batch_tokens: int
 ) -> float:
-    """Padded tokens of the whole build: the sampled lengths batched as the build batches a shard."""
+    """Padded tokens of the whole build: the sampled lengths batched as the build batches a
+    shard."""
     chunk = lengths[: max(1, min(shard_size, len(lengths)))]
     padded = 0
     for idx in token_budget_batches(chunk, batch_tokens):
@@ -263,7 +269,8 @@ def estimate_build(
     """Run the build on a sample of the corpus and extrapolate time, disk and RAM to all of it."""
     if not is_flat(config.index_factory):
         logger.info(
-            "compressed shards: the sample is built flat; shard sizes come from the factory's code size"
+            "compressed shards: the sample is built flat; shard sizes come from the factory's code "
+            "size"
         )
     startup_s = _process_age_s()  # interpreter start and imports: a build's command pays them too
     n_records, lengths = _length_sample(config)

@@ -34,7 +34,8 @@ def new_index(dim: int, factory: str) -> faiss.Index:
         inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise ValueError(
-            f"FAISS cannot build index_factory({dim}, {factory!r}): {exc}; fix: use 'Flat', 'SQfp16', 'IVF256,Flat', 'IVF4096,PQ64', ..."
+            f"FAISS cannot build index_factory({dim}, {factory!r}): {exc}; fix: use 'Flat', "
+            "'SQfp16', 'IVF256,Flat', 'IVF4096,PQ64', ..."
         ) from exc
     return faiss.IndexIDMap2(inner)
 
@@ -64,7 +65,8 @@ def write_shard(
     factory: str,
     trained: faiss.Index | None = None,
 ) -> None:
-    """Write one shard atomically: ``vectors`` ``[n, D]`` float32 with global ``ids`` ``[n]`` int64."""
+    """Write one shard atomically: ``vectors`` ``[n, D]`` float32 with global ``ids`` ``[n]``
+    int64."""
     dim = vectors.shape[1]
     index = faiss.clone_index(trained) if trained is not None else new_index(dim, factory)
     index.add_with_ids(

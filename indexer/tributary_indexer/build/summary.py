@@ -23,7 +23,8 @@ class BuildSummary:
     no_targets: int = 0
     skipped_bad: int = 0
     skipped_present: int = 0
-    """``index add``: records already in the index (by record id, else content) that were not added again."""
+    """``index add``: records already in the index (by record id, else content) that were not added
+    again."""
     changed_present: int = 0
     """Of those, records whose id is in the index with other content."""
     skip_report: str | None = None
@@ -42,20 +43,23 @@ class BuildSummary:
     its transform, finish with its store), what `tributary index plan` calibrates from; not
     written to the manifest, which must not depend on timings."""
     batch_timings: list[tuple[int, int, float]] = field(default_factory=list)
-    """``(examples, padded tokens, seconds)`` of each gradient batch, in order (not in the manifest)."""
+    """``(examples, padded tokens, seconds)`` of each gradient batch, in order (not in the
+    manifest)."""
 
     def lines(self) -> list[str]:
         extra = list(self.corpus_notes)
         if self.skip_report:
             extra.append(
-                f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in {self.skip_report}"
+                f"skipped bad records: {self.skipped_bad}, each with its file:line and reason in "
+                f"{self.skip_report}"
             )
         if self.skipped_present:
             extra.append(
-                f"already in the index, not added again: {self.skipped_present} (by record id, else content)"
+                f"already in the index, not added again: {self.skipped_present} (by record id, "
+                "else content)"
                 + (
-                    f"; {self.changed_present} of them have an indexed id with other content: remove the old "
-                    "record first to replace it"
+                    f"; {self.changed_present} of them have an indexed id with other content: "
+                    "remove the old record first to replace it"
                     if self.changed_present
                     else ""
                 )
@@ -63,15 +67,20 @@ class BuildSummary:
         return (
             extra
             + [
-                f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without target tokens, "
-                f"{self.skipped_bad} bad records skipped)",
+                f"examples: {self.examples} ({self.truncated} truncated, {self.no_targets} without "
+                f"target tokens, {self.skipped_bad} bad records skipped)",
                 f"tokens: {self.tokens} ({self.target_tokens} targets)",
-                f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} bytes/example on disk",
-                f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} tokens/s",
+                f"shards: {self.shards}, dim {self.dim}, {self.bytes_per_example:.0f} "
+                "bytes/example on disk",
+                f"wall time: {self.wall_s:.1f} s, gradient pass {self.gradient_tokens_per_s:.0f} "
+                "tokens/s",
             ]
             + (
                 [
-                    f"stages: {', '.join(f'{k} {v:.1f} s' for k, v in self.stage_s.items() if k not in _NESTED_STAGES)}"
+                    "stages: "
+                    + ", ".join(
+                        f"{k} {v:.1f} s" for k, v in self.stage_s.items() if k not in _NESTED_STAGES
+                    )
                 ]
                 if self.stage_s
                 else []

@@ -21,7 +21,8 @@ class TokenizedExample:
 
     input_ids: tuple[int, ...]
     target_mask: tuple[bool, ...]
-    """True where token ``t`` is a loss target (predicted from tokens ``< t``); index 0 is always False."""
+    """True where token ``t`` is a loss target (predicted from tokens ``< t``); index 0 is always
+    False."""
     n_truncated_tokens: int = 0
     """How many tokens were cut to respect ``max_tokens`` (0 when the example fit)."""
 
@@ -76,7 +77,8 @@ class TokenBatch:
 
     @property
     def emitting_mask(self) -> torch.Tensor:
-        """``[B, T]`` bool: the positions whose output predicts a target (``t − 1`` for each target ``t``)."""
+        """``[B, T]`` bool: the positions whose output predicts a target (``t − 1`` for each target
+        ``t``)."""
         mask = torch.zeros_like(self.target_mask)
         mask[:, :-1] = self.target_mask[:, 1:]
         return mask
@@ -107,7 +109,8 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int = 0) -> Toke
 
 
 def pad_token_id(tokenizer: object) -> int:
-    """The id to pad with: the tokenizer's pad, else EOS, else UNK, else 0 (pads are never scored)."""
+    """The id to pad with: the tokenizer's pad, else EOS, else UNK, else 0 (pads are never
+    scored)."""
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
         value = getattr(tokenizer, attr, None)
         if value is not None:

@@ -125,7 +125,8 @@ class CorpusStats:
     """The first :data:`MAX_BAD_EXAMPLES` bad records as ``(file, line, reason)``."""
     bad_by_code: Counter[str] = field(default_factory=Counter)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    """Every skipped record (up to :data:`MAX_SKIP_LOG`) as ``{file, line, code, reason}``: the skip report."""
+    """Every skipped record (up to :data:`MAX_SKIP_LOG`) as ``{file, line, code, reason}``: the skip
+    report."""
     skipped_files: list[str] = field(default_factory=list)
     """Files inside directory inputs that are not corpus files (not read)."""
     empty_files: list[str] = field(default_factory=list)
@@ -362,7 +363,8 @@ def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Corpu
 
 
 def _jsonable(value: Any) -> Any:
-    """Parquet values made JSON-serialisable: dates as ISO strings, Decimals as strings, bytes as base64."""
+    """Parquet values made JSON-serialisable: dates as ISO strings, Decimals as strings, bytes as
+    base64."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):

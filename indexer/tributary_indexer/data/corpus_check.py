@@ -41,8 +41,8 @@ def _duplicate_error(record: CorpusRecord, first: str) -> CorpusError:
         record.file,
         record.line,
         f"record id {record.id!r} is already used at {first}",
-        "give every record its own id (it names the record in results and removals), or drop the duplicate; "
-        "--skip-bad skips the later one",
+        "give every record its own id (it names the record in results and removals), or drop the "
+        "duplicate; --skip-bad skips the later one",
         code="duplicate_id",
     )
 
@@ -74,7 +74,8 @@ class CorpusCheck:
 
 
 def check_corpus(paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool) -> CorpusCheck:
-    """Validate every record of ``paths`` (see the module docstring); raise :class:`CorpusError` on the first problem."""
+    """Validate every record of ``paths`` (see the module docstring); raise :class:`CorpusError` on
+    the first problem."""
     stats = CorpusStats()
     hashes = array("Q")
     for record in iter_records(paths, skip_bad=skip_bad, stats=stats):
@@ -113,7 +114,8 @@ def check_corpus(paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool) -> 
             duplicates.add(record.id)
         if duplicates:
             logger.warning(
-                "corpus: %d record id(s) used more than once; the later records are skipped (--skip-bad)",
+                "corpus: %d record id(s) used more than once; the later records are skipped "
+                "(--skip-bad)",
                 len(duplicates),
             )
     logger.info("corpus check: %s", stats.summary())
@@ -121,14 +123,16 @@ def check_corpus(paths: Sequence[str | os.PathLike[str]], *, skip_bad: bool) -> 
 
 
 class UniqueIds:
-    """Skips the later records of ids used more than once (``CorpusCheck.duplicate_ids``), deterministically."""
+    """Skips the later records of ids used more than once (``CorpusCheck.duplicate_ids``),
+    deterministically."""
 
     def __init__(self, duplicate_ids: frozenset[str]) -> None:
         self.duplicate_ids = duplicate_ids
         self._first: dict[str, str] = {}
 
     def error(self, record: CorpusRecord) -> CorpusError | None:
-        """The error for ``record`` when it reuses an id, else None (and remembers its first use)."""
+        """The error for ``record`` when it reuses an id, else None (and remembers its first
+        use)."""
         if record.id is None or record.id not in self.duplicate_ids:
             return None
         if record.id in self._first:
@@ -138,7 +142,8 @@ class UniqueIds:
 
 
 def write_skip_report(stats: CorpusStats, path: Path) -> None:
-    """One JSON line ``{file, line, code, reason}`` per skipped record (and a last line when the list was cut)."""
+    """One JSON line ``{file, line, code, reason}`` per skipped record (and a last line when the
+    list was cut)."""
     lines = "".join(
         json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in stats.skipped
     )

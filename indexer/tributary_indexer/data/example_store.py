@@ -111,7 +111,8 @@ class StoredExample:
     external_id: str | None
     kind: RecordKind
     text: str
-    """The training text as one string (prompt + response; the chat-template rendering for messages)."""
+    """The training text as one string (prompt + response; the chat-template rendering for
+    messages)."""
     prompt: str | None
     response: str | None
     messages: list[dict[str, Any]] | None
@@ -237,8 +238,8 @@ class ExampleStoreWriter:
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise OutputDirectoryError(
-                f"cannot open {self.partial_path} for writing ({exc}); fix: check the output directory "
-                "is writable, or delete the .partial file to start the store over"
+                f"cannot open {self.partial_path} for writing ({exc}); fix: check the output "
+                "directory is writable, or delete the .partial file to start the store over"
             ) from exc
         version = self._meta("schema_version")
         if version is not None and version != str(SCHEMA_VERSION):
@@ -298,7 +299,8 @@ class ExampleStoreWriter:
         except sqlite3.OperationalError as exc:
             if "full" in str(exc).lower():
                 raise OutputDirectoryError(
-                    f"disk full while writing {self.partial_path}: free space and rerun; the build resumes"
+                    f"disk full while writing {self.partial_path}: free space and rerun; the build "
+                    "resumes"
                 ) from exc
             raise
         self._buffer.clear()
@@ -308,7 +310,8 @@ class ExampleStoreWriter:
         return int(self._conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0])
 
     def count_in_range(self, id_start: int, id_end: int) -> int:
-        """Committed rows with ``id_start <= id < id_end`` (lets a resumed build skip done ranges)."""
+        """Committed rows with ``id_start <= id < id_end`` (lets a resumed build skip done
+        ranges)."""
         sql = "SELECT COUNT(*) FROM examples WHERE id >= ? AND id < ?"
         return int(self._conn.execute(sql, (id_start, id_end)).fetchone()[0])
 
@@ -322,13 +325,13 @@ class ExampleStoreWriter:
         n, lo, hi = self._conn.execute("SELECT COUNT(*), MIN(id), MAX(id) FROM examples").fetchone()
         if expected_count is not None and n != expected_count:
             raise IndexIntegrityError(
-                f"example store has {n} rows but the index has {expected_count} examples; fix: rerun "
-                "the build so it resumes and writes the missing rows"
+                f"example store has {n} rows but the index has {expected_count} examples; fix: "
+                "rerun the build so it resumes and writes the missing rows"
             )
         if n and (lo != 0 or hi != n - 1):
             raise IndexIntegrityError(
-                f"example store ids are not dense: {n} rows with ids {lo}..{hi}; fix: assign ids with "
-                "corpus.assign_ids() after filtering, then rebuild"
+                f"example store ids are not dense: {n} rows with ids {lo}..{hi}; fix: assign ids "
+                "with corpus.assign_ids() after filtering, then rebuild"
             )
         self._set_meta({"complete": "1", "n_examples": str(n)})
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -376,7 +379,8 @@ class ExampleStore:
         self.path = Path(path)
         if not self.path.is_file():
             hint = (
-                f"only {partial_path_for(self.path).name} exists: the build did not finish; rerun it"
+                f"only {partial_path_for(self.path).name} exists: the build did not finish; rerun "
+                "it"
                 if partial_path_for(self.path).exists()
                 else "build the index first (or check the path)"
             )
@@ -394,8 +398,8 @@ class ExampleStore:
             ) from exc
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise IndexIntegrityError(
-                f"{self.path} has example-store schema {meta.get('schema_version')}, this code reads "
-                f"{SCHEMA_VERSION}; fix: rebuild the index with this version of tributary"
+                f"{self.path} has example-store schema {meta.get('schema_version')}, this code "
+                f"reads {SCHEMA_VERSION}; fix: rebuild the index with this version of tributary"
             )
         if meta.get("complete") != "1":
             raise IndexIntegrityError(
@@ -443,12 +447,16 @@ class ExampleStore:
         return self._select("external_id = ? ORDER BY id", (external_id,))
 
     def ids_of_record_ids(self, record_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """Sorted int64 ids of the examples whose record ``id`` is in ``record_ids``, and the record ids not found."""
+        """Sorted int64 ids of the examples whose record ``id`` is in ``record_ids``, and the record
+        ids not found."""
         wanted = sorted(set(record_ids))
         found: dict[str, list[int]] = {}
         for start in range(0, len(wanted), _MAX_VARS):
             chunk = wanted[start : start + _MAX_VARS]
-            sql = f"SELECT id, external_id FROM examples WHERE external_id IN ({', '.join('?' * len(chunk))})"
+            sql = (
+                "SELECT id, external_id FROM examples WHERE external_id IN "
+                f"({', '.join('?' * len(chunk))})"
+            )
             for example_id, external_id in self._conn().execute(sql, chunk).fetchall():
                 found.setdefault(external_id, []).append(int(example_id))
         ids = np.array(sorted(i for group in found.values() for i in group), dtype=np.int64)
@@ -508,7 +516,8 @@ class ExampleStore:
     def composition(
         self, exclude: np.ndarray | None = None
     ) -> list[tuple[str, str | None, int, int]]:
-        """``(group_by, key, examples, tokens)`` per provider then per source (key None: no provider).
+        """``(group_by, key, examples, tokens)`` per provider then per source (key None: no
+        provider).
 
         ``exclude`` (ids, e.g. removed examples) are not counted; a group left empty is dropped.
         """
@@ -516,7 +525,10 @@ class ExampleStore:
         wanted = [int(i) for i in exclude] if exclude is not None else []
         for start in range(0, len(wanted), _MAX_VARS):
             chunk = wanted[start : start + _MAX_VARS]
-            sql = f"SELECT provider, source, n_tokens FROM examples WHERE id IN ({', '.join('?' * len(chunk))})"
+            sql = (
+                "SELECT provider, source, n_tokens FROM examples WHERE id IN "
+                f"({', '.join('?' * len(chunk))})"
+            )
             for provider, source, n_tokens in self._conn().execute(sql, chunk).fetchall():
                 for key in (("provider", provider), ("source", source)):
                     counts = gone.setdefault(key, [0, 0])
@@ -524,7 +536,10 @@ class ExampleStore:
                     counts[1] += int(n_tokens)
         out: list[tuple[str, str | None, int, int]] = []
         for column in ("provider", "source"):
-            sql = f"SELECT {column}, COUNT(*), SUM(n_tokens) FROM examples GROUP BY {column} ORDER BY {column}"
+            sql = (
+                f"SELECT {column}, COUNT(*), SUM(n_tokens) FROM examples GROUP BY {column} ORDER "
+                f"BY {column}"
+            )
             for key, n, tokens in self._conn().execute(sql):
                 minus = gone.get((column, key), [0, 0])
                 if int(n) - minus[0] > 0:

@@ -8,9 +8,9 @@ content is skipped as well and counted apart ("changed"): replacing a record is 
 add, never a silent second copy.
 
 Records removed from the index (tombstoned, not yet compacted away) are not known: adding one
-again adds it back. Membership is kept as 64-bit hashes (about 100 bytes per indexed record in memory); only rows
-below the manifest's example count are read, so a resumed ``add`` whose store already holds its
-new rows does not mistake them for old ones.
+again adds it back. Membership is kept as 64-bit hashes (about 100 bytes per indexed record in
+memory); only rows below the manifest's example count are read, so a resumed ``add`` whose store
+already holds its new rows does not mistake them for old ones.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class KnownRecords:
     def of_store(
         cls, store: ExampleStore, n_examples: int, removed: Container[int] = ()
     ) -> KnownRecords:
-        """The first ``n_examples`` rows of ``store`` (the manifest's count), but the ``removed`` ids (tombstones)."""
+        """The first ``n_examples`` rows of ``store`` (the manifest's count), but the ``removed``
+        ids (tombstones)."""
         ids: dict[int, int] = {}
         contents: set[int] = set()
         for example_id, external_id, content_hash in store.iter_identities(n_examples):
@@ -60,7 +61,8 @@ class KnownRecords:
         return cls(ids, contents)
 
     def fresh(self) -> KnownRecords:
-        """A filter for one pass over the added corpus (it learns that corpus's records as it goes)."""
+        """A filter for one pass over the added corpus (it learns that corpus's records as it
+        goes)."""
         return KnownRecords(dict(self._ids), set(self._contents))
 
     def seen(self, record: CorpusRecord) -> bool:

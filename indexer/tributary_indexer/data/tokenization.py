@@ -81,7 +81,8 @@ class QueryTokens:
     response_start: int
     """Index in ``example.input_ids`` of the first response token (after truncation)."""
     response_token_strings: tuple[str, ...]
-    """The text of each kept response token (decoded; ``"\\ufffd"`` only for split characters without offsets)."""
+    """The text of each kept response token (decoded; ``"\\ufffd"`` only for split characters
+    without offsets)."""
     response_offsets: tuple[tuple[int, int] | None, ...]
     """``(start, end)`` character offsets of each response token in ``response_text``; None
     where unknown (slow tokenizer, or a template token outside the message content)."""
@@ -178,10 +179,10 @@ def assistant_spans(
     """
     if not getattr(tokenizer, "chat_template", None):
         raise TokenizerError(
-            f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__} has no "
-            "chat_template, so messages records cannot be rendered; fix: give the tokenizer a chat "
-            "template (tokenizer.chat_template = ..., or a tokenizer_config.json that has one) or "
-            'convert the data to {"prompt": ..., "response": ...} records'
+            f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__} "
+            "has no chat_template, so messages records cannot be rendered; fix: give the tokenizer "
+            "a chat template (tokenizer.chat_template = ..., or a tokenizer_config.json that has "
+            'one) or convert the data to {"prompt": ..., "response": ...} records'
         )
     full = _render(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
@@ -199,8 +200,9 @@ def assistant_spans(
             start = full.find(message["content"], cursor)
             if start < 0:
                 raise TokenizerError(
-                    f"cannot locate assistant turn {i} in the chat template's rendering; fix: use a "
-                    "chat template that renders message content verbatim, or prompt/response records"
+                    f"cannot locate assistant turn {i} in the chat template's rendering; fix: use "
+                    "a chat template that renders message content verbatim, or prompt/response "
+                    "records"
                 )
             span = (start, start + len(message["content"]))
             logger.debug("assistant turn %d located by content search", i)
@@ -215,7 +217,8 @@ def assistant_spans(
 def _message_pieces(
     messages: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase
 ) -> list[_Piece]:
-    """The rendering cut into alternating non-target / assistant-turn pieces (empty ones dropped)."""
+    """The rendering cut into alternating non-target / assistant-turn pieces (empty ones
+    dropped)."""
     rendered, spans = assistant_spans(messages, tokenizer)
     pieces: list[_Piece] = []
     cursor = 0
@@ -291,7 +294,8 @@ def _check_max_tokens(max_tokens: int) -> None:
 def _prompt_response_tokens(
     pinned: Sequence[int], context: _Piece, response: _Piece, max_tokens: int
 ) -> tuple[TokenizedExample, int, int]:
-    """Prompt/response truncation; returns the example, the response start and how many response tokens were kept."""
+    """Prompt/response truncation; returns the example, the response start and how many response
+    tokens were kept."""
     if pinned and context.ids[: len(pinned)] == list(pinned):
         context_ids = context.ids[len(pinned) :]  # a rendered chat context that starts with BOS
     else:

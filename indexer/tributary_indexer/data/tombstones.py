@@ -55,7 +55,8 @@ __all__ = [
 TOMBSTONES_NAME = "tombstones.json"
 LOCK_NAME = ".tombstones.lock"
 COMPACTION_DIR = "compaction"
-"""Where ``tributary index compact`` works; while it holds :data:`SWAP_MARKER`, the index files are being replaced."""
+"""Where ``tributary index compact`` works; while it holds :data:`SWAP_MARKER`, the index files are
+being replaced."""
 SWAP_MARKER = "swapping"
 FORMAT_VERSION = 1
 
@@ -65,7 +66,8 @@ class TombstoneBusyError(IndexIntegrityError):
 
 
 def id_space_of(manifest: Any) -> str:
-    """The identity of a manifest's global ids: they change only when a compaction renumbers them."""
+    """The identity of a manifest's global ids: they change only when a compaction renumbers
+    them."""
     compactions = (
         manifest.build_config.get("compactions", [])
         if hasattr(manifest, "build_config")
@@ -81,14 +83,16 @@ class Removal:
 
     removed_at: str
     selector: dict[str, Any]
-    """``{"record_id": [...]}``, ``{"provider": P}``, ``{"source": S}`` or ``{"example_id": [...]}``."""
+    """``{"record_id": [...]}``, ``{"provider": P}``, ``{"source": S}`` or
+    ``{"example_id": [...]}``."""
     count: int
     reason: str | None = None
 
 
 @dataclass(frozen=True)
 class Tombstones:
-    """The removed ids of one id space (sorted, unique int64) and the removals that put them there."""
+    """The removed ids of one id space (sorted, unique int64) and the removals that put them
+    there."""
 
     id_space: str
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -182,7 +186,8 @@ def write_tombstones(root: str | os.PathLike[str], tombstones: Tombstones) -> No
 
 @contextlib.contextmanager
 def tombstone_lock(root: str | os.PathLike[str], blocking: bool = True) -> Iterator[None]:
-    """Hold the index's exclusive tombstone lock (``flock``; released by the OS if the holder dies)."""
+    """Hold the index's exclusive tombstone lock (``flock``; released by the OS if the holder
+    dies)."""
     path = Path(root) / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -215,8 +220,8 @@ def add_removal(
     reason: str | None = None,
     blocking: bool = True,
 ) -> tuple[Tombstones, int]:
-    """Tombstone ``ids`` (read, merge, write atomically, under the lock); return the new state and how
-    many of ``ids`` were not already removed."""
+    """Tombstone ``ids`` (read, merge, write atomically, under the lock); return the new state and
+    how many of ``ids`` were not already removed."""
     with tombstone_lock(root, blocking=blocking):
         try:
             on_disk = id_space_of(
@@ -262,7 +267,8 @@ def verify_tombstones(root: str | os.PathLike[str], id_space: str, n_examples: i
     problems = []
     if len(tombstones) and int(tombstones.ids[-1]) >= n_examples:
         problems.append(
-            f"{TOMBSTONES_NAME}: id {int(tombstones.ids[-1])} is past the index's {n_examples} examples"
+            f"{TOMBSTONES_NAME}: id {int(tombstones.ids[-1])} is past the index's {n_examples} "
+            "examples"
         )
     counted = sum(r.count for r in tombstones.removals)
     if counted != len(tombstones):
@@ -271,13 +277,15 @@ def verify_tombstones(root: str | os.PathLike[str], id_space: str, n_examples: i
         )
     if tombstones.generation != len(tombstones.removals):
         problems.append(
-            f"{TOMBSTONES_NAME}: generation {tombstones.generation} but {len(tombstones.removals)} removals"
+            f"{TOMBSTONES_NAME}: generation {tombstones.generation} but {len(tombstones.removals)} "
+            "removals"
         )
     return problems
 
 
 class TombstoneWatcher:
-    """The current tombstones of a loaded index, re-read when the file changes (one ``stat`` a call).
+    """The current tombstones of a loaded index, re-read when the file changes (one ``stat`` a
+    call).
 
     A file that cannot be read, or one written for another id space (the index was compacted
     under a running server), never loosens what was already removed: the last good set stays.
@@ -330,7 +338,8 @@ class TombstoneWatcher:
 
 @dataclass(frozen=True)
 class Selection:
-    """The examples a removal selector matched: their ids, and the record ids asked for but not stored."""
+    """The examples a removal selector matched: their ids, and the record ids asked for but not
+    stored."""
 
     selector: dict[str, Any]
     ids: np.ndarray

@@ -1,1 +1,2 @@
-"""Per-example projected gradients: tracked modules, LoGra projections, hooks, objectives, RapidGrad."""
+"""Per-example projected gradients: tracked modules, LoGra projections, hooks, objectives,
+RapidGrad."""

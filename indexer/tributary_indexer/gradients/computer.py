@@ -42,9 +42,10 @@ class GradientComputer:
     Args:
         model: a Hugging Face causal LM (anything whose forward takes ``input_ids`` and returns
             ``.logits``). Its parameters are frozen during :meth:`compute` and restored after.
-        modules: the tracked modules (see :func:`~tributary_indexer.gradients.module_selection.select_modules`).
-        projector: the projections for exactly those modules.
-        dtype: accumulation dtype of the vectors; defaults to float64 for a float64 model and
+        modules: the tracked modules (see
+        :func:`~tributary_indexer.gradients.module_selection.select_modules`). projector: the
+        projections for exactly those modules. dtype: accumulation dtype of the vectors; defaults to
+        float64 for a float64 model and
             float32 otherwise (also under bf16/fp16 autocast).
         autocast_dtype: run the forward under ``torch.autocast`` with this dtype (CUDA: bf16 or
             fp16 halve the time; projections and accumulators stay in ``dtype``).
@@ -129,7 +130,8 @@ def forward_backward(
     autocast_dtype: torch.dtype | None = None,
     objective: str = "margin",
 ) -> torch.Tensor:
-    """One forward/backward of ``objective`` with frozen parameters; returns the ``[B]`` summed NLLs.
+    """One forward/backward of ``objective`` with frozen parameters; returns the ``[B]`` summed
+    NLLs.
 
     Whatever hooks are capturing see the activations and output gradients; no weight gradient
     is computed. The returned losses are always the target NLL (what users read as "loss"),

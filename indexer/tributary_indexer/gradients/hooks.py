@@ -204,8 +204,8 @@ class ProjectedGradientHooks(ModuleHooks):
         if positions is not None:
             if positions.shape != position_mask.shape or positions.dtype != torch.bool:
                 raise ValueError(
-                    f"positions must be a bool mask shaped like the batch {tuple(position_mask.shape)}, "
-                    f"got {positions.dtype} {tuple(positions.shape)}"
+                    "positions must be a bool mask shaped like the batch "
+                    f"{tuple(position_mask.shape)}, got {positions.dtype} {tuple(positions.shape)}"
                 )
             rows, cols = positions.to(position_mask.device).nonzero(
                 as_tuple=True
@@ -221,7 +221,8 @@ class ProjectedGradientHooks(ModuleHooks):
                 or position_weights.shape[2] != self.projector.dim
             ):
                 raise ValueError(
-                    f"position_weights must be [B={batch}, R, D={self.projector.dim}], got {tuple(position_weights.shape)}"
+                    f"position_weights must be [B={batch}, R, D={self.projector.dim}], got "
+                    f"{tuple(position_weights.shape)}"
                 )
             self.position_weights = position_weights.to(position_mask.device, self.dtype)
             self.position_scores = torch.zeros(

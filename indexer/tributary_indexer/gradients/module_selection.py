@@ -103,8 +103,8 @@ def select_modules(
         selected = [c for c in selected if not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)]
     if not selected:
         raise ModuleSelectionError(
-            f"include={list(include or [])} exclude={list(exclude or [])} leave no module to track; "
-            f"trackable modules look like {names[:6]}"
+            f"include={list(include or [])} exclude={list(exclude or [])} leave no module to "
+            f"track; trackable modules look like {names[:6]}"
         )
     logger.debug("tracking %d of %d linear modules", len(selected), len(candidates))
     return selected
@@ -152,7 +152,8 @@ def preset_modules(model: nn.Module, preset: str) -> list[TrackedModule]:
 def resolve_modules(
     model: nn.Module, include: Sequence[str] | None, exclude: Sequence[str] | None, preset: str
 ) -> list[TrackedModule]:
-    """A build's selection: ``include`` patterns when given, else the ``preset``; then ``exclude``."""
+    """A build's selection: ``include`` patterns when given, else the ``preset``; then
+    ``exclude``."""
     if include:
         return select_modules(model, include=include, exclude=exclude)
     selected = preset_modules(model, preset)

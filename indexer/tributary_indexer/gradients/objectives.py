@@ -7,14 +7,15 @@ example's gradient exactly.
 ``nll``
     ``L(z) = Σ_t −log p_t`` with ``p_t = p_θ(y_t | y_<t)``: the training loss itself.
 ``margin`` (default)
-    ``L(z) = −Σ_t f_t`` with the log-odds ``f_t = log(p_t / (1 − p_t)) = ℓ_{y_t} − logsumexp_{v≠y_t} ℓ_v``
-    (``ℓ`` the logits), TRAK's model output function. Since ``p_t = sigmoid(f_t)``,
-    ``∇(−log p_t) = −(1 − p_t) ∇f_t``: the NLL gradient of a token the model has memorised
-    (``p_t → 1``) vanishes, while its log-odds gradient keeps its size and points at "make this
-    token beat its competitors". Attribution of a trained LLM is mostly about memorised text
-    (facts, backdoors, copied passages), and with ``nll`` exactly those examples drop out of
-    the ranking; on the demo benchmark ``margin`` raised fact-tracing recall@10 from 0.57 (NLL at
-    its best setting) to 0.99 and backdoor AUPRC from 0.41 to 0.98 (``benchmarks/RESULTS.md``).
+    ``L(z) = −Σ_t f_t`` with the log-odds
+    ``f_t = log(p_t / (1 − p_t)) = ℓ_{y_t} − logsumexp_{v≠y_t} ℓ_v`` (``ℓ`` the logits), TRAK's
+    model output function. Since ``p_t = sigmoid(f_t)``, ``∇(−log p_t) = −(1 − p_t) ∇f_t``: the NLL
+    gradient of a token the model has memorised (``p_t → 1``) vanishes, while its log-odds gradient
+    keeps its size and points at "make this token beat its competitors". Attribution of a trained
+    LLM is mostly about memorised text (facts, backdoors, copied passages), and with ``nll`` exactly
+    those examples drop out of the ranking; on the demo benchmark ``margin`` raised fact-tracing
+    recall@10 from 0.57 (NLL at its best setting) to 0.99 and backdoor AUPRC from 0.41 to 0.98
+    (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class _LogOdds(torch.autograd.Function):
         others, ctx.buffer = ctx.buffer, None
         if others is None:
             raise RuntimeError(
-                "the log-odds backward reuses its buffer and runs once; retain_graph is not supported"
+                "the log-odds backward reuses its buffer and runs once; retain_graph is not "
+                "supported"
             )
         # ∂f/∂ℓ_v = −softmax_{v≠y}(ℓ)_v, ∂f/∂ℓ_y = 1; the buffer becomes the gradient
         grad_logits = others.mul_((-grad / total)[:, None])  # [N, V]
@@ -90,7 +92,8 @@ class _LogOdds(torch.autograd.Function):
 def _target_log_odds(
     logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``([B, T] log-odds f_t of the token position t predicts, [B, T] mask of target positions)``."""
+    """``([B, T] log-odds f_t of the token position t predicts, [B, T] mask of target
+    positions)``."""
     batch, width, vocab = logits.shape
     next_ids = F.pad(input_ids[:, 1:], (0, 1), value=0)  # [B, T]: the token position t predicts
     next_mask = F.pad(target_mask[:, 1:], (0, 1), value=False)  # [B, T]
@@ -103,7 +106,8 @@ def _target_log_odds(
 def per_example_margin_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as above)."""
+    """Per-example ``−Σ_t log(p_t / (1 − p_t))`` ``[B]`` over the target tokens (arguments as
+    above)."""
     return objective_losses("margin", logits, input_ids, target_mask)[0]
 
 
@@ -112,8 +116,8 @@ def objective_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``([B] value of objective to differentiate, [B] summed target NLL to report)``.
 
-    For ``margin`` the NLL comes from the same log-odds (``p = σ(f)``, so ``−log p = softplus(−f)``):
-    one pass over the vocabulary, not two.
+    For ``margin`` the NLL comes from the same log-odds (``p = σ(f)``, so
+    ``−log p = softplus(−f)``): one pass over the vocabulary, not two.
     """
     if objective == "nll":
         nll = per_example_target_loss(logits, input_ids, target_mask)

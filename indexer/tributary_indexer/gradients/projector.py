@@ -1,4 +1,5 @@
-"""LoGra projections: per tracked module a pair ``P_in ∈ R^{k_in×d_in}``, ``P_out ∈ R^{k_out×d_out}``.
+"""LoGra projections: per tracked module a pair ``P_in ∈ R^{k_in×d_in}``,
+``P_out ∈ R^{k_out×d_out}``.
 
 A module's projected gradient is ``G = P_out ∇W P_inᵀ``. Initialisations:
 

@@ -75,8 +75,8 @@ def estimate_covariances(
 ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
     """Estimate the KFAC factors of ``modules`` over ``batches`` (one forward/backward each).
 
-    ``objective`` must be the one the gradients will use (see :mod:`..gradients.objectives`): the output-gradient
-    covariance is a covariance of *its* gradients.
+    ``objective`` must be the one the gradients will use (see :mod:`..gradients.objectives`): the
+    output-gradient covariance is a covariance of *its* gradients.
     """
     device = next(model.parameters()).device
     hooks = KroneckerStatisticsHooks(modules, max_dim=max_dim)

@@ -133,7 +133,8 @@ class Preconditioner:
     def _matrices(
         self, kind: str, matrices: list[torch.Tensor], device: torch.device
     ) -> list[torch.Tensor]:
-        """``matrices`` on ``device``, copied there once (a 4,096² block is 134 MB: not per query)."""
+        """``matrices`` on ``device``, copied there once (a 4,096² block is 134 MB: not per
+        query)."""
         if all(m.device == device for m in matrices):
             return matrices
         key = (kind, device)
@@ -148,7 +149,8 @@ class Preconditioner:
     def score_second_moment(
         self, v: torch.Tensor, inverse_v: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``E_z[⟨H^{-1} v, g(z)⟩²]`` per row of ``v`` ``[..., D]``: the mean squared influence score.
+        """``E_z[⟨H^{-1} v, g(z)⟩²]`` per row of ``v`` ``[..., D]``: the mean squared influence
+        score.
 
         The mean is over the training vectors the Fisher was fit on (``F = E_z[g gᵀ]`` per block),
         computed without them: with ``u = H^{-1} v`` and ``H = F + λI``, ``uᵀ F u = uᵀ v − λ‖u‖²``

@@ -89,11 +89,13 @@ class ScoreTransform:
     def train(
         self, g: torch.Tensor, per_position: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stored vectors for training gradients ``g`` ``[N, D]`` (and their per-position terms ``[N, T, D]``)."""
+        """Stored vectors for training gradients ``g`` ``[N, D]`` (and their per-position terms
+        ``[N, T, D]``)."""
         return self._apply("train", g, per_position)
 
     def query(
         self, g: torch.Tensor, per_position: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Query vectors for query gradients ``g`` ``[N, D]`` (and per-position terms ``[N, T, D]``)."""
+        """Query vectors for query gradients ``g`` ``[N, D]`` (and per-position terms
+        ``[N, T, D]``)."""
         return self._apply("query", g, per_position)

@@ -36,11 +36,13 @@ from .space import QuerySpace
 logger = logging.getLogger(__name__)
 
 _EXACT_SUBSET = 20_000  # filtered searches over at most this many examples are scored directly
-_OVERFETCH_MAX = 4_096  # up to this many tombstones a search asks for k + their number; past it, FAISS skips them
+# up to this many tombstones a search asks for k + their number; past it, FAISS skips them
+_OVERFETCH_MAX = 4_096
 
 
 class IndexChangedError(IndexIntegrityError):
-    """The index files on disk were replaced (compacted, extended) after this process loaded them."""
+    """The index files on disk were replaced (compacted, extended) after this process loaded
+    them."""
 
 
 @dataclass
@@ -113,7 +115,8 @@ class AttributionIndex:
             raise IndexIntegrityError(
                 f"index {self.paths.root} failed verification: "
                 + "; ".join(problems[:5])
-                + "; fix: rebuild the index or restore the damaged files (`tributary index verify` lists them)"
+                + "; fix: rebuild the index or restore the damaged files (`tributary index "
+                "verify` lists them)"
             )
         self.manifest = Manifest.load(self.paths.root)
         self.projector = LoGraProjector.load(self.paths.projector)
@@ -164,7 +167,8 @@ class AttributionIndex:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _check_id_space(self) -> None:
-        """Raise :class:`IndexChangedError` when a compaction renumbered (or is renumbering) the ids on disk.
+        """Raise :class:`IndexChangedError` when a compaction renumbered (or is renumbering) the ids
+        on disk.
 
         Two ``stat`` calls a request; the manifest is re-read only when it changed. ``index add``
         changes it too but keeps every id, and a different index rebuilt into the directory is
@@ -184,8 +188,9 @@ class AttributionIndex:
         created = self._id_space.rsplit("#", 1)[0]
         if space is not None and space != self._id_space and space.rsplit("#", 1)[0] == created:
             raise IndexChangedError(
-                f"the index in {self.paths.root} was compacted after this process loaded it, so its "
-                "example ids changed; fix: reload the server (POST /v1/admin/reload) or restart it"
+                f"the index in {self.paths.root} was compacted after this process loaded it, so "
+                "its example ids changed; fix: reload the server (POST /v1/admin/reload) or "
+                "restart it"
             )
         self._manifest_key = key
 

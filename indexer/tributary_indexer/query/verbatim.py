@@ -38,8 +38,8 @@ class SuffixAutomaton:
     """The suffix automaton of one text: every substring of it is a path from the root.
 
     ``first_end[s]`` is the end position (inclusive) of the first occurrence of the strings of
-    state ``s``, so a match of length ``L`` that ends in state ``s`` starts at ``first_end[s] - L + 1``.
-    Built online in ``O(n)`` states and transitions (Blumer et al.).
+    state ``s``, so a match of length ``L`` that ends in state ``s`` starts at
+    ``first_end[s] - L + 1``. Built online in ``O(n)`` states and transitions (Blumer et al.).
     """
 
     def __init__(self, text: str):
@@ -89,8 +89,9 @@ class SuffixAutomaton:
 
 
 def matching_statistics(automaton: SuffixAutomaton, query: str) -> tuple[list[int], list[int]]:
-    """For each position ``i`` of ``query``: the length of the longest substring ending at ``i`` that
-    occurs in the automaton's text, and the start of its first occurrence there (``-1`` when 0)."""
+    """For each position ``i`` of ``query``: the length of the longest substring ending at ``i``
+    that occurs in the automaton's text, and the start of its first occurrence there (``-1`` when
+    0)."""
     lengths: list[int] = []
     starts: list[int] = []
     state, length = 0, 0
@@ -133,15 +134,18 @@ class SpanReport:
     """What one example's text shares with one query text."""
 
     spans: list[SharedSpan]
-    """The longest shared spans, longest first, not overlapping on the query side (at most ``max_spans``)."""
+    """The longest shared spans, longest first, not overlapping on the query side (at most
+    ``max_spans``)."""
     coverage: float
-    """Share of the query text's non-space characters inside some shared run of at least ``min_chars``."""
+    """Share of the query text's non-space characters inside some shared run of at least
+    ``min_chars``."""
     longest: int
     """Characters of the longest shared substring (0 when none reaches ``min_chars``)."""
 
 
 def longest_common_substring(a: str, b: str) -> SharedSpan | None:
-    """The longest substring of ``a`` that occurs in ``b`` (first such in ``a``), or None if they share nothing."""
+    """The longest substring of ``a`` that occurs in ``b`` (first such in ``a``), or None if they
+    share nothing."""
     if not a or not b:
         return None
     lengths, starts = matching_statistics(SuffixAutomaton(b), a)
@@ -204,7 +208,8 @@ def find_shared_spans(
 
 
 def _trim(query: str, span: SharedSpan) -> SharedSpan:
-    """Drop leading and trailing whitespace from both sides of a span (they are the same characters)."""
+    """Drop leading and trailing whitespace from both sides of a span (they are the same
+    characters)."""
     lo, hi = span.query_start, span.query_end
     while lo < hi and query[lo].isspace():
         lo += 1
