@@ -108,11 +108,6 @@ def test_token_wise_highlighting(
     assert "\x1b[" not in out and "highest scores: 'gamma' +0.3" in out
 
 
-def test_highlight_ignores_bad_offsets() -> None:
-    scores = [tc.TokenScore(token="x", token_id=1, start=5, end=99, score=1.0)]
-    assert cli.highlight("short", scores) == "short"
-
-
 def test_errors_are_one_line_without_traceback(
     fake_cli: FakeTributary, capsys: pytest.CaptureFixture[str]
 ) -> None:
