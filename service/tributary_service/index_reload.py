@@ -114,6 +114,7 @@ class IndexReloader:
                 verify_checksums=settings.verify_checksums,
                 rerank_factor=settings.rerank_factor,
                 ranking=settings.ranking_overrides(),
+                nprobe=settings.nprobe,
             )
         except TributaryIndexError as exc:
             raise ServiceError(
@@ -133,7 +134,6 @@ class IndexReloader:
                 code="index_rebuilt",
             )
         try:
-            index.set_nprobe(settings.nprobe)
             device = next(old.model.parameters()).device
             index.reference(
                 device

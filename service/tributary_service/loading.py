@@ -82,8 +82,8 @@ def load_service(settings: ServiceSettings) -> LoadedService:
         verify_checksums=settings.verify_checksums,
         rerank_factor=settings.rerank_factor,
         ranking=settings.ranking_overrides(),
+        nprobe=settings.nprobe,
     )
-    index.set_nprobe(settings.nprobe)
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
     tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None
     if tokenizer is None:

@@ -75,11 +75,11 @@ class ServiceSettings(BaseSettings):
     snippet_chars: int = Field(
         default=400, ge=16, description="Characters of each example's text returned."
     )
-    nprobe: int = Field(
-        default=32,
+    nprobe: int | None = Field(
+        default=None,
         ge=1,
-        description="IVF lists probed per query on compressed shards (recall vs speed; no effect "
-        "on flat shards).",
+        description="IVF lists probed per query on compressed shards (recall vs speed; no effect on "
+        "flat shards); unset = the manifest's (--index-factory auto records one), else 32.",
     )
     rerank_factor: int = Field(
         default=10,

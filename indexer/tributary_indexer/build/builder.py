@@ -53,6 +53,7 @@ from ..hessian.scores import ScoreTransform
 from ..model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
 from ..progress import progress_bar
 from .distributed import DistributedContext
+from .factory_choice import FactoryChoice, choice_of, resolve_factory
 from .layout import IndexPaths, shard_entry, write_manifest
 from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
 from .shards import is_flat, train_index, write_shard
@@ -120,6 +121,9 @@ class IndexBuilder:
         self.known: KnownRecords | None = None
         """``add``: the records the index already holds (skipped)."""
         self._corpus_stats: CorpusStats | None = None
+        self.choice: FactoryChoice | None = None
+        """The FAISS factory the shards are written with (``auto`` resolved once the examples
+        are counted, after the gradient pass; ``add``: the index's)."""
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -164,6 +168,9 @@ class IndexBuilder:
             model, tokenizer, modules, projector, compressor, id_offset=0, first_chunk=0
         )
         self.ctx.barrier()
+        dim = compressor.k if compressor else projector.dim
+        self.choice = resolve_factory(cfg, n_examples, dim)
+        logger.info("index factory %s: %s", cfg.index_factory, self.choice.reason)
         preconditioner = self._fit_preconditioner(blocks, range(n_chunks))
         transform = ScoreTransform(cfg.score, preconditioner)
         with self._stage("shards"):
@@ -255,7 +262,8 @@ class IndexBuilder:
         self.summary.added = n_examples
         chunks = range(first_chunk, first_chunk + n_new)
         trained = None
-        if not is_flat(self.config.index_factory):  # every shard carries the trained quantizer
+        self.choice = choice_of(manifest)
+        if not is_flat(self.choice.factory):  # every shard carries the trained quantizer
             import faiss
 
             trained = faiss.read_index(str(self.paths.shard(0)))
@@ -628,14 +636,16 @@ class IndexBuilder:
         trained: Any = None,
     ) -> None:
         cfg = self.config
+        assert self.choice is not None  # resolved by build() / add() before the shards
+        factory = self.choice.factory
         self.paths.shards_dir.mkdir(parents=True, exist_ok=True)
         owned = self._owned(chunks)
         ids_of = {c: id_offset + (c - first_chunk) * cfg.shard_size for c in chunks}
-        if is_flat(cfg.index_factory):
+        if is_flat(factory):
             for chunk in owned:
                 vectors = self._stored_vectors(transform, chunk)
                 ids = np.arange(ids_of[chunk], ids_of[chunk] + vectors.shape[0], dtype=np.int64)
-                write_shard(self.paths.shard(chunk), vectors, ids, cfg.index_factory)
+                write_shard(self.paths.shard(chunk), vectors, ids, factory)
                 crash_point(f"after_shard_{chunk}")
             return
         # compressed: exact vectors kept for re-ranking, one quantizer trained on a sample of all
@@ -653,7 +663,7 @@ class IndexBuilder:
         if trained is None:
             if self.ctx.is_main and not trained_path.is_file():
                 sample = self._training_sample(chunks, n_examples)
-                index = train_index(sample.shape[1], cfg.index_factory, sample, seed=cfg.seed)
+                index = train_index(sample.shape[1], factory, sample, seed=cfg.seed)
                 with atomic_output(trained_path) as tmp:
                     faiss.write_index(index, str(tmp))
             self.ctx.barrier()
@@ -661,17 +671,17 @@ class IndexBuilder:
         for chunk in owned:
             vectors = np.load(self.paths.exact_vectors(chunk), mmap_mode="r").astype(np.float32)
             ids = np.arange(ids_of[chunk], ids_of[chunk] + vectors.shape[0], dtype=np.int64)
-            write_shard(self.paths.shard(chunk), vectors, ids, cfg.index_factory, trained=trained)
+            write_shard(self.paths.shard(chunk), vectors, ids, factory, trained=trained)
             crash_point(f"after_shard_{chunk}")
 
     def _training_sample(self, chunks: range, n_examples: int) -> np.ndarray:
-        """A seeded sample of ``train_examples`` stored vectors across ``chunks`` (same on every
-        run)."""
+        """A seeded sample of the chosen training size of stored vectors across ``chunks`` (same
+        on every run)."""
         cfg = self.config
+        assert self.choice is not None
         rng = np.random.default_rng(cfg.seed)
-        pick = np.sort(
-            rng.choice(n_examples, size=min(cfg.train_examples, n_examples), replace=False)
-        )
+        size = min(self.choice.train_examples, n_examples)
+        pick = np.sort(rng.choice(n_examples, size=size, replace=False))
         parts = []
         for i, chunk in enumerate(chunks):
             lo = i * cfg.shard_size
@@ -747,6 +757,7 @@ class IndexBuilder:
             tokenizer=tokenizer,
             summary=summary,
             additions=additions,
+            index_choice=self.choice.to_dict() if self.choice is not None else {},
         )
         if not self.keep_staging:
             self.staging.remove()

@@ -45,6 +45,7 @@ from ..data.tombstones import (
 )
 from ..errors import IndexIntegrityError
 from .builder import crash_point
+from .factory_choice import recorded_factory
 from .layout import IndexPaths
 from .manifest import Manifest, ShardInfo, utc_timestamp, verify_index
 from .shards import is_flat, read_shard, write_shard
@@ -183,7 +184,7 @@ def _write_compacted(
     """Write the new shards, exact vectors and store under ``new_dir``; return the new manifest."""
     import faiss
 
-    factory = manifest.build_config.get("index_factory", "Flat")
+    factory = recorded_factory(manifest)
     compressed = not is_flat(factory)
     new_paths = IndexPaths(new_dir)
     new_paths.shards_dir.mkdir(parents=True, exist_ok=True)

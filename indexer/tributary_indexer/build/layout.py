@@ -106,9 +106,10 @@ def write_manifest(
     tokenizer: Any,
     summary: dict[str, Any],
     additions: list[dict[str, Any]],
+    index_choice: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write ``manifest.json`` last: model/tokenizer hashes, projector, damping, shards, file
-    checksums."""
+    checksums, and the FAISS factory chosen (``index_choice``)."""
     desc = projector.describe()
     params: dict[str, Any] = {"fingerprint": projector.fingerprint()}
     k = rapidgrad_dim(config.rapidgrad_k, projector.dim)
@@ -158,6 +159,7 @@ def write_manifest(
         build_config=build_config,
         files=files,
         created_at=created_at,
+        index_choice=dict(index_choice or {}),
     )
     manifest.save(paths.root)
     return manifest

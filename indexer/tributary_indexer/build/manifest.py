@@ -152,6 +152,11 @@ class Manifest:
     """sha256 of the other index files, keyed by path relative to the index directory."""
     created_at: str = ""
     format_version: int = FORMAT_VERSION
+    index_choice: dict[str, Any] = field(default_factory=dict)
+    """The FAISS factory the shards were written with and why (``--index-factory auto``'s
+    inputs, the factory string, ``nprobe``, the training sample; see
+    :mod:`~tributary_indexer.build.factory_choice`). Empty in indexes written before it was
+    recorded: their ``build_config``'s ``index_factory`` is the factory."""
 
     @property
     def objective(self) -> str:

@@ -55,6 +55,7 @@ from ..hessian.preconditioner import Preconditioner
 from ..hessian.scores import ScoreTransform
 from ..model_loading import load_tokenizer
 from .builder import _ROWS_PER_STEP, IndexBuilder, token_budget_batches
+from .factory_choice import AUTO, resolve_factory
 from .shards import is_flat
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class BuildPlan:
     """Estimated bytes per file kind of the finished index (``shards/shard-*.faiss``, ...)."""
     staging_files: dict[str, int] = field(default_factory=dict)
     ram_parts: dict[str, int] = field(default_factory=dict)
+    index_choice: dict[str, Any] = field(default_factory=dict)
+    """The FAISS factory the build will write and why (what ``--index-factory auto`` chooses
+    for these examples and this dimension)."""
 
     def lines(self) -> list[str]:
         """The human-readable plan."""
@@ -102,6 +106,8 @@ class BuildPlan:
             f"examples: {self.examples} (about {self.mean_tokens:.0f} tokens each, {self.tokens} "
             "in all)",
             f"vector dimension: {self.dim}, {self.shards} shard(s)",
+            f"index: {self.index_choice.get('requested', '?')} -> "
+            f"{self.index_choice.get('reason', '?')}",
             f"measured on {self.sample_examples} examples: gradient pass "
             f"{self.measured_tokens_per_s:.0f} tokens/s",
             f"estimated time: {self.seconds / 3600:.2f} h ({self.seconds:.0f} s) for one process "
@@ -267,10 +273,9 @@ def estimate_build(
     config: BuildConfig, timed_batches: int = 3, workdir: str | Path | None = None
 ) -> BuildPlan:
     """Run the build on a sample of the corpus and extrapolate time, disk and RAM to all of it."""
-    if not is_flat(config.index_factory):
+    if config.index_factory == AUTO or not is_flat(config.index_factory):
         logger.info(
-            "compressed shards: the sample is built flat; shard sizes come from the factory's code "
-            "size"
+            "the sample is built flat; compressed shard sizes come from the factory's code size"
         )
     startup_s = _process_age_s()  # interpreter start and imports: a build's command pays them too
     n_records, lengths = _length_sample(config)
@@ -291,7 +296,7 @@ def _estimate(
     startup_s: float,
 ) -> BuildPlan:
     cfg = replace(config, progress=False)
-    sample_cfg = replace(cfg, index_factory="Flat") if not is_flat(cfg.index_factory) else cfg
+    sample_cfg = replace(cfg, index_factory="Flat")
     builder = IndexBuilder(sample_cfg, tmp / "index", keep_staging=True, max_examples=sample)
     summary = builder.build()
     n = n_records
@@ -300,6 +305,8 @@ def _estimate(
     dim = summary.dim
     shard_rows = min(cfg.shard_size, n)
     n_shards = max(1, math.ceil(n / cfg.shard_size))
+    choice = resolve_factory(cfg, n, dim)
+    factory = choice.factory
 
     # ---- time
     batches = summary.batch_timings
@@ -325,12 +332,11 @@ def _estimate(
     flat_row = 4 * dim + 8
     sample_shards = max(summary.shards, 1)
     shard_header = max(shard_bytes_sample - s * flat_row, 0) / sample_shards
-    if is_flat(cfg.index_factory):
+    if is_flat(factory):
         shards_total = n_shards * shard_header + n * flat_row
     else:
-        shards_total = n_shards * _compressed_shard_header(dim, cfg.index_factory) + n * (
-            _code_size(dim, cfg.index_factory) + 8
-        )
+        header = _compressed_shard_header(dim, factory)
+        shards_total = n_shards * header + n * (_code_size(dim, factory) + 8)
     write_per_row = max(stage.get("shards", 0.0) - stage.get("transform", 0.0), 0.0) / max(s, 1)
     store_fixed, store_row = _store_bytes(tmp / "index" / "staging", tmp)
     manifest = json.loads((tmp / "index" / "manifest.json").read_text(encoding="utf-8"))
@@ -344,7 +350,7 @@ def _estimate(
         if k not in ("shards/shard-*.faiss", "examples.sqlite", "manifest.json")
     }
     files["shards/shard-*.faiss"] = int(shards_total)
-    if not is_flat(cfg.index_factory):
+    if not is_flat(factory):
         itemsize = 2 if cfg.vector_dtype == "float16" else 4
         files["vectors/vectors-*.npy"] = n_shards * 128 + n * dim * itemsize
     files["examples.sqlite"] = store_fixed + store_row * n
@@ -411,6 +417,7 @@ def _estimate(
         files=files,
         staging_files=staging,
         ram_parts=ram_parts,
+        index_choice=choice.to_dict(),
     )
 
 

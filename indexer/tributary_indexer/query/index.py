@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..build.factory_choice import DEFAULT_NPROBE, recorded_factory, recorded_nprobe
 from ..build.layout import IndexPaths
 from ..build.manifest import Manifest, verify_index
 from ..build.shards import SearchResult, is_flat, merge_topk, read_shard
@@ -106,9 +107,11 @@ class AttributionIndex:
         verify_checksums: bool = True,
         rerank_factor: int = 10,
         ranking: str | Mapping[str, Any] | None = None,
+        nprobe: int | None = None,
     ):
         """``ranking``: :class:`~tributary_indexer.config.RankingConfig` fields that override the
-        manifest's (a name alone overrides ``ranking``; ``None`` values are ignored)."""
+        manifest's (a name alone overrides ``ranking``; ``None`` values are ignored).
+        ``nprobe``: IVF lists probed per query; ``None``: the manifest's (``auto``), else 32."""
         self.paths = IndexPaths(Path(root))
         problems = verify_index(self.paths.root, check_checksums=verify_checksums)
         if problems:
@@ -133,7 +136,9 @@ class AttributionIndex:
             if rapid
             else None
         )
-        self.compressed = not is_flat(self.manifest.build_config.get("index_factory", "Flat"))
+        self.factory = recorded_factory(self.manifest)
+        """The FAISS factory of the shards."""
+        self.compressed = not is_flat(self.factory)
         self.space = QuerySpace(self.transform, self.compressor)
         """The query side of the index's vector space (compression and transform)."""
         self.ranking_config = self._ranking_config(ranking)
@@ -153,6 +158,8 @@ class AttributionIndex:
                     None if self.compressed else _flat_view(index),
                 )
             )
+        self.nprobe = 0
+        self.set_nprobe(nprobe or recorded_nprobe(self.manifest) or DEFAULT_NPROBE)
         self.store = ExampleStore(self.paths.store)
         self._reference: dict[str, torch.Tensor] = {}
         self._tombstones = TombstoneWatcher(self.paths.root, id_space_of(self.manifest))
@@ -254,6 +261,7 @@ class AttributionIndex:
         """IVF lists probed per query (recall vs speed of compressed shards; no-op for flat)."""
         import faiss
 
+        self.nprobe = nprobe
         for shard in self.shards:
             ivf = faiss.try_extract_index_ivf(shard.index)  # type: ignore[arg-type]  # faiss stubs lack the wrappers
             if ivf is not None:
