@@ -78,8 +78,8 @@ class ServiceSettings(BaseSettings):
     nprobe: int | None = Field(
         default=None,
         ge=1,
-        description="IVF lists probed per query on compressed shards (recall vs speed; no effect on "
-        "flat shards); unset = the manifest's (--index-factory auto records one), else 32.",
+        description="IVF lists probed per query on compressed shards (recall vs speed; no effect "
+        "on flat shards); unset = the manifest's (--index-factory auto records one), else 32.",
     )
     rerank_factor: int = Field(
         default=10,
