@@ -154,13 +154,13 @@ def infer_prompting(
                 break
     mode = "format" if prompt_format is not None else "chat" if chat else "plain"
     info = types.PromptingInfo(
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]
         chat_template=chat,
-        prompt_format=prompt_format,  # type: ignore[arg-type]
-        format_source=source,
+        prompt_format=prompt_format,
+        format_source=source,  # type: ignore[arg-type]
         example_question=example,
         stop=stop,
-    )  # type: ignore[arg-type]
+    )
     logger.info(
         "prompting: %s%s", mode, f" ({prompt_format!r}, from the {source})" if prompt_format else ""
     )

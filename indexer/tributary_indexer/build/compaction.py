@@ -172,10 +172,10 @@ def _shard_vectors(paths: IndexPaths, n: int, shard: ShardInfo, compressed: bool
         return np.load(paths.exact_vectors(n), mmap_mode="r")
     index = read_shard(paths.root / shard.file, mmap=False)
     return (
-        index.index.reconstruct_n(0, index.ntotal)
+        index.index.reconstruct_n(0, index.ntotal)  # type: ignore[attr-defined]
         if index.ntotal
         else np.zeros((0, index.d), np.float32)
-    )  # type: ignore[attr-defined]
+    )
 
 
 def _write_compacted(

@@ -116,7 +116,7 @@ def choose_factory(
             f"{n_examples}, {dim}, {memory_bytes}"
         )
     flat_bytes = 4 * n_examples * dim
-    common = {"n_examples": n_examples, "dim": dim, "memory_bytes": memory_bytes}
+    common: dict[str, Any] = {"n_examples": n_examples, "dim": dim, "memory_bytes": memory_bytes}
     inputs = f"N={n_examples}, D={dim}, budget {memory_bytes / 2**30:.3g} GiB"
     flat_gib = f"4·N·D = {flat_bytes / 2**30:.3g} GiB"
     fits = flat_bytes <= memory_bytes
