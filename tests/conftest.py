@@ -10,6 +10,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped, with the reason, where FAISS has no GPU."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    from tributary_indexer.query.gpu_placement import gpu_absence, gpu_count
+
+    if gpu_count() > 0:
+        return
+    skip = pytest.mark.skip(
+        reason=f"no GPU: {gpu_absence()}; run them on a GPU machine with "
+        "`python benchmarks/gpu_check.py`"
+    )
+    for item in marked:
+        item.add_marker(skip)
+
+
 def tiny_gpt2(dtype=None, seed: int = 0, vocab_size: int = 97):
     """A 2-layer GPT-2 (Conv1D modules, tied lm_head) in eval mode."""
     import torch

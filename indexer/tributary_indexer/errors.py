@@ -14,7 +14,8 @@ Hierarchy::
     ├── IndexIntegrityError     checksums, counts or id ranges of an index on disk do not add up
     ├── ModelLoadError          a model directory is missing, incomplete or unreadable
     ├── ModuleSelectionError    the modules chosen for gradient tracking do not exist / fit
-    └── OutputDirectoryError    cannot write where asked: permissions, a file in the way, disk full
+    ├── OutputDirectoryError    cannot write where asked: permissions, a file in the way, disk full
+    └── SearchDeviceError       the search device asked for is not there (GPU search, no GPU)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "ModelLoadError",
     "ModuleSelectionError",
     "OutputDirectoryError",
+    "SearchDeviceError",
 ]
 
 
@@ -142,3 +144,8 @@ class ModuleSelectionError(TributaryIndexError):
 
 class OutputDirectoryError(TributaryIndexError):
     """An output location is not writable: permissions, a file in the way, a full disk."""
+
+
+class SearchDeviceError(TributaryIndexError, ValueError):
+    """The search device asked for cannot be used (``gpu`` without the FAISS GPU build or a
+    CUDA GPU, or an unknown name)."""

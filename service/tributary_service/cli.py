@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--device")
     parser.add_argument(
+        "--search-device",
+        choices=["auto", "cpu", "gpu"],
+        help="where the shards are searched: gpu (FAISS GPU, exact re-score there), cpu, or auto "
+        "(the GPU when present) (TRIBUTARY_SEARCH_DEVICE)",
+    )
+    parser.add_argument(
         "--ranking",
         choices=list(get_args(Ranking)),
         help="rank examples this way instead of as the index's manifest says (TRIBUTARY_RANKING)",
@@ -104,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tributary serve: {_settings_problem(exc)}", file=sys.stderr)
         return 2
     quiet_blas_spin_waits()
+    # numpy loads here (after the BLAS setting above): a GPU search without a GPU stops now
+    from tributary_indexer.errors import SearchDeviceError
+    from tributary_indexer.query.gpu_placement import resolve_search_device
+
+    try:
+        resolve_search_device(settings.search_device)
+    except SearchDeviceError as exc:
+        print(f"tributary serve: {exc}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from .app import create_app

@@ -115,6 +115,7 @@ class IndexReloader:
                 rerank_factor=settings.rerank_factor,
                 ranking=settings.ranking_overrides(),
                 nprobe=settings.nprobe,
+                search_device=settings.search_device,
             )
         except TributaryIndexError as exc:
             raise ServiceError(

@@ -83,6 +83,7 @@ def load_service(settings: ServiceSettings) -> LoadedService:
         rerank_factor=settings.rerank_factor,
         ranking=settings.ranking_overrides(),
         nprobe=settings.nprobe,
+        search_device=settings.search_device,
     )
     model_dir = Path(settings.model) if settings.model else Path(index.manifest.model.path)
     tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None

@@ -81,6 +81,12 @@ class ServiceSettings(BaseSettings):
         description="IVF lists probed per query on compressed shards (recall vs speed; no effect "
         "on flat shards); unset = the manifest's (--index-factory auto records one), else 32.",
     )
+    search_device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="Where the shards are searched: gpu (FAISS GPU: float16 first stage on every "
+        "visible GPU, exact re-score with torch there; refused without the FAISS GPU build and "
+        "a CUDA GPU), cpu, or auto (the GPU when present).",
+    )
     rerank_factor: int = Field(
         default=10,
         ge=1,

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from tributary_service.blas_threads import quiet_blas_spin_waits
 
 
@@ -72,3 +73,18 @@ def test_faiss_cpu_probing_is_not_logged_at_start_up(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ModuleNotFoundError" not in out.stderr and "faiss.loader" not in out.stderr, out.stderr
+
+
+def test_gpu_search_without_a_gpu_exits_with_the_fix(tmp_path):
+    from tributary_indexer.query.gpu_placement import gpu_count
+
+    if gpu_count() > 0:
+        pytest.skip("a GPU is present: GPU search is available")
+    for out in (
+        _serve("--index", str(tmp_path), "--search-device", "gpu"),
+        _serve("--index", str(tmp_path), TRIBUTARY_SEARCH_DEVICE="gpu"),
+    ):
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert "GPU search was asked for" in out.stderr and "--search-device cpu" in out.stderr
+    out = _serve("--index", str(tmp_path), TRIBUTARY_SEARCH_DEVICE="tpu")
+    assert out.returncode == 2 and "--search-device (TRIBUTARY_SEARCH_DEVICE):" in out.stderr

@@ -31,6 +31,7 @@ from ..gradients.projector import LoGraProjector
 from ..gradients.rapidgrad import RapidGradCompressor
 from ..hessian.preconditioner import Preconditioner
 from ..hessian.scores import ScoreTransform
+from .gpu_placement import ShardPlacement, resolve_search_device
 from .ranking import Ranking, make_ranking, reference_rows
 from .space import QuerySpace
 
@@ -108,10 +109,15 @@ class AttributionIndex:
         rerank_factor: int = 10,
         ranking: str | Mapping[str, Any] | None = None,
         nprobe: int | None = None,
+        search_device: str = "cpu",
     ):
         """``ranking``: :class:`~tributary_indexer.config.RankingConfig` fields that override the
         manifest's (a name alone overrides ``ranking``; ``None`` values are ignored).
-        ``nprobe``: IVF lists probed per query; ``None``: the manifest's (``auto``), else 32."""
+        ``nprobe``: IVF lists probed per query; ``None``: the manifest's (``auto``), else 32.
+        ``search_device``: ``cpu``, ``gpu`` (shards on the GPU(s), :mod:`.gpu_placement`;
+        :class:`~tributary_indexer.errors.SearchDeviceError` without one) or ``auto``."""
+        self.search_device = resolve_search_device(search_device)
+        """Where the first stage runs: ``cpu`` or ``gpu``."""
         self.paths = IndexPaths(Path(root))
         problems = verify_index(self.paths.root, check_checksums=verify_checksums)
         if problems:
@@ -157,6 +163,13 @@ class AttributionIndex:
                     exact,
                     None if self.compressed else _flat_view(index),
                 )
+            )
+        self.placement: ShardPlacement | None = None
+        """The shards' first stage on the GPU(s) (``None``: searched on the CPU)."""
+        if self.search_device == "gpu":
+            self.placement = ShardPlacement.on_gpus(
+                self.shards,
+                lambda n: read_shard(self.paths.root / self.manifest.shards[n].file, mmap=False),
             )
         self.nprobe = 0
         self.set_nprobe(nprobe or recorded_nprobe(self.manifest) or DEFAULT_NPROBE)
@@ -255,13 +268,17 @@ class AttributionIndex:
         return self.manifest.n_examples
 
     def close(self) -> None:
+        """Close the example store and let go of the shards on the GPU."""
         self.store.close()
+        self.placement = None
 
     def set_nprobe(self, nprobe: int) -> None:
         """IVF lists probed per query (recall vs speed of compressed shards; no-op for flat)."""
         import faiss
 
         self.nprobe = nprobe
+        if self.placement is not None:
+            self.placement.set_nprobe(nprobe)
         for shard in self.shards:
             ivf = faiss.try_extract_index_ivf(shard.index)  # type: ignore[arg-type]  # faiss stubs lack the wrappers
             if ivf is not None:
@@ -304,7 +321,13 @@ class AttributionIndex:
         return self._search_shards(q, k, selector)
 
     def _search_shards(self, q: np.ndarray, k: int, selector: object | None) -> SearchResult:
-        """Top-``k`` over every shard, optionally through a FAISS id selector."""
+        """Top-``k`` over every shard, optionally through a FAISS id selector; on the GPU(s)
+        when the shards are placed there and the placement serves the search, else here."""
+        if self.placement is not None:
+            if self.placement.can_serve(k, filtered=selector is not None):
+                return self.placement.search(q, k, self.stored_vectors, self.rerank_factor)
+            self.placement.cpu_fallbacks += 1
+            logger.debug("search for k=%d (filtered: %s) runs on the CPU", k, selector is not None)
         fetch = k * self.rerank_factor if self.compressed else k
         params = None
         if selector is not None:
@@ -346,13 +369,21 @@ class AttributionIndex:
 
     def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of ``ids`` ``[n, D]`` (from the exact files or the flat shards)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for i, example_id in enumerate(ids):
-            shard = next(s for s in self.shards if s.id_start <= example_id < s.id_end)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.n_examples):
+            raise IndexError(
+                f"example ids must be in [0, {self.n_examples}); got {ids.min()}..{ids.max()}"
+            )
+        starts = np.array([s.id_start for s in self.shards], dtype=np.int64)
+        which = np.searchsorted(starts, ids, side="right") - 1
+        for n in np.unique(which):
+            pick = which == n
+            shard = self.shards[int(n)]
             if shard.exact is not None:
-                out[i] = shard.exact[example_id - shard.id_start]
+                out[pick] = shard.exact[ids[pick] - shard.id_start]
             elif shard.flat is not None:
-                out[i] = shard.flat[example_id - shard.id_start]
+                out[pick] = shard.flat[ids[pick] - shard.id_start]
             else:
-                out[i] = shard.index.reconstruct(int(example_id))  # type: ignore[attr-defined]
+                out[pick] = [shard.index.reconstruct(int(i)) for i in ids[pick]]  # type: ignore[attr-defined]
         return out

@@ -1,0 +1,201 @@
+"""Search with the shards placed on the GPU(s): the float16 first stage, the exact re-score and
+the filters, against brute force in float64.
+
+Every oracle runs twice: on the real GPU path (marked ``gpu``: skipped, with the reason, where
+FAISS has no GPU) and on the same code with its first stage emulated on the CPU
+(:meth:`ShardPlacement.emulated`: float16 copies of the flat shards, the re-score on torch's
+CPU device), so the placement's logic (over-fetch, id mapping, merge, re-score, the CPU
+fallback of filtered searches) is tested everywhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tributary_indexer.build.builder import IndexBuilder
+from tributary_indexer.config import BuildConfig
+from tributary_indexer.data.tombstones import add_removal, id_space_of
+from tributary_indexer.errors import SearchDeviceError
+from tributary_indexer.query import index as index_reader
+from tributary_indexer.query.gpu_placement import (
+    GPU_MAX_K,
+    ShardPlacement,
+    gpu_count,
+    rescore,
+    resolve_search_device,
+)
+from tributary_indexer.query.index import AttributionIndex
+
+from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
+
+PATHS = ["emulated", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """A flat index and a compressed one (IVF2,SQ8: GPU-supported) of 70 examples in 3 shards."""
+    root = tmp_path_factory.mktemp("gpu")
+    model = build_model_dir(root / "model", "gpt2")
+    corpus = write_jsonl(root / "corpus.jsonl", corpus_records(70))
+    out = {}
+    for name, factory in (("flat", "Flat"), ("ivf", "IVF2,SQ8")):
+        config = BuildConfig(
+            model=str(model),
+            corpus=[str(corpus)],
+            rank_in=4,
+            rank_out=4,
+            shard_size=25,
+            progress=False,
+            index_factory=factory,
+            train_examples=70,
+        )
+        IndexBuilder(config, root / name).build()
+        out[name] = root / name
+    return out
+
+
+def _open(root: Path, path: str) -> AttributionIndex:
+    if path == "gpu":
+        index = AttributionIndex(root, search_device="gpu")
+        assert index.placement is not None and index.placement.gpu_shards == len(index.shards)
+    else:
+        index = AttributionIndex(root)
+        shards = index.shards
+        index.placement = ShardPlacement.emulated(shards, lambda n: shards[n].flat)
+    index.set_nprobe(2)  # every list: the compressed first stage is exhaustive too
+    return index
+
+
+def _brute(index: AttributionIndex, q: np.ndarray, keep: np.ndarray, k: int):
+    """float64 top-k ids and scores over the examples ``keep``."""
+    vectors = index.stored_vectors(keep).astype(np.float64)
+    scores = q.astype(np.float64) @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return keep[order], np.take_along_axis(scores, order, axis=1)
+
+
+def _check(found, want_ids, want_scores) -> None:
+    n = want_ids.shape[1]
+    np.testing.assert_allclose(found.scores[:, :n], want_scores, rtol=1e-5, atol=1e-6)
+    assert (found.ids[:, :n] == want_ids).mean() > 0.99  # float32 ties may swap neighbours
+    assert (found.ids[:, n:] == -1).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("path", PATHS)
+def test_placed_search_equals_brute_force(built, kind, path) -> None:
+    index = _open(built[kind], path)
+    rng = np.random.default_rng(0)
+    stored = index.stored_vectors(np.arange(index.n_examples))
+    q = np.concatenate([stored[[4, 40]], rng.standard_normal((3, index.dim))]).astype(np.float32)
+    everything = np.arange(index.n_examples)
+    for k in (1, 10, 26, 70, 90):  # 26 spans shards; 90 asks for more than exist
+        found = index.search(q, k)
+        _check(found, *_brute(index, q, everything, min(k, index.n_examples)))
+    assert index.placement is not None and index.placement.cpu_fallbacks == 0
+    index.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_filters_and_removals_on_the_placed_path(built, tmp_path, monkeypatch, path) -> None:
+    root = shutil.copytree(built["flat"], tmp_path / "idx")
+    index = _open(root, path)
+    assert index.placement is not None
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((4, index.dim)).astype(np.float32)
+    removed = np.sort(rng.choice(index.n_examples, size=9, replace=False))
+    add_removal(
+        root,
+        id_space_of(index.manifest),
+        removed,
+        {"example_id": removed.tolist()},
+        "2026-01-01T00:00:00Z",
+    )
+    keep = np.setdiff1d(np.arange(index.n_examples), removed)
+    # a few removals: over-fetched and dropped, on the placed path
+    _check(index.search(q, 10), *_brute(index, q, keep, 10))
+    assert index.placement.cpu_fallbacks == 0
+    # many removals (a FAISS id selector): the CPU shards answer, exactly
+    monkeypatch.setattr(index_reader, "_OVERFETCH_MAX", 0)
+    _check(index.search(q, 10), *_brute(index, q, keep, 10))
+    assert index.placement.cpu_fallbacks == 1
+    # a large source filter (a selector too): the CPU shards answer
+    monkeypatch.setattr(index_reader, "_EXACT_SUBSET", 0)
+    allowed = np.arange(0, index.n_examples, 3, dtype=np.int64)
+    _check(
+        index.search(q, 5, allowed_ids=allowed), *_brute(index, q, np.intersect1d(allowed, keep), 5)
+    )
+    assert index.placement.cpu_fallbacks == 2
+    index.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_k_over_the_gpu_limit_runs_on_the_cpu(built, path) -> None:
+    index = _open(built["flat"], path)
+    assert index.placement is not None
+    index.placement.max_k = 8  # FAISS GPU's limit is 2,048; smaller here to reach it
+    q = np.random.default_rng(2).standard_normal((2, index.dim)).astype(np.float32)
+    _check(index.search(q, 9), *_brute(index, q, np.arange(index.n_examples), 9))
+    assert index.placement.cpu_fallbacks == 1
+    _check(index.search(q, 8), *_brute(index, q, np.arange(index.n_examples), 8))
+    assert index.placement.cpu_fallbacks == 1
+    index.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rescore_is_exact_in_float64(built, path) -> None:
+    index = _open(built["flat"], path)
+    assert index.placement is not None
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((3, index.dim)).astype(np.float32)
+    ids = np.array([[5, 60, -1, 7], [-1, -1, -1, -1], [69, 0, 5, 33]], dtype=np.int64)
+    result = rescore(q, ids, index.stored_vectors, 3, index.placement.device)
+    stored = index.stored_vectors(np.arange(index.n_examples)).astype(np.float64)
+    for row in (0, 2):
+        cand = ids[row][ids[row] >= 0]
+        exact = stored[cand] @ q[row].astype(np.float64)
+        order = np.argsort(-exact, kind="stable")[:3]
+        assert result.ids[row].tolist() == cand[order].tolist()
+        np.testing.assert_allclose(result.scores[row], exact[order], rtol=1e-6)
+    assert (result.ids[1] == -1).all() and np.isneginf(result.scores[1]).all()
+    index.close()
+
+
+# ------------------------------------------------------------------------- choosing the device
+def test_search_device_choice() -> None:
+    assert resolve_search_device("cpu", gpus=4) == "cpu"
+    assert resolve_search_device("auto", gpus=0) == "cpu"
+    assert resolve_search_device("auto", gpus=2) == "gpu"
+    assert resolve_search_device("gpu", gpus=1) == "gpu"
+    with pytest.raises(SearchDeviceError, match="fix: .*--search-device cpu"):
+        resolve_search_device("gpu", gpus=0)
+    with pytest.raises(SearchDeviceError, match="not one of"):
+        resolve_search_device("tpu", gpus=1)
+    assert GPU_MAX_K == 2048
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="a GPU is present: GPU search is available")
+def test_gpu_search_without_a_gpu_is_refused_with_the_fix(built) -> None:
+    with pytest.raises(SearchDeviceError) as err:
+        AttributionIndex(built["flat"], search_device="gpu")
+    assert "GPU search was asked for" in str(err.value) and "fix:" in str(err.value)
+    index = AttributionIndex(built["flat"], search_device="auto")  # auto: the CPU here
+    assert index.search_device == "cpu" and index.placement is None
+    index.close()
+
+
+def test_stored_vectors_gather_across_shards(built) -> None:
+    for kind in ("flat", "ivf"):
+        index = AttributionIndex(built[kind])
+        ids = np.array([69, 0, 25, 24, 50, 25], dtype=np.int64)
+        one_by_one = np.stack([index.stored_vectors(np.array([i]))[0] for i in ids])
+        np.testing.assert_array_equal(index.stored_vectors(ids), one_by_one)
+        shard = index.shards[1]
+        row = shard.exact[0] if shard.exact is not None else shard.flat[0]
+        np.testing.assert_array_equal(index.stored_vectors(np.array([25]))[0], row)
+        with pytest.raises(IndexError, match=r"\[0, 70\)"):
+            index.stored_vectors(np.array([70]))
+        index.close()
