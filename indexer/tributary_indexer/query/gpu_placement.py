@@ -151,7 +151,7 @@ class ShardPlacement:
             rows = shard.id_end - shard.id_start
             # a flat shard is memory-mapped: clone an in-memory copy (kept alive while cloning:
             # the id map owns the index inside it)
-            holder = read_unmapped(n) if _is_flat(inner) else shard.index
+            holder: Any = read_unmapped(n) if _is_flat(inner) else shard.index
             source = faiss.downcast_index(holder.index)
             try:
                 gpu = faiss.index_cpu_to_gpu_multiple_py(
