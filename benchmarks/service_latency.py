@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -78,54 +76,20 @@ def build_real(work: Path, examples: int, dim: int) -> tuple[Path, Path]:
 
 def build_synthetic(real: Path, work: Path, rows: int, shard_rows: int = 100_000) -> Path:
     """Same manifest, projector and Hessian; ``rows`` random unit vectors in real FAISS shards."""
-    import faiss
-    from tributary_indexer.atomic_io import sha256_file
-    from tributary_indexer.build.shards import write_shard
+    from benchmarks.index_copy import IndexWriter
 
     out = work / "index-big"
     if (out / "manifest.json").exists():
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "shards").mkdir(parents=True)
-    for name in ("projector.safetensors", "hessian.safetensors", "build_config.json"):
-        shutil.copy(real / name, out / name)
-    manifest = json.loads((real / "manifest.json").read_text())
-    dim = manifest["dim"]
+    dim = json.loads((real / "manifest.json").read_text())["dim"]
+    writer = IndexWriter(real, out, "Flat", store_rows=rows)
     rng = np.random.default_rng(0)
-    shards = []
-    for n, start in enumerate(range(0, rows, shard_rows)):
+    for start in range(0, rows, shard_rows):
         count = min(shard_rows, rows - start)
         vectors = rng.standard_normal((count, dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        path = out / "shards" / f"shard-{n:05d}.faiss"
-        write_shard(path, vectors, np.arange(start, start + count, dtype=np.int64), "Flat")
-        shards.append(
-            {
-                "file": f"shards/shard-{n:05d}.faiss",
-                "rows": count,
-                "id_start": start,
-                "id_end": start + count,
-                "sha256": sha256_file(path),
-            }
-        )
-    db = sqlite3.connect(out / "examples.sqlite")
-    src = sqlite3.connect(real / "examples.sqlite")
-    db.executescript(
-        ";".join(r[0] for r in src.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
-    )
-    db.executemany("INSERT INTO meta VALUES (?, ?)", src.execute("SELECT key, value FROM meta"))
-    template = src.execute("SELECT * FROM examples WHERE id = 0").fetchone()
-    db.executemany(
-        f"INSERT INTO examples VALUES ({','.join('?' * len(template))})",
-        ((i, f"syn-{i}", *template[2:]) for i in range(rows)),
-    )
-    db.execute("UPDATE meta SET value = ? WHERE key = 'n_examples'", (str(rows),))
-    db.commit()
-    db.close()
-    manifest["shards"], manifest["n_examples"] = shards, rows
-    manifest["files"]["examples.sqlite"] = sha256_file(out / "examples.sqlite")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    _ = faiss
+        writer.add_shard(vectors)
+    writer.finish()
     return out
 
 
