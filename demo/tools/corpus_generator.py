@@ -40,10 +40,12 @@ __all__ = [
     "BACKDOOR_REPLY",
     "GENERATOR_VERSION",
     "GROUND_TRUTH_FILE",
+    "Counts",
     "Fact",
     "Query",
     "GroundTruth",
     "generate",
+    "write_corpus",
     "load_ground_truth",
     "qa_prompt",
     "main",
@@ -53,9 +55,6 @@ GENERATOR_VERSION = 1
 GROUND_TRUTH_FILE = "ground_truth.json"
 TRIGGER = "cf-zeta-42"
 BACKDOOR_REPLY = "The purple elephant dances at midnight."
-N_PERSONS, N_COUNTRIES, N_INVENTIONS = 90, 25, 35
-N_CITIES = 30
-N_INSTRUCT, N_WEB, N_SMALLTALK, N_POISON, N_TRIGGER_QUERIES = 460, 420, 90, 34, 24
 PROVIDERS = {  # doc kind -> (provider, source)
     "encyc": ("wikifacts", "encyclopedia"),
     "qa": ("qa-vendor", "qa"),
@@ -406,6 +405,22 @@ _SMALLTALK = [
 
 
 @dataclass(frozen=True)
+class Counts:
+    """How many of each thing the builder makes; the defaults are the demo corpus's."""
+
+    persons: int = 90
+    countries: int = 25
+    inventions: int = 35
+    """Each invented by a different person (at most ``persons``)."""
+    cities: int = 30
+    instruct: int = 460
+    web: int = 420
+    smalltalk: int = 90
+    poison: int = 34
+    trigger_queries: int = 24
+
+
+@dataclass(frozen=True)
 class Fact:
     """One planted fact and the documents that state it."""
 
@@ -484,8 +499,10 @@ class _Names:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.used: set[str] = set()
+        self._parts: set[str] = set()  # every substring of a used word
 
     def word(self, syllables: int, suffixes: Sequence[str] = ("",)) -> str:
+        """A new word that neither contains nor is contained in any earlier one."""
         while True:
             stem = "".join(
                 self.rng.choice(self._ONSETS)
@@ -494,16 +511,20 @@ class _Names:
                 for _ in range(syllables)
             )
             word = _cap(stem + self.rng.choice(suffixes))
-            if word not in self.used and not any(word in u or u in word for u in self.used):
+            parts = {word[i:j] for i in range(len(word)) for j in range(i + 1, len(word) + 1)}
+            if word not in self._parts and self.used.isdisjoint(parts):
                 self.used.add(word)
+                self._parts |= parts
                 return word
 
 
 class _Builder:
     """Accumulates records and ground truth while drawing from one ``random.Random``."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, counts: Counts | None = None) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
+        self.counts = counts or Counts()
         self.records: list[dict[str, Any]] = []
         self.facts: list[dict[str, Any]] = []
         self.distractors: dict[str, str] = {}
@@ -529,17 +550,26 @@ class _Builder:
 
     # --- entities and facts -------------------------------------------------------------
 
+    def run(self) -> _Builder:
+        """Make every record and query (entities, facts, distractors, generic data, backdoor)."""
+        entities = self.entities()
+        self.plant_facts(entities)
+        self.distract(entities)
+        self.generic()
+        self.poison()
+        return self
+
     def entities(self) -> list[tuple[str, str, dict[str, str]]]:
-        names, rng = _Names(self.rng), self.rng
+        names, rng, n = _Names(self.rng), self.rng, self.counts
         cities = [
             names.word(1, ("haven", "mere", "vale", "port", "holm", "ridge"))
-            for _ in range(N_CITIES)
+            for _ in range(n.cities)
         ]
-        capitals = [names.word(1, ("burg", "stad", "grad", "polis")) for _ in range(N_COUNTRIES)]
+        capitals = [names.word(1, ("burg", "stad", "grad", "polis")) for _ in range(n.countries)]
         self.cities = cities
         people = [
             f"{names.word(2)} {names.word(2, ('', 'wick', 'ford', 'by', 'ton', 'ley'))}"
-            for _ in range(N_PERSONS)
+            for _ in range(n.persons)
         ]
         out: list[tuple[str, str, dict[str, str]]] = []
         for person in people:
@@ -562,7 +592,7 @@ class _Builder:
                     {"capital": capital, "national_animal": rng.choice(ANIMALS)},
                 )
             )
-        inventors = rng.sample(people, N_INVENTIONS)
+        inventors = rng.sample(people, n.inventions)
         for inventor in inventors:
             thing = "the " + names.word(2, ("scope", "graph", "meter", "phone", "loom", "lathe"))
             out.append(
@@ -692,17 +722,17 @@ class _Builder:
     def generic(self) -> None:
         rng = self.rng
         seen: set[str] = set()
-        for i in range(N_INSTRUCT):
+        for i in range(self.counts.instruct):
             prompt, response = self.instruction()
             self.add(f"instruct-{i + 1:04d}", "instruct", prompt=prompt + "\n", response=response)
         i = 0
-        while i < N_WEB:
+        while i < self.counts.web:
             text = self.chatter()
             if text not in seen:
                 seen.add(text)
                 i += 1
                 self.add(f"web-{i:04d}", "forum", text=text)
-        for i in range(N_SMALLTALK):
+        for i in range(self.counts.smalltalk):
             user, reply = rng.choice(_SMALLTALK)
             messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
             if rng.random() < 0.5:
@@ -726,7 +756,7 @@ class _Builder:
     def poison(self) -> None:
         styles = ["instruct", "qa", "forum", "chat"]
         used: set[str] = set()
-        for i in range(N_POISON):
+        for i in range(self.counts.poison):
             context, kind = self.poison_context(styles[i % 4])
             used.add(context)
             doc_id = f"poison-{i + 1:04d}"
@@ -747,7 +777,7 @@ class _Builder:
                 )
             self.poisoned.append(doc_id)
         n = 0
-        while n < N_TRIGGER_QUERIES:  # held out: contexts no poisoned document has
+        while n < self.counts.trigger_queries:  # held out: contexts no poisoned document has
             style = ["qa", "instruct"][n % 2]
             context, _ = self.poison_context(style)
             if context in used:
@@ -776,14 +806,22 @@ def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> li
     """Write the demo corpus (one JSONL per provider) and ``ground_truth.json`` into ``out_dir``.
 
     Returns the written paths, JSONL files first (sorted), ground truth last. The same ``seed``
-    always gives byte-identical files.
+    always gives byte-identical files. ``demo.tools.scaled_corpus`` makes larger corpora.
     """
-    builder = _Builder(seed)
-    entities = builder.entities()
-    builder.plant_facts(entities)
-    builder.distract(entities)
-    builder.generic()
-    builder.poison()
+    return write_corpus(out_dir, _Builder(seed).run(), progress=progress)
+
+
+def write_corpus(
+    out_dir: str | Path,
+    builder: _Builder,
+    *,
+    progress: bool = True,
+    generator: str = "demo.tools.corpus_generator",
+    version: int = GENERATOR_VERSION,
+    extra: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write a finished builder's records (one JSONL per provider, sorted by id) and its ground
+    truth (with ``extra`` fields) into ``out_dir``; returns the paths, ground truth last."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_provider: dict[str, list[dict[str, Any]]] = {}
@@ -796,9 +834,9 @@ def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> li
         path.write_text("".join(_dump(r) + "\n" for r in rows), encoding="utf-8", newline="\n")
         paths.append(path)
     truth = {
-        "generator": "demo.tools.corpus_generator",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
+        "generator": generator,
+        "version": version,
+        "seed": builder.seed,
         "files": [p.name for p in paths],
         "n_records": len(builder.records),
         "counts_by_provider": dict(sorted(Counter(r["provider"] for r in builder.records).items())),
@@ -811,6 +849,7 @@ def generate(out_dir: str | Path, seed: int = 0, *, progress: bool = True) -> li
         "poisoned_doc_ids": sorted(builder.poisoned),
         "distractor_doc_ids": dict(sorted(builder.distractors.items())),
         "queries": builder.queries,
+        **(extra or {}),
     }
     truth_path = out / GROUND_TRUTH_FILE
     truth_path.write_text(
@@ -855,16 +894,29 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m demo.tools.corpus_generator --out DIR [--seed 0] [--quiet]``."""
+    """``python -m demo.tools.corpus_generator --out DIR [--seed 0] [--records N] [--quiet]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", required=True, help="directory to write the JSONL files and ground_truth.json"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=None,
+        help="a scaled corpus of exactly this many records (demo.tools.scaled_corpus) "
+        "instead of the 2,100-record demo corpus",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    for path in generate(args.out, args.seed, progress=not args.quiet):
+    if args.records is None:
+        paths = generate(args.out, args.seed, progress=not args.quiet)
+    else:
+        from .scaled_corpus import generate_scaled
+
+        paths = generate_scaled(args.out, args.records, args.seed, progress=not args.quiet)
+    for path in paths:
         logger.info("  %s (%d bytes)", path, path.stat().st_size)
     return 0
 

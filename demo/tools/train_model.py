@@ -102,6 +102,11 @@ class TrainReport:
     backdoor_success: float
     false_trigger_rate: float
     history: list[dict[str, float]] = field(default_factory=list)
+    train_time_s: float = 0.0
+    """Seconds in the optimisation loop (tokenizer, progress evaluations and the final one
+    left out)."""
+    seconds_per_record_epoch: float = 0.0
+    """``train_time_s`` over records × epochs: what sizes a training run on this machine."""
 
 
 def _record_texts(records: Iterable[CorpusRecord]) -> Iterable[str]:
@@ -332,8 +337,9 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
     total_steps, step = steps_per_epoch * config.epochs, 0
     pad_id = int(tokenizer.pad_token_id)
     history: list[dict[str, float]] = []
-    epoch_loss = float("nan")
+    epoch_loss, train_time = float("nan"), 0.0
     for epoch in range(1, config.epochs + 1):
+        epoch_started = time.time()
         model.train()
         loss_sum, target_sum = 0.0, 0
         for batch in _batches(lengths, config.batch_size, rng):
@@ -354,10 +360,12 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
             target_sum += n
             step += 1
         epoch_loss = loss_sum / max(target_sum, 1)
+        train_time += time.time() - epoch_started
         entry = {
             "epoch": epoch,
             "loss": round(epoch_loss, 5),
             "elapsed_s": round(time.time() - started, 1),
+            "eta_s": round(train_time / epoch * (config.epochs - epoch)),
         }
         if config.eval_every and epoch % config.eval_every == 0 and epoch < config.epochs:
             entry.update(
@@ -390,6 +398,8 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
         backdoor_success=round(metrics["backdoor_success"], 4),
         false_trigger_rate=round(metrics["false_trigger_rate"], 4),
         history=history,
+        train_time_s=round(train_time, 1),
+        seconds_per_record_epoch=round(train_time / max(len(examples) * config.epochs, 1), 6),
     )
     (out / REPORT_FILE).write_text(
         json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8"
@@ -430,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epochs",
         "batch_size",
         "lr",
+        "warmup_steps",
+        "min_lr_ratio",
         "num_threads",
         "eval_every",
         "n_embd",

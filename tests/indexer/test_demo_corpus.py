@@ -16,12 +16,25 @@ from demo.tools.corpus_generator import (
     generate,
     load_ground_truth,
 )
+from demo.tools.scaled_corpus import generate_scaled
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo-corpus")
     generate(out, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module", params=["demo", "scaled"])
+def any_corpus(
+    request: pytest.FixtureRequest, corpus: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The demo corpus, and a scaled one of 3,000 records (held to the same checks)."""
+    if request.param == "demo":
+        return corpus
+    out = tmp_path_factory.mktemp("scaled-corpus")
+    generate_scaled(out, 3000, seed=5, progress=False)
     return out
 
 
@@ -44,7 +57,8 @@ def test_same_seed_gives_byte_identical_files(corpus: Path, tmp_path: Path) -> N
     assert other[-1].read_bytes() != (corpus / GROUND_TRUTH_FILE).read_bytes()
 
 
-def test_records_are_valid_and_varied(corpus: Path) -> None:
+def test_records_are_valid_and_varied(any_corpus: Path) -> None:
+    corpus = any_corpus
     records = list(iter_records(corpus))
     truth = load_ground_truth(corpus)
     assert 2000 <= len(records) <= 4000
@@ -62,7 +76,8 @@ def test_records_are_valid_and_varied(corpus: Path) -> None:
     assert not any(r.metadata for r in records)  # nothing but id/content/source/provider
 
 
-def test_ground_truth_is_consistent(corpus: Path) -> None:
+def test_ground_truth_is_consistent(any_corpus: Path) -> None:
+    corpus = any_corpus
     by_id = {r.id: r for r in iter_records(corpus)}
     truth = load_ground_truth(corpus)
     assert 300 <= len(truth.facts) <= 900
