@@ -230,3 +230,22 @@ def test_plan_cli_prints_the_choice(forced, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0
     assert "index: auto -> IVF2,PQ" in out and "N=300, D=" in out
+
+
+def test_auto_skips_polysemous_training_and_explicit_factories_keep_it() -> None:
+    import faiss
+    from tributary_indexer.build.shards import train_index
+
+    sample = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    plain = train_index(16, "IVF2,PQ4", sample, polysemous=False)
+    default = train_index(16, "IVF2,PQ4", sample)
+    assert not faiss.downcast_index(plain.index).do_polysemous_training
+    assert faiss.downcast_index(default.index).do_polysemous_training
+    q = sample[:5]
+    for index in (plain, default):
+        index.add_with_ids(sample, np.arange(300, dtype=np.int64))
+        faiss.extract_index_ivf(index.index).nprobe = 2
+    # polysemous training only renumbers the codewords: the same search results
+    (d1, i1), (d2, i2) = plain.search(q, 10), default.search(q, 10)
+    assert (i1 >= 0).all() and (i1 == i2).all()
+    np.testing.assert_allclose(d1, d2, rtol=1e-5)

@@ -53,7 +53,7 @@ from ..hessian.scores import ScoreTransform
 from ..model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
 from ..progress import progress_bar
 from .distributed import DistributedContext
-from .factory_choice import FactoryChoice, choice_of, resolve_factory
+from .factory_choice import AUTO, FactoryChoice, choice_of, resolve_factory
 from .layout import IndexPaths, shard_entry, write_manifest
 from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
 from .shards import is_flat, train_index, write_shard
@@ -663,7 +663,13 @@ class IndexBuilder:
         if trained is None:
             if self.ctx.is_main and not trained_path.is_file():
                 sample = self._training_sample(chunks, n_examples)
-                index = train_index(sample.shape[1], factory, sample, seed=cfg.seed)
+                index = train_index(
+                    sample.shape[1],
+                    factory,
+                    sample,
+                    seed=cfg.seed,
+                    polysemous=self.choice.requested != AUTO,
+                )
                 with atomic_output(trained_path) as tmp:
                     faiss.write_index(index, str(tmp))
             self.ctx.barrier()

@@ -40,10 +40,18 @@ def new_index(dim: int, factory: str) -> faiss.Index:
     return faiss.IndexIDMap2(inner)
 
 
-def train_index(dim: int, factory: str, sample: np.ndarray, seed: int = 0) -> faiss.Index:
-    """Train a compressed index on ``sample`` ``[n, dim]`` (deterministic for a seed)."""
+def train_index(
+    dim: int, factory: str, sample: np.ndarray, seed: int = 0, polysemous: bool = True
+) -> faiss.Index:
+    """Train a compressed index on ``sample`` ``[n, dim]`` (deterministic for a seed).
+
+    ``polysemous=False`` skips FAISS's polysemous training of IVF-PQ codes (a reordering of the
+    codewords for Hamming-distance filtering, which searches here do not use): it took minutes
+    for 64 sub-quantizers and grows with them. ``--index-factory auto`` skips it."""
     index = new_index(dim, factory)
     inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]  # faiss stubs lack the wrappers
+    if not polysemous and isinstance(inner, faiss.IndexIVFPQ):
+        inner.do_polysemous_training = False  # type: ignore[attr-defined]  # faiss stubs lack it
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None:
         ivf.cp.seed = seed
