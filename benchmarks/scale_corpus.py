@@ -21,7 +21,13 @@ held-out questions, backdoor success on the trigger prompts, false triggers, and
 time per record and epoch.
 
     .venv/bin/python -m benchmarks.scale_corpus --records 100000 --sizes 10000 30000 100000 \\
-        --epochs 8
+        --epochs 7
+
+On 2 quiet cores a 6,000-record run trained at about 4 ms per record and epoch, and its builds'
+gradient pass ran at about 7,000 tokens/s. The 100,000-record corpus has 21 tokens a record
+(the 6,000-record one 18), so 7 epochs take about 55 minutes and the three builds about 10.
+Peak RSS of the builds was 1.3 GiB at 2,000 records and 2.1 GiB at 6,000. A small run proves
+the pipeline in minutes: ``--records 6000 --sizes 2000 6000 --epochs 8``.
 
 Corpus, model, subsets and indexes are cached under ``benchmarks/quality/.cache/scale/`` (the
 model per training setting, the indexes per model, each with its build measurements;
@@ -321,7 +327,24 @@ def answered_mask(model: Path, asked: Sequence[Asked]) -> np.ndarray:
     )
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(result: dict) -> str:
+    """The results table, after a paragraph with the command, machine, model and query set."""
+    t, rows = result["training"], result["sizes"]
+    intro = (
+        f"`.venv/bin/python -m benchmarks.scale_corpus {result['arguments']}` — "
+        f"{result['machine']}, started {result['started']}. A {result['records']:,}-record "
+        f"scaled corpus (seed {result['seed']}); the demo's GPT-2 ({t['n_params'] / 1e6:.2f}M "
+        f"parameters) trained on all of it for {result['train_config']['epochs']} epochs at lr "
+        f"{result['train_config']['lr']:g} in {t['train_time_s'] / 60:.0f} min "
+        f"({t['seconds_per_record_epoch'] * 1e3:.1f} ms per record and epoch, the fastest epoch "
+        f"{result['fastest_record_epoch_s'] * 1e3:.1f} ms): fact accuracy "
+        f"{t['fact_accuracy']:.3f} on all held-out questions, backdoor success "
+        f"{t['backdoor_success']:.3f}, false triggers {t['false_trigger_rate']:.3f}. Asked at "
+        f"every size: the {result['fact_questions']:,} questions about the facts of the "
+        f"{rows[0]['records']:,}-record subset (the model answers "
+        f"{result['fact_questions_answered']:.3f} of them) and {result['trigger_prompts']} "
+        "trigger prompts. Build: the whole CLI run with every default, in its own process.\n\n"
+    )
     head = (
         "| records | facts asked | poisoned | build s | examples/s | index MB | peak RSS MiB "
         "| fact recall@1 | recall@10 | MRR | recall@1 (answered) | backdoor AUPRC |"
@@ -335,7 +358,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['fact recall@10']:.3f} | {r['fact mrr']:.3f} "
             f"| {r.get('answered recall@1', float('nan')):.3f} | {r['backdoor auprc']:.3f} |"
         )
-    return "\n".join(lines)
+    return intro + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -348,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=[10_000, 30_000, 100_000],
         help="nested subset sizes to index [10000 30000 100000]",
     )
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs [8]")
+    parser.add_argument("--epochs", type=int, default=7, help="training epochs [7]")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help=f"[{TrainConfig.lr}]")
     parser.add_argument(
         "--warmup-steps",
@@ -426,8 +449,6 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info(
             "%d records: %s", size, {k: v for k, v in rows[-1].items() if isinstance(v, float)}
         )
-    table = markdown(rows)
-    print(table)
     training = {
         k: report[k]
         for k in (
@@ -446,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
         if k in report
     }
     result = {
-        "command": "python -m benchmarks.scale_corpus " + " ".join(argv or sys.argv[1:]),
+        "arguments": " ".join(argv if argv is not None else sys.argv[1:]),
         "started": started,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "records": args.records,
@@ -456,8 +477,14 @@ def main(argv: list[str] | None = None) -> dict:
         "fact_questions": n_facts,
         "fact_questions_answered": float(answered.sum() / max(n_facts, 1)),
         "trigger_prompts": len(asked) - n_facts,
+        "fastest_record_epoch_s": min(
+            (h["train_s"] for h in report["history"] if "train_s" in h), default=float("nan")
+        )
+        / report["n_examples"],
         "sizes": rows,
     }
+    table = markdown(result)
+    print(table)
     if not args.no_write:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "scale_corpus.json").write_text(

@@ -360,10 +360,12 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
             target_sum += n
             step += 1
         epoch_loss = loss_sum / max(target_sum, 1)
-        train_time += time.time() - epoch_started
+        epoch_time = time.time() - epoch_started
+        train_time += epoch_time
         entry = {
             "epoch": epoch,
             "loss": round(epoch_loss, 5),
+            "train_s": round(epoch_time, 1),
             "elapsed_s": round(time.time() - started, 1),
             "eta_s": round(train_time / epoch * (config.epochs - epoch)),
         }

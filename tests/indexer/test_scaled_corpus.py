@@ -124,3 +124,26 @@ def test_cli_records_flag_and_bounds(tmp_path: Path) -> None:
     for bad in (MIN_RECORDS - 1, MAX_RECORDS + 1):
         with pytest.raises(ValueError, match="records must be"):
             scaled_counts(bad)
+
+
+def test_training_reports_its_pace_and_learned_check(tmp_path: Path) -> None:
+    """A tiny model on a scaled corpus: the report has the learned check and what sizes a
+    longer run (seconds per record and epoch, each epoch's training seconds)."""
+    from demo.tools.train_model import REPORT_FILE
+    from demo.tools.train_model import main as train_main
+
+    generate_scaled(tmp_path / "corpus", MIN_RECORDS, seed=1, progress=False)
+    argv = ["--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "model"), "--quiet"]
+    tiny = ["--n-embd", "32", "--n-layer", "1", "--epochs", "2", "--batch-size", "64"]
+    schedule = ["--warmup-steps", "3", "--min-lr-ratio", "0.5", "--eval-every", "0"]
+    assert train_main(argv + tiny + schedule) == 0
+    report = json.loads((tmp_path / "model" / REPORT_FILE).read_text(encoding="utf-8"))
+    assert report["config"]["warmup_steps"] == 3 and report["config"]["min_lr_ratio"] == 0.5
+    assert report["n_examples"] == MIN_RECORDS
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert all(h["train_s"] > 0 for h in report["history"])
+    assert report["train_time_s"] <= report["wall_time_s"]
+    pace = report["train_time_s"] / (MIN_RECORDS * 2)
+    assert report["seconds_per_record_epoch"] == pytest.approx(pace, rel=0.05, abs=1e-5)
+    for key in ("fact_accuracy", "backdoor_success", "false_trigger_rate"):
+        assert 0.0 <= report[key] <= 1.0
