@@ -61,7 +61,9 @@ class IndexWriter:
 
     ``trained``: the trained FAISS index every shard of a compressed ``factory`` starts from
     (``None`` for ``Flat``); ``store_rows``: write a :func:`synthetic_store` of that many rows
-    instead of linking ``src``'s store. :meth:`finish` writes the manifest last.
+    instead of linking ``src``'s store; ``choice``: the manifest's ``index_choice`` record (a
+    ``FactoryChoice.to_dict()``; ``None``: none, the factory is ``build_config``'s).
+    :meth:`finish` writes the manifest last.
     """
 
     def __init__(
@@ -72,11 +74,13 @@ class IndexWriter:
         trained: Any = None,
         exact_dtype: str = "float16",
         store_rows: int | None = None,
+        choice: dict[str, Any] | None = None,
     ):
         from tributary_indexer.build.layout import IndexPaths
         from tributary_indexer.build.shards import is_flat
 
         self.src, self.factory, self.trained = Path(src), factory, trained
+        self.choice = choice
         self.exact_dtype = exact_dtype
         self.compressed = not is_flat(factory)
         if self.compressed and trained is None:
@@ -134,17 +138,26 @@ class IndexWriter:
         data.update(shards=self.shards, files=files, n_examples=self.rows)
         data["dim"] = self.dim if self.dim is not None else data["dim"]
         data["build_config"].update(index_factory=self.factory, **dtype)
-        data.pop("index_choice", None)  # the source's recorded choice; the copy's is the factory
+        data.pop("index_choice", None)  # the source's record, not the copy's
+        if self.choice:
+            data["index_choice"] = dict(self.choice)
         (root / "manifest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return root
 
 
 def write_copy(
-    src: Path, dst: Path, factory: str, train_examples: int, seed: int = 0
+    src: Path,
+    dst: Path,
+    factory: str,
+    train_examples: int,
+    seed: int = 0,
+    polysemous: bool = True,
+    choice: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """``src``'s stored vectors written under ``dst`` as ``factory`` (compressed: one quantizer
-    trained on ``train_examples`` seeded rows, exact vectors as float16), shard for shard;
-    return the train and add seconds."""
+    trained on ``train_examples`` seeded rows, FAISS's polysemous training as ``polysemous``
+    says, exact vectors as float16), shard for shard, with the ``choice`` record; return the
+    train and add seconds."""
     from tributary_indexer.build.shards import is_flat, train_index
     from tributary_indexer.query.index import AttributionIndex
 
@@ -155,9 +168,10 @@ def write_copy(
         n = source.n_examples
         pick = np.sort(rng.choice(n, size=min(train_examples, n), replace=False))
         t0 = time.perf_counter()
-        trained = train_index(source.dim, factory, source.stored_vectors(pick), seed=seed)
+        sample = source.stored_vectors(pick)
+        trained = train_index(source.dim, factory, sample, seed=seed, polysemous=polysemous)
         train_s = time.perf_counter() - t0
-    writer = IndexWriter(src, dst, factory, trained)
+    writer = IndexWriter(src, dst, factory, trained, choice=choice)
     add_s = sum(writer.add_shard(shard_vectors(source, n)) for n in range(len(source.shards)))
     source.close()
     writer.finish()

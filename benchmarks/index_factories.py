@@ -1,12 +1,12 @@
 """FAISS factories on a real index: first-stage recall, end quality, latency, memory, disk.
 
 The stored vectors of a built index (its exact vectors, whatever its factory) are written again
-as ``Flat``, ``SQ8``, ``SQfp16``, ``IVF{nlist},PQ{m}`` and the build's ``auto`` choice (when the
-indexer has one): the same shards, store, projector and Hessian, one quantizer trained on a
-seeded sample, exact re-rank vectors as float16 memory maps. Each copy is served by the real
-engine (:class:`AttributionEngine`, in a process of its own, so memory is its own) on the
-corpus's ground-truth queries (the fact questions and backdoor prompts of ``ground_truth.json``,
-loaded as the quality benchmarks load them). Per factory:
+as ``Flat``, ``SQ8``, ``SQfp16``, ``IVF{nlist},PQ{m}`` and the build's ``auto`` choice (trained
+and recorded as the builder does): the same shards, store, projector and Hessian, one
+quantizer trained on a seeded sample, exact re-rank vectors as float16 memory maps. Each copy
+is served by the real engine (:class:`AttributionEngine`, in a process of its own, so memory
+is its own) on the corpus's ground-truth queries (the fact questions and backdoor prompts of
+``ground_truth.json``, loaded as the quality benchmarks load them). Per factory:
 
 * first-stage recall@C: the share of the flat copy's first-stage top C (C = the ranking's
   candidates, 200) that the factory's first stage returns;
@@ -45,16 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 
 
-def default_nlist(n: int) -> int:
-    """A power of two near ``4 √n``, at most ``n / 39`` (FAISS wants 39 training vectors per
-    list)."""
-    target = max(1.0, 4 * n**0.5)
-    nlist = 2 ** round(np.log2(target))
-    while nlist > 1 and nlist * 39 > n:
-        nlist //= 2
-    return int(nlist)
-
-
 @dataclass(frozen=True)
 class Variant:
     """One factory to compare, with the probes and training sample it runs with."""
@@ -63,19 +53,21 @@ class Variant:
     factory: str
     nprobe: int
     train_examples: int
+    choice: dict[str, Any] | None = None
+    """The ``auto`` rule's record (it trains without FAISS's polysemous step); ``None``: an
+    explicit factory, trained as the builder trains one."""
 
 
-def auto_variant(n: int, dim: int, memory_bytes: int | None, shard_rows: int) -> Variant | None:
+def auto_variant(n: int, dim: int, memory_bytes: int | None, shard_rows: int) -> Variant:
     """The indexer's ``auto`` choice for this index (within ``memory_bytes``, else the build's
-    default budget), or ``None`` when the indexer has no such rule."""
-    try:
-        from tributary_indexer.build.factory_choice import choose_factory
-    except ImportError:
-        return None
+    default budget)."""
+    from tributary_indexer.build.factory_choice import choose_factory
+
     budget = {"memory_bytes": memory_bytes} if memory_bytes else {}
     choice = choose_factory(n, dim, shard_rows=shard_rows, **budget)
     nprobe = choice.nprobe or 1
-    return Variant(f"auto ({choice.factory})", choice.factory, nprobe, choice.train_examples)
+    label = f"auto ({choice.factory})"
+    return Variant(label, choice.factory, nprobe, choice.train_examples, choice.to_dict())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -294,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="FAISS factory strings, 'auto' for the indexer's rule "
         "[Flat SQ8 SQfp16 IVF{nlist},PQ{m} auto]; Flat is always run first",
     )
-    ap.add_argument("--nlist", type=int, default=None, help="IVF lists [near 4 sqrt(N)]")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF lists [auto's: near 4 sqrt(N)]")
     ap.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantizers (bytes per vector)")
     ap.add_argument("--nprobe", type=int, default=32, help="IVF lists probed [the service's]")
     ap.add_argument("--rerank-factor", type=int, default=10, help="[the service's]")
@@ -315,16 +307,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def variants(args: argparse.Namespace, n: int, dim: int, shard_rows: int) -> list[Variant]:
-    """The factories to compare, ``Flat`` first, ``auto`` resolved (dropped when unavailable)."""
-    nlist = args.nlist or default_nlist(n)
+    """The factories to compare, ``Flat`` first, ``auto`` resolved (replacing the same
+    explicit factory)."""
+    from tributary_indexer.build.factory_choice import ivf_lists
+
+    nlist = args.nlist or ivf_lists(shard_rows)
     wanted = args.factories or ["Flat", "SQ8", "SQfp16", f"IVF{nlist},PQ{args.pq_m}", "auto"]
     out = [Variant("Flat", "Flat", args.nprobe, 0)]
     for name in wanted:
         if name == "auto":
             chosen = auto_variant(n, dim, args.memory_bytes, shard_rows)
-            if chosen is None:
-                logger.warning("the indexer has no automatic factory rule; 'auto' skipped")
-            elif chosen.factory in [v.factory for v in out]:
+            if chosen.factory in [v.factory for v in out]:
                 logger.info("auto chose %s, already compared", chosen.factory)
                 out = [chosen if v.factory == chosen.factory else v for v in out]
             else:
@@ -380,7 +373,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in variants(args, n, dim, shard_rows):
         dst = args.workdir / folder_name(variant.label)
         logger.info("%s: writing %s", variant.label, dst)
-        build = write_copy(args.index, dst, variant.factory, variant.train_examples, seed=0)
+        auto = variant.choice is not None
+        build = write_copy(
+            args.index,
+            dst,
+            variant.factory,
+            variant.train_examples,
+            polysemous=not auto,
+            choice=variant.choice,
+        )
         cmd = [
             sys.executable,
             "-m",

@@ -62,33 +62,25 @@ def pick_dim(real_dim: int, largest: int, free_bytes: int) -> int:
 
 def ivf_pq(n: int, dim: int, shard_rows: int, args: argparse.Namespace) -> dict[str, Any]:
     """The IVF-PQ factory for ``n`` examples: the ``auto`` rule's with its flat branch off (the
-    rule's own choice is recorded beside it), else ``IVF{nlist},PQ{D/16}`` sized alike;
-    ``--factory`` replaces the string (its ``{nlist}`` by the rule's lists)."""
-    rows = min(shard_rows, n)
-    try:
-        from tributary_indexer.build.factory_choice import choose_factory
-    except ImportError:
-        from benchmarks.index_factories import default_nlist
+    rule's own choice is recorded beside it); ``--factory`` replaces the string (its
+    ``{nlist}`` by the rule's lists)."""
+    from tributary_indexer.build.factory_choice import choose_factory
 
-        nlist, auto = default_nlist(rows), None
-        factory = f"IVF{nlist},PQ{max(1, dim // 16)}"
-        train = min(n, max(64 * nlist, 9984))
-        nprobe = min(nlist, max(16, nlist // 8))
-    else:
-        budget = (
-            {"memory_bytes": args.memory_bytes} if args.memory_bytes else {}
-        )  # else the build's
-        auto = choose_factory(n, dim, shard_rows=rows, **budget).factory
-        forced = choose_factory(n, dim, shard_rows=rows, flat_max_examples=0, **budget)
-        if forced.nprobe is None:
-            raise SystemExit(f"auto keeps {n} x {dim} flat even so ({forced.reason})")
-        factory, nprobe, train = forced.factory, forced.nprobe, forced.train_examples
-        nlist = int(re.match(r"IVF(\d+)", factory).group(1))  # type: ignore[union-attr]
+    rows = min(shard_rows, n)
+    budget = {"memory_bytes": args.memory_bytes} if args.memory_bytes else {}  # else the build's
+    auto = choose_factory(n, dim, shard_rows=rows, **budget).factory
+    forced = choose_factory(n, dim, shard_rows=rows, flat_max_examples=0, **budget)
+    if forced.nprobe is None:
+        raise SystemExit(f"auto keeps {n} x {dim} flat even so ({forced.reason})")
+    factory, nprobe, train = forced.factory, forced.nprobe, forced.train_examples
+    record = forced.to_dict()
+    nlist = int(re.match(r"IVF(\d+)", factory).group(1))  # type: ignore[union-attr]
     return {
         "factory": args.factory.format(nlist=nlist) if args.factory else factory,
         "nprobe": args.nprobe or nprobe,
         "train_examples": min(train, args.train_examples),
         "auto": auto,
+        "choice": None if args.factory else record,  # the rule's record: no polysemous training
     }
 
 
@@ -131,11 +123,14 @@ def build(
     t: dict[str, float] = dict.fromkeys(("train_s", "generate_s", "add_s", "exact_s", "scan_s"), 0)
     sample = sampler.draw(choice["train_examples"], np.random.default_rng(7))
     t0 = time.perf_counter()
-    trained = train_index(sampler.dim, choice["factory"], sample, seed=0)
+    polysemous = choice["choice"] is None  # as the builder: auto's IVF-PQ skips that step
+    trained = train_index(sampler.dim, choice["factory"], sample, seed=0, polysemous=polysemous)
     t["train_s"] = time.perf_counter() - t0
     del sample
     t0 = time.perf_counter()
-    writer = IndexWriter(args.index, dst, choice["factory"], trained, store_rows=n)
+    writer = IndexWriter(
+        args.index, dst, choice["factory"], trained, store_rows=n, choice=choice["choice"]
+    )
     t["store_s"] = time.perf_counter() - t0
     top = StreamedTopK(queries, args.candidates)
     rng = np.random.default_rng(11)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.index_copy import IndexWriter, shard_vectors, write_copy
-from benchmarks.index_factories import default_nlist, overlap_recall, service_scores
+from benchmarks.index_factories import overlap_recall, service_scores
 from benchmarks.scale_simulation import estimate, pick_dim
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
@@ -66,6 +66,22 @@ def test_a_copy_holds_the_same_vectors_under_another_factory(small_index, tmp_pa
     index.close()
 
 
+def test_a_copy_records_the_factory_choice_it_was_given(small_index, tmp_path):
+    from tributary_indexer.build.factory_choice import FactoryChoice
+    from tributary_indexer.query.index import AttributionIndex
+
+    choice = FactoryChoice("IVF2,Flat", 2, 60, "chosen by the test").to_dict()
+    write_copy(small_index, tmp_path / "copy", "IVF2,Flat", 60, polysemous=False, choice=choice)
+    index = AttributionIndex(tmp_path / "copy")
+    assert index.manifest.index_choice["reason"] == "chosen by the test"
+    assert index.factory == "IVF2,Flat" and index.nprobe == 2  # the recorded probes
+    index.close()
+    write_copy(tmp_path / "copy", tmp_path / "again", "SQ8", 60)  # a copy of a copy: no record
+    again = AttributionIndex(tmp_path / "again")
+    assert again.manifest.index_choice == {} and again.factory == "SQ8"
+    again.close()
+
+
 def test_a_writer_with_a_synthetic_store_writes_a_loadable_index(small_index, tmp_path):
     from tributary_indexer.query.index import AttributionIndex
 
@@ -96,13 +112,6 @@ def test_overlap_recall_ignores_missing_ids():
     found = np.array([[1, 2, 3, -1], [5, 6, 7, 8]])
     truth = np.array([[1, 2, 9, -1], [5, 6, 7, 8]])
     assert overlap_recall(found, truth) == pytest.approx((2 / 3 + 1) / 2)
-
-
-def test_default_nlist_is_a_power_of_two_with_39_training_vectors_a_list():
-    assert default_nlist(2100) == 32 and default_nlist(1_000_000) == 4096
-    for n in (50, 2100, 123_456):
-        nlist = default_nlist(n)
-        assert nlist & (nlist - 1) == 0 and (nlist == 1 or nlist * 39 <= n)
 
 
 def test_pick_dim_keeps_the_real_dimension_while_the_exact_vectors_fit():
