@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.index_factories import overlap_recall, percentile
 from benchmarks.synthetic_vectors import SpectrumSampler, StreamedTopK, random_projection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +164,6 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     from tributary_indexer.build.shards import read_shard
     from tributary_indexer.query.index import AttributionIndex
 
-    from benchmarks.index_factories import percentile
     from benchmarks.page_cache import drop_pages, mapped_resident_bytes, rss_bytes
 
     torch.set_num_threads(args.threads)
@@ -178,10 +178,13 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     out["faiss_rss_bytes"] = rss_bytes() - base
     del alone
     c = args.candidates
-    found = np.concatenate(
-        [index.search(pool[s : s + 32], c).ids for s in range(0, args.recall_queries, 32)]
-    )[: args.recall_queries]
-    np.save(root / "found.npy", found)
+
+    def first_stage(name: str) -> None:  # the recall queries' first stage, for the parent
+        q = pool[: args.recall_queries]
+        found = [index.search(q[s : s + 32], c).ids for s in range(0, len(q), 32)]
+        np.save(root / f"{name}.npy", np.concatenate(found))
+
+    first_stage("found")
     files = sorted(root.glob("shards/*.faiss")) + sorted(root.glob("vectors/*.npy"))
     singles = [pool[i % len(pool)][None] for i in range(args.requests)]
     batches = [pool[(b * 32 + np.arange(32)) % len(pool)] for b in range(args.batches)]
@@ -206,14 +209,17 @@ def measure(root: Path, args: argparse.Namespace) -> None:
             out["mapped_resident_bytes"] = mapped_resident_bytes(
                 [root / "shards", root / "vectors"]
             )
+    out["sweep_ms"] = {}
+    for probes in args.sweep or []:  # recall and warm latency at other nprobe values
+        index.set_nprobe(probes)
+        first_stage(f"found-{probes}")
+        walls = []
+        for q in singles[:16]:
+            t0 = time.perf_counter()
+            index.search(q, c)
+            walls.append((time.perf_counter() - t0) * 1000)
+        out["sweep_ms"][str(probes)] = percentile(walls, 0.5)
     (root / "measured.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-
-
-def recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each exact top-C that the first stage found."""
-    from benchmarks.index_factories import overlap_recall
-
-    return overlap_recall(found, exact)
 
 
 def estimate(measured: dict[str, Any], target: int) -> float:
@@ -304,6 +310,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--nprobe", type=int, default=None, help="override the rule's nprobe")
     ap.add_argument("--rerank-factor", type=int, default=10, help="[the service's]")
+    ap.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=None,
+        help="also the recall and warm c=1 latency at these nprobe values",
+    )
     ap.add_argument("--train-examples", type=int, default=BuildConfig.train_examples)
     ap.add_argument(
         "--memory-bytes",
@@ -401,6 +414,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             str(args.recall_queries),
             "--index",
             str(args.index),
+            "--sweep",
+            *map(str, args.sweep or []),
         ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
@@ -412,12 +427,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             **stages,
             **measured,
             "measure_s": time.perf_counter() - t0,
-            "recall": recall(np.load(dst / "found.npy"), exact),
+            "recall": overlap_recall(np.load(dst / "found.npy"), exact),
             "shard_bytes": sum(p.stat().st_size for p in dst.glob("shards/*.faiss")),
             "exact_bytes": sum(p.stat().st_size for p in dst.glob("vectors/*.npy")),
             "flat_bytes": flat_bytes,
             "flat_floor_ms": flat_bytes / (bandwidth * 1e9) * 1000,
         }
+        row["sweep"] = [
+            {
+                "nprobe": p,
+                "recall": overlap_recall(np.load(dst / f"found-{p}.npy"), exact),
+                "c1_warm_p50_ms": measured["sweep_ms"][str(p)],
+            }
+            for p in args.sweep or []
+        ]
         row["memory_ratio"] = row["open_rss_bytes"] / flat_bytes
         row["latency_ratio"] = row["c1_warm"]["p50_ms"] / row["flat_floor_ms"]
         rows.append(row)
@@ -434,6 +457,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"bandwidth {bandwidth:.1f} GB/s, {time.strftime('%Y-%m-%d')}"
     )
     print(markdown(rows, dim))
+    for r in rows:
+        points = [
+            f"{p['nprobe']}: {p['recall']:.3f}, {p['c1_warm_p50_ms']:.1f} ms" for p in r["sweep"]
+        ]
+        print(f"N = {r['examples']:,}, nprobe: recall@C, c=1 warm p50 — " + "; ".join(points))
     for size, seconds in estimates.items():
         print(
             f"estimated wall at N = {int(size):,} from the N = {largest['examples']:,} rates: "
