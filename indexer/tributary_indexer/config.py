@@ -184,9 +184,9 @@ class BuildConfig:
     index_memory_gib: float = 16.0
     """``auto``: GiB of RAM the search index may use; a flat index larger than this is
     compressed (less memory and a faster scan, for a re-scored approximate first stage)."""
-    flat_max_examples: int = 200_000
+    flat_max_examples: int = 100_000
     """``auto``: the most examples kept in an exact flat index; past it the first stage probes
-    IVF-PQ lists instead of scanning every vector (faster, recall@200 about 0.95 or more)."""
+    IVF-PQ lists instead of scanning every vector (faster; approximate, re-scored exactly)."""
     train_examples: int = 100_000
     """Vectors sampled to train a compressed FAISS index (``auto``: 64 per IVF list, at most
     this many)."""
