@@ -98,7 +98,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
-        elif f.name == "num_threads":
+        elif f.name in ("num_threads", "flat_max_examples"):
             group.add_argument(
                 flag, dest=f.name, type=int, default=argparse.SUPPRESS, help=help_text
             )

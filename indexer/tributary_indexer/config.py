@@ -184,9 +184,10 @@ class BuildConfig:
     index_memory_gib: float = 16.0
     """``auto``: GiB of RAM the search index may use; a flat index larger than this is
     compressed (less memory and a faster scan, for a re-scored approximate first stage)."""
-    flat_max_examples: int = 100_000
-    """``auto``: the most examples kept in an exact flat index; past it the first stage probes
-    IVF-PQ lists instead of scanning every vector (faster; approximate, re-scored exactly)."""
+    flat_max_examples: int | None = None
+    """``auto``: the most examples kept in an exact flat index (None: as many as the memory
+    budget holds); past it the first stage probes IVF-PQ lists instead of scanning every vector
+    (faster; approximate, so check its recall before serving)."""
     train_examples: int = 100_000
     """Vectors sampled to train a compressed FAISS index (``auto``: 64 per IVF list, at most
     this many)."""
@@ -256,7 +257,7 @@ class BuildConfig:
                 f"index_memory_gib={self.index_memory_gib!r} (must be a positive "
                 "number of GiB; default 16)"
             )
-        if self.flat_max_examples < 0:
+        if self.flat_max_examples is not None and self.flat_max_examples < 0:
             problems.append(f"flat_max_examples={self.flat_max_examples} (must be >= 0)")
         if not isinstance(self.index_factory, str) or not self.index_factory.strip():
             problems.append(

@@ -34,11 +34,11 @@ GIB = 2**30
     ("n", "dim", "memory", "shard_rows", "factory", "nprobe", "train"),
     [
         (2_100, 4096, 16 * GIB, 50_000, "Flat", None, 0),  # the demo index
-        (FLAT_MAX_EXAMPLES, 4096, 16 * GIB, 50_000, "Flat", None, 0),  # at the threshold
-        (FLAT_MAX_EXAMPLES + 1, 4096, 16 * GIB, 50_000, "IVF1024,PQ1024", 128, 65_536),
+        (1_000_000, 4096, 16 * GIB, 50_000, "Flat", None, 0),  # 15.3 GiB flat fits 16 GiB
+        (1_100_000, 4096, 16 * GIB, 50_000, "IVF1024,PQ1024", 128, 65_536),  # 16.8 GiB does not
         (100_000, 4096, 1 * GIB, None, "IVF1024,PQ1024", 128, 65_536),  # 1.5 GiB flat > 1 GiB
-        (1_000_000, 768, 16 * GIB, 50_000, "IVF1024,PQ256", 128, 65_536),  # 768 = 3·256
-        (1_000_000, 1000, 16 * GIB, 50_000, "IVF1024,PQ250", 128, 65_536),
+        (1_000_000, 768, 2 * GIB, 50_000, "IVF1024,PQ256", 128, 65_536),  # 768 = 3·256
+        (1_000_000, 1000, 2 * GIB, 50_000, "IVF1024,PQ250", 128, 65_536),
         (50_000_000, 4096, 16 * GIB, 50_000, "IVF1024,PQ256", 128, 65_536),  # m shrunk to fit
         (5_000_000, 4096, 64 * GIB, 1_000_000, "IVF4096,PQ1024", 512, 159_744),  # 39 a list
         (300, 64, 16 * GIB, None, "Flat", None, 0),  # small: flat
@@ -50,6 +50,15 @@ def test_the_rule_at_several_sizes(n, dim, memory, shard_rows, factory, nprobe, 
     assert (choice.factory, choice.nprobe, choice.train_examples) == (factory, nprobe, train)
     assert f"D={dim}" in choice.reason and str(n) in choice.reason
     assert choice.to_dict()["memory_bytes"] == memory
+
+
+def test_a_set_limit_on_flat_examples() -> None:
+    assert FLAT_MAX_EXAMPLES is None  # by default, flat while the memory budget holds it
+    at = choose_factory(100_000, 4096, 16 * GIB, shard_rows=50_000, flat_max_examples=100_000)
+    assert at.factory == "Flat" and "N <= 100000" in at.reason
+    past = choose_factory(100_001, 4096, 16 * GIB, shard_rows=50_000, flat_max_examples=100_000)
+    assert (past.factory, past.nprobe) == ("IVF1024,PQ1024", 128)
+    assert "N > 100000" in past.reason
 
 
 def test_the_threshold_and_too_few_examples() -> None:

@@ -2,9 +2,10 @@
 memory budget.
 
 The rule: an index of ``N`` examples of dimension ``D`` is ``Flat`` (exact) while its vectors
-(``4·N·D`` bytes) fit the memory budget and ``N`` is at most ``flat_max_examples`` (100,000 by
-default: past it one query's flat scan costs more than twice the IVF-PQ first stage with its
-exact re-score, measured on 2 CPU cores at D = 4,096 in ``benchmarks/RESULTS.md``). Otherwise it is
+(``4·N·D`` bytes) fit the memory budget (and ``N`` is at most ``flat_max_examples`` when one is
+set: an IVF-PQ first stage is faster than a flat scan past about 25,000 examples on 2 CPU cores,
+but it is approximate, and on real gradient vectors its recall@200 at an eighth of the lists
+was about half; see ``benchmarks/RESULTS.md``). Otherwise it is
 ``IVF{nlist},PQ{m}``: ``nlist`` is ``4·√rows`` of a shard rounded to a power of two (and at most
 one list per 39 examples, FAISS's minimum to train a list); ``m`` is the largest divisor of
 ``D`` up to ``0.4·D`` (codes of at most a tenth of the float32 vector), smaller while the codes
@@ -29,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 """The ``index_factory`` value that asks for this rule."""
-FLAT_MAX_EXAMPLES = 100_000
-"""Largest index ``auto`` keeps flat (measured: ``benchmarks/flat_scan_threshold.py``)."""
+FLAT_MAX_EXAMPLES: int | None = None
+"""Largest index ``auto`` keeps flat (``None``: as large as the memory budget allows)."""
 INDEX_MEMORY_GIB = 16.0
 """Default memory budget of the search index, GiB."""
 DEFAULT_NPROBE = 32
@@ -105,7 +106,7 @@ def choose_factory(
     memory_bytes: int = int(INDEX_MEMORY_GIB * 2**30),
     *,
     shard_rows: int | None = None,
-    flat_max_examples: int = FLAT_MAX_EXAMPLES,
+    flat_max_examples: int | None = FLAT_MAX_EXAMPLES,
     train_cap: int = 100_000,
 ) -> FactoryChoice:
     """The factory ``auto`` picks for ``n_examples`` vectors of ``dim`` dims within
@@ -121,8 +122,10 @@ def choose_factory(
     inputs = f"N={n_examples}, D={dim}, budget {memory_bytes / 2**30:.3g} GiB"
     flat_gib = f"4·N·D = {flat_bytes / 2**30:.3g} GiB"
     fits = flat_bytes <= memory_bytes
-    if fits and n_examples <= flat_max_examples:
-        why = f"N <= {flat_max_examples} and {flat_gib} fits the budget"
+    if fits and (flat_max_examples is None or n_examples <= flat_max_examples):
+        why = f"{flat_gib} fits the budget"
+        if flat_max_examples is not None:
+            why = f"N <= {flat_max_examples} and {why}"
         return FactoryChoice("Flat", None, 0, f"Flat ({inputs}): {why}", **common)
     if n_examples < _PQ_MIN_EXAMPLES:
         why = f"too few examples to train PQ codebooks (at least {_PQ_MIN_EXAMPLES})"
