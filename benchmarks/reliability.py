@@ -573,6 +573,8 @@ def run_schemathesis(
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [
         str(exe) if exe.exists() else "schemathesis",
+        "--config-file",
+        str(ROOT / "benchmarks" / "schemathesis.toml"),
         "run",
         base + "/openapi.json",
         "--checks",
