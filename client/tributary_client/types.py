@@ -191,6 +191,10 @@ def _present(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _STRING = {"type": "string"}
+# A response with something to attribute: a character Python's ``str.strip`` keeps. ECMA's ``\s``
+# (the schema's regex dialect) lacks the separators U+001C-U+001F and U+0085, which Python strips,
+# and has U+FEFF, which Python keeps.
+_NOT_BLANK = {"type": "string", "pattern": "[^\\s\\x1c-\\x1f\\x85]|\\ufeff"}
 _MESSAGES = {"type": "array", "minItems": 1}
 
 
@@ -203,7 +207,7 @@ class AttributionRequest(_Request):
                 {
                     "allOf": [
                         _present("prompt", _STRING),
-                        _present("response", {"type": "string", "pattern": "\\S"}),
+                        _present("response", _NOT_BLANK),
                     ],
                     "not": _present("messages", {"type": "array"}),
                 },

@@ -129,3 +129,19 @@ def test_schema_documents_meaning() -> None:
         "unavailable_error",
         "server_error",
     }
+
+
+def test_the_schema_s_blank_response_rule_is_python_s():
+    """The OpenAPI pattern for a non-blank response (an ECMA regex) agrees with ``str.strip``,
+    which the service uses: the separators U+001C-U+001F and U+0085 are blank, U+FEFF is not."""
+    import re
+
+    schema = json.dumps(t.AttributionRequest.model_json_schema())
+    pattern = re.search(r'"pattern": "((?:[^"\\]|\\.)*)"', schema)
+    assert pattern is not None
+    ecma = json.loads(f'"{pattern.group(1)}"')
+    # ECMA's \s, spelled out, so the check does not lean on Python's wider \s
+    ecma_space = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+    as_ecma = re.compile(ecma.replace("\\S", f"[^{ecma_space}]").replace("\\s", ecma_space))
+    for text in ["\x1f", "\x1c\x1d\x1e", "\x85", " \t\n", "\u3000", "\ufeff", "a", " x "]:
+        assert bool(as_ecma.search(text)) == bool(text.strip()), repr(text)
