@@ -202,6 +202,8 @@ PROBES: list[Probe] = [
         (400,),
         json={**QA, "token_wise": "true"},
     ),
+    Probe("verbatim as a number", "POST", "/v1/attributions", (400,), json={**QA, "verbatim": 0.0}),
+    Probe("evidence as a string", "POST", "/v1/attributions", (400,), json={**QA, "evidence": "1"}),
     # attribution bodies
     Probe("not JSON", "POST", "/v1/attributions", (400,), content=b"{oops", headers=_JSON),
     Probe("JSON array", "POST", "/v1/attributions", (400,), json=[QA]),

@@ -260,12 +260,14 @@ class AttributionRequest(_Request):
     )
     verbatim: bool | None = Field(
         default=None,
+        strict=True,
         description="Return, for each example, the longest spans its text shares character for "
         "character with the response and with the prompt (`verbatim`); absent or null means true, "
         "false turns it off. Cheap: only the returned examples are compared.",
     )
     evidence: bool | None = Field(
         default=None,
+        strict=True,
         description="Return an `evidence` block per example: its influence on the whole response, "
         "the share of the response it holds verbatim and (with token_wise) its peak token share, "
         "so copying and teaching can be told apart and sorted by either.",
