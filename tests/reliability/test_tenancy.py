@@ -76,7 +76,8 @@ def test_idempotency_keys_are_per_api_key_and_bound_to_the_body(make_settings):
 
 def test_open_batches_per_key_are_capped(make_settings):
     with TestClient(create_app(make_settings(api_keys=list(KEYS), max_open_batches=2))) as c:
-        c.app.state.batch_runner._task.cancel()  # keep the jobs open: nothing works on them
+        # keep the jobs open: the runner is stopped (on the server's loop) before any job exists
+        c.portal.call(c.app.state.batch_runner.stop)
         for _ in range(2):
             assert c.post("/v1/batches", json=_lines(1), headers=ONE).status_code == 200
         refused = c.post("/v1/batches", json=_lines(1), headers=ONE)
