@@ -143,7 +143,9 @@ def test_training_reports_its_pace_and_learned_check(tmp_path: Path) -> None:
     assert [h["epoch"] for h in report["history"]] == [1, 2]
     assert all(h["train_s"] > 0 for h in report["history"])
     assert report["train_time_s"] <= report["wall_time_s"]
+    # train_time_s is rounded to 0.1 s, the pace to 1 µs: compare within those roundings
     pace = report["train_time_s"] / (MIN_RECORDS * 2)
-    assert report["seconds_per_record_epoch"] == pytest.approx(pace, rel=0.05, abs=1e-5)
+    rounding = 0.05 / (MIN_RECORDS * 2) + 1e-6
+    assert report["seconds_per_record_epoch"] == pytest.approx(pace, abs=rounding)
     for key in ("fact_accuracy", "backdoor_success", "false_trigger_rate"):
         assert 0.0 <= report[key] <= 1.0
