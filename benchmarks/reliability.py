@@ -45,7 +45,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "indexer"), str(ROOT / "service"), str(ROOT / "client")]
 
-from tests.service.live_server import free_port, running_server, server_env  # noqa: E402
+from tests.service.live_server import (  # noqa: E402
+    free_port,
+    running_server,
+    server_command,
+    server_env,
+)
 
 KEYS = ("rel-key-one", "rel-key-two")
 QA = {"prompt": "What did Alba sell in year 1001?", "response": " Alba sold lanterns."}
@@ -87,22 +92,7 @@ def serve(
     env = {"TRIBUTARY_NUM_THREADS": "1", "TRIBUTARY_STATE_DIR": str(state_dir), **settings}
     if keys:
         env["TRIBUTARY_API_KEYS"] = ",".join(keys)
-    cmd = [
-        sys.executable,
-        "-m",
-        "tributary_service.cli",
-        "--index",
-        str(index),
-        "--model",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--enable-generate",
-    ]
+    cmd = server_command(index, model, port, "--enable-generate")
     base = f"http://127.0.0.1:{port}"
     with running_server(cmd, _env(**env), log, base, timeout) as proc:
         yield Server(base, proc.pid, log)

@@ -19,7 +19,8 @@ import traceback
 from pathlib import Path
 
 
-def _build_args(model: Path, corpus: Path, out: Path) -> list[str]:
+def build_args(model: Path, corpus: Path, out: Path) -> list[str]:
+    """The CLI arguments of the small build the crash-window checks run."""
     return [
         "--log-level",
         "ERROR",
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> int:
 
     reference = work / "reference"
     report: dict[str, object] = {
-        "reference_rc": run_build(_build_args(model, corpus, reference), None),
+        "reference_rc": run_build(build_args(model, corpus, reference), None),
         "windows": [],
     }
     want = tree(reference)
@@ -95,11 +96,11 @@ def main(argv: list[str]) -> int:
     windows: list[dict[str, object]] = []
     for n in range(1, 200):
         out = work / f"killed-{n}"
-        rc = run_build(_build_args(model, corpus, out), n)
+        rc = run_build(build_args(model, corpus, out), n)
         if rc == 0:  # fewer than n temp files: every window was tried
             break
         temps = sorted(str(p.relative_to(out)) for p in out.rglob(".*.tmp-*") if p.is_file())
-        rerun = run_build(_build_args(model, corpus, out), None)
+        rerun = run_build(build_args(model, corpus, out), None)
         got = tree(out)
         windows.append(
             {

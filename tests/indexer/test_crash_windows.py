@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
+from tests.indexer.crash_window_driver import build_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,26 +39,7 @@ def _cli(*args: str) -> list[str]:
 
 def _build(model: Path, corpus: Path, out: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        _cli(
-            "build",
-            "--model",
-            str(model),
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(out),
-            "--rank-in",
-            "4",
-            "--rank-out",
-            "4",
-            "--shard-size",
-            "12",
-            "--no-progress",
-            "--num-threads",
-            "1",
-            "--damping",
-            "0.01",
-        ),
+        _cli(*build_args(model, corpus, out)[2:]),  # the driver's build, minus its log level
         env=_env(**env),
         timeout=300,
         capture_output=True,

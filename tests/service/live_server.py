@@ -67,13 +67,9 @@ def running_server(
                 proc.wait()
 
 
-@contextmanager
-def live_server(
-    index: Path, model: Path, state_dir: Path, *args: str, timeout: float = 90.0, **env: str
-) -> Iterator[str]:
-    """Yield the base URL of a running server; stop it (SIGTERM, then SIGKILL) afterwards."""
-    port = free_port()
-    cmd = [
+def server_command(index: Path, model: Path, port: int, *args: str) -> list[str]:
+    """``tributary serve`` of ``index`` and ``model`` on loopback ``port`` (warnings only)."""
+    return [
         sys.executable,
         "-m",
         "tributary_service.cli",
@@ -89,6 +85,15 @@ def live_server(
         "warning",
         *args,
     ]
+
+
+@contextmanager
+def live_server(
+    index: Path, model: Path, state_dir: Path, *args: str, timeout: float = 90.0, **env: str
+) -> Iterator[str]:
+    """Yield the base URL of a running server; stop it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    cmd = server_command(index, model, port, *args)
     env = {"TRIBUTARY_NUM_THREADS": "1", **env}  # the tests' clients share the 2 cores
     base = f"http://127.0.0.1:{port}"
     log = state_dir.parent / f"server-{port}.log"
