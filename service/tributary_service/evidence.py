@@ -2,9 +2,8 @@
 :mod:`tributary_indexer.query.verbatim`).
 
 Influence says which training example taught the model the response; verbatim spans say which
-one it may have copied from. Both are computed for the returned examples only: one suffix
-automaton per example text (its first :data:`MAX_TEXT_CHARS` characters), walked along the
-response and the prompt.
+one it may have copied from. Both are computed for the returned examples only, on each example
+text's first :data:`MAX_TEXT_CHARS` characters, for the response and the prompt.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import logging
 
 import numpy as np
 from tributary_client import types
-from tributary_indexer.query.verbatim import SpanReport, SuffixAutomaton, find_shared_spans
+from tributary_indexer.query.verbatim import SpanReport, TextMatcher, find_shared_spans
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +41,10 @@ def _spans(report: SpanReport) -> list[types.VerbatimSpan]:
 
 def verbatim_evidence(text: str, response: str, prompt: str) -> types.VerbatimEvidence:
     """The spans ``text`` shares with the response and the prompt, and the shares they cover."""
-    automaton = SuffixAutomaton(text[:MAX_TEXT_CHARS])
-    on_response = find_shared_spans(response, automaton.text, automaton=automaton)
-    on_prompt = find_shared_spans(prompt, automaton.text, automaton=automaton)
+    matcher = TextMatcher(text[:MAX_TEXT_CHARS])
+    # the prompt first: when it is long enough to need the automaton, the response walks it too
+    on_prompt = find_shared_spans(prompt, matcher.text, matcher=matcher)
+    on_response = find_shared_spans(response, matcher.text, matcher=matcher)
     return types.VerbatimEvidence(
         response_spans=_spans(on_response),
         prompt_spans=_spans(on_prompt),

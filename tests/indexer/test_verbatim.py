@@ -6,11 +6,14 @@ from __future__ import annotations
 import random
 
 import pytest
+from tributary_indexer.query import verbatim
 from tributary_indexer.query.verbatim import (
     SuffixAutomaton,
+    TextMatcher,
     find_shared_spans,
     longest_common_substring,
     matching_statistics,
+    scanned_matching_statistics,
 )
 
 
@@ -66,6 +69,33 @@ def test_matching_statistics_match_brute_force() -> None:
                 piece = query[i - length + 1 : i + 1]
                 assert text[start : start + length] == piece
                 assert text.find(piece) == start
+
+
+def test_string_search_statistics_equal_the_automaton_and_brute_force() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        text = random_text(rng, "abc", rng.randint(0, 40))
+        query = random_text(rng, "abcd", rng.randint(0, 40))
+        scanned = scanned_matching_statistics(text, query)
+        assert scanned == matching_statistics(SuffixAutomaton(text), query), (query, text)
+        assert scanned[0] == brute_matching_lengths(query, text)
+
+
+def test_matcher_builds_the_automaton_for_a_long_query_and_answers_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(verbatim, "SCAN_MAX_QUERY_CHARS", 10)
+    rng = random.Random(9)
+    for _ in range(100):
+        text = random_text(rng, "ab c", rng.randint(1, 60))
+        short = random_text(rng, "ab c", rng.randint(1, 10))
+        long = random_text(rng, "ab c", rng.randint(11, 60))
+        matcher = TextMatcher(text)
+        assert matcher.statistics(short) == scanned_matching_statistics(text, short)
+        assert matcher._automaton is None  # short queries never build it
+        assert matcher.statistics(long) == scanned_matching_statistics(text, long)
+        assert matcher._automaton is not None
+        assert matcher.statistics(short) == scanned_matching_statistics(text, short)  # reused
 
 
 def test_automaton_holds_exactly_the_substrings() -> None:

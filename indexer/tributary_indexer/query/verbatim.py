@@ -5,12 +5,14 @@ Influence says which example *taught* the model; a verbatim span says which one 
 the query text (the response, or the prompt) that occur verbatim in the example's text, with
 character offsets on both sides, and the share of the query text those spans cover.
 
-It is computed for the returned top-k only, never over the corpus: a suffix automaton of the
-example's text (linear in its length, :class:`SuffixAutomaton`) is walked once along the query
-text, which gives, for every position ``i`` of the query, the longest substring ending at ``i``
-that occurs in the example (its *matching statistic*) and where it first occurs there. From
-those, the maximal matches are read off, and the longest ones that do not overlap on the query
-side are kept. Everything is exact character comparison (case and whitespace included).
+It is computed for the returned top-k only, never over the corpus. For every position ``i`` of
+the query, the longest substring ending at ``i`` that occurs in the example (its *matching
+statistic*) and where it first occurs there are found by :class:`TextMatcher`: a short query
+(up to :data:`SCAN_MAX_QUERY_CHARS`) by C string search, at most two searches of the text per
+query character; a longer one by walking a suffix automaton of the text once (linear in both
+lengths, :class:`SuffixAutomaton`). Both give the same statistics. From those, the maximal
+matches are read off, and the longest ones that do not overlap on the query side are kept.
+Everything is exact character comparison (case and whitespace included).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ __all__ = [
     "SharedSpan",
     "SpanReport",
     "SuffixAutomaton",
+    "TextMatcher",
     "matching_statistics",
+    "scanned_matching_statistics",
     "find_shared_spans",
     "longest_common_substring",
 ]
@@ -32,6 +36,11 @@ __all__ = [
 DEFAULT_MIN_CHARS = 12
 """Shorter shared runs (a common word and its spaces) are not reported as verbatim evidence."""
 DEFAULT_MAX_SPANS = 8
+SCAN_MAX_QUERY_CHARS = 512
+"""Query texts up to this long are matched by string search, longer ones by a suffix automaton:
+search costs up to two scans of the text per query character, the automaton one Python step per
+character of the text and of the query, so search is faster for short queries (5x for a
+60-character response against an 8,000-character text) and slower for long ones."""
 
 
 class SuffixAutomaton:
@@ -115,6 +124,43 @@ def matching_statistics(automaton: SuffixAutomaton, query: str) -> tuple[list[in
     return lengths, starts
 
 
+def scanned_matching_statistics(text: str, query: str) -> tuple[list[int], list[int]]:
+    """:func:`matching_statistics` by string search in ``text``: a match ending at ``i + 1`` is at
+    most one longer than the match ending at ``i``, so each position starts from that bound and
+    shortens until the piece is found (at most ``2 * len(query)`` searches in all)."""
+    lengths: list[int] = []
+    starts: list[int] = []
+    length, start = 0, -1
+    find = text.find
+    for i in range(len(query)):
+        length += 1
+        while length:
+            start = find(query[i - length + 1 : i + 1])  # the first occurrence, as the automaton's
+            if start >= 0:
+                break
+            length -= 1
+        lengths.append(length)
+        starts.append(start if length else -1)
+    return lengths, starts
+
+
+class TextMatcher:
+    """Matching statistics of query texts against one text, by the cheaper method for each query
+    (:data:`SCAN_MAX_QUERY_CHARS`); the automaton is built at most once, when first needed, and
+    then serves every later query."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._automaton: SuffixAutomaton | None = None
+
+    def statistics(self, query: str) -> tuple[list[int], list[int]]:
+        if self._automaton is None and len(query) <= SCAN_MAX_QUERY_CHARS:
+            return scanned_matching_statistics(self.text, query)
+        if self._automaton is None:
+            self._automaton = SuffixAutomaton(self.text)
+        return matching_statistics(self._automaton, query)
+
+
 @dataclass(frozen=True)
 class SharedSpan:
     """One verbatim span: ``query[query_start:query_end] == text[text_start:text_end]``."""
@@ -162,11 +208,11 @@ def find_shared_spans(
     text: str,
     min_chars: int = DEFAULT_MIN_CHARS,
     max_spans: int = DEFAULT_MAX_SPANS,
-    automaton: SuffixAutomaton | None = None,
+    matcher: TextMatcher | None = None,
 ) -> SpanReport:
     """The longest spans of ``query`` that occur verbatim in ``text`` (see the module docstring).
 
-    ``automaton`` is ``SuffixAutomaton(text)`` when already built (several queries, one text).
+    ``matcher`` is ``TextMatcher(text)`` when one is kept (several queries, one text).
     A span is reported once, at its first occurrence in ``text``. Leading and trailing
     whitespace is trimmed from each span, so a shared space never counts on its own.
     """
@@ -176,7 +222,7 @@ def find_shared_spans(
         )
     if not query or not text:
         return SpanReport([], 0.0, 0)
-    lengths, starts = matching_statistics(automaton or SuffixAutomaton(text), query)
+    lengths, starts = (matcher or TextMatcher(text)).statistics(query)
     n = len(query)
     covered = [False] * n
     candidates: list[SharedSpan] = []
