@@ -27,6 +27,7 @@ is its own) on the corpus's ground-truth queries (the fact questions and backdoo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -68,6 +69,17 @@ def auto_variant(n: int, dim: int, memory_bytes: int | None, shard_rows: int) ->
     nprobe = choice.nprobe or 1
     label = f"auto ({choice.factory})"
     return Variant(label, choice.factory, nprobe, choice.train_examples, choice.to_dict())
+
+
+def sample_facts(workload: Any, limit: int | None) -> Any:
+    """``workload`` with its fact questions evenly sampled down to ``limit`` (every trigger
+    prompt kept): the score matrices are ``[queries, N]``, so a large corpus asks a sample."""
+    facts = workload.of_kind("fact")
+    if limit is None or limit >= len(facts):
+        return workload
+    kept = {facts[i * len(facts) // limit].query_id for i in range(limit)}
+    queries = [q for q in workload.queries if q.kind != "fact" or q.query_id in kept]
+    return dataclasses.replace(workload, queries=queries)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -297,6 +309,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="memory budget given to the auto rule [the build's default]",
     )
+    ap.add_argument(
+        "--fact-queries",
+        type=int,
+        default=None,
+        help="ask at most this many fact questions (evenly sampled) [all]",
+    )
     ap.add_argument("--requests", type=int, default=64, help="timed calls at concurrency 1")
     ap.add_argument("--batches", type=int, default=4, help="timed micro-batches of 32")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -339,7 +357,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from benchmarks.index_copy import shard_vectors, write_copy
     from benchmarks.quality.workload import load_workload
 
-    workload = load_workload(args.model, args.corpus)
+    workload = sample_facts(load_workload(args.model, args.corpus), args.fact_queries)
     src = AttributionIndex(args.index, verify_checksums=False)
     n, dim = src.n_examples, src.dim
     src.close()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from benchmarks.index_copy import IndexWriter, shard_vectors, write_copy
-from benchmarks.index_factories import overlap_recall, service_scores
+from benchmarks.index_factories import overlap_recall, sample_facts, service_scores
+from benchmarks.quality.workload import Query, Workload
 from benchmarks.scale_simulation import estimate, pick_dim
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
@@ -133,3 +134,20 @@ def test_estimate_scales_the_per_row_stages_and_keeps_training():
         measure_s=1.0,
     )
     assert estimate(run, 10_000) == pytest.approx(5.0 + 50.0 + 10.0)
+
+
+def test_fact_sample_keeps_every_trigger_and_spreads_the_facts() -> None:
+    queries = [
+        Query(f"{kind}-{i}", kind, "p", "r", None, frozenset())  # type: ignore[arg-type]
+        for i, kind in enumerate(["fact"] * 10 + ["trigger"] * 3 + ["fact"] * 10)
+    ]
+    workload = Workload(None, None, [], [], [], [], queries)  # type: ignore[arg-type]
+    sampled = sample_facts(workload, 4)
+    assert [q.query_id for q in sampled.of_kind("fact")] == [
+        "fact-0",
+        "fact-5",
+        "fact-13",
+        "fact-18",
+    ]
+    assert sampled.of_kind("trigger") == workload.of_kind("trigger")
+    assert sample_facts(workload, None) is workload and sample_facts(workload, 20) is workload
