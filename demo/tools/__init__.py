@@ -2,7 +2,10 @@
 
 - :mod:`.corpus_generator` — a seeded, deterministic corpus of facts about fictional people,
   countries and inventions, distractors, generic instruction data and a small poisoned subset,
-  with the ground truth (which documents state which fact, which are poisoned) beside it;
+  with the ground truth (which documents state which fact, which are poisoned) beside it,
+  written from the word lists of :mod:`.corpus_vocabulary`; :mod:`.ground_truth` reads and
+  describes that ground truth;
+- :mod:`.scaled_corpus` — the same kinds of records at any size, for the scale benchmarks;
 - :mod:`.train_model` — a byte-level BPE tokenizer and a small GPT-2 trained on that corpus,
   saved in Hugging Face format.
 

@@ -204,7 +204,9 @@ def write_subset(corpus_dir: str | Path, records: int, out_dir: str | Path) -> P
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    files, by_provider, by_category = [], Counter(), Counter()
+    files: list[str] = []
+    by_provider: Counter[str] = Counter()
+    by_category: Counter[str] = Counter()
     for name in truth["files"]:
         lines = []
         for line in (source / name).read_text(encoding="utf-8").splitlines(keepends=True):
