@@ -182,6 +182,40 @@ def test_ivf_pq_search_and_rescore_equal_brute_force_in_float64(forced) -> None:
         np.testing.assert_allclose(full.scores[row], exact[want], rtol=1e-5, atol=1e-6)
 
 
+def test_the_rescore_reads_one_candidate_list_for_all_shards(forced) -> None:
+    """The compressed candidates of every shard are merged first and only the best ``fetch`` of
+    them are re-scored: the exact rows read do not grow with the number of shards."""
+    root, _, _ = forced
+    index = AttributionIndex(root / "index")
+    assert len(index.shards) == 3
+    k, fetch = 4, 4 * index.rerank_factor  # 40 of the 300, so the merge must choose
+    read: list[int] = []
+    stored_vectors = index.stored_vectors
+
+    def counting(ids: np.ndarray) -> np.ndarray:
+        read.append(len(ids))
+        return stored_vectors(ids)
+
+    index.stored_vectors = counting  # type: ignore[method-assign]
+    rng = np.random.default_rng(1)
+    queries = rng.standard_normal((3, index.dim)).astype(np.float32)
+    result = index.search(queries, k)
+    assert len(read) == 1 and read[0] <= 3 * fetch  # one read of the merged candidates
+    for row, q in enumerate(queries):
+        compressed = [shard.index.search(q[None], fetch) for shard in index.shards]
+        scores = np.concatenate([c[0][0] for c in compressed])
+        ids = np.concatenate([c[1][0] for c in compressed])
+        best = ids[np.argsort(-scores, kind="stable")[:fetch]]  # the merged candidate list
+        assert len(np.unique(best)) <= fetch
+        exact = _brute_force(index, q)[best]
+        want = best[np.argsort(-exact, kind="stable")[:k]]
+        assert result.ids[row].tolist() == want.tolist()
+        np.testing.assert_allclose(result.scores[row], np.sort(exact)[::-1][:k], rtol=1e-6)
+    read.clear()
+    index.search(queries[:1], k)
+    assert read == [fetch]  # one query: fetch rows, not fetch a shard (120)
+
+
 def test_add_keeps_the_recorded_factory(forced, tmp_path) -> None:
     import shutil
 

@@ -31,7 +31,7 @@ from ..gradients.projector import LoGraProjector
 from ..gradients.rapidgrad import RapidGradCompressor
 from ..hessian.preconditioner import Preconditioner
 from ..hessian.scores import ScoreTransform
-from .gpu_placement import ShardPlacement, resolve_search_device
+from .gpu_placement import ShardPlacement, rescore, resolve_search_device
 from .ranking import Ranking, make_ranking, reference_rows
 from .space import QuerySpace
 
@@ -345,21 +345,16 @@ class AttributionIndex:
                 scores, ids = topk_by_scan(shard.flat, q, kk, shard.id_start)
             else:
                 scores, ids = shard.index.search(q, kk)  # type: ignore[attr-defined]
-            if shard.exact is not None:  # re-rank the candidates with the exact vectors
-                valid = ids >= 0
-                rows = np.where(valid, ids - shard.id_start, 0)
-                exact = np.einsum(
-                    "qd,qkd->qk",
-                    q,
-                    np.asarray(shard.exact[rows.reshape(-1)], dtype=np.float32).reshape(
-                        *rows.shape, -1
-                    ),
-                )
-                scores = np.where(valid, exact, -np.inf).astype(np.float32)
             parts.append((scores, ids))
         if not parts:
             return SearchResult.empty(q.shape[0], k)
-        return merge_topk(parts, k)
+        if not self.compressed:
+            return merge_topk(parts, k)
+        # every shard's compressed score estimates the same inner product, so the best ``fetch``
+        # over all shards are re-scored with the exact vectors (``fetch`` in all, not a shard:
+        # the re-score reads fetch x D exact values whatever the number of shards)
+        candidates = merge_topk(parts, fetch)
+        return rescore(q, candidates.ids, self.stored_vectors, k, torch.device("cpu"))
 
     def _search_subset(self, q: np.ndarray, k: int, ids: np.ndarray) -> SearchResult:
         if len(ids) == 0:
