@@ -8,6 +8,9 @@ in-process) plus one scan of the index at the measured memory bandwidth.
 
     .venv/bin/python benchmarks/service_latency.py                      # 10k real + 1M synthetic
     .venv/bin/python benchmarks/service_latency.py --big 0 --requests 64  # quick
+
+``--no-verbatim`` asks without verbatim evidence (the request's ``"verbatim": false``), to time
+the same work as a tree that has none; ``--out FILE`` also writes the rows as JSON.
 """
 
 from __future__ import annotations
@@ -122,17 +125,19 @@ def gradient_floor_ms(model_dir: Path, index: Path) -> float:
     return statistics.median(times) * 1000
 
 
-def drive(base: str, concurrency: int, requests: int, top_k: int) -> dict:
+def drive(base: str, concurrency: int, requests: int, top_k: int, verbatim: bool = True) -> dict:
     import httpx
 
+    extra = {} if verbatim else {"verbatim": False}
     client = httpx.Client(base_url=base, timeout=120)
-    client.post("/v1/attributions", json={**QUERY, "top_k": top_k})  # warm
+    client.post("/v1/attributions", json={**QUERY, "top_k": top_k, **extra})  # warm
 
     def one(i: int) -> tuple[float, dict]:
         body = {
             "prompt": QUERY["prompt"].replace("17", str(i)),
             "response": QUERY["response"],
             "top_k": top_k,
+            **extra,
         }
         t0 = time.perf_counter()
         r = client.post("/v1/attributions", json=body)
@@ -172,6 +177,13 @@ def main() -> None:
         "reused from --workdir may have been built when another ranking was the default]",
     )
     ap.add_argument(
+        "--no-verbatim",
+        dest="verbatim",
+        action="store_false",
+        help='ask without verbatim evidence ("verbatim": false in each request)',
+    )
+    ap.add_argument("--out", type=Path, default=None, help="also write the rows to this JSON file")
+    ap.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tributary-latency-bench"
     )
     args = ap.parse_args()
@@ -193,9 +205,10 @@ def main() -> None:
     )
     print(
         "| index | vectors × dim | concurrency | p50 ms | p99 ms | req/s | gradient | precondition "
-        "| search | rerank | fetch | floor ms | p50 ÷ floor |"
+        "| search | rerank | verbatim | fetch | floor ms | p50 ÷ floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows_out: list[dict] = []
     for name, path, rows in indexes:
         scan_ms = rows * args.dim * 4 / (bandwidth * 1e9) * 1000
         floor = grad_ms + scan_ms
@@ -216,21 +229,27 @@ def main() -> None:
                     concurrency,
                     args.requests if concurrency > 1 else max(32, args.requests // 4),
                     args.top_k,
+                    args.verbatim,
                 )
+                rows_out.append({"index": name, "vectors": rows, "floor_ms": floor, **r})
                 rates[concurrency] = r["rps"]
                 s = r["stages"]
                 print(
                     f"| {name} | {rows:,} × {args.dim} | {concurrency} | {r['p50_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['rps']:.1f} | {s['gradient_ms']:.1f} | "
                     f"{s['precondition_ms']:.1f} | {s['search_ms']:.1f} | "
-                    f"{s.get('rerank_ms', 0.0):.1f} | {s['fetch_ms']:.1f} | {floor:.1f} | "
+                    f"{s.get('rerank_ms', 0.0):.1f} | {s.get('verbatim_ms', 0.0):.1f} | "
+                    f"{s['fetch_ms']:.1f} | {floor:.1f} | "
                     f"{r['p50_ms'] / floor if concurrency == 1 else float('nan'):.2f} |",
                     flush=True,
                 )
             print(
                 f"| {name} | micro-batching gain: req/s at 32 ÷ at 1 = {rates[32] / rates[1]:.2f}× "
-                "||||||||||||"
+                "|||||||||||||"
             )
+    if args.out is not None:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        args.out.write_text(json.dumps({"settings": settings, "rows": rows_out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
