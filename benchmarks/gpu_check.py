@@ -9,8 +9,9 @@
    size, for a micro-batch of 1 and of 32 queries (what the service's concurrency 1 and 32
    send to the index at once): on the CPU the service's flat scan
    (:func:`~tributary_indexer.query.index.topk_by_scan`, float32), on the GPU the placement
-   (:class:`~tributary_indexer.query.gpu_placement.ShardPlacement`: float16 FAISS first stage
-   of 10 × k candidates, exact float64 re-score with torch), k = 200.
+   (:class:`~tributary_indexer.query.gpu_placement.ShardPlacement`: float16 first stage of
+   10 × k candidates, FAISS's GPU index or, without the FAISS GPU build, torch matrices; exact
+   float64 re-score with torch), k = 200.
 3. Prints the table and writes ``benchmarks/results/gpu_check.json``. Without a GPU it prints
    and records "no GPU available" and exits 0 after the skips; a failed test exits 1.
 """
@@ -140,7 +141,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     sys.path[:0] = [str(ROOT / "indexer"), str(ROOT / "service"), str(ROOT / "client")]
-    from tributary_indexer.query.gpu_placement import gpu_absence, gpu_count
+    from tributary_indexer.query.gpu_placement import faiss_gpu_count, gpu_absence, gpu_count
 
     tests = run_gpu_tests()
     result: dict[str, Any] = {
@@ -155,6 +156,11 @@ def main() -> int:
         import torch
 
         result["device"] = torch.cuda.get_device_name(0)
+        result["first_stage"] = (
+            "FAISS GPU index, float16"
+            if faiss_gpu_count()
+            else "torch matrices, float16 (this FAISS is the CPU build)"
+        )
         result["cpu_threads"] = torch.get_num_threads()
         result["latency"] = latency(args.sizes, args.dim, args.repeats)
         print(f"{'N':>10} {'D':>6} {'queries':>8} {'CPU ms':>10} {'GPU ms':>10}")

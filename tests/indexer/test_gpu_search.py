@@ -1,11 +1,13 @@
 """Search with the shards placed on the GPU(s): the float16 first stage, the exact re-score and
 the filters, against brute force in float64.
 
-Every oracle runs twice: on the real GPU path (marked ``gpu``: skipped, with the reason, where
-FAISS has no GPU) and on the same code with its first stage emulated on the CPU
+Every oracle runs three times: on the real GPU path (marked ``gpu``: skipped, with the reason,
+where there is no GPU), on the same code with its first stage emulated on the CPU
 (:meth:`ShardPlacement.emulated`: float16 copies of the flat shards, the re-score on torch's
-CPU device), so the placement's logic (over-fetch, id mapping, merge, re-score, the CPU
-fallback of filtered searches) is tested everywhere.
+CPU device), and on the torch first stage that stands in for FAISS's GPU build
+(:meth:`ShardPlacement.on_torch`, here on the CPU in float32), so the placement's logic
+(over-fetch, id mapping, merge, re-score, the CPU fallback of filtered searches) is tested
+everywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tributary_indexer.build.builder import IndexBuilder
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.data.tombstones import add_removal, id_space_of
@@ -23,6 +26,8 @@ from tributary_indexer.query import index as index_reader
 from tributary_indexer.query.gpu_placement import (
     GPU_MAX_K,
     ShardPlacement,
+    TorchFlatShard,
+    faiss_gpu_count,
     gpu_count,
     rescore,
     resolve_search_device,
@@ -31,7 +36,7 @@ from tributary_indexer.query.index import AttributionIndex
 
 from tests.index_fixtures import build_model_dir, corpus_records, write_jsonl
 
-PATHS = ["emulated", pytest.param("gpu", marks=pytest.mark.gpu)]
+PATHS = ["emulated", "torch", pytest.param("gpu", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,14 @@ def built(tmp_path_factory) -> dict[str, Path]:
 def _open(root: Path, path: str) -> AttributionIndex:
     if path == "gpu":
         index = AttributionIndex(root, search_device="gpu")
-        assert index.placement is not None and index.placement.gpu_shards == len(index.shards)
+        # without the FAISS GPU build only the flat shards go to the GPU (as torch matrices)
+        placed = len(index.shards) if faiss_gpu_count() or not index.compressed else 0
+        assert index.placement is not None and index.placement.gpu_shards == placed
+    elif path == "torch":
+        index = AttributionIndex(root)
+        index.placement = ShardPlacement.on_torch(
+            index.shards, [torch.device("cpu")], torch.float32
+        )
     else:
         index = AttributionIndex(root)
         shards = index.shards
@@ -162,6 +174,28 @@ def test_rescore_is_exact_in_float64(built, path) -> None:
         np.testing.assert_allclose(result.scores[row], exact[order], rtol=1e-6)
     assert (result.ids[1] == -1).all() and np.isneginf(result.scores[1]).all()
     index.close()
+
+
+def test_torch_flat_shard_answers_as_a_faiss_index_does(built) -> None:
+    index = AttributionIndex(built["flat"])
+    shard = index.shards[0]
+    vectors = shard.flat
+    rows = TorchFlatShard(np.asarray(vectors), torch.device("cpu"), torch.float64)
+    q = np.random.default_rng(4).standard_normal((3, index.dim)).astype(np.float32)
+    scores, found = rows.search(q, 7)
+    exact = q.astype(np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :7]
+    assert found.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_array_equal(found, order)
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, order, axis=1), rtol=1e-6)
+    assert rows.search(q, 100)[1].shape == (3, shard.id_end - shard.id_start)  # k over the rows
+    placement = ShardPlacement.on_torch(index.shards, [torch.device("cpu")] * 2, torch.float32)
+    assert placement.gpu_shards == len(index.shards)  # flat shards all placed
+    compressed = AttributionIndex(built["ivf"])
+    kept = ShardPlacement.on_torch(compressed.shards, [torch.device("cpu")], torch.float32)
+    assert kept.gpu_shards == 0  # compressed shards stay with FAISS on the CPU
+    index.close()
+    compressed.close()
 
 
 # ------------------------------------------------------------------------- choosing the device

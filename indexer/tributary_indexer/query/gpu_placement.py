@@ -1,4 +1,4 @@
-"""Shards on the GPU(s): a FAISS GPU first stage, then an exact re-score with torch there.
+"""Shards on the GPU(s): a float16 first stage there, then an exact re-score with torch there.
 
 When the FAISS GPU build and a CUDA GPU are present (``search_device`` ``gpu``, or ``auto``),
 each shard's FAISS index (without its id map: rows ``0..n-1``, global id = ``id_start + row``)
@@ -9,6 +9,12 @@ enough for the *first* stage because its candidates are then re-scored exactly: 
 rerank_factor`` candidates (at most FAISS GPU's 2,048) are merged over the shards, their exact
 float32 vectors are read (the memory-mapped flat shards or ``vectors/``) and scored against the
 queries in float64 with torch on the GPU, and the top-``k`` of those exact scores is returned.
+
+Without the FAISS GPU build (the CPU-only ``faiss-cpu`` wheel beside a CUDA build of torch, e.g.
+where no FAISS GPU wheel matches the CUDA version), the flat shards go to the GPUs as torch
+float16 matrices instead (:class:`TorchFlatShard`: one matrix product and a top-k per search,
+shard ``n`` on GPU ``n mod count``); compressed shards then stay on the CPU and are searched
+there as part of the same merge. The re-score is the same.
 
 The GPU path serves an unfiltered search whose ``k`` is within 2,048. A search with a FAISS id
 selector (a large source/provider filter, or more removed examples than are over-fetched) is
@@ -51,7 +57,7 @@ class ShardLike(Protocol):
     id_end: int
 
 
-def gpu_count() -> int:
+def faiss_gpu_count() -> int:
     """CUDA GPUs visible to FAISS (0 with the CPU-only build, or without a GPU)."""
     import faiss
 
@@ -63,13 +69,26 @@ def gpu_count() -> int:
         return 0
 
 
+def torch_gpu_count() -> int:
+    """CUDA GPUs visible to torch (0 with a CPU build of torch, or without a GPU)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_count() -> int:
+    """CUDA GPUs the search can use: FAISS's, else torch's (flat shards only)."""
+    return faiss_gpu_count() or torch_gpu_count()
+
+
 def gpu_absence() -> str:
     """Why there is no GPU search here, in words."""
     import faiss
 
-    if not hasattr(faiss, "StandardGpuResources"):
-        return "this FAISS is the CPU-only build (faiss-cpu)"
-    return "FAISS sees no CUDA GPU (faiss.get_num_gpus() == 0)"
+    faiss_part = (
+        "this FAISS is the CPU-only build (faiss-cpu)"
+        if not hasattr(faiss, "StandardGpuResources")
+        else "FAISS sees no CUDA GPU (faiss.get_num_gpus() == 0)"
+    )
+    return f"{faiss_part} and torch sees no CUDA GPU"
 
 
 def resolve_search_device(requested: str, gpus: int | None = None) -> str:
@@ -83,9 +102,10 @@ def resolve_search_device(requested: str, gpus: int | None = None) -> str:
     n = gpu_count() if gpus is None else gpus
     if requested == "gpu" and n == 0:
         raise SearchDeviceError(
-            f"GPU search was asked for, but {gpu_absence()}; fix: install the FAISS GPU build "
-            "(the [gpu] extra or the -gpu image) on a machine with a CUDA GPU, or search on the "
-            "CPU (--search-device cpu or auto, TRIBUTARY_SEARCH_DEVICE)"
+            f"GPU search was asked for, but {gpu_absence()}; fix: on a machine with a CUDA GPU "
+            "install the FAISS GPU build (the [gpu] extra or the -gpu image) or at least a CUDA "
+            "build of torch (flat shards), or search on the CPU (--search-device cpu or auto, "
+            "TRIBUTARY_SEARCH_DEVICE)"
         )
     return "gpu" if requested == "gpu" or (requested == "auto" and n > 0) else "cpu"
 
@@ -101,6 +121,25 @@ def _is_flat(index: Any) -> bool:
     import faiss
 
     return isinstance(index, faiss.IndexFlat)
+
+
+class TorchFlatShard:
+    """A flat shard's vectors as one torch matrix on a device (float16 on a GPU): the first
+    stage where FAISS has no GPU build. :meth:`search` answers as a FAISS index does."""
+
+    def __init__(self, vectors: np.ndarray, device: torch.device, dtype: torch.dtype):
+        self.ntotal, self.d = vectors.shape
+        self.matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(
+            device, dtype
+        )  # [rows, D]
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top-``k`` rows by inner product with each query of ``q`` ``[nq, D]``: scores
+        ``[nq, k]`` (float32) and rows ``[nq, k]`` (int64)."""
+        queries = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+        scores = queries.to(self.matrix.device, self.matrix.dtype) @ self.matrix.T  # [nq, rows]
+        top = torch.topk(scores.float(), min(k, self.ntotal), dim=1)
+        return top.values.cpu().numpy(), top.indices.cpu().numpy().astype(np.int64)
 
 
 @dataclass
@@ -135,12 +174,16 @@ class ShardPlacement:
         memory, for the memory-mapped flat shards)."""
         import faiss
 
-        ngpu = gpu_count()
+        ngpu = faiss_gpu_count()
         if ngpu == 0:
-            raise SearchDeviceError(
-                f"cannot place shards on a GPU: {gpu_absence()}; fix: "
-                "search on the CPU (--search-device cpu)"
-            )
+            gpus = torch_gpu_count()
+            if gpus == 0:
+                raise SearchDeviceError(
+                    f"cannot place shards on a GPU: {gpu_absence()}; fix: "
+                    "search on the CPU (--search-device cpu)"
+                )
+            devices = [torch.device("cuda", i) for i in range(gpus)]
+            return cls.on_torch(shards, devices, torch.float16)
         resources = [faiss.StandardGpuResources() for _ in range(ngpu)]
         options = faiss.GpuMultipleClonerOptions()
         options.shard = ngpu > 1
@@ -179,6 +222,40 @@ class ShardPlacement:
         return cls(placed, torch.device("cuda"), resources)
 
     @classmethod
+    def on_torch(
+        cls, shards: Sequence[ShardLike], devices: Sequence[torch.device], dtype: torch.dtype
+    ) -> ShardPlacement:
+        """Flat shards as torch matrices of ``dtype`` (shard ``n`` on ``devices[n % count]``),
+        compressed ones kept on the CPU; the re-score on ``devices[0]``."""
+        placed = []
+        kept = 0
+        for n, shard in enumerate(shards):
+            inner = _inner(shard)
+            rows = shard.id_end - shard.id_start
+            if _is_flat(inner):
+                device = devices[n % len(devices)]
+                matrix = TorchFlatShard(inner.reconstruct_n(0, rows), device, dtype)
+                placed.append(PlacedShard(matrix, shard.id_start, rows, on_gpu=True))
+            else:
+                kept += 1
+                placed.append(PlacedShard(inner, shard.id_start, rows, on_gpu=False))
+        if kept:
+            logger.warning(
+                "%d compressed shard(s) stay on the CPU: without the FAISS GPU build only flat "
+                "shards are placed on the GPU; fix: install the FAISS GPU build to search them "
+                "there",
+                kept,
+            )
+        logger.info(
+            "search on %d torch device(s) (%s): %d of %d shards placed, exact re-score",
+            len(devices),
+            dtype,
+            len(placed) - kept,
+            len(placed),
+        )
+        return cls(placed, devices[0])
+
+    @classmethod
     def emulated(
         cls, shards: Sequence[ShardLike], flat_vectors: Callable[[int], np.ndarray]
     ) -> ShardPlacement:
@@ -215,7 +292,7 @@ class ShardPlacement:
         import faiss
 
         for shard in self.shards:
-            if shard.on_gpu:
+            if shard.on_gpu and not isinstance(shard.index, TorchFlatShard):
                 try:
                     faiss.GpuParameterSpace().set_index_parameter(
                         shard.index, "nprobe", min(nprobe, GPU_MAX_K)
