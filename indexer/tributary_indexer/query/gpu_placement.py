@@ -12,9 +12,11 @@ queries in float64 with torch on the GPU, and the top-``k`` of those exact score
 
 Without the FAISS GPU build (the CPU-only ``faiss-cpu`` wheel beside a CUDA build of torch, e.g.
 where no FAISS GPU wheel matches the CUDA version), the flat shards go to the GPUs as torch
-float16 matrices instead (:class:`TorchFlatShard`: one matrix product and a top-k per search,
-shard ``n`` on GPU ``n mod count``); compressed shards then stay on the CPU and are searched
-there as part of the same merge. The re-score is the same.
+float32 matrices instead (:class:`TorchFlatShard`: one matrix product and a top-k per search,
+shard ``n`` on GPU ``n mod count``). That scan is exact, as the CPU's flat scan is, so it needs
+no re-score: the shards' top-``k`` are merged and returned (twice the GPU memory of float16,
+none of the host reads of a re-score). Compressed shards then stay on the CPU, searched there
+as part of the same merge, and the candidates are re-scored as above.
 
 The GPU path serves an unfiltered search whose ``k`` is within 2,048. A search with a FAISS id
 selector (a large source/provider filter, or more removed examples than are over-fetched) is
@@ -124,14 +126,16 @@ def _is_flat(index: Any) -> bool:
 
 
 class TorchFlatShard:
-    """A flat shard's vectors as one torch matrix on a device (float16 on a GPU): the first
-    stage where FAISS has no GPU build. :meth:`search` answers as a FAISS index does."""
+    """A flat shard's vectors as one torch matrix on a device: the first stage where FAISS has
+    no GPU build. :meth:`search` answers as a FAISS index does."""
 
     def __init__(self, vectors: np.ndarray, device: torch.device, dtype: torch.dtype):
         self.ntotal, self.d = vectors.shape
         self.matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(
             device, dtype
         )  # [rows, D]
+        self.exact = dtype in (torch.float32, torch.float64)
+        """Whether its scores are the float32 (or better) inner products: no re-score needed."""
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-``k`` rows by inner product with each query of ``q`` ``[nq, D]``: scores
@@ -165,6 +169,10 @@ class ShardPlacement:
         self.cpu_fallbacks = 0
         """Searches this placement could not serve (the index searched them on the CPU)."""
         self._resources = resources or []  # the GPU resources must outlive their indexes
+        self.exact = bool(shards) and all(
+            isinstance(p.index, TorchFlatShard) and p.index.exact for p in shards
+        )
+        """Whether the first stage's scores are exact (float32 torch matrices): no re-score."""
 
     @classmethod
     def on_gpus(
@@ -183,7 +191,7 @@ class ShardPlacement:
                     "search on the CPU (--search-device cpu)"
                 )
             devices = [torch.device("cuda", i) for i in range(gpus)]
-            return cls.on_torch(shards, devices, torch.float16)
+            return cls.on_torch(shards, devices, torch.float32)
         resources = [faiss.StandardGpuResources() for _ in range(ngpu)]
         options = faiss.GpuMultipleClonerOptions()
         options.shard = ngpu > 1
@@ -301,7 +309,10 @@ class ShardPlacement:
                     pass
 
     def fetch(self, k: int, rerank_factor: int) -> int:
-        """First-stage candidates per query: ``k · rerank_factor``, within FAISS GPU's limit."""
+        """First-stage candidates per query: ``k · rerank_factor``, within FAISS GPU's limit
+        (``k`` when the first stage is exact)."""
+        if self.exact:
+            return k
         return max(k, min(k * rerank_factor, self.max_k))
 
     def search(
@@ -325,6 +336,8 @@ class ShardPlacement:
         if not parts:
             return SearchResult.empty(q.shape[0], k)
         candidates = merge_topk(parts, fetch)
+        if self.exact:
+            return candidates
         return rescore(q, candidates.ids, exact_rows, k, self.device)
 
 
@@ -343,7 +356,9 @@ def rescore(
         return SearchResult.empty(q.shape[0], k)
     vectors = torch.from_numpy(np.ascontiguousarray(exact_rows(unique), dtype=np.float32))
     queries = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
-    scores = queries.to(device, torch.float64) @ vectors.to(device, torch.float64).T  # [nq, u]
+    # float32 across (half the bytes of float64), widened where the product runs
+    vectors = vectors.to(device).to(torch.float64)  # [u, D]
+    scores = queries.to(device).to(torch.float64) @ vectors.T  # [nq, u]
     columns = torch.from_numpy(np.searchsorted(unique, np.where(valid, ids, unique[0])))
     exact = torch.gather(scores, 1, columns.to(device)).cpu().numpy()  # [nq, c]
     return merge_topk([(np.where(valid, exact, -np.inf), np.where(valid, ids, -1))], k)
