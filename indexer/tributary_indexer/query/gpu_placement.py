@@ -134,7 +134,9 @@ class TorchFlatShard:
         self.matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(
             device, dtype
         )  # [rows, D]
-        self.exact = dtype in (torch.float32, torch.float64)
+        # TF32 (if the process turned it on for CUDA matrix products) keeps ~3 digits: not exact
+        tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+        self.exact = dtype == torch.float64 or (dtype == torch.float32 and not tf32)
         """Whether its scores are the float32 (or better) inner products: no re-score needed."""
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
