@@ -23,10 +23,10 @@ time per record and epoch.
     .venv/bin/python -m benchmarks.scale_corpus --records 100000 --sizes 10000 30000 100000 \\
         --epochs 7
 
-On 2 quiet cores a 6,000-record run trained at about 4 ms per record and epoch, and its builds'
-gradient pass ran at about 7,000 tokens/s. The 100,000-record corpus has 21 tokens a record
-(the 6,000-record one 18), so 7 epochs take about 55 minutes and the three builds about 10.
-Peak RSS of the builds was 1.3 GiB at 2,000 records and 2.1 GiB at 6,000. A small run proves
+On 2 quiet cores the 100,000-record run trained at 5.4 ms per record and epoch at best (its
+records have 21 tokens), so 7 epochs take about 63 minutes, and its three builds took 11
+minutes (about 220 examples/s); peak RSS of the builds was 2.0 GiB at 10,000 records and 3.6 GiB
+at 100,000. A small run proves
 the pipeline in minutes: ``--records 6000 --sizes 2000 6000 --epochs 8``.
 
 Corpus, model, subsets and indexes are cached under ``benchmarks/quality/.cache/scale/`` (the
