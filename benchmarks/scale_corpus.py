@@ -26,8 +26,8 @@ time per record and epoch.
 On 2 quiet cores the 100,000-record run trained at 5.4 ms per record and epoch at best (its
 records have 21 tokens), so 7 epochs take about 63 minutes, and its three builds took 11
 minutes (about 220 examples/s); peak RSS of the builds was 2.0 GiB at 10,000 records and 3.6 GiB
-at 100,000. A small run proves
-the pipeline in minutes: ``--records 6000 --sizes 2000 6000 --epochs 8``.
+at 100,000. A small run proves the pipeline in minutes: ``--records 6000 --sizes 2000 6000
+--epochs 8``.
 
 Corpus, model, subsets and indexes are cached under ``benchmarks/quality/.cache/scale/`` (the
 model per training setting, the indexes per model, each with its build measurements;
