@@ -9,9 +9,9 @@
    size, for a micro-batch of 1 and of 32 queries (what the service's concurrency 1 and 32
    send to the index at once): on the CPU the service's flat scan
    (:func:`~tributary_indexer.query.index.topk_by_scan`, float32), on the GPU the placement
-   (:class:`~tributary_indexer.query.gpu_placement.ShardPlacement`: float16 first stage of
-   10 × k candidates, FAISS's GPU index or, without the FAISS GPU build, torch matrices; exact
-   float64 re-score with torch), k = 200.
+   (:class:`~tributary_indexer.query.gpu_placement.ShardPlacement`: FAISS's float16 GPU index
+   for 10 × k candidates, re-scored exactly in float64 with torch; without the FAISS GPU build,
+   an exact float32 scan of torch matrices), k = 200.
 3. Prints the table and writes ``benchmarks/results/gpu_check.json``. Without a GPU it prints
    and records "no GPU available" and exits 0 after the skips; a failed test exits 1.
 """
@@ -159,7 +159,7 @@ def main() -> int:
         result["first_stage"] = (
             "FAISS GPU index, float16"
             if faiss_gpu_count()
-            else "torch matrices, float16 (this FAISS is the CPU build)"
+            else "torch matrices, float32, exact (this FAISS is the CPU build)"
         )
         result["cpu_threads"] = torch.get_num_threads()
         result["latency"] = latency(args.sizes, args.dim, args.repeats)

@@ -5,10 +5,9 @@ Every oracle runs three times: on the real GPU path (marked ``gpu``: skipped, wi
 where there is no GPU), on the same code with its first stage emulated on the CPU
 (:meth:`ShardPlacement.emulated`: float16 copies of the flat shards, the re-score on torch's
 CPU device), and on the torch first stage that stands in for FAISS's GPU build
-(:meth:`ShardPlacement.on_torch`, here on the CPU in float32, exact without a re-score), so
-the placement's logic
-(over-fetch, id mapping, merge, re-score, the CPU fallback of filtered searches) is tested
-everywhere.
+(:meth:`ShardPlacement.on_torch`, here on the CPU in float32, exact without a re-score), so the
+placement's logic (over-fetch, id mapping, merge, re-score, the CPU fallback of filtered
+searches) is tested everywhere.
 """
 
 from __future__ import annotations

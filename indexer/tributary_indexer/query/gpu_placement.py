@@ -1,4 +1,4 @@
-"""Shards on the GPU(s): a float16 first stage there, then an exact re-score with torch there.
+"""Shards on the GPU(s): the first stage there, and an exact re-score with torch where needed.
 
 When the FAISS GPU build and a CUDA GPU are present (``search_device`` ``gpu``, or ``auto``),
 each shard's FAISS index (without its id map: rows ``0..n-1``, global id = ``id_start + row``)
@@ -144,8 +144,10 @@ class TorchFlatShard:
         ``[nq, k]`` (float32) and rows ``[nq, k]`` (int64)."""
         queries = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
         scores = queries.to(self.matrix.device, self.matrix.dtype) @ self.matrix.T  # [nq, rows]
-        top = torch.topk(scores.float(), min(k, self.ntotal), dim=1)
-        return top.values.cpu().numpy(), top.indices.cpu().numpy().astype(np.int64)
+        if scores.dtype == torch.float16:
+            scores = scores.float()  # rank in float32: half precision has no CPU top-k everywhere
+        top = torch.topk(scores, min(k, self.ntotal), dim=1)  # ranked in the matrix's precision
+        return top.values.float().cpu().numpy(), top.indices.cpu().numpy().astype(np.int64)
 
 
 @dataclass
@@ -256,14 +258,16 @@ class ShardPlacement:
                 "there",
                 kept,
             )
+        placement = cls(placed, devices[0])
         logger.info(
-            "search on %d torch device(s) (%s): %d of %d shards placed, exact re-score",
+            "search on %d torch device(s) (%s): %d of %d shards placed, %s",
             len(devices),
             dtype,
             len(placed) - kept,
             len(placed),
+            "an exact scan" if placement.exact else "candidates re-scored exactly",
         )
-        return cls(placed, devices[0])
+        return placement
 
     @classmethod
     def emulated(
