@@ -194,6 +194,8 @@ def measure(root: Path, args: argparse.Namespace) -> None:
         index.search(q, c)
     for label, cold in (("warm", False), ("cold", True)):
         for name, calls in (("c1", singles), ("c32", batches)):
+            if cold and args.cold_requests is not None:
+                calls = calls[: args.cold_requests]  # a cold call at 10M takes seconds
             walls = []
             for q in calls:
                 if cold:
@@ -327,6 +329,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--requests", type=int, default=64, help="timed calls at concurrency 1")
     ap.add_argument("--batches", type=int, default=4, help="timed micro-batches of 32")
+    ap.add_argument(
+        "--cold-requests",
+        type=int,
+        default=None,
+        help="timed cold calls at concurrency 1 and cold micro-batches, each at most this many "
+        "[--requests and --batches]",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/tributary-scale-bench"))
     ap.add_argument("--keep", action="store_true", help="keep each size's index directory")
@@ -409,6 +418,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             str(args.requests),
             "--batches",
             str(args.batches),
+            *(["--cold-requests", str(args.cold_requests)] if args.cold_requests else []),
             "--threads",
             str(args.threads),
             "--recall-queries",

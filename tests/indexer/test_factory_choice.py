@@ -35,12 +35,12 @@ GIB = 2**30
     [
         (2_100, 4096, 16 * GIB, 50_000, "Flat", None, 0),  # the demo index
         (1_000_000, 4096, 16 * GIB, 50_000, "Flat", None, 0),  # 15.3 GiB flat fits 16 GiB
-        (1_100_000, 4096, 16 * GIB, 50_000, "IVF1024,PQ1024", 128, 65_536),  # 16.8 GiB does not
-        (100_000, 4096, 1 * GIB, None, "IVF1024,PQ1024", 128, 65_536),  # 1.5 GiB flat > 1 GiB
-        (1_000_000, 768, 2 * GIB, 50_000, "IVF1024,PQ256", 128, 65_536),  # 768 = 3·256
-        (1_000_000, 1000, 2 * GIB, 50_000, "IVF1024,PQ250", 128, 65_536),
-        (50_000_000, 4096, 16 * GIB, 50_000, "IVF1024,PQ256", 128, 65_536),  # m shrunk to fit
-        (5_000_000, 4096, 64 * GIB, 1_000_000, "IVF4096,PQ1024", 512, 159_744),  # 39 a list
+        (1_100_000, 4096, 16 * GIB, 50_000, "IVF1024,PQ1024x4fs", 128, 65_536),  # 16.8 GiB does not
+        (100_000, 4096, 1 * GIB, None, "IVF1024,PQ1024x4fs", 128, 65_536),  # 1.5 GiB flat > 1 GiB
+        (1_000_000, 768, 2 * GIB, 50_000, "IVF1024,PQ256x4fs", 128, 65_536),  # 768 = 3·256
+        (1_000_000, 1000, 2 * GIB, 50_000, "IVF1024,PQ250x4fs", 128, 65_536),
+        (50_000_000, 4096, 16 * GIB, 50_000, "IVF1024,PQ512x4fs", 128, 65_536),  # m shrunk to fit
+        (5_000_000, 4096, 64 * GIB, 1_000_000, "IVF4096,PQ1024x4fs", 512, 159_744),  # 39 a list
         (300, 64, 16 * GIB, None, "Flat", None, 0),  # small: flat
         (200, 64, 16 * GIB, None, "Flat", None, 0),
     ],
@@ -57,28 +57,28 @@ def test_a_set_limit_on_flat_examples() -> None:
     at = choose_factory(100_000, 4096, 16 * GIB, shard_rows=50_000, flat_max_examples=100_000)
     assert at.factory == "Flat" and "N <= 100000" in at.reason
     past = choose_factory(100_001, 4096, 16 * GIB, shard_rows=50_000, flat_max_examples=100_000)
-    assert (past.factory, past.nprobe) == ("IVF1024,PQ1024", 128)
+    assert (past.factory, past.nprobe) == ("IVF1024,PQ1024x4fs", 128)
     assert "N > 100000" in past.reason
 
 
 def test_the_threshold_and_too_few_examples() -> None:
     forced = choose_factory(300, 64, flat_max_examples=0)
-    assert (forced.factory, forced.nprobe, forced.train_examples) == ("IVF4,PQ16", 4, 300)
+    assert (forced.factory, forced.nprobe, forced.train_examples) == ("IVF4,PQ16x4fs", 4, 300)
     assert "N=300," in forced.reason and "N > 0" in forced.reason
     tiny = choose_factory(255, 64, flat_max_examples=0)  # PQ's 256 codewords need 256 vectors
     assert tiny.factory == "Flat" and "too few" in tiny.reason
 
 
-def test_over_budget_keeps_one_byte_per_32_dims_and_says_so(caplog) -> None:
+def test_over_budget_keeps_one_subquantizer_per_32_dims_and_says_so(caplog) -> None:
     choice = choose_factory(1_000_000_000, 4096, 16 * GIB, shard_rows=50_000)
-    assert choice.factory == "IVF1024,PQ128"
+    assert choice.factory == "IVF1024,PQ128x4fs"
     assert "over the budget" in choice.reason and "over the budget" in caplog.text
 
 
 def test_parts_of_the_rule() -> None:
     assert [ivf_lists(r) for r in (1, 100, 2_000, 50_000, 1_000_000)] == [1, 2, 32, 1024, 4096]
     assert [pq_subquantizers(d) for d in (4096, 768, 80, 13)] == [1024, 256, 20, 1]
-    assert pq_subquantizers(4096, max_bytes=300) == 256
+    assert pq_subquantizers(4096, max_m=300) == 256
     with pytest.raises(ValueError, match="n_examples"):
         choose_factory(0, 4096)
 
@@ -139,13 +139,13 @@ def test_auto_builds_ivf_pq_and_records_why(forced) -> None:
     choice = manifest["index_choice"]
     dim = manifest["dim"]
     m = pq_subquantizers(dim)
-    assert choice["factory"] == f"IVF2,PQ{m}" and choice["requested"] == "auto"
+    assert choice["factory"] == f"IVF2,PQ{m}x4fs" and choice["requested"] == "auto"
     assert choice["nprobe"] == 2 and choice["n_examples"] == 300 and choice["dim"] == dim
     assert choice["train_examples"] == 300 and "N > 0;" in choice["reason"]
     assert manifest["build_config"]["index_factory"] == "auto"
     shard = faiss.read_index(str(index_dir / "shards" / "shard-00000.faiss"))
     inner = faiss.downcast_index(faiss.downcast_index(shard).index)
-    assert isinstance(inner, faiss.IndexIVFPQ) and inner.pq.M == m and inner.nlist == 2
+    assert isinstance(inner, faiss.IndexIVFPQFastScan) and inner.pq.M == m and inner.nlist == 2
     assert sorted(p.name for p in (index_dir / "vectors").iterdir()) == [
         "shard-00000.npy",
         "shard-00001.npy",
@@ -214,6 +214,35 @@ def test_the_rescore_reads_one_candidate_list_for_all_shards(forced) -> None:
     read.clear()
     index.search(queries[:1], k)
     assert read == [fetch]  # one query: fetch rows, not fetch a shard (120)
+
+
+def test_shards_searched_side_by_side_answer_as_one_after_the_other(forced) -> None:
+    """A single query searches compressed shards on several threads; the answer is the one
+    the shards give searched in turn, and the brute-force top-k once every row is re-scored."""
+    root, _, _ = forced
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        index = AttributionIndex(root / "index")
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert index._threads_for(1) is not None and index._threads_for(2) is None
+    rng = np.random.default_rng(2)
+    queries = rng.standard_normal((6, index.dim)).astype(np.float32)
+    side_by_side = [index.search(q[None], 7) for q in queries]
+    index.close()  # no threads from here on: the shards are searched in turn
+    assert index._threads_for(1) is None
+    for q, got in zip(queries, side_by_side, strict=True):
+        want = index.search(q[None], 7)
+        assert got.ids.tolist() == want.ids.tolist()
+        np.testing.assert_array_equal(got.scores, want.scores)
+    index.rerank_factor = 100
+    exact = [index.search(q[None], 5) for q in queries]
+    threaded = AttributionIndex(root / "index", rerank_factor=100)
+    for q, want in zip(queries, exact, strict=True):
+        assert threaded.search(q[None], 5).ids.tolist() == want.ids.tolist()
+        brute = _brute_force(threaded, q)
+        assert want.ids[0].tolist() == np.argsort(-brute, kind="stable")[:5].tolist()
 
 
 def test_add_keeps_the_recorded_factory(forced, tmp_path) -> None:

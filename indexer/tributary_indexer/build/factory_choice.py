@@ -6,14 +6,17 @@ The rule: an index of ``N`` examples of dimension ``D`` is ``Flat`` (exact) whil
 set: an IVF-PQ first stage is faster than a flat scan past about 25,000 examples on 2 CPU cores,
 but it is approximate, and on real gradient vectors its recall@200 at an eighth of the lists
 was about half; see ``benchmarks/RESULTS.md``). Otherwise it is
-``IVF{nlist},PQ{m}``: ``nlist`` is ``4·√rows`` of a shard rounded to a power of two (and at most
-one list per 39 examples, FAISS's minimum to train a list); ``m`` is the largest divisor of
-``D`` up to ``0.4·D`` (codes of at most a tenth of the float32 vector), smaller while the codes
-(plus 16 bytes of ids an example) exceed the budget, and never under one byte per 32
-dimensions; ``nprobe`` probes an eighth of the lists (at least 16): the re-scored first
+``IVF{nlist},PQ{m}x4fs``, FAISS's fast-scan IVF-PQ (4-bit codes scanned with SIMD lookups: on
+real gradient vectors it kept the 8-bit codes' first-stage recall at a fifth of their scan time
+and half their bytes): ``nlist`` is ``4·√rows`` of a shard rounded to a power of two (and at
+most one list per 39 examples, FAISS's minimum to train a list); ``m`` is the largest divisor
+of ``D`` up to ``0.4·D`` (``m/2`` code bytes: at most a twentieth of the float32 vector),
+smaller while the codes (plus 16 bytes of ids an example) exceed the budget, and never under
+one sub-quantizer per 32 dimensions; ``nprobe`` probes an eighth of the lists (at least 16):
+the re-scored first
 stage's recall@200 against a flat index was 0.99 on clustered synthetic vectors (unstructured
 ones need far more lists: measure, and set the service's ``nprobe``); the
-quantizer trains on 64 examples a list (at least 9,984, PQ's 39 per codeword; at most
+quantizer trains on 64 examples a list (at least 9,984; at most
 ``train_examples``, never under 39 a list). Compressed shards keep their exact vectors, so the
 first stage's candidates are re-scored exactly.
 """
@@ -38,10 +41,11 @@ DEFAULT_NPROBE = 32
 """Lists probed per query when neither the manifest nor the service says (explicit factories)."""
 _MIN_PER_LIST = 39  # FAISS warns below 39 training vectors per centroid
 _TRAIN_PER_LIST = 64
-_PQ_TRAIN_MIN = 39 * 256  # 39 vectors per codeword of an 8-bit sub-quantizer
-_PQ_MIN_EXAMPLES = 256  # an 8-bit sub-quantizer cannot train on fewer vectors than codewords
+_PQ_TRAIN_MIN = 39 * 256  # a sample that would also train 8-bit codes (39 per codeword)
+_PQ_MIN_EXAMPLES = 256  # fewer examples than 8-bit codewords: too few to compress
+_PQ_BITS = 4  # fast-scan codes: 16 codewords a sub-quantizer, two codes a byte
 _ID_BYTES = 16  # an example's id in the inverted list and in the id map
-_MAX_DIMS_PER_BYTE = 32  # the smallest m: one code byte per 32 dimensions
+_MAX_DIMS_PER_SUBQUANTIZER = 32  # the smallest m: one sub-quantizer per 32 dimensions
 
 
 @dataclass(frozen=True)
@@ -78,14 +82,19 @@ def ivf_lists(shard_rows: int) -> int:
     return min(nlist, cap)
 
 
-def pq_subquantizers(dim: int, max_bytes: float | None = None) -> int:
-    """``m`` of ``PQ{m}``: the largest divisor of ``dim`` up to ``0.4·dim`` (and up to
-    ``max_bytes`` when given), never under ``dim / 32``."""
+def pq_subquantizers(dim: int, max_m: float | None = None) -> int:
+    """``m`` of ``PQ{m}x4fs``: the largest divisor of ``dim`` up to ``0.4·dim`` (and up to
+    ``max_m`` when given), never under ``dim / 32``."""
     divisors = [m for m in range(1, dim + 1) if dim % m == 0]
-    floor = min(m for m in divisors if dim // m <= _MAX_DIMS_PER_BYTE)
-    limit = 0.4 * dim if max_bytes is None else min(0.4 * dim, max_bytes)
+    floor = min(m for m in divisors if dim // m <= _MAX_DIMS_PER_SUBQUANTIZER)
+    limit = 0.4 * dim if max_m is None else min(0.4 * dim, max_m)
     fitting = [m for m in divisors if m <= limit]
     return max(max(fitting, default=floor), floor)
+
+
+def code_bytes(m: int) -> int:
+    """Bytes of one example's fast-scan code of ``m`` 4-bit sub-quantizers."""
+    return (m * _PQ_BITS + 7) // 8
 
 
 def default_nprobe(nlist: int) -> int:
@@ -133,22 +142,22 @@ def choose_factory(
     rows = min(shard_rows or n_examples, n_examples)
     nlist = ivf_lists(rows)
     room = (memory_bytes - 4 * nlist * dim) / n_examples - _ID_BYTES
-    m = pq_subquantizers(dim, max_bytes=max(room, 0.0))
+    m = pq_subquantizers(dim, max_m=max(room, 0.0) * 8 / _PQ_BITS)
     nprobe = default_nprobe(nlist)
     train = training_size(nlist, n_examples, train_cap)
-    code_bytes = n_examples * (m + _ID_BYTES) + 4 * nlist * dim
+    index_bytes = n_examples * (code_bytes(m) + _ID_BYTES) + 4 * nlist * dim
     why = f"N > {flat_max_examples}" if fits else f"{flat_gib} exceeds the budget"
     over = (
         ""
-        if code_bytes <= memory_bytes
-        else (f"; over the budget even so ({code_bytes / 2**30:.3g} GiB at the smallest m)")
+        if index_bytes <= memory_bytes
+        else (f"; over the budget even so ({index_bytes / 2**30:.3g} GiB at the smallest m)")
     )
     if over:
         logger.warning("index factory auto: %s", over[2:])
-    factory = f"IVF{nlist},PQ{m}"
+    factory = f"IVF{nlist},PQ{m}x{_PQ_BITS}fs"
     reason = (
-        f"{factory} ({inputs}): {why}; nlist from {rows} rows a shard, {m} code bytes an "
-        f"example, nprobe {nprobe}, {train} training vectors{over}"
+        f"{factory} ({inputs}): {why}; nlist from {rows} rows a shard, {code_bytes(m)} code "
+        f"bytes an example, nprobe {nprobe}, {train} training vectors{over}"
     )
     return FactoryChoice(factory, nprobe, train, reason, **common)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ class AttributionIndex:
         self.ranking: Ranking = make_ranking(self.ranking_config)
         """The ranking in force: the manifest's, with the overrides."""
         self.rerank_factor = rerank_factor
+        self._shard_threads: ThreadPoolExecutor | None = None
+        self._shard_workers = 0
         self.shards: list[ShardHandle] = []
         for n, shard in enumerate(self.manifest.shards):
             exact = np.load(self.paths.exact_vectors(n), mmap_mode="r") if self.compressed else None
@@ -164,6 +167,12 @@ class AttributionIndex:
                     None if self.compressed else _flat_view(index),
                 )
             )
+        import faiss
+
+        workers = min(faiss.omp_get_max_threads(), len(self.shards))
+        if self.compressed and workers >= 2:  # threads start at the first search that uses them
+            self._shard_threads = ThreadPoolExecutor(workers, thread_name_prefix="shard-search")
+            self._shard_workers = workers
         self.placement: ShardPlacement | None = None
         """The shards' first stage on the GPU(s) (``None``: searched on the CPU)."""
         if self.search_device == "gpu":
@@ -268,9 +277,20 @@ class AttributionIndex:
         return self.manifest.n_examples
 
     def close(self) -> None:
-        """Close the example store and let go of the shards on the GPU."""
+        """Close the example store, the shard search threads and let go of the shards on the
+        GPU."""
         self.store.close()
         self.placement = None
+        if self._shard_threads is not None:
+            self._shard_threads.shutdown(wait=False)
+            self._shard_threads = None
+
+    def _threads_for(self, n_queries: int) -> ThreadPoolExecutor | None:
+        """Threads that search compressed shards side by side, for a search of fewer queries
+        than FAISS has threads (FAISS splits an IVF search by query, so a single query would
+        keep one core busy); ``None``: search the shards one after the other (flat shards, whose
+        scan is a multi-threaded matrix product, or enough queries to fill FAISS's threads)."""
+        return self._shard_threads if n_queries < self._shard_workers else None
 
     def set_nprobe(self, nprobe: int) -> None:
         """IVF lists probed per query (recall vs speed of compressed shards; no-op for flat)."""
@@ -334,18 +354,20 @@ class AttributionIndex:
             import faiss
 
             params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # faiss stubs lack the wrappers
-        parts = []
-        for shard in self.shards:
+
+        def one(shard: ShardHandle) -> tuple[np.ndarray, np.ndarray] | None:
             kk = min(fetch, shard.id_end - shard.id_start)
             if kk <= 0:
-                continue
+                return None
             if params is not None:
-                scores, ids = shard.index.search(q, kk, params=params)  # type: ignore[attr-defined]
-            elif shard.flat is not None:
-                scores, ids = topk_by_scan(shard.flat, q, kk, shard.id_start)
-            else:
-                scores, ids = shard.index.search(q, kk)  # type: ignore[attr-defined]
-            parts.append((scores, ids))
+                return shard.index.search(q, kk, params=params)  # type: ignore[attr-defined,no-any-return]
+            if shard.flat is not None:
+                return topk_by_scan(shard.flat, q, kk, shard.id_start)
+            return shard.index.search(q, kk)  # type: ignore[attr-defined,no-any-return]
+
+        threads = self._threads_for(q.shape[0])
+        found = threads.map(one, self.shards) if threads else map(one, self.shards)
+        parts = [part for part in found if part is not None]  # in shard order either way
         if not parts:
             return SearchResult.empty(q.shape[0], k)
         if not self.compressed:
