@@ -13,7 +13,8 @@ copies of one real row). Per size ``N``:
   index memory the target bounds is the larger of the RSS growth at open and the shard files'
   bytes (FAISS maps IVF lists from the file, so they become resident as they are probed);
 * first-stage latency (``AttributionIndex.search``: FAISS over every shard, exact re-score of
-  the candidates from the float16 memory maps, merge) for C = the ranking's candidates, at
+  the candidates from the float16 memory maps, merge; measured once the build's writes have
+  reached the disk) for C = the ranking's candidates, at
   concurrency 1 (one query a call) and 32 (a micro-batch of 32), warm, and cold (the page
   cache of the shard and vector files dropped before every call);
 * first-stage recall@C against the exact top C of every query of a sample, computed in float64
@@ -428,6 +429,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "--sweep",
             *map(str, args.sweep or []),
         ]
+        os.sync()  # the build's writes reach the disk first: a writeback slows the searches
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, env=env)
         measured = json.loads((dst / "measured.json").read_text(encoding="utf-8"))

@@ -177,7 +177,7 @@ class BuildConfig:
     shard_size: int = 50_000
     """Examples per shard (also the unit of resume and of work per process)."""
     index_factory: str = "auto"
-    """``auto`` (``Flat`` for a small index, else ``IVF{nlist},PQ{m}`` sized from the examples,
+    """``auto`` (``Flat`` for a small index, else ``IVF{nlist},PQ{m}x4fs`` sized from the examples,
     the dimension and ``index_memory_gib``; the choice and why are in the manifest), or a FAISS
     ``index_factory`` string: ``Flat`` (exact), e.g. ``IVF4096,PQ64`` / ``SQfp16`` (compressed;
     exact vectors are kept in ``vectors/`` for re-ranking)."""
