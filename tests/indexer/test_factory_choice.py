@@ -245,6 +245,23 @@ def test_shards_searched_side_by_side_answer_as_one_after_the_other(forced) -> N
         assert want.ids[0].tolist() == np.argsort(-brute, kind="stable")[:5].tolist()
 
 
+def test_exact_vectors_are_memory_maps_read_at_random(forced, tmp_path) -> None:
+    """The re-score's exact vectors stay memory maps (advised for random reads, no copy); a
+    plain array passes through untouched."""
+    from tributary_indexer.query.index import _for_random_reads
+
+    root, _, _ = forced
+    index = AttributionIndex(root / "index")
+    for shard in index.shards:
+        assert isinstance(shard.exact, np.memmap) and not shard.exact.flags.writeable
+    plain = np.ones((3, 2), np.float32)
+    assert _for_random_reads(plain) is plain
+    path = tmp_path / "v.npy"
+    np.save(path, np.arange(6, dtype=np.float16).reshape(3, 2))
+    mapped = np.load(path, mmap_mode="r")
+    assert _for_random_reads(mapped) is mapped and mapped[2].tolist() == [4.0, 5.0]
+
+
 def test_add_keeps_the_recorded_factory(forced, tmp_path) -> None:
     import shutil
 
