@@ -3,9 +3,10 @@ memory budget.
 
 The rule: an index of ``N`` examples of dimension ``D`` is ``Flat`` (exact) while its vectors
 (``4·N·D`` bytes) fit the memory budget (and ``N`` is at most ``flat_max_examples`` when one is
-set: an IVF-PQ first stage is faster than a flat scan past about 25,000 examples on 2 CPU cores,
-but it is approximate, and on real gradient vectors its recall@200 at an eighth of the lists
-was about half; see ``benchmarks/RESULTS.md``). Otherwise it is
+set: an IVF-PQ first stage is faster than a flat scan from about 10,000 examples on 2 CPU
+cores, but it is approximate: on real gradient vectors its recall@200 at an eighth of the lists
+was about half on a 2,100-example index and 0.93 on a 100,000-example one; see
+``benchmarks/RESULTS.md``). Otherwise it is
 ``IVF{nlist},PQ{m}x4fs``, FAISS's fast-scan IVF-PQ (4-bit codes scanned with SIMD lookups: on
 real gradient vectors it kept the 8-bit codes' first-stage recall at a fifth of their scan time
 and half their bytes): ``nlist`` is ``4·√rows`` of a shard rounded to a power of two (and at
