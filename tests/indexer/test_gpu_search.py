@@ -242,3 +242,17 @@ def test_stored_vectors_gather_across_shards(built) -> None:
         with pytest.raises(IndexError, match=r"\[0, 70\)"):
             index.stored_vectors(np.array([70]))
         index.close()
+
+
+def test_the_faiss_gpu_probe_passes_a_clean_run_and_names_a_crash() -> None:
+    """The probe runs its search in a child process: a FAISS build without kernels for the GPU
+    aborts the process, which must cost a warning, not the service."""
+    from tributary_indexer.query.gpu_placement import probe_faiss_gpu
+
+    assert probe_faiss_gpu("import numpy") is None
+    aborted = probe_faiss_gpu("import os, sys; sys.stderr.write('CUDA error 209\\n'); os.abort()")
+    assert aborted is not None and "SIGABRT" in aborted and "CUDA error 209" in aborted
+    failed = probe_faiss_gpu("raise SystemExit('no kernel image')")
+    assert failed is not None and "status 1" in failed and "no kernel image" in failed
+    slow = probe_faiss_gpu("import time; time.sleep(5)", timeout=0.5)
+    assert slow is not None and "did not finish" in slow

@@ -32,7 +32,11 @@ tested on machines without a GPU.
 
 from __future__ import annotations
 
+import functools
 import logging
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -59,8 +63,58 @@ class ShardLike(Protocol):
     id_end: int
 
 
-def faiss_gpu_count() -> int:
-    """CUDA GPUs visible to FAISS (0 with the CPU-only build, or without a GPU)."""
+_FAISS_GPU_PROBE = """
+import faiss, numpy as np
+x = np.random.default_rng(0).standard_normal((64, 16)).astype("float32")
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+cpu = faiss.IndexFlatIP(16)
+cpu.add(x)
+options = faiss.GpuClonerOptions()
+options.useFloat16 = True
+gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu, options)
+_, ids = gpu.search(x[:4], 3)
+assert ids[:, 0].tolist() == [0, 1, 2, 3], ids
+"""
+
+
+def probe_faiss_gpu(code: str = _FAISS_GPU_PROBE, timeout: float = 300.0) -> str | None:
+    """Run ``code`` (by default: a float16 flat index cloned onto GPU 0 and searched) in a
+    child process; ``None`` when it succeeds, else what went wrong in a sentence. A FAISS GPU
+    build without kernels for the GPU's architecture aborts the process on its first search
+    (a FAISS assertion, not a Python exception), so the check cannot run in this process."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return f"a test search did not finish in {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    detail = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+    how = (
+        f"was killed by {signal.Signals(-done.returncode).name}"
+        if done.returncode < 0
+        else f"exited with status {done.returncode}"
+    )
+    return f"a test search {how}" + (f" ({detail.strip()[:300]})" if detail else "")
+
+
+@functools.cache
+def _faiss_gpu_problem() -> str | None:
+    """The probe's finding, once a process (logged once)."""
+    problem = probe_faiss_gpu()
+    if problem:
+        logger.warning(
+            "FAISS sees a GPU but cannot search on it: %s; fix: install a FAISS GPU build "
+            "compiled for this GPU's architecture (with faiss-cpu, flat shards go to the GPU "
+            "through torch instead)",
+            problem,
+        )
+    return problem
+
+
+def _faiss_sees() -> int:
     import faiss
 
     if not hasattr(faiss, "StandardGpuResources"):
@@ -69,6 +123,13 @@ def faiss_gpu_count() -> int:
         return int(faiss.get_num_gpus())
     except (AttributeError, RuntimeError):
         return 0
+
+
+def faiss_gpu_count() -> int:
+    """CUDA GPUs FAISS can search on (0 with the CPU-only build, without a GPU, or when a test
+    search in a child process fails: a FAISS build without kernels for this GPU)."""
+    seen = _faiss_sees()
+    return 0 if seen and _faiss_gpu_problem() else seen
 
 
 def torch_gpu_count() -> int:
@@ -85,11 +146,13 @@ def gpu_absence() -> str:
     """Why there is no GPU search here, in words."""
     import faiss
 
-    faiss_part = (
-        "this FAISS is the CPU-only build (faiss-cpu)"
-        if not hasattr(faiss, "StandardGpuResources")
-        else "FAISS sees no CUDA GPU (faiss.get_num_gpus() == 0)"
-    )
+    if not hasattr(faiss, "StandardGpuResources"):
+        faiss_part = "this FAISS is the CPU-only build (faiss-cpu)"
+    elif _faiss_sees() == 0:
+        faiss_part = "FAISS sees no CUDA GPU (faiss.get_num_gpus() == 0)"
+    else:
+        faiss_part = f"the FAISS GPU build cannot search on this GPU: {_faiss_gpu_problem()}"
+
     return f"{faiss_part} and torch sees no CUDA GPU"
 
 
