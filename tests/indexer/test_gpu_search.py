@@ -250,8 +250,10 @@ def test_the_faiss_gpu_probe_passes_a_clean_run_and_names_a_crash() -> None:
     from tributary_indexer.query.gpu_placement import probe_faiss_gpu
 
     assert probe_faiss_gpu("import numpy") is None
-    aborted = probe_faiss_gpu("import os, sys; sys.stderr.write('CUDA error 209\\n'); os.abort()")
-    assert aborted is not None and "SIGABRT" in aborted and "CUDA error 209" in aborted
+    crash = "Faiss assertion failed in runL2Norm; details: CUDA error 209 no kernel"
+    aborted = probe_faiss_gpu(f"import os, sys; sys.stderr.write('{crash}\\n'); os.abort()")
+    assert aborted is not None and "SIGABRT" in aborted
+    assert aborted.endswith("(CUDA error 209 no kernel)")
     failed = probe_faiss_gpu("raise SystemExit('no kernel image')")
     assert failed is not None and "status 1" in failed and "no kernel image" in failed
     slow = probe_faiss_gpu("import time; time.sleep(5)", timeout=0.5)

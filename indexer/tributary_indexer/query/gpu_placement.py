@@ -1,6 +1,8 @@
 """Shards on the GPU(s): the first stage there, and an exact re-score with torch where needed.
 
-When the FAISS GPU build and a CUDA GPU are present (``search_device`` ``gpu``, or ``auto``),
+When the FAISS GPU build and a CUDA GPU are present, and a test search on the GPU in a child
+process succeeds (:func:`probe_faiss_gpu`: a build without kernels for the GPU's architecture
+aborts the process that searches) (``search_device`` ``gpu``, or ``auto``),
 each shard's FAISS index (without its id map: rows ``0..n-1``, global id = ``id_start + row``)
 is cloned onto the visible GPUs with ``GpuMultipleClonerOptions`` (``shard=True``: split across
 them; ``useFloat16=True``). A flat shard is read into memory first (not memory-mapped) and held
@@ -92,6 +94,7 @@ def probe_faiss_gpu(code: str = _FAISS_GPU_PROBE, timeout: float = 300.0) -> str
         return None
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     detail = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+    detail = detail.split("details:")[-1]  # a FAISS assertion's cause follows "details:"
     how = (
         f"was killed by {signal.Signals(-done.returncode).name}"
         if done.returncode < 0
