@@ -30,7 +30,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tributary_indexer.build.factory_choice import ivf_lists, pq_subquantizers
+from tributary_indexer.build.factory_choice import (
+    compressed_factory,
+    ivf_lists,
+    pq_subquantizers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +59,10 @@ def _clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) 
     return ((centres[z] + noise) * rng.lognormal(0.0, 0.5, size=(n, 1))).astype(np.float32)
 
 
-def _factory(nlist: int, m: int) -> str:
-    """The compressed factory ``auto`` writes: fast-scan IVF-PQ with 4-bit codes."""
-    return f"IVF{nlist},PQ{m}x4fs"
-
-
 def _trained_ivfpq(data: np.ndarray, nlist: int, m: int, niter: int, seed: int) -> faiss.Index:
-    index = faiss.index_factory(data.shape[1], _factory(nlist, m), faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(
+        data.shape[1], compressed_factory(nlist, m), faiss.METRIC_INNER_PRODUCT
+    )
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.niter = niter
     ivf.cp.seed = seed
@@ -88,7 +89,7 @@ def _time_size(data: np.ndarray, q: np.ndarray, nprobes: list[int], repeats: int
     nlist, m = ivf_lists(n), pq_subquantizers(dim)
     t0 = time.perf_counter()
     ivfpq = _trained_ivfpq(data, nlist, m, niter=2, seed=0)  # timing only: 2 k-means rounds
-    row["ivfpq"] = _factory(nlist, m)
+    row["ivfpq"] = compressed_factory(nlist, m)
     row["ivfpq_build_s"] = round(time.perf_counter() - t0, 1)
     ivf = faiss.extract_index_ivf(ivfpq)
 
@@ -139,7 +140,7 @@ def recall(
         "kind": kind,
         "n": n,
         "dim": dim,
-        "factory": _factory(nlist, m),
+        "factory": compressed_factory(nlist, m),
         "queries": n_queries,
         "recall_at_200": {},
     }

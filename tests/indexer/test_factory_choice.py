@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -245,6 +246,19 @@ def test_shards_searched_side_by_side_answer_as_one_after_the_other(forced) -> N
         assert want.ids[0].tolist() == np.argsort(-brute, kind="stable")[:5].tolist()
 
 
+def _mapping_flags(folder: Path) -> list[set[str]]:
+    """The ``VmFlags`` of this process's memory maps of files under ``folder`` (``rr``: read at
+    random, ``madvise(MADV_RANDOM)``)."""
+    found, current = [], None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and "-" in fields[0]:  # a mapping's header line
+            current = fields[5] if fields[5].startswith(str(folder)) else None
+        elif current and line.startswith("VmFlags:"):
+            found.append(set(fields[1:]))
+    return found
+
+
 def test_exact_vectors_are_memory_maps_read_at_random(forced, tmp_path) -> None:
     """The re-score's exact vectors stay memory maps (advised for random reads, no copy); a
     plain array passes through untouched."""
@@ -254,6 +268,8 @@ def test_exact_vectors_are_memory_maps_read_at_random(forced, tmp_path) -> None:
     index = AttributionIndex(root / "index")
     for shard in index.shards:
         assert isinstance(shard.exact, np.memmap) and not shard.exact.flags.writeable
+    advised = _mapping_flags(root / "index" / "vectors")  # the kernel's record of the advice
+    assert len(advised) >= len(index.shards) and all("rr" in flags for flags in advised)
     plain = np.ones((3, 2), np.float32)
     assert _for_random_reads(plain) is plain
     path = tmp_path / "v.npy"

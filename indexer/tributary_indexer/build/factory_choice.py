@@ -98,6 +98,11 @@ def code_bytes(m: int) -> int:
     return (m * _PQ_BITS + 7) // 8
 
 
+def compressed_factory(nlist: int, m: int) -> str:
+    """The factory string of the compressed branch: fast-scan IVF-PQ, ``m`` 4-bit codes."""
+    return f"IVF{nlist},PQ{m}x{_PQ_BITS}fs"
+
+
 def default_nprobe(nlist: int) -> int:
     """Lists probed per query: an eighth of ``nlist``, at least 16 (at most ``nlist``)."""
     return min(nlist, max(16, nlist // 8))
@@ -155,7 +160,7 @@ def choose_factory(
     )
     if over:
         logger.warning("index factory auto: %s", over[2:])
-    factory = f"IVF{nlist},PQ{m}x{_PQ_BITS}fs"
+    factory = compressed_factory(nlist, m)
     reason = (
         f"{factory} ({inputs}): {why}; nlist from {rows} rows a shard, {code_bytes(m)} code "
         f"bytes an example, nprobe {nprobe}, {train} training vectors{over}"
