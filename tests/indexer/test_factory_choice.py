@@ -252,8 +252,9 @@ def _mapping_flags(folder: Path) -> list[set[str]]:
     found, current = [], None
     for line in Path("/proc/self/smaps").read_text().splitlines():
         fields = line.split()
-        if len(fields) >= 6 and "-" in fields[0]:  # a mapping's header line
-            current = fields[5] if fields[5].startswith(str(folder)) else None
+        if not line.startswith("VmFlags:") and ":" not in fields[0]:  # a mapping's header line
+            path = fields[5] if len(fields) > 5 else ""  # anonymous mappings have no path
+            current = path if path.startswith(str(folder)) else None
         elif current and line.startswith("VmFlags:"):
             found.append(set(fields[1:]))
     return found
