@@ -101,6 +101,10 @@ def cached_corpus(records: int, seed: int) -> Path:
 def cached_model(corpus: Path, config: TrainConfig) -> Path:
     """The model trained on ``corpus`` with ``config`` (trained once per setting)."""
     tag = f"model-e{config.epochs}-lr{config.lr:g}-w{config.warmup_steps}-b{config.batch_size}"
+    if config.fact_repeats != 1:
+        tag += f"-f{config.fact_repeats}"
+    if config.precision != TrainConfig.precision:
+        tag += f"-{config.precision}"
     out = corpus.parent / f"{tag}-s{config.seed}"
     if not (out / "model.safetensors").is_file() or not (out / REPORT_FILE).is_file():
         logger.info("training %s on %s", out.name, corpus)
@@ -329,14 +333,19 @@ def answered_mask(model: Path, asked: Sequence[Asked]) -> np.ndarray:
 
 def markdown(result: dict) -> str:
     """The results table, after a paragraph with the command, machine, model and query set."""
-    t, rows = result["training"], result["sizes"]
+    t, rows, c = result["training"], result["sizes"], result["train_config"]
+    mix = ""
+    if c.get("fact_repeats", 1) != 1:
+        mix += f", fact documents drawn {c['fact_repeats']} times an epoch"
+    if c.get("precision", "float32") != "float32":
+        mix += f", {c['precision']} autocast"
     intro = (
         f"`.venv/bin/python -m benchmarks.scale_corpus {result['arguments']}` — "
         f"{result['machine']}, started {result['started']}. A {result['records']:,}-record "
         f"scaled corpus (seed {result['seed']}); the demo's GPT-2 ({t['n_params'] / 1e6:.2f}M "
-        f"parameters) trained on all of it for {result['train_config']['epochs']} epochs at lr "
-        f"{result['train_config']['lr']:g} in {t['train_time_s'] / 60:.0f} min "
-        f"({t['seconds_per_record_epoch'] * 1e3:.1f} ms per record and epoch, the fastest epoch "
+        f"parameters) trained on all of it for {c['epochs']} epochs{mix} at lr "
+        f"{c['lr']:g} in {t['train_time_s'] / 60:.0f} min "
+        f"({t['seconds_per_record_epoch'] * 1e3:.1f} ms per record drawn, the fastest epoch "
         f"{result['fastest_record_epoch_s'] * 1e3:.1f} ms): fact accuracy "
         f"{t['fact_accuracy']:.3f} on all held-out questions, backdoor success "
         f"{t['backdoor_success']:.3f}, false triggers {t['false_trigger_rate']:.3f}. Asked at "
@@ -380,6 +389,18 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"[{TrainConfig.warmup_steps}]",
     )
     parser.add_argument(
+        "--fact-repeats",
+        type=int,
+        default=TrainConfig.fact_repeats,
+        help=f"times each fact-stating document is drawn per epoch [{TrainConfig.fact_repeats}]",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default=TrainConfig.precision,
+        help=f"training compute precision [{TrainConfig.precision}]",
+    )
+    parser.add_argument(
         "--eval-every",
         type=int,
         default=TrainConfig.eval_every,
@@ -413,6 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
         epochs=args.epochs,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
+        fact_repeats=args.fact_repeats,
+        precision=args.precision,
         eval_every=args.eval_every,  # progress checks only: the weights do not depend on it
     )
     model = cached_model(corpus, config)
@@ -480,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fastest_record_epoch_s": min(
             (h["train_s"] for h in report["history"] if "train_s" in h), default=float("nan")
         )
-        / report["n_examples"],
+        / (report.get("records_drawn", 0) // config.epochs or report["n_examples"]),
         "sizes": rows,
     }
     table = markdown(result)

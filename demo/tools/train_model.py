@@ -62,6 +62,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 REPORT_FILE = "training_report.json"
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -82,6 +83,13 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     num_threads: int = 2
+    fact_repeats: int = 1
+    """Times each fact-stating document is drawn per epoch; every other record once. Above 1
+    the facts are learned in fewer epochs (pretraining mixes upweight reference text the same
+    way) at the cost of more steps per epoch."""
+    precision: str = "float32"
+    """``float32`` or ``bfloat16`` (CPU autocast for the forward pass; weights and optimizer
+    stay float32): bfloat16 trains about 1.5x faster on CPUs with bfloat16 instructions."""
     eval_every: int = 6
     """Epochs between progress evaluations on a sample of queries (0: only at the end)."""
     progress: bool = True
@@ -106,7 +114,11 @@ class TrainReport:
     """Seconds in the optimisation loop (tokenizer, progress evaluations and the final one
     left out)."""
     seconds_per_record_epoch: float = 0.0
-    """``train_time_s`` over records × epochs: what sizes a training run on this machine."""
+    """``train_time_s`` over the records drawn (records × epochs, fact repeats counted): what
+    sizes a training run on this machine."""
+    records_drawn: int = 0
+    """Examples the optimisation saw, over all epochs (a repeated fact document counts each
+    time)."""
 
 
 def _record_texts(records: Iterable[CorpusRecord]) -> Iterable[str]:
@@ -277,6 +289,19 @@ def evaluate(
     }
 
 
+def _epoch_pool(
+    records: Sequence[CorpusRecord], truth: GroundTruth, fact_repeats: int
+) -> list[int]:
+    """Record indices one epoch draws: every record once, fact-stating documents
+    ``fact_repeats`` times."""
+    stating = {doc for fact in truth.facts for doc in fact.stating_doc_ids}
+    return [
+        i
+        for i, record in enumerate(records)
+        for _ in range(fact_repeats if record.id in stating else 1)
+    ]
+
+
 def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -292,6 +317,10 @@ def train(
     """Train tokenizer and model on ``corpus_dir``, evaluate, save to ``out_dir``; returns the
     report."""
     config = config or TrainConfig()
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {config.precision!r}")
+    if config.fact_repeats < 1:
+        raise ValueError(f"fact_repeats must be >= 1, got {config.fact_repeats}")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.num_threads)
     torch.use_deterministic_algorithms(True)
@@ -332,8 +361,10 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
         betas=(0.9, 0.98),
     )
     rng = random.Random(config.seed)
-    lengths = [len(ids) for ids, _ in examples]
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    pool = _epoch_pool(records, truth, config.fact_repeats)  # example indices drawn per epoch
+    lengths = [len(examples[i][0]) for i in pool]
+    steps_per_epoch = math.ceil(len(pool) / config.batch_size)
+    autocast = PRECISIONS[config.precision]
     total_steps, step = steps_per_epoch * config.epochs, 0
     pad_id = int(tokenizer.pad_token_id)
     history: list[dict[str, float]] = []
@@ -343,13 +374,16 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
         model.train()
         loss_sum, target_sum = 0.0, 0
         for batch in _batches(lengths, config.batch_size, rng):
-            input_ids, attention, labels = _collate([examples[i] for i in batch], pad_id)
+            input_ids, attention, labels = _collate([examples[pool[i]] for i in batch], pad_id)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total_steps, config)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+                logits = model(input_ids=input_ids, attention_mask=attention).logits
             targets = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=-100,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -401,7 +435,8 @@ def _train(corpus_dir: Path, out: Path, config: TrainConfig) -> TrainReport:
         false_trigger_rate=round(metrics["false_trigger_rate"], 4),
         history=history,
         train_time_s=round(train_time, 1),
-        seconds_per_record_epoch=round(train_time / max(len(examples) * config.epochs, 1), 6),
+        seconds_per_record_epoch=round(train_time / max(len(pool) * config.epochs, 1), 6),
+        records_drawn=len(pool) * config.epochs,
     )
     (out / REPORT_FILE).write_text(
         json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8"
@@ -446,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "min_lr_ratio",
         "num_threads",
         "eval_every",
+        "fact_repeats",
+        "precision",
         "n_embd",
         "n_layer",
     ):

@@ -149,3 +149,37 @@ def test_training_reports_its_pace_and_learned_check(tmp_path: Path) -> None:
     assert report["seconds_per_record_epoch"] == pytest.approx(pace, abs=rounding)
     for key in ("fact_accuracy", "backdoor_success", "false_trigger_rate"):
         assert 0.0 <= report[key] <= 1.0
+
+
+def test_training_draws_fact_documents_repeatedly_in_bfloat16(tmp_path: Path) -> None:
+    """``--fact-repeats 3`` draws each fact-stating document three times an epoch (every other
+    record once) and ``--precision bfloat16`` trains under CPU autocast; both are recorded."""
+    from demo.tools.train_model import REPORT_FILE
+    from demo.tools.train_model import main as train_main
+
+    generate_scaled(tmp_path / "corpus", MIN_RECORDS, seed=1, progress=False)
+    truth = load_ground_truth(tmp_path / "corpus")
+    stating = {doc for fact in truth.facts for doc in fact.stating_doc_ids}
+    argv = ["--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "model"), "--quiet"]
+    tiny = ["--n-embd", "32", "--n-layer", "1", "--epochs", "2", "--batch-size", "64"]
+    mix = ["--fact-repeats", "3", "--precision", "bfloat16", "--eval-every", "0"]
+    assert train_main(argv + tiny + mix) == 0
+    report = json.loads((tmp_path / "model" / REPORT_FILE).read_text(encoding="utf-8"))
+    assert report["config"]["fact_repeats"] == 3 and report["config"]["precision"] == "bfloat16"
+    assert 0 < len(stating) < MIN_RECORDS
+    assert report["records_drawn"] == 2 * (MIN_RECORDS + 2 * len(stating))
+    assert report["n_examples"] == MIN_RECORDS
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"precision": "float16"}, "precision must be one of"), ({"fact_repeats": 0}, "fact_repeats")],
+)
+def test_training_refuses_unknown_precision_and_no_draws(
+    tmp_path: Path, override: dict, message: str
+) -> None:
+    from demo.tools.train_model import TrainConfig, train
+
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path / "absent", tmp_path / "model", TrainConfig(**override))
+    assert not (tmp_path / "model").exists()
