@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -39,6 +39,25 @@ from .types import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["AsyncClient", "Client"]
+
+_HttpClientT = TypeVar("_HttpClientT", httpx.Client, httpx.AsyncClient)
+
+
+def _checked_http_client(http_client: object, expected: type[_HttpClientT]) -> _HttpClientT:
+    """`http_client` itself, or a TypeError when it is not the httpx class the SDK drives.
+
+    Look-alikes fail later and obscurely (their timeouts, errors and responses are other
+    classes), so they are refused here: Starlette's ``TestClient`` is one, built on httpx2.
+    """
+    if not isinstance(http_client, expected):
+        kind = type(http_client)
+        raise TypeError(
+            f"http_client must be an {expected.__module__}.{expected.__name__}, got "
+            f"{kind.__module__}.{kind.__qualname__}; to test against an app in-process, serve it "
+            "with uvicorn on 127.0.0.1 and pass its URL as base_url, or pass "
+            f"transport= (an httpx transport) instead of http_client"
+        )
+    return http_client
 
 
 class Client(_BaseClient[httpx.Client]):
@@ -76,7 +95,7 @@ class Client(_BaseClient[httpx.Client]):
         if http_client is not None and transport is not None:
             raise ValueError("give either http_client or transport, not both")
         if http_client is not None:
-            self._http, self._owns_http = http_client, False
+            self._http, self._owns_http = _checked_http_client(http_client, httpx.Client), False
         else:
             self._http, self._owns_http = (
                 httpx.Client(transport=transport, timeout=self.timeout),
@@ -280,7 +299,8 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         if http_client is not None and transport is not None:
             raise ValueError("give either http_client or transport, not both")
         if http_client is not None:
-            self._http, self._owns_http = http_client, False
+            self._http = _checked_http_client(http_client, httpx.AsyncClient)
+            self._owns_http = False
         else:
             self._http = httpx.AsyncClient(transport=transport, timeout=self.timeout)
             self._owns_http = True
