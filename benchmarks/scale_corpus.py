@@ -18,16 +18,16 @@ nested subset of ``--sizes`` records (the first ``n`` of the corpus's ``subset_o
 
 The training report's learned check comes with it: fact accuracy of greedy answers to all
 held-out questions, backdoor success on the trigger prompts, false triggers, and the training
-time per record and epoch.
+time per record drawn.
 
     .venv/bin/python -m benchmarks.scale_corpus --records 100000 --sizes 10000 30000 100000 \\
-        --epochs 7
+        --epochs 2 --fact-repeats 11 --precision bfloat16
 
-On 2 quiet cores the 100,000-record run trained at 5.4 ms per record and epoch at best (its
-records have 21 tokens), so 7 epochs take about 63 minutes, and its three builds took 11
-minutes (about 220 examples/s); peak RSS of the builds was 2.0 GiB at 10,000 records and 3.6 GiB
-at 100,000. A small run proves the pipeline in minutes: ``--records 6000 --sizes 2000 6000
---epochs 8``.
+On 2 quiet cores that run trained at 4.0 ms per record drawn (its records have 21 tokens; an
+epoch draws 480,410 of them, the 38,041 fact-stating documents 11 times each), so 2 epochs take
+about 63 minutes, and its three builds took 9 minutes (200-263 examples/s); peak RSS of the
+builds was 2.0 GiB at 10,000 records and 3.7 GiB at 100,000. A small run proves the pipeline in
+minutes: ``--records 6000 --sizes 2000 6000 --epochs 8``.
 
 Corpus, model, subsets and indexes are cached under ``benchmarks/quality/.cache/scale/`` (the
 model per training setting, the indexes per model, each with its build measurements;
