@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tributary_indexer.build.builder import IndexBuilder, token_budget_batches
+from tributary_indexer.build.builder import IndexBuilder
+from tributary_indexer.build.distributed import DistributedContext
+from tributary_indexer.build.gradient_pass import token_budget_batches
 from tributary_indexer.build.manifest import verify_index
+from tributary_indexer.build.summary import BuildSummary
 from tributary_indexer.config import BuildConfig, RankingConfig
 from tributary_indexer.data.batching import collate
 from tributary_indexer.data.example_store import ExampleStore
@@ -186,6 +190,19 @@ def test_token_budget_batches_cover_everything_once():
     batches = token_budget_batches(lengths, batch_tokens=18)
     assert sorted(i for b in batches for i in b) == list(range(7))
     assert all(len(b) * max(lengths[i] for i in b) <= 18 or len(b) == 1 for b in batches)
+
+
+def test_stage_timer_adds_up_and_ranks_own_their_shards():
+    summary = BuildSummary()
+    for _ in range(2):
+        with summary.timed("fisher"):
+            time.sleep(0.01)
+    with pytest.raises(ValueError), summary.timed("store"):
+        raise ValueError("the time until a failure counts too")
+    assert summary.stage_s["fisher"] >= 0.02 and "store" in summary.stage_s
+    ranks = [DistributedContext(rank=r, world_size=3) for r in range(3)]
+    owned = [ctx.owned(range(2, 9)) for ctx in ranks]
+    assert owned == [[3, 6], [4, 7], [2, 5, 8]]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -17,14 +17,9 @@ ids dense and identical everywhere) but computes gradients only for the shards i
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import os
 import shutil
-import signal
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,64 +29,31 @@ import torch
 from .. import __version__
 from ..atomic_io import atomic_output, atomic_write_json, check_writable_dir, stale_temp_files
 from ..config import QUERY_FIELDS, RUNTIME_FIELDS, BuildConfig, RankingConfig
-from ..data.batching import TokenizedExample, collate, pad_token_id
-from ..data.corpus import CorpusRecord, CorpusStats, iter_records
-from ..data.corpus_check import CorpusCheck, UniqueIds, check_corpus, write_skip_report
+from ..data.corpus import CorpusStats
+from ..data.corpus_check import CorpusCheck, check_corpus, write_skip_report
 from ..data.example_store import ExampleStore, ExampleStoreWriter, StoredExample, partial_path_for
 from ..data.known_records import KnownRecords
-from ..data.tokenization import render_record, tokenize_record
 from ..data.tombstones import id_space_of, read_tombstones
-from ..errors import ConfigMismatchError, CorpusError, IndexIntegrityError, OutputDirectoryError
-from ..gradients.computer import GradientComputer
+from ..errors import ConfigMismatchError, IndexIntegrityError, OutputDirectoryError
 from ..gradients.module_selection import TrackedModule, resolve_modules
 from ..gradients.projector import Block, LoGraProjector
 from ..gradients.rapidgrad import RapidGradCompressor, rapidgrad_dim
 from ..hessian.fisher import FisherAccumulator
-from ..hessian.kronecker_statistics import estimate_covariances
 from ..hessian.preconditioner import Preconditioner
 from ..hessian.scores import ScoreTransform
 from ..model_loading import capped_max_tokens, load_causal_lm, load_tokenizer, resolve_device
-from ..progress import progress_bar
+from .crash_points import crash_point
 from .distributed import DistributedContext
-from .factory_choice import AUTO, FactoryChoice, choice_of, resolve_factory
+from .factory_choice import FactoryChoice, choice_of, resolve_factory
+from .gradient_pass import GradientPass
 from .layout import IndexPaths, shard_entry, write_manifest
 from .manifest import LEGACY_BUILD_DEFAULTS, utc_timestamp
-from .shards import is_flat, train_index, write_shard
-from .staging import Staging
+from .shard_writer import ShardWriter
+from .shards import is_flat
+from .staging import ROWS_PER_STEP, Staging
 from .summary import BuildSummary
 
 logger = logging.getLogger(__name__)
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
-_ROWS_PER_STEP = 4096  # rows per Fisher / transform step over staged vectors
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``TRIBUTARY_CRASH_AT=name`` SIGKILLs this process here (a real, unclean kill)."""
-    if os.environ.get("TRIBUTARY_CRASH_AT") == name:
-        logger.warning("TRIBUTARY_CRASH_AT=%s: killing this process", name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Group example indices into batches of at most ``batch_tokens`` padded tokens.
-
-    Longest first, so each batch pads to its first element; deterministic for given lengths.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    width = 0
-    for i in order:
-        if current and (len(current) + 1) * width > batch_tokens:
-            batches.append(current)
-            current = []
-        if not current:
-            width = lengths[i]
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 class IndexBuilder:
@@ -125,16 +87,6 @@ class IndexBuilder:
         """The FAISS factory the shards are written with (``auto`` resolved once the examples
         are counted, after the gradient pass; ``add``: the index's)."""
 
-    @contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.summary.stage_s[name] = (
-                self.summary.stage_s.get(name, 0.0) + time.perf_counter() - t0
-            )
-
     # ------------------------------------------------------------------ entry points
     def build(self) -> BuildSummary:
         """Build the index, or resume a killed build of the same configuration."""
@@ -152,16 +104,16 @@ class IndexBuilder:
             return BuildSummary(**existing["build_config"].get("summary", {}))
         # the corpus and the model are checked before anything is written: a build that fails on
         # either leaves no state behind, so the rerun after the fix starts clean
-        with self._stage("check"):
+        with self.summary.timed("check"):
             self.corpus_check = check_corpus(cfg.corpus, skip_bad=cfg.skip_bad)
         self.summary.corpus_notes = self.corpus_check.lines()
         check_writable_dir(self.paths.root)
         self._sweep_temp_files()
-        with self._stage("load"):
+        with self.summary.timed("load"):
             model, tokenizer, modules = self._load_model()
         state = self._pin_state()
-        with self._stage("projector"):
-            projector = self._projector(model, tokenizer, modules)
+        with self.summary.timed("projector"):
+            projector = self._passes().projector(self.paths.projector, model, tokenizer, modules)
         compressor = self._compressor(projector)
         blocks = compressor.out_blocks if compressor else projector.blocks
         n_chunks, n_examples = self._gradient_pass(
@@ -173,13 +125,13 @@ class IndexBuilder:
         logger.info("index factory %s: %s", cfg.index_factory, self.choice.reason)
         preconditioner = self._fit_preconditioner(blocks, range(n_chunks))
         transform = ScoreTransform(cfg.score, preconditioner)
-        with self._stage("shards"):
+        with self.summary.timed("shards"):
             self._write_shards(
                 transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples
             )
         self.ctx.barrier()
         if self.ctx.is_main:
-            with self._stage("finish"):
+            with self.summary.timed("finish"):
                 self._finish(
                     state,
                     projector,
@@ -222,7 +174,7 @@ class IndexBuilder:
         with ExampleStore(self.paths.store) as store:
             self.known = KnownRecords.of_store(store, int(manifest["n_examples"]), removed)
         probe = self.known.fresh()
-        if probe.count_new(self._unique_records(CorpusStats())) == 0:
+        if probe.count_new(self._passes().unique_records(CorpusStats())) == 0:
             logger.info(
                 "every record of %s is already in %s; nothing added",
                 self.config.corpus,
@@ -384,48 +336,17 @@ class IndexBuilder:
         )  # longer examples are truncated
         return model, tokenizer, modules
 
-    def _projector(
-        self, model: torch.nn.Module, tokenizer: Any, modules: list[TrackedModule]
-    ) -> LoGraProjector:
-        cfg = self.config
-        path = self.paths.projector
-        missing = not path.is_file()
-        self.ctx.barrier()  # every rank decided before rank 0 may create it
-        if missing:
-            if self.ctx.is_main:
-                if cfg.projector == "identity":
-                    projector = LoGraProjector.identity(modules)
-                elif cfg.projector == "random":
-                    projector = LoGraProjector.random(modules, cfg.projection)
-                else:
-                    sample = [
-                        ex
-                        for _, ex in itertools.islice(
-                            self._tokenized(tokenizer, CorpusStats()), cfg.pca_examples
-                        )
-                    ]
-                    pad = pad_token_id(tokenizer)
-                    batches = (
-                        collate([sample[i] for i in idx], pad)
-                        for idx in token_budget_batches(
-                            [e.n_tokens for e in sample], cfg.batch_tokens
-                        )
-                    )
-                    covariances = estimate_covariances(
-                        model,
-                        modules,
-                        batches,
-                        autocast_dtype=_AUTOCAST[cfg.autocast],
-                        objective=cfg.objective,
-                    )
-                    projector = LoGraProjector.pca(modules, cfg.projection, covariances)
-                with atomic_output(path) as tmp:
-                    projector.save(tmp)
-                crash_point("after_projector")
-            self.ctx.barrier()
-        projector = LoGraProjector.load(path)
-        projector.check_modules(modules)
-        return projector
+    def _passes(self) -> GradientPass:
+        """The build's passes over its corpus, with the current config and token cap."""
+        return GradientPass(
+            self.config,
+            self.staging,
+            self.ctx,
+            self.summary,
+            self.corpus_check,
+            self.max_tokens,
+            self.max_examples,
+        )
 
     def _compressor(self, projector: LoGraProjector) -> RapidGradCompressor | None:
         cfg = self.config
@@ -443,47 +364,6 @@ class IndexBuilder:
             projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize
         )
 
-    def _unique_records(self, stats: CorpusStats) -> Iterator[CorpusRecord]:
-        """The corpus's valid records without the later uses of a repeated id (those are bad
-        records)."""
-        cfg = self.config
-        unique = UniqueIds(self.corpus_check.duplicate_ids if self.corpus_check else frozenset())
-        for record in iter_records(
-            cfg.corpus, skip_bad=cfg.skip_bad, stats=stats, warn=False
-        ):  # checked: warned
-            error = unique.error(record)
-            if error is not None:  # only with skip_bad: the corpus check raised otherwise
-                stats.record_bad(error)
-                continue
-            yield record
-
-    def _tokenized(
-        self, tokenizer: Any, stats: CorpusStats, known: KnownRecords | None = None
-    ) -> Iterator[tuple[CorpusRecord, TokenizedExample]]:
-        cfg = self.config
-        produced = 0
-        for record in self._unique_records(stats):
-            if self.max_examples is not None and produced >= self.max_examples:
-                return
-            if known is not None and known.seen(record):
-                continue
-            try:
-                example = tokenize_record(record, tokenizer, self.max_tokens)
-            except CorpusError as err:
-                if not cfg.skip_bad:
-                    raise
-                stats.record_bad(err)
-                continue
-            produced += 1
-            yield record, example
-
-    def _progress_total(self) -> int | None:
-        """Records to embed (counted by the corpus check), so the bar has a total and an ETA."""
-        if self.corpus_check is None:
-            return None
-        n = self.corpus_check.stats.records  # `add`: records already in the index are counted too
-        return n if self.max_examples is None else min(n, self.max_examples)
-
     def _gradient_pass(
         self,
         model: torch.nn.Module,
@@ -494,121 +374,25 @@ class IndexBuilder:
         id_offset: int,
         first_chunk: int,
     ) -> tuple[int, int]:
-        """Stage raw vectors and store rows of every owned, unfinished chunk; return (chunks,
-        examples)."""
-        cfg = self.config
-        self.staging.ensure()
-        stats = CorpusStats()
+        """Stage every owned, unfinished chunk (:meth:`GradientPass.run`); (chunks, examples)."""
         known = self.known.fresh() if self.known is not None else None
-        stream = self._tokenized(tokenizer, stats, known)
-        computer = GradientComputer(
-            model,
-            modules,
-            projector,
-            autocast_dtype=_AUTOCAST[cfg.autocast],
-            objective=cfg.objective,
-        )
-        dim = compressor.k if compressor else projector.dim
-        pad = pad_token_id(tokenizer)
-        t_pass = time.perf_counter()
-        bar = progress_bar(
-            cfg.progress and self.ctx.is_main,
-            total=self._progress_total(),
-            desc="gradients",
-            unit="ex",
-        )
-        tokens_done, grad_seconds = 0, 0.0
-        n_chunks = n_examples = 0
-        try:
-            while True:
-                items = list(itertools.islice(stream, cfg.shard_size))
-                if not items:
-                    break
-                chunk = first_chunk + n_chunks
-                n_chunks += 1
-                start_id = id_offset + n_examples
-                n_examples += len(items)
-                self._tally(items)
-                if not self.ctx.owns(chunk) or self.staging.is_complete(chunk):
-                    continue
-                examples = [ex for _, ex in items]
-                t0 = time.perf_counter()
-                with self.staging.write_vectors(chunk, (len(items), dim)) as out:
-                    for idx in token_budget_batches(
-                        [e.n_tokens for e in examples], cfg.batch_tokens
-                    ):
-                        t_batch = time.perf_counter()
-                        batch = collate([examples[i] for i in idx], pad)
-                        grads = computer.compute(batch).vectors  # [b, D]
-                        if compressor is not None:
-                            grads = compressor.compress(grads.double())  # [b, K]
-                        out[idx] = grads.float().cpu().numpy()
-                        self.summary.batch_timings.append(
-                            (len(idx), int(batch.input_ids.numel()), time.perf_counter() - t_batch)
-                        )
-                        n_tok = sum(examples[i].n_tokens for i in idx)
-                        tokens_done += n_tok
-                        bar.update(len(idx))
-                        elapsed = grad_seconds + time.perf_counter() - t0
-                        bar.set_postfix(tok_s=f"{tokens_done / max(elapsed, 1e-9):.0f}")
-                grad_seconds += time.perf_counter() - t0
-                rows = [
-                    _store_row(start_id + i, rec, ex, tokenizer)
-                    for i, (rec, ex) in enumerate(items)
-                ]
-                self.staging.write_rows(chunk, rows)
-                crash_point(f"after_chunk_{chunk}")
-        finally:
-            bar.close()
-            computer.close()
-            self.summary.stage_s["gradients"] = (
-                self.summary.stage_s.get("gradients", 0.0) + time.perf_counter() - t_pass
-            )
-        self.summary.skipped_bad = stats.bad
-        self._corpus_stats = stats
-        if known is not None:
-            self.summary.skipped_present, self.summary.changed_present = (
-                known.skipped,
-                known.changed,
-            )
-        self.summary.gradient_tokens_per_s = tokens_done / grad_seconds if grad_seconds else 0.0
-        if n_examples == 0:
-            raise CorpusError(
-                None,
-                None,
-                "the corpus has no usable example",
-                "check the --corpus files (and what --skip-bad reported)",
-                code="empty_corpus",
-            )
-        logger.info(
-            "gradient pass: %d examples in %d shards (%s)", n_examples, n_chunks, stats.summary()
+        n_chunks, n_examples, self._corpus_stats = self._passes().run(
+            model, tokenizer, modules, projector, compressor, id_offset, first_chunk, known
         )
         return n_chunks, n_examples
 
-    def _tally(self, items: list[tuple[CorpusRecord, TokenizedExample]]) -> None:
-        s = self.summary
-        for _, ex in items:
-            s.examples += 1
-            s.tokens += ex.n_tokens
-            s.target_tokens += ex.n_targets
-            s.truncated += ex.n_truncated_tokens > 0
-            s.no_targets += ex.n_targets == 0
-
-    def _owned(self, chunks: range) -> list[int]:
-        return [c for c in chunks if self.ctx.owns(c)]
-
     def _fit_preconditioner(self, blocks: list[Block], chunks: range) -> Preconditioner:
-        with self._stage("fisher"):
+        with self.summary.timed("fisher"):
             fisher = FisherAccumulator(blocks)
-            for chunk in self._owned(chunks):
+            for chunk in self.ctx.owned(chunks):
                 vectors = self.staging.read_vectors(chunk)
-                for start in range(0, vectors.shape[0], _ROWS_PER_STEP):
+                for start in range(0, vectors.shape[0], ROWS_PER_STEP):
                     fisher.update(
-                        torch.from_numpy(np.array(vectors[start : start + _ROWS_PER_STEP]))
+                        torch.from_numpy(np.array(vectors[start : start + ROWS_PER_STEP]))
                     )
             if self.ctx.active:
                 fisher.all_reduce()
-        with self._stage("precondition"):
+        with self.summary.timed("precondition"):
             preconditioner = Preconditioner.from_fisher(fisher, self.config.damping)
             del fisher
             if self.ctx.is_main:
@@ -616,15 +400,6 @@ class IndexBuilder:
                     preconditioner.save(tmp)
                 crash_point("after_hessian")
         return preconditioner
-
-    def _stored_vectors(self, transform: ScoreTransform, chunk: int) -> np.ndarray:
-        raw = self.staging.read_vectors(chunk)
-        out = np.empty(raw.shape, dtype=np.float32)
-        with self._stage("transform"):
-            for start in range(0, raw.shape[0], _ROWS_PER_STEP):
-                part = torch.from_numpy(np.array(raw[start : start + _ROWS_PER_STEP]))
-                out[start : start + part.shape[0]] = transform.train(part)[0].float().numpy()
-        return out
 
     def _write_shards(
         self,
@@ -635,65 +410,11 @@ class IndexBuilder:
         n_examples: int,
         trained: Any = None,
     ) -> None:
-        cfg = self.config
         assert self.choice is not None  # resolved by build() / add() before the shards
-        factory = self.choice.factory
-        self.paths.shards_dir.mkdir(parents=True, exist_ok=True)
-        owned = self._owned(chunks)
-        ids_of = {c: id_offset + (c - first_chunk) * cfg.shard_size for c in chunks}
-        if is_flat(factory):
-            for chunk in owned:
-                vectors = self._stored_vectors(transform, chunk)
-                ids = np.arange(ids_of[chunk], ids_of[chunk] + vectors.shape[0], dtype=np.int64)
-                write_shard(self.paths.shard(chunk), vectors, ids, factory)
-                crash_point(f"after_shard_{chunk}")
-            return
-        # compressed: exact vectors kept for re-ranking, one quantizer trained on a sample of all
-        # shards
-        self.paths.vectors_dir.mkdir(parents=True, exist_ok=True)
-        for chunk in owned:
-            vectors = self._stored_vectors(transform, chunk).astype(cfg.vector_dtype)
-            with atomic_output(self.paths.exact_vectors(chunk)) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, vectors)
-        self.ctx.barrier()
-        import faiss
-
-        trained_path = self.staging.root / "trained.faiss"
-        if trained is None:
-            if self.ctx.is_main and not trained_path.is_file():
-                sample = self._training_sample(chunks, n_examples)
-                index = train_index(
-                    sample.shape[1],
-                    factory,
-                    sample,
-                    seed=cfg.seed,
-                    polysemous=self.choice.requested != AUTO,
-                )
-                with atomic_output(trained_path) as tmp:
-                    faiss.write_index(index, str(tmp))
-            self.ctx.barrier()
-            trained = faiss.read_index(str(trained_path))
-        for chunk in owned:
-            vectors = np.load(self.paths.exact_vectors(chunk), mmap_mode="r").astype(np.float32)
-            ids = np.arange(ids_of[chunk], ids_of[chunk] + vectors.shape[0], dtype=np.int64)
-            write_shard(self.paths.shard(chunk), vectors, ids, factory, trained=trained)
-            crash_point(f"after_shard_{chunk}")
-
-    def _training_sample(self, chunks: range, n_examples: int) -> np.ndarray:
-        """A seeded sample of the chosen training size of stored vectors across ``chunks`` (same
-        on every run)."""
-        cfg = self.config
-        assert self.choice is not None
-        rng = np.random.default_rng(cfg.seed)
-        size = min(self.choice.train_examples, n_examples)
-        pick = np.sort(rng.choice(n_examples, size=size, replace=False))
-        parts = []
-        for i, chunk in enumerate(chunks):
-            lo = i * cfg.shard_size
-            rows = pick[(pick >= lo) & (pick < lo + cfg.shard_size)] - lo
-            parts.append(np.load(self.paths.exact_vectors(chunk), mmap_mode="r")[rows])
-        return np.concatenate(parts).astype(np.float32)
+        writer = ShardWriter(
+            self.config, self.paths, self.staging, self.ctx, self.choice, self.summary
+        )
+        writer.write(transform, chunks, id_offset, first_chunk, n_examples, trained)
 
     def _finish(
         self,
@@ -709,7 +430,7 @@ class IndexBuilder:
         partial = partial_path_for(self.paths.store)
         if previous is not None and not partial.exists():  # `add`: continue from the finished store
             shutil.copyfile(self.paths.store, partial)
-        with self._stage("store"), ExampleStoreWriter(self.paths.store) as writer:
+        with self.summary.timed("store"), ExampleStoreWriter(self.paths.store) as writer:
             for chunk in chunks:
                 if self.staging.rows_path(chunk).is_file():
                     writer.add_many(StoredExample(**row) for row in self.staging.read_rows(chunk))
@@ -776,11 +497,3 @@ class IndexBuilder:
         name = "skipped_records.jsonl" if addition == 0 else f"skipped_records.add-{addition}.jsonl"
         write_skip_report(self._corpus_stats, self.paths.root / name)
         self.summary.skip_report = str(self.paths.root / name)
-
-
-def _store_row(
-    example_id: int, record: CorpusRecord, example: TokenizedExample, tokenizer: Any
-) -> dict[str, Any]:
-    return StoredExample.from_record(
-        example_id, record, example, text=render_record(record, tokenizer)
-    ).to_dict()

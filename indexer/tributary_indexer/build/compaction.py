@@ -44,7 +44,7 @@ from ..data.tombstones import (
     write_tombstones,
 )
 from ..errors import IndexIntegrityError
-from .builder import crash_point
+from .crash_points import crash_point
 from .factory_choice import recorded_factory
 from .layout import IndexPaths
 from .manifest import Manifest, ShardInfo, utc_timestamp, verify_index

@@ -34,6 +34,10 @@ class DistributedContext:
     def owns(self, shard: int) -> bool:
         return shard % self.world_size == self.rank
 
+    def owned(self, shards: range) -> list[int]:
+        """The shards of ``shards`` this rank works on."""
+        return [s for s in shards if self.owns(s)]
+
     def barrier(self) -> None:
         if self.active:
             import torch.distributed as dist

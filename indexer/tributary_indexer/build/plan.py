@@ -54,9 +54,11 @@ from ..hessian.fisher import FisherAccumulator
 from ..hessian.preconditioner import Preconditioner
 from ..hessian.scores import ScoreTransform
 from ..model_loading import load_tokenizer
-from .builder import _ROWS_PER_STEP, IndexBuilder, token_budget_batches
+from .builder import IndexBuilder
 from .factory_choice import AUTO, resolve_factory
+from .gradient_pass import token_budget_batches
 from .shards import is_flat
+from .staging import ROWS_PER_STEP
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +396,7 @@ def _estimate(
     seconds = sum(time_s.values())
 
     shard_extra = _SHARD_COPIES * max(shard_rows - s, 0) * dim * 4
-    step_extra = _STEP_BYTES_PER_VALUE * max(min(n, _ROWS_PER_STEP) - synthetic["rows"], 0) * dim
+    step_extra = _STEP_BYTES_PER_VALUE * max(min(n, ROWS_PER_STEP) - synthetic["rows"], 0) * dim
     ram_parts = {
         "measured peak of the sample build": rss_peak,
         "one shard of vectors": shard_extra,

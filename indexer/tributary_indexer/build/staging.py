@@ -25,6 +25,9 @@ from ..atomic_io import atomic_output, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+ROWS_PER_STEP = 4096
+"""Staged rows read per step of the Fisher and the score transform (bounds their memory)."""
+
 
 class Staging:
     """Paths and atomic writers of a build's staging directory."""

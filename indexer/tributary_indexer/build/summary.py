@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,15 @@ class BuildSummary:
     batch_timings: list[tuple[int, int, float]] = field(default_factory=list)
     """``(examples, padded tokens, seconds)`` of each gradient batch, in order (not in the
     manifest)."""
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``stage_s[stage]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + time.perf_counter() - t0
 
     def lines(self) -> list[str]:
         extra = list(self.corpus_notes)
