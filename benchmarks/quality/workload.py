@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tributary_indexer.build.builder import token_budget_batches
+from tributary_indexer.build.gradient_pass import token_budget_batches
 from tributary_indexer.data.batching import TokenizedExample, collate, pad_token_id
 from tributary_indexer.data.corpus import CorpusRecord, iter_records
 from tributary_indexer.data.tokenization import render_record, tokenize_query, tokenize_record

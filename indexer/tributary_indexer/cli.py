@@ -343,7 +343,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .build.manifest import verify_index, verify_model
+    from .build.verification import verify_index, verify_model
 
     problems = verify_index(args.index, check_checksums=not args.no_checksums)
     if args.model is not None:

@@ -14,8 +14,8 @@ import torch
 from tributary_indexer.build.builder import IndexBuilder
 from tributary_indexer.build.distributed import DistributedContext
 from tributary_indexer.build.gradient_pass import token_budget_batches
-from tributary_indexer.build.manifest import verify_index
 from tributary_indexer.build.summary import BuildSummary
+from tributary_indexer.build.verification import verify_index
 from tributary_indexer.config import BuildConfig, RankingConfig
 from tributary_indexer.data.batching import collate
 from tributary_indexer.data.example_store import ExampleStore

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tributary_indexer.build.builder import IndexBuilder
-from tributary_indexer.build.manifest import verify_index
+from tributary_indexer.build.verification import verify_index
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.data.example_store import ExampleStore
 from tributary_indexer.errors import CorpusError, ModelLoadError

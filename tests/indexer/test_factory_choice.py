@@ -21,8 +21,8 @@ from tributary_indexer.build.factory_choice import (
     recorded_factory,
     resolve_factory,
 )
-from tributary_indexer.build.manifest import verify_index
 from tributary_indexer.build.plan import estimate_build
+from tributary_indexer.build.verification import verify_index
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.query.index import AttributionIndex
 

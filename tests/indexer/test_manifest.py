@@ -20,8 +20,8 @@ from tributary_indexer.build.manifest import (
     hash_model_files,
     hash_tokenizer,
     utc_timestamp,
-    verify_manifest,
 )
+from tributary_indexer.build.verification import verify_manifest
 from tributary_indexer.errors import ConfigMismatchError, IndexIntegrityError, ModelLoadError
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tributary_indexer.build.builder import IndexBuilder
-from tributary_indexer.build.manifest import Manifest, verify_index
+from tributary_indexer.build.manifest import Manifest
+from tributary_indexer.build.verification import verify_index
 from tributary_indexer.cli import main
 from tributary_indexer.config import BuildConfig
 from tributary_indexer.data.tombstones import (

@@ -47,8 +47,9 @@ from ..errors import IndexIntegrityError
 from .crash_points import crash_point
 from .factory_choice import recorded_factory
 from .layout import IndexPaths
-from .manifest import Manifest, ShardInfo, utc_timestamp, verify_index
+from .manifest import Manifest, ShardInfo, utc_timestamp
 from .shards import is_flat, read_shard, write_shard
+from .verification import verify_index
 
 logger = logging.getLogger(__name__)
 

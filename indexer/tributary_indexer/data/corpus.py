@@ -13,7 +13,7 @@ Reserved fields: ``id`` (kept as the external id), ``source`` (defaults to the f
 
 Order is deterministic: files in the given order (a directory expands to its corpus files in
 sorted order), lines or rows in file order. Parquet files are streamed in record batches, JSONL
-line by line, so no file is loaded whole.
+line by line, so no file is loaded whole (:mod:`tributary_indexer.data.corpus_files`).
 
 Ids: the index stores a dense global int64 id per example, its ordinal over the whole corpus in
 iteration order (:func:`assign_ids`); the record's own ``id`` string, if any, is kept beside it
@@ -22,22 +22,27 @@ as the external id. Apply :func:`assign_ids` after every filter so the ids stay 
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import decimal
-import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..errors import CorpusError, ExampleError
+from .corpus_files import (
+    ACCEPTED_FORMS,
+    SUPPORTED_SUFFIXES,
+    expand_corpus_paths,
+    file_stem,
+    iter_jsonl_rows,
+    iter_parquet_rows,
+    jsonable,
+    suffix_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +61,9 @@ __all__ = [
 ]
 
 RecordKind = Literal["text", "prompt_response", "messages"]
-SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 MAX_BAD_EXAMPLES = 20
 MAX_SKIP_LOG = 100_000
 """Skipped records listed one by one in the skip report (the count is always exact)."""
-_GZIP_MAGIC = b"\x1f\x8b"
-_PARQUET_BATCH_ROWS = 1024
-_ACCEPTED = (
-    'accepted forms are {"text": ...}, {"prompt": ..., "response": ...} (or "completion") and '
-    '{"messages": [{"role": ..., "content": ...}, ...]}'
-)
 _RESERVED = ("id", "text", "prompt", "response", "completion", "messages", "source", "provider")
 T = TypeVar("T")
 
@@ -151,79 +149,6 @@ class CorpusStats:
         )
 
 
-def _suffix_of(path: Path) -> str | None:
-    name = path.name.lower()
-    for suffix in SUPPORTED_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return None
-
-
-def _stem(path: Path) -> str:
-    suffix = _suffix_of(path)
-    return path.name[: -len(suffix)] if suffix else path.stem
-
-
-def expand_corpus_paths(
-    paths: Iterable[str | os.PathLike[str]], skipped: list[str] | None = None, *, warn: bool = True
-) -> list[Path]:
-    """Resolve the corpus inputs to files: directories expand to their corpus files (sorted).
-
-    Other files inside a directory are not read: they are logged by name and, when ``skipped``
-    is given, appended to it (hidden files such as ``.DS_Store`` are left out of both).
-    """
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            every = sorted(
-                (p for p in path.rglob("*") if p.is_file()),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
-            found = [p for p in every if _suffix_of(p)]
-            others = [
-                p
-                for p in every
-                if not _suffix_of(p)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            ]
-            if others and warn:
-                names = [p.relative_to(path).as_posix() for p in others]
-                logger.warning(
-                    "corpus directory %s: not reading %d file(s) that are not %s: %s%s",
-                    path,
-                    len(others),
-                    "/".join(SUPPORTED_SUFFIXES),
-                    ", ".join(names[:10]),
-                    f" and {len(names) - 10} more" if len(names) > 10 else "",
-                )
-            if others and skipped is not None:
-                skipped.extend(str(p) for p in others)
-            if not found:
-                listed = f" (it holds {', '.join(p.name for p in others[:5])})" if others else ""
-                raise CorpusError(
-                    str(path),
-                    None,
-                    f"directory holds no corpus files{listed}",
-                    f"put {', '.join(SUPPORTED_SUFFIXES)} files in it or pass the files directly",
-                    code="no_files",
-                )
-            files.extend(found)
-        elif not path.exists():
-            raise CorpusError(str(path), None, "file not found", "check the path", code="not_found")
-        elif _suffix_of(path) is None:
-            raise CorpusError(
-                str(path),
-                None,
-                "unsupported file type",
-                f"use one of {', '.join(SUPPORTED_SUFFIXES)} (convert CSV etc. to JSONL first)",
-                code="unsupported_file",
-            )
-        else:
-            files.append(path)
-    return files
-
-
 def iter_records(
     paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
@@ -246,16 +171,14 @@ def iter_records(
     stats = stats if stats is not None else CorpusStats()
     for path in expand_corpus_paths(paths, stats.skipped_files, warn=warn):
         stats.files += 1
-        rows = (
-            _iter_parquet_rows(path) if _suffix_of(path) == ".parquet" else _iter_jsonl_rows(path)
-        )
+        rows = iter_parquet_rows(path) if suffix_of(path) == ".parquet" else iter_jsonl_rows(path)
         seen_rows = 0
         for line, row in rows:
             seen_rows += 1
             try:
                 if isinstance(row, CorpusError):
                     raise row
-                record = parse_record(row, str(path), line, default_source=_stem(path))
+                record = parse_record(row, str(path), line, default_source=file_stem(path))
             except CorpusError as err:
                 if not skip_bad:
                     raise
@@ -271,119 +194,6 @@ def iter_records(
         logger.warning("corpus: %s", stats.summary())
 
 
-def _open_binary(path: Path) -> BinaryIO:
-    """The file's bytes, gunzipped when it is gzip (by its first two bytes, whatever its name)."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == _GZIP_MAGIC
-    if gzipped:
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if path.name.lower().endswith(".gz"):
-        logger.warning("%s is named .gz but is not gzip-compressed: reading it as plain text", path)
-    return open(path, "rb")
-
-
-def _iter_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | CorpusError]]:
-    """Yield ``(line, parsed object or the error for that line)``; blank lines are skipped."""
-    name = str(path)
-    try:
-        with _open_binary(path) as f:
-            for line_no, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    yield (
-                        line_no,
-                        CorpusError(
-                            name,
-                            line_no,
-                            f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                            "re-encode the file as UTF-8",
-                            code="bad_encoding",
-                        ),
-                    )
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield (
-                        line_no,
-                        CorpusError(
-                            name,
-                            line_no,
-                            f"malformed JSON ({exc.msg} at column {exc.colno})",
-                            "make each line one complete JSON object (JSON Lines)",
-                            code="malformed_json",
-                        ),
-                    )
-                    continue
-                if not isinstance(obj, dict):
-                    yield (
-                        line_no,
-                        CorpusError(
-                            name,
-                            line_no,
-                            f"expected a JSON object, got {type(obj).__name__}",
-                            f"make each line an object; {_ACCEPTED}",
-                            code="not_an_object",
-                        ),
-                    )
-                    continue
-                yield line_no, obj
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise CorpusError(
-            name,
-            None,
-            f"cannot read file ({exc})",
-            "check the file is complete and readable",
-            code="unreadable_file",
-        ) from exc
-
-
-def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | CorpusError]]:
-    """Yield ``(row number, row dict)``, streaming record batches (never the whole file)."""
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for corrupt files
-        raise CorpusError(
-            str(path),
-            None,
-            f"cannot open as Parquet ({exc})",
-            "check the file is a complete Parquet file",
-            code="unreadable_file",
-        ) from exc
-    row_no = 0
-    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-        for row in batch.to_pylist():
-            row_no += 1
-            yield row_no, row
-
-
-def _jsonable(value: Any) -> Any:
-    """Parquet values made JSON-serialisable: dates as ISO strings, Decimals as strings, bytes as
-    base64."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, _dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
 def parse_record(
     obj: dict[str, Any], file: str, line: int, *, default_source: str | None = None
 ) -> CorpusRecord:
@@ -394,7 +204,7 @@ def parse_record(
     """
     try:
         return _parse(
-            obj, file, line, default_source if default_source is not None else _stem(Path(file))
+            obj, file, line, default_source if default_source is not None else file_stem(Path(file))
         )
     except CorpusError:
         raise
@@ -423,13 +233,13 @@ def _parse(obj: dict[str, Any], file: str, line: int, default_source: str) -> Co
     if not forms:
         raise ExampleError(
             f"record has none of the training fields (keys: {sorted(obj)})",
-            _ACCEPTED,
+            ACCEPTED_FORMS,
             code="no_content",
         )
     if len(forms) > 1:
         raise ExampleError(
             f"record mixes {' and '.join(forms)}",
-            f"give exactly one form; {_ACCEPTED}",
+            f"give exactly one form; {ACCEPTED_FORMS}",
             code="ambiguous_record",
         )
 
@@ -485,7 +295,7 @@ def _parse(obj: dict[str, Any], file: str, line: int, default_source: str) -> Co
                 f'make "{key}" a string',
                 code=f"bad_{key}",
             )
-    metadata = {k: _jsonable(v) for k, v in obj.items() if k not in _RESERVED}
+    metadata = {k: jsonable(v) for k, v in obj.items() if k not in _RESERVED}
     return CorpusRecord(
         file=file,
         line=line,
@@ -538,7 +348,7 @@ def validate_messages(value: Any) -> list[dict[str, Any]]:
                 "flatten multi-part content to text (only text training data is supported)",
                 code="bad_messages",
             )
-        messages.append({k: _jsonable(v) for k, v in message.items() if v is not None})
+        messages.append({k: jsonable(v) for k, v in message.items() if v is not None})
     assistant = [m for m in messages if m["role"] == "assistant"]
     if not assistant:
         raise ExampleError(

@@ -23,8 +23,9 @@ import torch
 
 from ..build.factory_choice import DEFAULT_NPROBE, recorded_factory, recorded_nprobe
 from ..build.layout import IndexPaths
-from ..build.manifest import Manifest, verify_index
+from ..build.manifest import Manifest
 from ..build.shards import SearchResult, is_flat, merge_topk, read_shard
+from ..build.verification import verify_index
 from ..config import RankingConfig
 from ..data.example_store import ExampleStore
 from ..data.tombstones import COMPACTION_DIR, SWAP_MARKER, Tombstones, TombstoneWatcher, id_space_of
