@@ -17,6 +17,7 @@ from tributary_indexer.model_loading import context_length
 from . import __version__
 from .admin import router as admin_router
 from .batch_jobs import BatchRunner, BatchStore
+from .batch_routes import router as batch_router
 from .errors import envelope, install_error_handlers
 from .index_reload import IndexReloader
 from .loading import load_service
@@ -141,6 +142,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
 
     app.include_router(router)
+    app.include_router(batch_router)
     app.include_router(admin_router)
     app.openapi = lambda: complete_openapi(app, settings)  # type: ignore[method-assign]
 
