@@ -116,7 +116,7 @@ class IndexBuilder:
             projector = self._passes().projector(self.paths.projector, model, tokenizer, modules)
         compressor = self._compressor(projector)
         blocks = compressor.out_blocks if compressor else projector.blocks
-        n_chunks, n_examples = self._gradient_pass(
+        n_chunks, n_examples, self._corpus_stats = self._passes().run(
             model, tokenizer, modules, projector, compressor, id_offset=0, first_chunk=0
         )
         self.ctx.barrier()
@@ -126,7 +126,7 @@ class IndexBuilder:
         preconditioner = self._fit_preconditioner(blocks, range(n_chunks))
         transform = ScoreTransform(cfg.score, preconditioner)
         with self.summary.timed("shards"):
-            self._write_shards(
+            self._shard_writer().write(
                 transform, range(n_chunks), id_offset=0, first_chunk=0, n_examples=n_examples
             )
         self.ctx.barrier()
@@ -202,7 +202,7 @@ class IndexBuilder:
         preconditioner = Preconditioner.load(self.paths.hessian)
         first_chunk = len(manifest["shards"])
         id_offset = int(manifest["n_examples"])
-        n_new, n_examples = self._gradient_pass(
+        n_new, n_examples, self._corpus_stats = self._passes().run(
             model,
             tokenizer,
             modules,
@@ -210,6 +210,7 @@ class IndexBuilder:
             compressor,
             id_offset=id_offset,
             first_chunk=first_chunk,
+            known=self.known.fresh(),
         )
         self.summary.added = n_examples
         chunks = range(first_chunk, first_chunk + n_new)
@@ -220,7 +221,7 @@ class IndexBuilder:
 
             trained = faiss.read_index(str(self.paths.shard(0)))
             trained.reset()
-        self._write_shards(
+        self._shard_writer().write(
             ScoreTransform(self.config.score, preconditioner),
             chunks,
             id_offset=id_offset,
@@ -364,23 +365,6 @@ class IndexBuilder:
             projector.blocks, k, seed=cfg.seed, normalize_layers=cfg.rapidgrad_normalize
         )
 
-    def _gradient_pass(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        modules: list[TrackedModule],
-        projector: LoGraProjector,
-        compressor: RapidGradCompressor | None,
-        id_offset: int,
-        first_chunk: int,
-    ) -> tuple[int, int]:
-        """Stage every owned, unfinished chunk (:meth:`GradientPass.run`); (chunks, examples)."""
-        known = self.known.fresh() if self.known is not None else None
-        n_chunks, n_examples, self._corpus_stats = self._passes().run(
-            model, tokenizer, modules, projector, compressor, id_offset, first_chunk, known
-        )
-        return n_chunks, n_examples
-
     def _fit_preconditioner(self, blocks: list[Block], chunks: range) -> Preconditioner:
         with self.summary.timed("fisher"):
             fisher = FisherAccumulator(blocks)
@@ -401,20 +385,11 @@ class IndexBuilder:
                 crash_point("after_hessian")
         return preconditioner
 
-    def _write_shards(
-        self,
-        transform: ScoreTransform,
-        chunks: range,
-        id_offset: int,
-        first_chunk: int,
-        n_examples: int,
-        trained: Any = None,
-    ) -> None:
+    def _shard_writer(self) -> ShardWriter:
         assert self.choice is not None  # resolved by build() / add() before the shards
-        writer = ShardWriter(
+        return ShardWriter(
             self.config, self.paths, self.staging, self.ctx, self.choice, self.summary
         )
-        writer.write(transform, chunks, id_offset, first_chunk, n_examples, trained)
 
     def _finish(
         self,
