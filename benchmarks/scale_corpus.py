@@ -21,12 +21,13 @@ held-out questions, backdoor success on the trigger prompts, false triggers, and
 time per record drawn.
 
     .venv/bin/python -m benchmarks.scale_corpus --records 100000 --sizes 10000 30000 100000 \\
-        --epochs 2 --fact-repeats 11 --precision bfloat16
+        --epochs 2 --fact-repeats 11 --precision bfloat16 --lr 0.001
 
 On 2 quiet cores that run trained at 4.0 ms per record drawn (its records have 21 tokens; an
 epoch draws 480,410 of them, the 38,041 fact-stating documents 11 times each), so 2 epochs take
-about 63 minutes, and its three builds took 9 minutes (200-263 examples/s); peak RSS of the
-builds was 2.0 GiB at 10,000 records and 3.7 GiB at 100,000. A small run proves the pipeline in
+about 63 minutes (fact accuracy 0.921, backdoor success 1.000), and its three builds took 10
+minutes (204-238 examples/s); peak RSS of the builds was 2.0 GiB at 10,000 records and 3.7 GiB
+at 100,000. A small run proves the pipeline in
 minutes: ``--records 6000 --sizes 2000 6000 --epochs 8``.
 
 Corpus, model, subsets and indexes are cached under ``benchmarks/quality/.cache/scale/`` (the
